@@ -1,0 +1,20 @@
+#![doc = include_str!("../README.md")]
+// This crate's job is to fail the test loudly: panicking with a clear message is its contract.
+#![expect(
+    clippy::panic,
+    reason = "test support fails the calling test with a message"
+)]
+
+mod names;
+mod pg;
+mod redis_prefix;
+mod redis_server;
+mod unavailable;
+
+pub use pg::TestDb;
+pub use redis_prefix::TestRedis;
+pub use redis_server::RedisServer;
+pub use unavailable::Unavailable;
+
+/// The command that provisions every service the tests need.
+pub const PROVISION: &str = "scripts/services";
