@@ -1,0 +1,177 @@
+//! A tower layer that authenticates every request and puts its [`Principal`] in the request's
+//! extensions.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use http::header::{CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::{HeaderValue, Request, Response};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::{Credentials, Error, KeySource, Principal, Result, UserName, Verifier};
+
+/// Wraps a service so that each request is verified first: the principal goes into the
+/// request's extensions, and a refused request is answered here with its status (401, 403,
+/// 400, 503 with `Retry-After`) and CARTO's error body `{"error":["…"]}`.
+///
+/// `user_of` says whose data a request is for (from the path, as in `/user/<name>/…`, or from
+/// the host name, as CARTO does).
+///
+/// ```no_run
+/// # async fn demo(verifier: geoauth::Verifier<geoauth::KeyStore>) {
+/// use geoauth::{AuthLayer, UserName};
+///
+/// let layer = AuthLayer::new(verifier, |parts: &http::request::Parts| {
+///     let host = parts.headers.get(http::header::HOST).and_then(|h| h.to_str().ok());
+///     UserName::new(host.and_then(|h| h.split('.').next()).unwrap_or_default())
+/// });
+/// # }
+/// ```
+pub struct AuthLayer<S, F> {
+    verifier: Verifier<S>,
+    user_of: F,
+}
+
+impl<S, F: Clone> Clone for AuthLayer<S, F> {
+    fn clone(&self) -> Self {
+        Self {
+            verifier: self.verifier.clone(),
+            user_of: self.user_of.clone(),
+        }
+    }
+}
+
+impl<S, F> AuthLayer<S, F>
+where
+    S: KeySource,
+    F: Fn(&http::request::Parts) -> Result<UserName> + Clone + Send + Sync + 'static,
+{
+    /// A layer verifying with `verifier`, for the user `user_of` finds in each request.
+    pub fn new(verifier: Verifier<S>, user_of: F) -> Self {
+        Self { verifier, user_of }
+    }
+}
+
+impl<Inner, S, F: Clone> Layer<Inner> for AuthLayer<S, F> {
+    type Service = Auth<Inner, S, F>;
+
+    fn layer(&self, inner: Inner) -> Self::Service {
+        Auth {
+            inner,
+            verifier: self.verifier.clone(),
+            user_of: self.user_of.clone(),
+        }
+    }
+}
+
+/// The service [`AuthLayer`] makes.
+pub struct Auth<Inner, S, F> {
+    inner: Inner,
+    verifier: Verifier<S>,
+    user_of: F,
+}
+
+impl<Inner: Clone, S, F: Clone> Clone for Auth<Inner, S, F> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            verifier: self.verifier.clone(),
+            user_of: self.user_of.clone(),
+        }
+    }
+}
+
+/// The future of [`Auth`].
+pub type AuthFuture<T, E> = Pin<Box<dyn Future<Output = std::result::Result<T, E>> + Send>>;
+
+impl<Inner, S, F, ReqBody, ResBody> Service<Request<ReqBody>> for Auth<Inner, S, F>
+where
+    Inner: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    Inner::Future: Send,
+    S: KeySource,
+    F: Fn(&http::request::Parts) -> Result<UserName> + Clone + Send + Sync + 'static,
+    ReqBody: Send + 'static,
+    ResBody: From<String> + Send + 'static,
+{
+    type Response = Response<ResBody>;
+    type Error = Inner::Error;
+    type Future = AuthFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<std::result::Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        // The clone that was driven to readiness serves this request.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let verifier = self.verifier.clone();
+        let user_of = self.user_of.clone();
+        Box::pin(async move {
+            let (mut parts, body) = req.into_parts();
+            match authenticate(&verifier, &user_of, &parts).await {
+                Ok(principal) => {
+                    parts.extensions.insert(principal);
+                    inner.call(Request::from_parts(parts, body)).await
+                }
+                Err(e) => Ok(refusal(&e)),
+            }
+        })
+    }
+}
+
+async fn authenticate<S: KeySource, F>(
+    verifier: &Verifier<S>,
+    user_of: &F,
+    parts: &http::request::Parts,
+) -> Result<Principal>
+where
+    F: Fn(&http::request::Parts) -> Result<UserName>,
+{
+    let user = user_of(parts)?;
+    let credentials = Credentials::from_request(parts, &user, verifier.token_format())?;
+    verifier.verify(&user, &credentials).await
+}
+
+/// The response for a refused request: the error's status and CARTO's error body.
+///
+/// ```
+/// let response: http::Response<String> = geoauth::refusal(&geoauth::Error::UnknownKey);
+/// assert_eq!(response.status(), 401);
+/// assert_eq!(response.body(), r#"{"error":["unknown api key"]}"#);
+/// ```
+pub fn refusal<B: From<String>>(error: &Error) -> Response<B> {
+    let body = serde_json::json!({ "error": [error.to_string()] }).to_string();
+    let mut response = Response::new(B::from(body));
+    *response.status_mut() = error.status();
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if error.status() == http::StatusCode::UNAUTHORIZED {
+        headers.insert(
+            WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"geostack\""),
+        );
+    }
+    if let Some(after) = error.retry_after() {
+        headers.insert(RETRY_AFTER, HeaderValue::from(after.as_secs().max(1)));
+    }
+    response
+}
+
+#[cfg(feature = "axum")]
+impl<St: Send + Sync> axum_core::extract::FromRequestParts<St> for Principal {
+    type Rejection = (http::StatusCode, &'static str);
+
+    /// The principal [`AuthLayer`] put in the request; a 500 when the layer is missing.
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        _state: &St,
+    ) -> std::result::Result<Self, Self::Rejection> {
+        parts.extensions.get::<Principal>().cloned().ok_or((
+            http::StatusCode::INTERNAL_SERVER_ERROR,
+            "no principal: the route is not behind geoauth's AuthLayer",
+        ))
+    }
+}
