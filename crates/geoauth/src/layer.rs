@@ -10,7 +10,7 @@ use http::{HeaderValue, Request, Response};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::{Credentials, Error, KeySource, Principal, Result, UserName, Verifier};
+use crate::{Api, Credentials, Error, KeySource, Principal, Result, UserName, Verifier};
 
 /// Wraps a service so that each request is verified first: the principal goes into the
 /// request's extensions, and a refused request is answered here with its status (401, 403,
@@ -32,6 +32,7 @@ use crate::{Credentials, Error, KeySource, Principal, Result, UserName, Verifier
 pub struct AuthLayer<S, F> {
     verifier: Verifier<S>,
     user_of: F,
+    api: Option<Api>,
 }
 
 impl<S, F: Clone> Clone for AuthLayer<S, F> {
@@ -39,6 +40,7 @@ impl<S, F: Clone> Clone for AuthLayer<S, F> {
         Self {
             verifier: self.verifier.clone(),
             user_of: self.user_of.clone(),
+            api: self.api,
         }
     }
 }
@@ -50,7 +52,17 @@ where
 {
     /// A layer verifying with `verifier`, for the user `user_of` finds in each request.
     pub fn new(verifier: Verifier<S>, user_of: F) -> Self {
-        Self { verifier, user_of }
+        Self {
+            verifier,
+            user_of,
+            api: None,
+        }
+    }
+
+    /// Also refuses (403) keys that do not grant `api`. Default: any API.
+    pub fn require(mut self, api: Api) -> Self {
+        self.api = Some(api);
+        self
     }
 }
 
@@ -62,6 +74,7 @@ impl<Inner, S, F: Clone> Layer<Inner> for AuthLayer<S, F> {
             inner,
             verifier: self.verifier.clone(),
             user_of: self.user_of.clone(),
+            api: self.api,
         }
     }
 }
@@ -71,6 +84,7 @@ pub struct Auth<Inner, S, F> {
     inner: Inner,
     verifier: Verifier<S>,
     user_of: F,
+    api: Option<Api>,
 }
 
 impl<Inner: Clone, S, F: Clone> Clone for Auth<Inner, S, F> {
@@ -79,6 +93,7 @@ impl<Inner: Clone, S, F: Clone> Clone for Auth<Inner, S, F> {
             inner: self.inner.clone(),
             verifier: self.verifier.clone(),
             user_of: self.user_of.clone(),
+            api: self.api,
         }
     }
 }
@@ -109,9 +124,13 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let verifier = self.verifier.clone();
         let user_of = self.user_of.clone();
+        let api = self.api;
         Box::pin(async move {
             let (mut parts, body) = req.into_parts();
-            match authenticate(&verifier, &user_of, &parts).await {
+            let checked = authenticate(&verifier, &user_of, &parts)
+                .await
+                .and_then(|p| api.map_or(Ok(()), |api| p.authorize(api)).map(|()| p));
+            match checked {
                 Ok(principal) => {
                     parts.extensions.insert(principal);
                     inner.call(Request::from_parts(parts, body)).await

@@ -1,0 +1,150 @@
+//! GCRA rate limiting against real Redis, at known times.
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers fail the test by panicking"
+)]
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use geoauth::{KeyPrefix, Quota, RateLimiter, RateSubject, UserName};
+use geostack_testkit::TestRedis;
+
+fn limiter(redis: &TestRedis) -> RateLimiter {
+    RateLimiter::with_prefix(redis.connection(), KeyPrefix::new(redis.prefix()).unwrap())
+}
+
+/// The continuous-state leaky bucket: a formulation of GCRA independent of the script's
+/// virtual scheduling. Each allowed request adds `t` to the bucket, which drains one unit per
+/// microsecond and holds `burst * t`.
+struct LeakyBucket {
+    level: u64,
+    last: u64,
+    t: u64,
+    capacity: u64,
+}
+
+impl LeakyBucket {
+    fn allow(&mut self, now: u64) -> bool {
+        let drained = self.level.saturating_sub(now - self.last);
+        self.last = now;
+        if drained + self.t > self.capacity {
+            self.level = drained;
+            false
+        } else {
+            self.level = drained + self.t;
+            true
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_allowed_requests_are_exactly_those_gcra_predicts() {
+    let redis = TestRedis::new().await;
+    let limiter = limiter(&redis);
+    let subject = RateSubject::user(&UserName::new("alice").unwrap(), "sql").unwrap();
+    // 10 per second, bursts of 5; a request every 20 ms for 3 s (five times the rate), then a
+    // pause of 700 ms, then a request every 150 ms (below the rate) for 3 s.
+    let quota = Quota::new(5, 10, Duration::from_secs(1)).unwrap();
+    let start = 1_700_000_000_000_000_u64; // microseconds since the epoch
+    let mut times: Vec<u64> = (0..150).map(|k| start + k * 20_000).collect();
+    let resume = start + 150 * 20_000 + 700_000;
+    times.extend((0..20).map(|k| resume + k * 150_000));
+
+    let mut model = LeakyBucket {
+        level: 0,
+        last: start,
+        t: 100_000,
+        capacity: 5 * 100_000,
+    };
+    let mut allowed = 0;
+    for (i, &now) in times.iter().enumerate() {
+        let at = UNIX_EPOCH + Duration::from_micros(now);
+        let decision = limiter.check_at(&subject, quota, at).await.unwrap();
+        let expected = model.allow(now);
+        assert_eq!(
+            decision.allowed,
+            expected,
+            "request {i} at +{} us",
+            now - start
+        );
+        assert_eq!(decision.limit, 5);
+        if decision.allowed {
+            allowed += 1;
+            assert_eq!(decision.retry_after, None);
+            // What is left now: whole emission intervals of room in the bucket.
+            assert_eq!(
+                u64::from(decision.remaining),
+                (model.capacity - model.level) / model.t,
+                "remaining at request {i}"
+            );
+        } else {
+            let retry = decision.retry_after.unwrap();
+            assert_eq!(
+                retry.as_micros() as u64,
+                model.level + model.t - model.capacity
+            );
+        }
+    }
+    // Saturated phase: the bucket drains 20 ms between requests, so 6 pass in the first 100 ms
+    // (0, 20, …, 100 ms), then one each at 200, 300, …, 2900 ms: 6 + 28 = 34. The slow phase is
+    // under the rate: all 20 pass.
+    assert_eq!(allowed, 34 + 20);
+}
+
+#[tokio::test]
+async fn subjects_are_counted_apart_and_the_server_clock_works() {
+    let redis = TestRedis::new().await;
+    let limiter = limiter(&redis);
+    let alice = UserName::new("alice").unwrap();
+    let bob = UserName::new("bob").unwrap();
+    // 3 at once, then one an hour.
+    let quota = Quota::new(3, 1, Duration::from_secs(3600)).unwrap();
+    for user in [&alice, &bob] {
+        let subject = RateSubject::user(user, "maps").unwrap();
+        for n in (0..3).rev() {
+            let d = limiter.check(&subject, quota).await.unwrap();
+            assert!(d.allowed);
+            assert_eq!(d.remaining, n);
+        }
+        let denied = limiter.check(&subject, quota).await.unwrap();
+        assert!(!denied.allowed);
+        let retry = denied.retry_after.unwrap();
+        assert!(
+            retry > Duration::from_secs(3590) && retry <= Duration::from_secs(3600),
+            "{retry:?}"
+        );
+        assert!(
+            denied.reset > Duration::from_secs(3 * 3600 - 10),
+            "{:?}",
+            denied.reset
+        );
+
+        let mut headers = http::HeaderMap::new();
+        denied.write_headers(&mut headers);
+        assert_eq!(headers["ratelimit-limit"], "3");
+        assert_eq!(headers["ratelimit-remaining"], "0");
+        assert_eq!(headers["carto-rate-limit-remaining"], "0");
+        assert_eq!(headers["retry-after"], "3600");
+    }
+    // Another group of the same user starts full.
+    let other = RateSubject::user(&alice, "sql").unwrap();
+    assert!(limiter.check(&other, quota).await.unwrap().allowed);
+}
+
+#[tokio::test]
+async fn the_cell_expires_once_the_bucket_is_empty() {
+    let redis = TestRedis::new().await;
+    let limiter = limiter(&redis);
+    let subject = RateSubject::user(&UserName::new("alice").unwrap(), "sql").unwrap();
+    let quota = Quota::new(2, 10, Duration::from_millis(100)).unwrap(); // 10 ms interval
+    let now = SystemTime::now();
+    limiter.check_at(&subject, quota, now).await.unwrap();
+    let mut conn = redis.connection();
+    let key = format!("{}{{alice}}:rate:sql:user", redis.prefix());
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!((1..=10).contains(&ttl), "pttl {ttl}");
+}
