@@ -1,1 +1,20 @@
 #![doc = include_str!("../README.md")]
+
+mod body;
+mod error;
+mod format;
+mod geom;
+mod json;
+mod options;
+mod provision;
+mod registry;
+mod run;
+mod tables;
+mod value;
+
+pub use body::Body;
+pub use error::{Error, Result};
+pub use options::{Access, CsvGeometry, Format, Options};
+pub use provision::PublicRole;
+pub use registry::{PoolRegistry, RegistryConfig};
+pub use run::{Meta, Response, run};

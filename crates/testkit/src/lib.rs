@@ -11,7 +11,7 @@ mod redis_prefix;
 mod redis_server;
 mod unavailable;
 
-pub use pg::TestDb;
+pub use pg::{TestDb, TestRole};
 pub use redis_prefix::TestRedis;
 pub use redis_server::RedisServer;
 pub use unavailable::Unavailable;

@@ -101,6 +101,104 @@ impl TestDb {
     pub fn connect_options(&self) -> PgConnectOptions {
         self.admin.clone().database(&self.name)
     }
+
+    /// A new login role with a password and no privilege at all, dropped (with what it owns
+    /// and was granted in this database) when the value is dropped.
+    ///
+    /// # Panics
+    ///
+    /// When the role cannot be created.
+    pub async fn create_role(&self) -> TestRole {
+        let name = unique("gs_test_role");
+        let password = unique("pw");
+        let create = format!("create role {} login password '{password}'", ident(&name));
+        if let Err(e) = sqlx::raw_sql(sqlx::AssertSqlSafe(create))
+            .execute(&self.pool)
+            .await
+        {
+            panic!("testkit: cannot create role {name}: {e}");
+        }
+        TestRole {
+            name,
+            password,
+            db: self.connect_options(),
+            admin: self.admin.clone(),
+        }
+    }
+}
+
+/// A login role made by [`TestDb::create_role`].
+pub struct TestRole {
+    name: String,
+    password: String,
+    db: PgConnectOptions,
+    admin: PgConnectOptions,
+}
+
+impl TestRole {
+    /// The role's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The role's password.
+    pub fn password(&self) -> &str {
+        &self.password
+    }
+
+    /// Options that log in to the test database as this role.
+    pub fn connect_options(&self) -> PgConnectOptions {
+        self.db
+            .clone()
+            .username(&self.name)
+            .password(&self.password)
+    }
+
+    /// A pool of `max` connections logged in as this role.
+    ///
+    /// # Panics
+    ///
+    /// When it cannot connect.
+    pub async fn pool(&self, max: u32) -> PgPool {
+        match PgPoolOptions::new()
+            .max_connections(max)
+            .connect_with(self.connect_options())
+            .await
+        {
+            Ok(pool) => pool,
+            Err(e) => panic!("testkit: cannot log in as {}: {e}", self.name),
+        }
+    }
+}
+
+impl Drop for TestRole {
+    fn drop(&mut self) {
+        let (db, admin, role) = (self.db.clone(), self.admin.clone(), ident(&self.name));
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            rt.block_on(async {
+                // Its grants in the test database (which may already be gone), then the role.
+                if let Ok(mut conn) = connect(&db).await {
+                    let drop_owned = format!("drop owned by {role}");
+                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(drop_owned))
+                        .execute(&mut conn)
+                        .await;
+                    let _ = conn.close().await;
+                }
+                let mut conn = connect(&admin).await.map_err(|e| e.to_string())?;
+                let drop = format!("drop role if exists {role}");
+                sqlx::raw_sql(sqlx::AssertSqlSafe(drop))
+                    .execute(&mut conn)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                conn.close().await.map_err(|e| e.to_string())
+            })
+        })
+        .join();
+    }
 }
 
 impl Drop for TestDb {

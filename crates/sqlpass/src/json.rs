@@ -1,0 +1,88 @@
+//! Writing JSON by hand, fast: strings escaped per RFC 8259, numbers as given.
+
+/// Appends `s` as a JSON string.
+pub(crate) fn push_str(out: &mut Vec<u8>, s: &str) {
+    out.reserve(s.len() + 2);
+    out.push(b'"');
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escape: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0..=0x1f => b"",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        if escape.is_empty() {
+            out.extend_from_slice(format!("\\u{b:04x}").as_bytes());
+        } else {
+            out.extend_from_slice(escape);
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+/// Appends a number already in JSON syntax.
+pub(crate) fn push_number(out: &mut Vec<u8>, n: &str) {
+    out.extend_from_slice(n.as_bytes());
+}
+
+/// Appends an integer.
+pub(crate) fn push_int(out: &mut Vec<u8>, n: i64) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+}
+
+/// Appends a float: the shortest text that reads back the same (exponent form for very large
+/// and small magnitudes); `NaN`, `Infinity` and
+/// `-Infinity` as strings, since JSON numbers cannot say them.
+pub(crate) fn push_float(out: &mut Vec<u8>, f: f64) {
+    if f.is_nan() {
+        out.extend_from_slice(b"\"NaN\"");
+    } else if f.is_infinite() {
+        out.extend_from_slice(if f > 0.0 {
+            b"\"Infinity\""
+        } else {
+            b"\"-Infinity\""
+        });
+    } else {
+        out.extend_from_slice(ryu::Buffer::new().format_finite(f).as_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &str) -> String {
+        let mut out = Vec::new();
+        push_str(&mut out, v);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn strings_escape_quotes_backslashes_and_controls() {
+        assert_eq!(s(r#"a"b\c"#), r#""a\"b\\c""#);
+        assert_eq!(s("line\nnext\u{1}é"), "\"line\\nnext\\u0001é\"");
+        let parsed: String = serde_json::from_str(&s("\u{0}\u{1f}\"}{,")).unwrap();
+        assert_eq!(parsed, "\u{0}\u{1f}\"}{,");
+    }
+
+    #[test]
+    fn floats_round_trip_and_non_finite_are_strings() {
+        for f in [0.1, -2.5e-300, 1e21, 123456789.125, f64::MAX] {
+            let mut out = Vec::new();
+            push_float(&mut out, f);
+            let back: f64 = serde_json::from_slice(&out).unwrap();
+            assert_eq!(back, f);
+        }
+        let mut out = Vec::new();
+        push_float(&mut out, f64::NEG_INFINITY);
+        assert_eq!(out, b"\"-Infinity\"");
+    }
+}

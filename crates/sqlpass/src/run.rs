@@ -1,0 +1,589 @@
+//! The pipeline: one statement, in a transaction with timeouts, through a server-side cursor,
+//! encoded as the rows arrive.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgPool, PgRow};
+use sqlx::{
+    AssertSqlSafe, Column as _, Connection as _, Executor as _, Postgres, Row as _,
+    SqlSafeStr as _, Statement as _, TypeInfo as _, ValueRef as _,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::format::{self, Column, Summary};
+use crate::geom::Header;
+use crate::tables;
+use crate::value::{self, Kind, PostgisOids, Value};
+use crate::{Access, Body, Error, Options, Result};
+
+/// What a response carries besides its bytes: for the HTTP headers.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Meta {
+    /// The `Content-Type`.
+    pub content_type: &'static str,
+    /// `attachment; filename="…"` when a filename was asked for.
+    pub content_disposition: Option<String>,
+    /// The tables the query reads, `schema.table`, sorted.
+    pub tables: Vec<String>,
+    /// CARTO's `X-Cache-Channel` value, when the query reads tables.
+    pub cache_channel: Option<String>,
+    /// `Surrogate-Key` values, one per table.
+    pub surrogate_keys: Vec<String>,
+}
+
+/// A started run: its metadata, and its body to stream.
+pub struct Response {
+    /// For the headers.
+    pub meta: Meta,
+    /// The bytes.
+    pub body: Body,
+}
+
+type Conn = PoolConnection<Postgres>;
+
+const CURSOR: &str = "geostack_sqlpass";
+
+/// Runs `sql` from an untrusted caller on `pool`, a pool that logged in as the caller's role.
+///
+/// Errors found before the first byte (syntax, permissions, a read-only violation caught at
+/// planning, options) are returned here; later ones are written into the body in its format.
+/// The connection goes back to the pool only when it is clean (no advisory locks, listeners,
+/// SQL-level prepared statements, cursors or temporary tables), and is closed otherwise.
+///
+/// # Errors
+///
+/// [`Error::Query`] when PostgreSQL refuses the statement, [`Error::Unavailable`] when no
+/// connection could be had, [`Error::StatementTimeout`] / [`Error::Deadline`] for timeouts.
+pub async fn run(pool: &PgPool, sql: &str, options: Options) -> Result<Response> {
+    let started = Instant::now();
+    let deadline = started + options.deadline;
+    let st = options.statement_timeout;
+    let mut conn = match tokio::time::timeout_at(deadline.into(), pool.acquire()).await {
+        Ok(conn) => conn.map_err(|e| Error::from_sqlx(e, st))?,
+        Err(_) => return Err(Error::Deadline(options.deadline)),
+    };
+    let prepared =
+        match tokio::time::timeout_at(deadline.into(), prepare(&mut conn, sql, &options)).await {
+            Ok(Ok(prepared)) => prepared,
+            Ok(Err(e)) => {
+                end(conn, Access::ReadOnly, false).await;
+                return Err(e);
+            }
+            Err(_) => {
+                // The prepare was cut mid-statement: the connection's state is unknown.
+                conn.close_on_drop();
+                return Err(Error::Deadline(options.deadline));
+            }
+        };
+    let meta = Meta {
+        content_type: options.format.content_type(),
+        content_disposition: options.filename.as_deref().map(|name| {
+            format!(
+                "attachment; filename=\"{}.{}\"",
+                safe_filename(name),
+                options.format.extension()
+            )
+        }),
+        cache_channel: tables::cache_channel(&prepared.database, &prepared.tables),
+        surrogate_keys: tables::surrogate_keys(&prepared.database, &prepared.tables),
+        tables: prepared.tables.clone(),
+    };
+    let (tx, rx) = mpsc::channel(2);
+    let (end_tx, end_rx) = oneshot::channel();
+    let producer = Producer {
+        pool: pool.clone(),
+        conn,
+        prepared,
+        options,
+        started,
+        deadline,
+        tx,
+        end: Some(end_tx),
+    };
+    tokio::spawn(producer.run());
+    Ok(Response {
+        meta,
+        body: Body::new(rx, end_rx),
+    })
+}
+
+struct Prepared {
+    columns: Vec<Column>,
+    postgis: PostgisOids,
+    pid: i32,
+    database: String,
+    tables: Vec<String>,
+    /// The statement to run for writers (no cursor).
+    direct: Option<String>,
+}
+
+async fn prepare(conn: &mut Conn, sql: &str, options: &Options) -> Result<Prepared> {
+    let st = options.statement_timeout;
+    let err = |e| Error::from_sqlx(e, st);
+    let begin = match options.access {
+        Access::ReadOnly => "BEGIN READ ONLY",
+        Access::ReadWrite => "BEGIN",
+    };
+    sqlx::raw_sql(begin)
+        .execute(&mut **conn)
+        .await
+        .map_err(err)?;
+    let ms = |d: Duration| format!("{}ms", d.as_millis().max(1));
+    let (pid, database, geometry, geography): (i32, String, Option<i64>, Option<i64>) =
+        sqlx::query_as(
+            "select pg_backend_pid(), current_database()::text,
+                to_regtype('geometry')::oid::int8, to_regtype('geography')::oid::int8,
+                set_config('statement_timeout', $1, true),
+                set_config('lock_timeout', $2, true),
+                set_config('idle_in_transaction_session_timeout', $3, true)",
+        )
+        .bind(ms(options.statement_timeout))
+        .bind(ms(options.lock_timeout))
+        .bind(ms(options.idle_timeout))
+        .fetch_one(&mut **conn)
+        .await
+        .map_err(err)?;
+    let postgis = PostgisOids {
+        geometry: geometry.and_then(|o| u32::try_from(o).ok()),
+        geography: geography.and_then(|o| u32::try_from(o).ok()),
+    };
+
+    // The statement's result columns. Preparing also refuses more than one statement: the
+    // extended protocol takes exactly one.
+    let sql = sql.trim_end_matches(|c: char| c == ';' || c.is_whitespace());
+    let statement = (&mut **conn)
+        .prepare(AssertSqlSafe(sql.to_owned()).into_sql_str())
+        .await
+        .map_err(err)?;
+    let mut columns: Vec<Column> = statement
+        .columns()
+        .iter()
+        .map(|c| {
+            let ty = c.type_info();
+            let kind = ty.oid().and_then(|oid| Kind::of(oid.0, postgis));
+            Column {
+                name: c.name().to_owned(),
+                pgtype: typname(ty.name()),
+                kind,
+                skip: options.skipfields.iter().any(|s| s == c.name()),
+            }
+        })
+        .collect();
+
+    let tables = if options.affected_tables {
+        let explain = format!("EXPLAIN (FORMAT JSON, VERBOSE)\n{sql}");
+        let row: PgRow = sqlx::query(AssertSqlSafe(explain))
+            .persistent(false)
+            .fetch_one(&mut **conn)
+            .await
+            .map_err(err)?;
+        let raw = row.try_get_raw(0).map_err(err)?;
+        let plan: serde_json::Value = raw
+            .as_bytes()
+            .ok()
+            .and_then(|b| serde_json::from_slice(b).ok())
+            .ok_or_else(|| Error::Internal("unreadable EXPLAIN output".into()))?;
+        tables::from_plan(&plan)
+    } else {
+        Vec::new()
+    };
+
+    // Columns of types decoded here go as they are; others are cast to text by position.
+    let needs_cast = columns.iter().any(|c| c.kind.is_none());
+    let query = if needs_cast {
+        let aliases: Vec<String> = (1..=columns.len()).map(|i| format!("c{i}")).collect();
+        let select: Vec<String> = columns
+            .iter()
+            .zip(&aliases)
+            .map(|(c, a)| match c.kind {
+                Some(_) => format!("_q.{a}"),
+                None => format!("_q.{a}::text"),
+            })
+            .collect();
+        for c in &mut columns {
+            c.kind.get_or_insert(Kind::Text);
+        }
+        format!(
+            "SELECT {} FROM (\n{sql}\n) AS _q({})",
+            select.join(", "),
+            aliases.join(", ")
+        )
+    } else {
+        sql.to_owned()
+    };
+
+    let direct = match options.access {
+        Access::ReadOnly => {
+            let declare = format!("DECLARE {CURSOR} NO SCROLL CURSOR FOR\n{query}");
+            sqlx::query(AssertSqlSafe(declare))
+                .persistent(false)
+                .execute(&mut **conn)
+                .await
+                .map_err(err)?;
+            None
+        }
+        Access::ReadWrite => Some(query),
+    };
+    Ok(Prepared {
+        columns,
+        postgis,
+        pid,
+        database,
+        tables,
+        direct,
+    })
+}
+
+struct Producer {
+    pool: PgPool,
+    conn: Conn,
+    prepared: Prepared,
+    options: Options,
+    started: Instant,
+    deadline: Instant,
+    tx: mpsc::Sender<Bytes>,
+    end: Option<oneshot::Sender<Error>>,
+}
+
+/// How a producer stopped.
+enum Stop {
+    /// All rows, or an error written into the document; the transaction can end normally.
+    Done(Option<String>),
+    /// The caller dropped the body.
+    Dropped,
+    /// The caller did not read in time.
+    Stalled,
+}
+
+impl Producer {
+    async fn run(mut self) {
+        let columns = self.prepared.columns.clone();
+        let mut encoder = format::encoder(
+            self.options.format,
+            self.options.dp,
+            self.options.csv_geometry,
+        );
+        let mut state = State {
+            out: Vec::with_capacity(self.options.chunk_bytes * 2),
+            rows: 0,
+            sent: 0,
+            geometry: vec![None; columns.len()],
+        };
+        encoder.begin(&mut state.out, &columns);
+        let stop = match self.prepared.direct.take() {
+            None => {
+                self.read_cursor(&columns, encoder.as_mut(), &mut state)
+                    .await
+            }
+            Some(sql) => {
+                self.direct(&sql, &columns, encoder.as_mut(), &mut state)
+                    .await
+            }
+        };
+        match stop {
+            Stop::Done(error) => {
+                let summary = Summary {
+                    elapsed: self.started.elapsed(),
+                    rows: state.rows,
+                    geometry: &state.geometry,
+                };
+                encoder.finish(&mut state.out, &columns, &summary, error.as_deref());
+                let last = Bytes::from(std::mem::take(&mut state.out));
+                let sent = tokio::time::timeout_at(self.deadline.into(), self.tx.send(last)).await;
+                if sent.is_err() {
+                    self.fail(Error::Deadline(self.options.deadline));
+                }
+                end(self.conn, self.options.access, error.is_none()).await;
+            }
+            Stop::Dropped => {
+                // The query may be running: stop it, and do not reuse the connection.
+                cancel(&self.pool, self.prepared.pid).await;
+                self.conn.close_on_drop();
+            }
+            Stop::Stalled => {
+                cancel(&self.pool, self.prepared.pid).await;
+                self.conn.close_on_drop();
+                self.fail(Error::Deadline(self.options.deadline));
+            }
+        }
+    }
+
+    fn fail(&mut self, e: Error) {
+        if let Some(end) = self.end.take() {
+            let _ = end.send(e);
+        }
+    }
+
+    async fn read_cursor(
+        &mut self,
+        columns: &[Column],
+        encoder: &mut dyn format::Encoder,
+        state: &mut State,
+    ) -> Stop {
+        let st = self.options.statement_timeout;
+        let mut remaining = u64::MAX;
+        if let Some((per_page, page)) = self.options.page {
+            remaining = per_page;
+            let skip = per_page.saturating_mul(page);
+            if skip > 0 {
+                let step = sqlx::query(AssertSqlSafe(format!("MOVE FORWARD {skip} IN {CURSOR}")))
+                    .persistent(false)
+                    .execute(&mut *self.conn);
+                match guarded(&self.tx, self.deadline, step).await {
+                    Guarded::Done(Ok(_)) => {}
+                    Guarded::Done(Err(e)) => {
+                        return Stop::Done(Some(Error::from_sqlx(e, st).to_string()));
+                    }
+                    Guarded::Dropped => return Stop::Dropped,
+                    Guarded::Late => {
+                        return Stop::Done(Some(
+                            Error::Deadline(self.options.deadline).to_string(),
+                        ));
+                    }
+                }
+            }
+        }
+        loop {
+            let want = u64::from(self.options.batch_rows).min(remaining);
+            if want == 0 {
+                return Stop::Done(None);
+            }
+            let fetch = sqlx::query(AssertSqlSafe(format!("FETCH FORWARD {want} FROM {CURSOR}")))
+                .persistent(false)
+                .fetch_all(&mut *self.conn);
+            let rows = match guarded(&self.tx, self.deadline, fetch).await {
+                Guarded::Done(Ok(rows)) => rows,
+                Guarded::Done(Err(e)) => {
+                    return Stop::Done(Some(Error::from_sqlx(e, st).to_string()));
+                }
+                Guarded::Dropped => return Stop::Dropped,
+                Guarded::Late => {
+                    // Cut mid-FETCH: the connection cannot be reused; finish the document.
+                    cancel(&self.pool, self.prepared.pid).await;
+                    self.conn.close_on_drop();
+                    return Stop::Done(Some(Error::Deadline(self.options.deadline).to_string()));
+                }
+            };
+            let got = rows.len() as u64;
+            for row in &rows {
+                match self.write_row(row, columns, encoder, state).await {
+                    Ok(()) => {}
+                    Err(stop) => return stop,
+                }
+            }
+            remaining = remaining.saturating_sub(got);
+            if got < want {
+                return Stop::Done(None);
+            }
+        }
+    }
+
+    async fn direct(
+        &mut self,
+        sql: &str,
+        columns: &[Column],
+        encoder: &mut dyn format::Encoder,
+        state: &mut State,
+    ) -> Stop {
+        let st = self.options.statement_timeout;
+        let fetch = sqlx::query(AssertSqlSafe(sql.to_owned()))
+            .persistent(false)
+            .fetch_all(&mut *self.conn);
+        let rows = match guarded(&self.tx, self.deadline, fetch).await {
+            Guarded::Done(Ok(rows)) => rows,
+            Guarded::Done(Err(e)) => return Stop::Done(Some(Error::from_sqlx(e, st).to_string())),
+            Guarded::Dropped => return Stop::Dropped,
+            Guarded::Late => {
+                cancel(&self.pool, self.prepared.pid).await;
+                self.conn.close_on_drop();
+                return Stop::Done(Some(Error::Deadline(self.options.deadline).to_string()));
+            }
+        };
+        for row in &rows {
+            if let Err(stop) = self.write_row(row, columns, encoder, state).await {
+                return stop;
+            }
+        }
+        Stop::Done(None)
+    }
+
+    async fn write_row(
+        &mut self,
+        row: &PgRow,
+        columns: &[Column],
+        encoder: &mut dyn format::Encoder,
+        state: &mut State,
+    ) -> Result<(), Stop> {
+        if let Some(limit) = self.options.row_limit
+            && state.rows >= limit
+        {
+            return Err(Stop::Done(Some(format!("row limit of {limit} exceeded"))));
+        }
+        let mut values = Vec::with_capacity(columns.len());
+        for (i, c) in columns.iter().enumerate() {
+            let raw = row
+                .try_get_raw(i)
+                .map_err(|e| Stop::Done(Some(e.to_string())))?;
+            if raw.is_null() {
+                values.push(Value::Null);
+                continue;
+            }
+            let bytes = raw
+                .as_bytes()
+                .map_err(|e| Stop::Done(Some(e.to_string())))?;
+            let kind = c.kind.unwrap_or(Kind::Text);
+            let v = value::decode(kind, bytes, self.prepared.postgis)
+                .map_err(|e| Stop::Done(Some(format!("cannot read column {}: {}", c.name, e.0))))?;
+            if let Value::Geometry(ewkb) = v
+                && state.geometry[i].is_none()
+            {
+                state.geometry[i] = Header::read(ewkb);
+            }
+            values.push(v);
+        }
+        let mark = state.out.len();
+        encoder.row(&mut state.out, columns, &values, state.rows == 0);
+        if let Some(limit) = self.options.byte_limit
+            && state.sent + state.out.len() as u64 > limit
+        {
+            state.out.truncate(mark);
+            return Err(Stop::Done(Some(format!("byte limit of {limit} exceeded"))));
+        }
+        state.rows += 1;
+        if state.out.len() >= self.options.chunk_bytes {
+            let chunk = Bytes::from(std::mem::replace(
+                &mut state.out,
+                Vec::with_capacity(self.options.chunk_bytes * 2),
+            ));
+            state.sent += chunk.len() as u64;
+            match tokio::time::timeout_at(self.deadline.into(), self.tx.send(chunk)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(Stop::Dropped),
+                Err(_) => return Err(Stop::Stalled),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Awaits database work, watching for the caller dropping the body and for the deadline.
+async fn guarded<T>(
+    tx: &mpsc::Sender<Bytes>,
+    deadline: Instant,
+    work: impl Future<Output = T>,
+) -> Guarded<T> {
+    tokio::select! {
+        r = tokio::time::timeout_at(deadline.into(), work) => match r {
+            Ok(v) => Guarded::Done(v),
+            Err(_) => Guarded::Late,
+        },
+        () = tx.closed() => Guarded::Dropped,
+    }
+}
+
+enum Guarded<T> {
+    Done(T),
+    Dropped,
+    Late,
+}
+
+struct State {
+    out: Vec<u8>,
+    rows: u64,
+    sent: u64,
+    geometry: Vec<Option<Header>>,
+}
+
+/// Ends the transaction (COMMIT only for a writer whose statement succeeded) and returns the
+/// connection to the pool only when nothing of the caller's outlives it.
+async fn end(mut conn: Conn, access: Access, success: bool) {
+    let finish = if access == Access::ReadWrite && success {
+        "COMMIT"
+    } else {
+        "ROLLBACK"
+    };
+    let clean = async {
+        sqlx::raw_sql(finish).execute(&mut *conn).await?;
+        if access == Access::ReadWrite {
+            sqlx::raw_sql("RESET ALL").execute(&mut *conn).await?;
+        }
+        let (dirt,): (i64,) = sqlx::query_as(include_str!("sql/dirt.sql"))
+            .fetch_one(&mut *conn)
+            .await?;
+        Ok::<_, sqlx::Error>(dirt == 0)
+    };
+    match tokio::time::timeout(Duration::from_secs(5), clean).await {
+        Ok(Ok(true)) => {}
+        _ => {
+            let _ = conn.detach().close().await;
+        }
+    }
+}
+
+/// Cancels whatever backend `pid` runs, from a connection of its own (the same role may cancel
+/// its own backends).
+async fn cancel(pool: &PgPool, pid: i32) {
+    let options = pool.connect_options();
+    let work = async {
+        let mut conn = sqlx::PgConnection::connect_with(&options).await?;
+        sqlx::query("select pg_cancel_backend($1)")
+            .bind(pid)
+            .execute(&mut conn)
+            .await?;
+        conn.close().await
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), work).await;
+}
+
+/// PostgreSQL's `typname` from sqlx's display name: built-in types are upper-cased there
+/// (`INT4`, arrays `INT4[]`); extension types keep their name (`geometry`).
+fn typname(display: &str) -> String {
+    match display.strip_suffix("[]") {
+        Some(base) => format!("_{}", base.to_ascii_lowercase()),
+        None => display.to_ascii_lowercase(),
+    }
+}
+
+/// A filename without path separators, quotes or control characters.
+fn safe_filename(name: &str) -> String {
+    let cleaned: String = name
+        .chars()
+        .map(|c| {
+            if c.is_alphanumeric() || matches!(c, '-' | '_' | '.' | ' ') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(128)
+        .collect();
+    let trimmed = cleaned.trim_matches(|c| c == '.' || c == ' ');
+    if trimmed.is_empty() {
+        "cartodb-query".into()
+    } else {
+        trimmed.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{safe_filename, typname};
+
+    #[test]
+    fn type_names_are_postgres_typnames() {
+        assert_eq!(typname("INT4"), "int4");
+        assert_eq!(typname("TEXT[]"), "_text");
+        assert_eq!(typname("geometry"), "geometry");
+    }
+
+    #[test]
+    fn filenames_cannot_escape_their_header() {
+        assert_eq!(safe_filename("my export"), "my export");
+        assert_eq!(safe_filename("../../etc/passwd"), "_.._etc_passwd");
+        assert_eq!(safe_filename("a\"b\r\nc"), "a_b__c");
+        assert_eq!(safe_filename("..."), "cartodb-query");
+    }
+}

@@ -1,0 +1,235 @@
+//! Every format, every type a user meets, through real PostgreSQL with PostGIS.
+
+mod common;
+
+use common::{env, json, text};
+use serde_json::json;
+use sqlpass::{CsvGeometry, Format, Options};
+
+#[tokio::test]
+async fn json_is_carto_envelope_with_exact_values_and_geometry_fields() {
+    let env = env().await;
+    let doc = json(
+        &env.pool,
+        "select id, name, pop, score, geom from places order by id",
+    )
+    .await;
+    assert_eq!(
+        doc,
+        json!({
+            "rows": [
+                {"id": 1, "name": "Zürich", "pop": 421878, "score": 0.5,
+                 "geom": "0101000020E6100000FCE07CEA58152140CFA44DD53DB04740"},
+                {"id": 2, "name": "a \"quoted\", name", "pop": null, "score": -1.25,
+                 "geom": "0101000020E610000052B81E85EB51C0BFE6E786A6ECC04940"},
+                {"id": 3, "name": null, "pop": 9223372036854775807_i64, "score": "NaN", "geom": null}
+            ],
+            "fields": {
+                "id": {"type": "number", "pgtype": "int4"},
+                "name": {"type": "string", "pgtype": "text"},
+                "pop": {"type": "number", "pgtype": "int8"},
+                "score": {"type": "number", "pgtype": "float8"},
+                "geom": {"type": "geometry", "wkbtype": "Point", "dims": 2, "srid": 4326}
+            },
+            "total_rows": 3
+        })
+    );
+    // The geometry text is PostGIS's own.
+    let (hex,): (String,) = sqlx::query_as("select geom::text from places where id = 1")
+        .fetch_one(env.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(hex, "0101000020E6100000FCE07CEA58152140CFA44DD53DB04740");
+}
+
+const ALL_TYPES: &str = "select
+    true as b, 7::int2 as i2, -8::int4 as i4, 9223372036854775807::int8 as i8,
+    1.5::float4 as f4, 'Infinity'::float8 as f8,
+    12345678901234567890.000123::numeric as n, 'NaN'::numeric as nn, -0.0005::numeric as small,
+    'text é'::text as t, 'v'::varchar(3) as vc, 'c'::char(2) as ch,
+    '{\"k\": [1, 2]}'::json as j, '{\"k\": [1, 2]}'::jsonb as jb,
+    'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'::uuid as u, '\\x01ff'::bytea as by,
+    '2024-02-29'::date as d, '12:34:56.5'::time as tm,
+    '2024-02-29 12:34:56'::timestamp as ts, '2024-02-29 12:34:56+02'::timestamptz as tz,
+    '1 year 2 mons 3 days 04:05:06'::interval as iv,
+    array[1, null, 3]::int4[] as ai, array['x', 'y,z']::text[] as at,
+    '192.168.0.1/24'::inet as inet,
+    ST_GeogFromText('SRID=4326;POINT(1 2)') as geog,
+    null::text as nothing";
+
+#[tokio::test]
+async fn every_type_has_a_defined_json_encoding() {
+    let env = env().await;
+    let doc = json(&env.pool, ALL_TYPES).await;
+    assert_eq!(
+        doc["rows"][0],
+        json!({
+            "b": true, "i2": 7, "i4": -8, "i8": 9223372036854775807_i64,
+            "f4": 1.5, "f8": "Infinity",
+            "n": 12345678901234567890.000123_f64, "nn": "NaN", "small": -0.0005,
+            "t": "text é", "vc": "v", "ch": "c ",
+            "j": {"k": [1, 2]}, "jb": {"k": [1, 2]},
+            "u": "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "by": "\\x01ff",
+            "d": "2024-02-29", "tm": "12:34:56.5",
+            "ts": "2024-02-29T12:34:56", "tz": "2024-02-29T10:34:56Z",
+            "iv": "P1Y2M3DT4H5M6S",
+            "ai": [1, null, 3], "at": ["x", "y,z"],
+            "inet": "192.168.0.1/24",
+            "geog": "0101000020E6100000000000000000F03F0000000000000040",
+            "nothing": null
+        })
+    );
+    // Exact digits: the numeric and the int8 are written as PostgreSQL has them.
+    let raw = text(&env.pool, ALL_TYPES, Options::default()).await;
+    assert!(raw.contains("\"n\":12345678901234567890.000123,"), "{raw}");
+    assert!(raw.contains("\"i8\":9223372036854775807,"), "{raw}");
+    assert_eq!(
+        doc["fields"]["inet"],
+        json!({"type": "string", "pgtype": "inet"})
+    );
+    assert_eq!(
+        doc["fields"]["ai"],
+        json!({"type": "number[]", "pgtype": "_int4"})
+    );
+    assert_eq!(
+        doc["fields"]["geog"],
+        json!({"type": "geography", "wkbtype": "Point", "dims": 2, "srid": 4326})
+    );
+}
+
+#[tokio::test]
+async fn csv_is_rfc_4180_with_nulls_empty_and_hostile_names() {
+    let env = env().await;
+    let sql = "select id, name as \"na,me\", pop, score, geom from places order by id";
+    let csv = text(&env.pool, sql, Options::default().format(Format::Csv)).await;
+    assert_eq!(
+        csv,
+        concat!(
+            "id,\"na,me\",pop,score,geom\r\n",
+            "1,Zürich,421878,0.5,POINT(8.541694 47.376887)\r\n",
+            "2,\"a \"\"quoted\"\", name\",,-1.25,POINT(-0.1275 51.507222)\r\n",
+            "3,,9223372036854775807,NaN,\r\n"
+        )
+    );
+    let hex = text(
+        &env.pool,
+        "select geom, ''::text as empty from places where id = 1",
+        Options::default()
+            .format(Format::Csv)
+            .csv_geometry(CsvGeometry::HexEwkb),
+    )
+    .await;
+    assert_eq!(
+        hex,
+        "geom,empty\r\n0101000020E6100000FCE07CEA58152140CFA44DD53DB04740,\"\"\r\n"
+    );
+}
+
+#[tokio::test]
+async fn geojson_features_use_the_geometry_column_and_dp() {
+    let env = env().await;
+    let sql = "select id, name, geom from places where id < 3 order by id";
+    let doc = text(
+        &env.pool,
+        sql,
+        Options::default().format(Format::GeoJson).dp(2).unwrap(),
+    )
+    .await;
+    let v: serde_json::Value = serde_json::from_str(&doc).unwrap();
+    assert_eq!(
+        v,
+        json!({"type": "FeatureCollection", "features": [
+            {"type": "Feature", "geometry": {"type": "Point", "coordinates": [8.54, 47.38]},
+             "properties": {"id": 1, "name": "Zürich"}},
+            {"type": "Feature", "geometry": {"type": "Point", "coordinates": [-0.13, 51.51]},
+             "properties": {"id": 2, "name": "a \"quoted\", name"}}
+        ]})
+    );
+    // The same rows as a GeoJSON text sequence and as NDJSON.
+    let seq = text(
+        &env.pool,
+        sql,
+        Options::default().format(Format::GeoJsonSeq),
+    )
+    .await;
+    let features: Vec<serde_json::Value> = seq
+        .split('\u{1e}')
+        .filter(|r| !r.is_empty())
+        .map(|r| serde_json::from_str(r.trim_end_matches('\n')).unwrap())
+        .collect();
+    assert_eq!(features.len(), 2);
+    assert_eq!(
+        features[0]["geometry"]["coordinates"],
+        json!([8.541694, 47.376887])
+    );
+    let nd = text(
+        &env.pool,
+        "select id, name from places order by id",
+        Options::default().format(Format::Ndjson),
+    )
+    .await;
+    assert_eq!(
+        nd,
+        "{\"id\":1,\"name\":\"Zürich\"}\n{\"id\":2,\"name\":\"a \\\"quoted\\\", name\"}\n{\"id\":3,\"name\":null}\n"
+    );
+}
+
+#[tokio::test]
+async fn skipfields_pages_and_filename() {
+    let env = env().await;
+    let options = Options::from_params([
+        ("skipfields", "geom,score"),
+        ("rows_per_page", "1"),
+        ("page", "1"),
+        ("filename", "my places"),
+    ])
+    .unwrap();
+    let response = sqlpass::run(
+        &env.pool,
+        "select id, name, score, geom from places order by id",
+        options,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        response.meta.content_disposition.as_deref(),
+        Some("attachment; filename=\"my places.json\"")
+    );
+    assert_eq!(
+        response.meta.content_type,
+        "application/json; charset=utf-8"
+    );
+    let mut v: serde_json::Value = serde_json::from_str(&common::body(response).await).unwrap();
+    v.as_object_mut().unwrap().remove("time");
+    assert_eq!(
+        v,
+        json!({
+            "rows": [{"id": 2, "name": "a \"quoted\", name"}],
+            "fields": {"id": {"type": "number", "pgtype": "int4"}, "name": {"type": "string", "pgtype": "text"}},
+            "total_rows": 1
+        })
+    );
+}
+
+#[tokio::test]
+async fn affected_tables_become_cache_tags() {
+    let env = env().await;
+    let response = sqlpass::run(
+        &env.pool,
+        "select p.id from places p join places q on q.id = p.id",
+        Options::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.meta.tables, ["public.places"]);
+    assert_eq!(
+        response.meta.cache_channel.as_deref(),
+        Some(format!("{}:public.places", env.db.name()).as_str())
+    );
+    assert_eq!(response.meta.surrogate_keys.len(), 1);
+    let _ = common::body(response).await;
+    let none = sqlpass::run(&env.pool, "select 1", Options::default())
+        .await
+        .unwrap();
+    assert!(none.meta.tables.is_empty() && none.meta.cache_channel.is_none());
+}
