@@ -233,3 +233,76 @@ async fn affected_tables_become_cache_tags() {
         .unwrap();
     assert!(none.meta.tables.is_empty() && none.meta.cache_channel.is_none());
 }
+
+#[tokio::test]
+async fn every_type_has_a_defined_encoding_in_every_other_format() {
+    let env = env().await;
+    let csv = text(&env.pool, ALL_TYPES, Options::default().format(Format::Csv)).await;
+    let mut lines = csv.split("\r\n");
+    assert_eq!(
+        lines.next().unwrap(),
+        "b,i2,i4,i8,f4,f8,n,nn,small,t,vc,ch,j,jb,u,by,d,tm,ts,tz,iv,ai,at,inet,geog,nothing"
+    );
+    assert_eq!(
+        lines.next().unwrap(),
+        concat!(
+            "true,7,-8,9223372036854775807,1.5,Infinity,12345678901234567890.000123,NaN,-0.0005,",
+            "text é,v,\"c \",\"{\"\"k\"\": [1, 2]}\",\"{\"\"k\"\": [1, 2]}\",",
+            "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11,\\x01ff,2024-02-29,12:34:56.5,",
+            "2024-02-29T12:34:56,2024-02-29T10:34:56Z,P1Y2M3DT4H5M6S,",
+            "\"[1,null,3]\",\"[\"\"x\"\",\"\"y,z\"\"]\",192.168.0.1/24,POINT(1 2),"
+        )
+    );
+    assert_eq!(lines.next(), Some(""));
+
+    // NDJSON carries the same values as the JSON envelope's row.
+    let nd = text(
+        &env.pool,
+        ALL_TYPES,
+        Options::default().format(Format::Ndjson),
+    )
+    .await;
+    let row: serde_json::Value = serde_json::from_str(nd.trim_end()).unwrap();
+    let envelope = json(&env.pool, ALL_TYPES).await;
+    assert_eq!(row, envelope["rows"][0]);
+
+    // GeoJSON: the geography is the geometry; the rest are the same properties.
+    for format in [Format::GeoJson, Format::GeoJsonSeq] {
+        let doc = text(&env.pool, ALL_TYPES, Options::default().format(format)).await;
+        let feature: serde_json::Value = match format {
+            Format::GeoJson => {
+                serde_json::from_str::<serde_json::Value>(&doc).unwrap()["features"][0].clone()
+            }
+            _ => serde_json::from_str(doc.trim_start_matches('\u{1e}').trim_end()).unwrap(),
+        };
+        assert_eq!(
+            feature["geometry"],
+            json!({"type": "Point", "coordinates": [1, 2]})
+        );
+        let mut expected = envelope["rows"][0].clone();
+        expected.as_object_mut().unwrap().remove("geog");
+        assert_eq!(feature["properties"], expected);
+    }
+}
+
+#[tokio::test]
+async fn hostile_column_names_are_escaped_in_every_format() {
+    let env = env().await;
+    let sql = r#"select 1 as "a""b,c
+d", 2 as "}]\x""#;
+    let json_doc = text(&env.pool, sql, Options::default()).await;
+    let v: serde_json::Value = serde_json::from_str(&json_doc).unwrap();
+    assert_eq!(v["rows"][0], json!({"a\"b,c\nd": 1, "}]\\x": 2}));
+    for format in [Format::GeoJson, Format::Ndjson] {
+        let doc = text(&env.pool, sql, Options::default().format(format)).await;
+        let v: serde_json::Value = serde_json::from_str(doc.trim_end()).unwrap();
+        let props = if format == Format::GeoJson {
+            &v["features"][0]["properties"]
+        } else {
+            &v
+        };
+        assert_eq!(props, &json!({"a\"b,c\nd": 1, "}]\\x": 2}));
+    }
+    let csv = text(&env.pool, sql, Options::default().format(Format::Csv)).await;
+    assert_eq!(csv, "\"a\"\"b,c\nd\",}]\\x\r\n1,2\r\n");
+}

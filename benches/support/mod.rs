@@ -1,0 +1,54 @@
+//! Shared set-up of the benchmarks: a database of their own with deterministic data, made once
+//! and kept between runs.
+
+use std::str::FromStr;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+
+/// The benchmark database, cloned from the PostGIS template on first use.
+pub(crate) const DATABASE: &str = "geostack_bench";
+
+/// A pool on the benchmark database; it and `setup` (run only when `check` returns 0) are
+/// created on first use.
+pub(crate) async fn bench_pool(check: &str, setup: &str) -> PgPool {
+    let url = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let template =
+        std::env::var("GEOSTACK_PG_TEMPLATE").unwrap_or_else(|_| "geostack_template".into());
+    let admin = PgConnectOptions::from_str(&url).expect("a valid DATABASE_URL");
+    let admin_pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(admin.clone())
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL is unreachable ({e}): run scripts/services"));
+    let exists: bool =
+        sqlx::query_scalar("select exists(select 1 from pg_database where datname = $1)")
+            .bind(DATABASE)
+            .fetch_one(&admin_pool)
+            .await
+            .expect("pg_database");
+    if !exists {
+        let create = format!("create database {DATABASE} template \"{template}\"");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(create))
+            .execute(&admin_pool)
+            .await
+            .expect("create the benchmark database");
+    }
+    admin_pool.close().await;
+    let pool = PgPoolOptions::new()
+        .max_connections(2)
+        .connect_with(admin.database(DATABASE))
+        .await
+        .expect("connect to the benchmark database");
+    let ready: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(check.to_owned()))
+        .fetch_one(&pool)
+        .await
+        .unwrap_or(0);
+    if ready == 0 {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(setup.to_owned()))
+            .execute(&pool)
+            .await
+            .expect("load the benchmark data");
+    }
+    pool
+}
