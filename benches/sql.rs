@@ -18,16 +18,17 @@ use futures_util::StreamExt;
 use geostack::sql::{Format, Options};
 
 const ROWS: u64 = 1_000_000;
-const QUERY: &str = "select id, x, name, geom from bench_rows";
+const QUERY: &str = "select id, x, name, geom from bench_rows_v2";
 
-const CHECK: &str = "select count(*) from bench_rows";
+const CHECK: &str = "select count(*) from bench_rows_v2";
 const SETUP: &str = "
 drop table if exists bench_rows;
-create table bench_rows as
-select g::int8 as id, g * 0.001 as x, 'place ' || g as name,
+drop table if exists bench_rows_v2;
+create table bench_rows_v2 as
+select g::int8 as id, (g * 0.001)::float8 as x, 'place ' || g as name,
        ST_SetSRID(ST_MakePoint((g % 3600) * 0.1 - 180, (g % 1700) * 0.1 - 85), 4326) as geom
 from generate_series(1, 1000000) g;
-analyze bench_rows;
+analyze bench_rows_v2;
 ";
 
 fn formats(c: &mut Criterion) {

@@ -51,7 +51,7 @@ fn measure(rows: u64) {
         let mut bytes = 0usize;
         if rows > 0 {
             let sql = format!(
-                "select g::int8 as id, g * 0.001 as x, 'place ' || g as name,
+                "select g::int8 as id, (g * 0.001)::float8 as x, 'place ' || g as name,
                         ST_SetSRID(ST_MakePoint((g % 3600) * 0.1 - 180, (g % 1700) * 0.1 - 85), 4326) as geom
                  from generate_series(1, {rows}) g"
             );

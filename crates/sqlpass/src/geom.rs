@@ -144,6 +144,18 @@ pub(crate) fn push_rounded(out: &mut Vec<u8>, v: f64, dp: u8) {
         out.extend_from_slice(b"null");
         return;
     }
+    // Fast path: the shortest text of `v` already has no more than `dp` decimals (most stored
+    // coordinates), so no rounding is needed.
+    let mut buf = ryu::Buffer::new();
+    let short = buf.format_finite(v);
+    if !short.contains('e') {
+        let decimals = short.split_once('.').map_or(0, |(_, f)| f.len());
+        if decimals <= usize::from(dp) {
+            let trimmed = short.strip_suffix(".0").unwrap_or(short);
+            push_number(out, if trimmed == "-0" { "0" } else { trimmed });
+            return;
+        }
+    }
     let s = format!("{:.*}", usize::from(dp), v);
     let s = if s.contains('.') {
         s.trim_end_matches('0').trim_end_matches('.')
@@ -278,6 +290,28 @@ mod tests {
         assert_eq!(text(|o| push_wkt(o, &g, 6)), "POINT(1 2)");
         assert_eq!(text(|o| push_hex(o, &ewkb[..5])), "0101000020");
         assert!(Header::read(&[1, 2]).is_none());
+    }
+
+    #[test]
+    fn rounding_matches_fixed_decimals_on_both_paths() {
+        let cases = [
+            (1.0, 6, "1"),
+            (-0.0, 6, "0"),
+            (0.1, 6, "0.1"),
+            (8.541694, 6, "8.541694"),
+            (8.5416945, 6, "8.541695"),
+            (123456789.0, 2, "123456789"),
+            (1e-7, 6, "0"),
+            (-1e-7, 6, "0"),
+            (1e22, 6, "10000000000000000000000"),
+            (2.5, 0, "2"),
+            (-179.99999999, 4, "-180"),
+        ];
+        for (v, dp, want) in cases {
+            let mut out = Vec::new();
+            push_rounded(&mut out, v, dp);
+            assert_eq!(String::from_utf8(out).unwrap(), want, "{v} at {dp}");
+        }
     }
 
     #[test]

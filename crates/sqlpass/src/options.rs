@@ -134,7 +134,7 @@ impl Default for Options {
             deadline: Duration::from_secs(60),
             row_limit: None,
             byte_limit: None,
-            batch_rows: 1000,
+            batch_rows: 10_000,
             chunk_bytes: 64 * 1024,
             dp: 6,
             skipfields: Vec::new(),
@@ -247,7 +247,8 @@ impl Options {
         self
     }
 
-    /// Rows per `FETCH` from the cursor. Default 1000.
+    /// Rows per `FETCH` from the cursor (rows stream as they come either way; this sets how
+    /// often a round trip interrupts them). Default 10 000.
     pub fn batch_rows(mut self, rows: u32) -> Self {
         self.batch_rows = rows.max(1);
         self

@@ -1,9 +1,11 @@
 //! The pipeline: one statement, in a transaction with timeouts, through a server-side cursor,
 //! encoded as the rows arrive.
 
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::{FutureExt as _, StreamExt as _};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgPool, PgRow};
 use sqlx::{
@@ -11,6 +13,7 @@ use sqlx::{
     SqlSafeStr as _, Statement as _, TypeInfo as _, ValueRef as _,
 };
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Sleep;
 
 use crate::format::{self, Column, Summary};
 use crate::geom::Header;
@@ -256,6 +259,17 @@ enum Stop {
     Dropped,
     /// The caller did not read in time.
     Stalled,
+    /// The deadline came while the database was working: the statement is cut mid-flight.
+    Late,
+}
+
+/// What writing a row needs, borrowed from the producer.
+struct Ctx<'a> {
+    tx: &'a mpsc::Sender<Bytes>,
+    deadline: Instant,
+    options: &'a Options,
+    postgis: PostgisOids,
+    columns: &'a [Column],
 }
 
 impl Producer {
@@ -267,47 +281,83 @@ impl Producer {
             self.options.csv_geometry,
         );
         let mut state = State {
+            scratch: Vec::with_capacity(columns.len()),
             out: Vec::with_capacity(self.options.chunk_bytes * 2),
             rows: 0,
             sent: 0,
             geometry: vec![None; columns.len()],
         };
         encoder.begin(&mut state.out, &columns);
-        let stop = match self.prepared.direct.take() {
-            None => {
-                self.read_cursor(&columns, encoder.as_mut(), &mut state)
-                    .await
-            }
+        let sleep = tokio::time::sleep_until(self.deadline.into());
+        tokio::pin!(sleep);
+        let direct = self.prepared.direct.take();
+        let ctx = Ctx {
+            tx: &self.tx,
+            deadline: self.deadline,
+            options: &self.options,
+            postgis: self.prepared.postgis,
+            columns: &columns,
+        };
+        let conn: &mut sqlx::PgConnection = &mut self.conn;
+        let stop = match direct {
+            None => read_cursor(conn, &ctx, &mut sleep, encoder.as_mut(), &mut state).await,
             Some(sql) => {
-                self.direct(&sql, &columns, encoder.as_mut(), &mut state)
-                    .await
+                match pump(conn, sql, &ctx, &mut sleep, encoder.as_mut(), &mut state).await {
+                    Ok(_) => Stop::Done(None),
+                    Err(stop) => stop,
+                }
             }
         };
+        let deadline_error = || Error::Deadline(self.options.deadline);
         match stop {
             Stop::Done(error) => {
-                let summary = Summary {
-                    elapsed: self.started.elapsed(),
-                    rows: state.rows,
-                    geometry: &state.geometry,
-                };
-                encoder.finish(&mut state.out, &columns, &summary, error.as_deref());
-                let last = Bytes::from(std::mem::take(&mut state.out));
-                let sent = tokio::time::timeout_at(self.deadline.into(), self.tx.send(last)).await;
-                if sent.is_err() {
-                    self.fail(Error::Deadline(self.options.deadline));
-                }
+                self.finish(encoder.as_mut(), &columns, &mut state, error.as_deref())
+                    .await;
                 end(self.conn, self.options.access, error.is_none()).await;
             }
+            Stop::Late => {
+                // Cut mid-statement: stop the query, do not reuse the connection, and finish
+                // the document with the reason.
+                cancel(&self.pool, self.prepared.pid).await;
+                self.conn.close_on_drop();
+                let error = deadline_error().to_string();
+                self.finish(encoder.as_mut(), &columns, &mut state, Some(&error))
+                    .await;
+            }
             Stop::Dropped => {
-                // The query may be running: stop it, and do not reuse the connection.
                 cancel(&self.pool, self.prepared.pid).await;
                 self.conn.close_on_drop();
             }
             Stop::Stalled => {
                 cancel(&self.pool, self.prepared.pid).await;
                 self.conn.close_on_drop();
-                self.fail(Error::Deadline(self.options.deadline));
+                self.fail(deadline_error());
             }
+        }
+    }
+
+    /// Writes the end of the document and sends the last chunk (briefly past the deadline, so
+    /// a deadline error itself can still reach a reader that keeps up).
+    async fn finish(
+        &mut self,
+        encoder: &mut dyn format::Encoder,
+        columns: &[Column],
+        state: &mut State,
+        error: Option<&str>,
+    ) {
+        let summary = Summary {
+            elapsed: self.started.elapsed(),
+            rows: state.rows,
+            geometry: &state.geometry,
+        };
+        encoder.finish(&mut state.out, columns, &summary, error);
+        let last = Bytes::from(std::mem::take(&mut state.out));
+        let until = self.deadline.max(Instant::now()) + Duration::from_millis(100);
+        if tokio::time::timeout_at(until.into(), self.tx.send(last))
+            .await
+            .is_err()
+        {
+            self.fail(Error::Deadline(self.options.deadline));
         }
     }
 
@@ -316,181 +366,158 @@ impl Producer {
             let _ = end.send(e);
         }
     }
+}
 
-    async fn read_cursor(
-        &mut self,
-        columns: &[Column],
-        encoder: &mut dyn format::Encoder,
-        state: &mut State,
-    ) -> Stop {
-        let st = self.options.statement_timeout;
-        let mut remaining = u64::MAX;
-        if let Some((per_page, page)) = self.options.page {
-            remaining = per_page;
-            let skip = per_page.saturating_mul(page);
-            if skip > 0 {
-                let step = sqlx::query(AssertSqlSafe(format!("MOVE FORWARD {skip} IN {CURSOR}")))
-                    .persistent(false)
-                    .execute(&mut *self.conn);
-                match guarded(&self.tx, self.deadline, step).await {
-                    Guarded::Done(Ok(_)) => {}
-                    Guarded::Done(Err(e)) => {
-                        return Stop::Done(Some(Error::from_sqlx(e, st).to_string()));
-                    }
-                    Guarded::Dropped => return Stop::Dropped,
-                    Guarded::Late => {
-                        return Stop::Done(Some(
-                            Error::Deadline(self.options.deadline).to_string(),
-                        ));
-                    }
-                }
-            }
-        }
-        loop {
-            let want = u64::from(self.options.batch_rows).min(remaining);
-            if want == 0 {
-                return Stop::Done(None);
-            }
-            let fetch = sqlx::query(AssertSqlSafe(format!("FETCH FORWARD {want} FROM {CURSOR}")))
-                .persistent(false)
-                .fetch_all(&mut *self.conn);
-            let rows = match guarded(&self.tx, self.deadline, fetch).await {
-                Guarded::Done(Ok(rows)) => rows,
-                Guarded::Done(Err(e)) => {
-                    return Stop::Done(Some(Error::from_sqlx(e, st).to_string()));
-                }
-                Guarded::Dropped => return Stop::Dropped,
-                Guarded::Late => {
-                    // Cut mid-FETCH: the connection cannot be reused; finish the document.
-                    cancel(&self.pool, self.prepared.pid).await;
-                    self.conn.close_on_drop();
-                    return Stop::Done(Some(Error::Deadline(self.options.deadline).to_string()));
-                }
-            };
-            let got = rows.len() as u64;
-            for row in &rows {
-                match self.write_row(row, columns, encoder, state).await {
-                    Ok(()) => {}
-                    Err(stop) => return stop,
-                }
-            }
-            remaining = remaining.saturating_sub(got);
-            if got < want {
-                return Stop::Done(None);
-            }
+/// Rows from the cursor, a page of them when asked, `batch_rows` per `FETCH`.
+async fn read_cursor(
+    conn: &mut sqlx::PgConnection,
+    ctx: &Ctx<'_>,
+    sleep: &mut Pin<&mut Sleep>,
+    encoder: &mut dyn format::Encoder,
+    state: &mut State,
+) -> Stop {
+    let mut remaining = u64::MAX;
+    if let Some((per_page, page)) = ctx.options.page {
+        remaining = per_page;
+        let skip = per_page.saturating_mul(page);
+        if skip > 0
+            && let Err(stop) = pump(
+                conn,
+                format!("MOVE FORWARD {skip} IN {CURSOR}"),
+                ctx,
+                sleep,
+                encoder,
+                state,
+            )
+            .await
+        {
+            return stop;
         }
     }
+    loop {
+        let want = u64::from(ctx.options.batch_rows).min(remaining);
+        if want == 0 {
+            return Stop::Done(None);
+        }
+        let fetch = format!("FETCH FORWARD {want} FROM {CURSOR}");
+        match pump(conn, fetch, ctx, sleep, encoder, state).await {
+            Ok(got) if got < want => return Stop::Done(None),
+            Ok(got) => remaining = remaining.saturating_sub(got),
+            Err(stop) => return stop,
+        }
+    }
+}
 
-    async fn direct(
-        &mut self,
-        sql: &str,
-        columns: &[Column],
-        encoder: &mut dyn format::Encoder,
-        state: &mut State,
-    ) -> Stop {
-        let st = self.options.statement_timeout;
-        let fetch = sqlx::query(AssertSqlSafe(sql.to_owned()))
-            .persistent(false)
-            .fetch_all(&mut *self.conn);
-        let rows = match guarded(&self.tx, self.deadline, fetch).await {
-            Guarded::Done(Ok(rows)) => rows,
-            Guarded::Done(Err(e)) => return Stop::Done(Some(Error::from_sqlx(e, st).to_string())),
-            Guarded::Dropped => return Stop::Dropped,
-            Guarded::Late => {
-                cancel(&self.pool, self.prepared.pid).await;
-                self.conn.close_on_drop();
-                return Stop::Done(Some(Error::Deadline(self.options.deadline).to_string()));
-            }
+/// Runs one statement and writes its rows as they arrive from the socket, so encoding here
+/// overlaps with PostgreSQL producing the next rows. Returns how many rows came.
+async fn pump(
+    conn: &mut sqlx::PgConnection,
+    sql: String,
+    ctx: &Ctx<'_>,
+    sleep: &mut Pin<&mut Sleep>,
+    encoder: &mut dyn format::Encoder,
+    state: &mut State,
+) -> Result<u64, Stop> {
+    let st = ctx.options.statement_timeout;
+    let mut rows = sqlx::query(AssertSqlSafe(sql))
+        .persistent(false)
+        .fetch(conn);
+    let mut got = 0;
+    loop {
+        // A row already read from the socket needs no watching; only a wait does.
+        let next = match rows.next().now_or_never() {
+            Some(next) => next,
+            None => tokio::select! {
+                biased;
+                row = rows.next() => row,
+                () = sleep.as_mut() => return Err(Stop::Late),
+                () = ctx.tx.closed() => return Err(Stop::Dropped),
+            },
         };
-        for row in &rows {
-            if let Err(stop) = self.write_row(row, columns, encoder, state).await {
-                return stop;
+        match next {
+            None => return Ok(got),
+            Some(Err(e)) => return Err(Stop::Done(Some(Error::from_sqlx(e, st).to_string()))),
+            Some(Ok(row)) => {
+                got += 1;
+                // Rows that keep coming never wait on the timer: look at the clock instead. A
+                // dropped body shows at the next chunk sent.
+                if got % 1024 == 0 && Instant::now() >= ctx.deadline {
+                    return Err(Stop::Late);
+                }
+                write_row(&row, ctx, sleep, encoder, state).await?;
             }
         }
-        Stop::Done(None)
-    }
-
-    async fn write_row(
-        &mut self,
-        row: &PgRow,
-        columns: &[Column],
-        encoder: &mut dyn format::Encoder,
-        state: &mut State,
-    ) -> Result<(), Stop> {
-        if let Some(limit) = self.options.row_limit
-            && state.rows >= limit
-        {
-            return Err(Stop::Done(Some(format!("row limit of {limit} exceeded"))));
-        }
-        let mut values = Vec::with_capacity(columns.len());
-        for (i, c) in columns.iter().enumerate() {
-            let raw = row
-                .try_get_raw(i)
-                .map_err(|e| Stop::Done(Some(e.to_string())))?;
-            if raw.is_null() {
-                values.push(Value::Null);
-                continue;
-            }
-            let bytes = raw
-                .as_bytes()
-                .map_err(|e| Stop::Done(Some(e.to_string())))?;
-            let kind = c.kind.unwrap_or(Kind::Text);
-            let v = value::decode(kind, bytes, self.prepared.postgis)
-                .map_err(|e| Stop::Done(Some(format!("cannot read column {}: {}", c.name, e.0))))?;
-            if let Value::Geometry(ewkb) = v
-                && state.geometry[i].is_none()
-            {
-                state.geometry[i] = Header::read(ewkb);
-            }
-            values.push(v);
-        }
-        let mark = state.out.len();
-        encoder.row(&mut state.out, columns, &values, state.rows == 0);
-        if let Some(limit) = self.options.byte_limit
-            && state.sent + state.out.len() as u64 > limit
-        {
-            state.out.truncate(mark);
-            return Err(Stop::Done(Some(format!("byte limit of {limit} exceeded"))));
-        }
-        state.rows += 1;
-        if state.out.len() >= self.options.chunk_bytes {
-            let chunk = Bytes::from(std::mem::replace(
-                &mut state.out,
-                Vec::with_capacity(self.options.chunk_bytes * 2),
-            ));
-            state.sent += chunk.len() as u64;
-            match tokio::time::timeout_at(self.deadline.into(), self.tx.send(chunk)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return Err(Stop::Dropped),
-                Err(_) => return Err(Stop::Stalled),
-            }
-        }
-        Ok(())
     }
 }
 
-/// Awaits database work, watching for the caller dropping the body and for the deadline.
-async fn guarded<T>(
-    tx: &mpsc::Sender<Bytes>,
-    deadline: Instant,
-    work: impl Future<Output = T>,
-) -> Guarded<T> {
-    tokio::select! {
-        r = tokio::time::timeout_at(deadline.into(), work) => match r {
-            Ok(v) => Guarded::Done(v),
-            Err(_) => Guarded::Late,
-        },
-        () = tx.closed() => Guarded::Dropped,
+async fn write_row(
+    row: &PgRow,
+    ctx: &Ctx<'_>,
+    sleep: &mut Pin<&mut Sleep>,
+    encoder: &mut dyn format::Encoder,
+    state: &mut State,
+) -> Result<(), Stop> {
+    if let Some(limit) = ctx.options.row_limit
+        && state.rows >= limit
+    {
+        return Err(Stop::Done(Some(format!("row limit of {limit} exceeded"))));
     }
+    let mut values = recycle(std::mem::take(&mut state.scratch));
+    for (i, c) in ctx.columns.iter().enumerate() {
+        let raw = row
+            .try_get_raw(i)
+            .map_err(|e| Stop::Done(Some(e.to_string())))?;
+        if raw.is_null() {
+            values.push(Value::Null);
+            continue;
+        }
+        let bytes = raw
+            .as_bytes()
+            .map_err(|e| Stop::Done(Some(e.to_string())))?;
+        let kind = c.kind.unwrap_or(Kind::Text);
+        let v = value::decode(kind, bytes, ctx.postgis)
+            .map_err(|e| Stop::Done(Some(format!("cannot read column {}: {}", c.name, e.0))))?;
+        if let Value::Geometry(ewkb) = v
+            && state.geometry[i].is_none()
+        {
+            state.geometry[i] = Header::read(ewkb);
+        }
+        values.push(v);
+    }
+    let mark = state.out.len();
+    encoder.row(&mut state.out, ctx.columns, &values, state.rows == 0);
+    state.scratch = recycle(values);
+    if let Some(limit) = ctx.options.byte_limit
+        && state.sent + state.out.len() as u64 > limit
+    {
+        state.out.truncate(mark);
+        return Err(Stop::Done(Some(format!("byte limit of {limit} exceeded"))));
+    }
+    state.rows += 1;
+    if state.out.len() >= ctx.options.chunk_bytes {
+        let chunk = Bytes::from(std::mem::replace(
+            &mut state.out,
+            Vec::with_capacity(ctx.options.chunk_bytes * 2),
+        ));
+        state.sent += chunk.len() as u64;
+        tokio::select! {
+            sent = ctx.tx.send(chunk) => sent.map_err(|_| Stop::Dropped)?,
+            () = sleep.as_mut() => return Err(Stop::Stalled),
+        }
+    }
+    Ok(())
 }
 
-enum Guarded<T> {
-    Done(T),
-    Dropped,
-    Late,
+/// An emptied vector of values with its allocation kept, for values of another lifetime: the
+/// standard library collects a mapped `IntoIter` of same-sized items in place.
+fn recycle<'a>(mut values: Vec<Value<'_>>) -> Vec<Value<'a>> {
+    values.clear();
+    values.into_iter().map(|_| Value::Null).collect()
 }
 
 struct State {
+    /// The values of the row being written, reused from row to row.
+    scratch: Vec<Value<'static>>,
     out: Vec<u8>,
     rows: u64,
     sent: u64,

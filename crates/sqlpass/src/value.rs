@@ -79,8 +79,9 @@ pub(crate) enum Value<'a> {
     Bool(bool),
     Int(i64),
     Float(f64),
-    /// Exact decimal text, or `NaN`, `Infinity`, `-Infinity`.
-    Numeric(String),
+    /// A numeric in PostgreSQL's binary form, already checked; written exactly by
+    /// [`push_numeric`].
+    Numeric(&'a [u8]),
     /// Text, and values shown as text: uuid, date and time types, intervals.
     Text(Cow<'a, str>),
     /// JSON text, as stored.
@@ -114,7 +115,10 @@ pub(crate) fn decode(kind: Kind, bytes: &[u8], postgis: PostgisOids) -> Decoded<
         Kind::Int8 => Value::Int(i64::from_be_bytes(arr(fixed(8)?))),
         Kind::Float4 => Value::Float(f32::from_be_bytes(arr(fixed(4)?)).into()),
         Kind::Float8 => Value::Float(f64::from_be_bytes(arr(fixed(8)?))),
-        Kind::Numeric => Value::Numeric(numeric(bytes)?),
+        Kind::Numeric => {
+            check_numeric(bytes)?;
+            Value::Numeric(bytes)
+        }
         Kind::Text => Value::Text(Cow::Borrowed(utf8(bytes)?)),
         Kind::Json => Value::Json(utf8(bytes)?),
         Kind::Jsonb => match bytes.split_first() {
@@ -171,64 +175,90 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// numeric: ndigits, weight, sign, dscale, then base-10000 digits; written exactly.
-fn numeric(bytes: &[u8]) -> Result<String, BadValue> {
+/// The special values of numeric, by their sign word.
+pub(crate) fn numeric_special(raw: &[u8]) -> Option<&'static str> {
+    match raw.get(4..6) {
+        Some([0xC0, 0x00]) => Some("NaN"),
+        Some([0xD0, 0x00]) => Some("Infinity"),
+        Some([0xF0, 0x00]) => Some("-Infinity"),
+        _ => None,
+    }
+}
+
+/// numeric: ndigits, weight, sign, dscale, then base-10000 digits. Checks the form once, so
+/// that writing it later cannot fail.
+fn check_numeric(bytes: &[u8]) -> Result<(), BadValue> {
     let mut r = Reader(bytes);
     let ndigits = usize::try_from(r.i16()?).map_err(|_| BadValue("numeric digit count"))?;
-    let weight = i32::from(r.i16()?);
+    let _weight = r.i16()?;
     let sign = r.u16()?;
-    let dscale = usize::try_from(r.i16()?).map_err(|_| BadValue("numeric scale"))?;
-    match sign {
-        0xC000 => return Ok("NaN".into()),
-        0xD000 => return Ok("Infinity".into()),
-        0xF000 => return Ok("-Infinity".into()),
-        0x0000 | 0x4000 => {}
-        _ => return Err(BadValue("numeric sign")),
+    let _dscale = usize::try_from(r.i16()?).map_err(|_| BadValue("numeric scale"))?;
+    if !matches!(sign, 0x0000 | 0x4000 | 0xC000 | 0xD000 | 0xF000) {
+        return Err(BadValue("numeric sign"));
     }
-    let mut digits = Vec::with_capacity(ndigits);
+    if r.0.len() != 2 * ndigits {
+        return Err(BadValue("numeric digits"));
+    }
     for _ in 0..ndigits {
-        let d = r.i16()?;
-        if !(0..10_000).contains(&d) {
+        if !(0..10_000).contains(&r.i16()?) {
             return Err(BadValue("numeric digit"));
         }
-        digits.push(d);
     }
-    let digit = |i: i32| -> i16 {
-        usize::try_from(i)
-            .ok()
-            .and_then(|i| digits.get(i))
-            .copied()
-            .unwrap_or(0)
+    Ok(())
+}
+
+/// Appends a checked numeric exactly: its decimal digits, or `NaN`/`Infinity`/`-Infinity`.
+pub(crate) fn push_numeric(out: &mut Vec<u8>, raw: &[u8]) {
+    if let Some(special) = numeric_special(raw) {
+        out.extend_from_slice(special.as_bytes());
+        return;
+    }
+    let word = |i: usize| i16::from_be_bytes([raw[2 * i], raw[2 * i + 1]]);
+    let (ndigits, weight, sign, dscale) = (
+        word(0) as i32,
+        i32::from(word(1)),
+        word(2),
+        word(3) as usize,
+    );
+    let digit = |i: i32| -> u16 {
+        if (0..ndigits).contains(&i) {
+            word(4 + i as usize) as u16
+        } else {
+            0
+        }
     };
-    let mut out = String::new();
-    if sign == 0x4000 {
-        out.push('-');
+    if sign as u16 == 0x4000 {
+        out.push(b'-');
     }
-    // Integer part: groups 0..=weight.
+    // Integer part: groups 0..=weight, the first without leading zeros.
     if weight < 0 {
-        out.push('0');
+        out.push(b'0');
     } else {
-        for i in 0..=weight {
-            let d = digit(i);
-            if i == 0 {
-                let _ = write!(out, "{d}");
-            } else {
-                let _ = write!(out, "{d:04}");
-            }
+        out.extend_from_slice(itoa::Buffer::new().format(digit(0)).as_bytes());
+        for i in 1..=weight {
+            push_group(out, digit(i));
         }
     }
     if dscale > 0 {
-        out.push('.');
-        let mut frac = String::with_capacity(dscale + 4);
+        out.push(b'.');
+        let start = out.len();
         let mut i = weight + 1;
-        while frac.len() < dscale {
-            let _ = write!(frac, "{:04}", digit(i));
+        while out.len() - start < dscale {
+            push_group(out, digit(i));
             i += 1;
         }
-        frac.truncate(dscale);
-        out.push_str(&frac);
+        out.truncate(start + dscale);
     }
-    Ok(out)
+}
+
+/// Four decimal digits, zero-padded.
+fn push_group(out: &mut Vec<u8>, g: u16) {
+    out.extend_from_slice(&[
+        b'0' + (g / 1000) as u8,
+        b'0' + (g / 100 % 10) as u8,
+        b'0' + (g / 10 % 10) as u8,
+        b'0' + (g % 10) as u8,
+    ]);
 }
 
 fn uuid(b: &[u8]) -> String {
@@ -425,6 +455,13 @@ mod tests {
             b.extend(d.to_be_bytes());
         }
         b
+    }
+
+    fn numeric(raw: &[u8]) -> Result<String, BadValue> {
+        check_numeric(raw)?;
+        let mut out = Vec::new();
+        push_numeric(&mut out, raw);
+        Ok(String::from_utf8(out).unwrap())
     }
 
     #[test]

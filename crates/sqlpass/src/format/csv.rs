@@ -56,7 +56,7 @@ impl Encoder for Csv {
                 } else {
                     b"-Infinity"
                 }),
-                Value::Numeric(n) => out.extend_from_slice(n.as_bytes()),
+                Value::Numeric(raw) => crate::value::push_numeric(out, raw),
                 Value::Text(s) => push_field(out, s.as_bytes(), true),
                 Value::Json(j) => push_field(out, j.as_bytes(), true),
                 Value::Bytes(b) => {

@@ -6,18 +6,22 @@ use crate::value::{Kind, Value};
 
 /// `{"rows":[…],"time":s,"fields":{…},"total_rows":N}`, with `"error":[…]` when the stream
 /// ended early.
-pub(crate) struct Envelope;
+#[derive(Default)]
+pub(crate) struct Envelope {
+    keys: Keys,
+}
 
 impl Encoder for Envelope {
-    fn begin(&mut self, out: &mut Vec<u8>, _columns: &[Column]) {
+    fn begin(&mut self, out: &mut Vec<u8>, columns: &[Column]) {
+        self.keys = Keys::new(columns);
         out.extend_from_slice(b"{\"rows\":[");
     }
 
-    fn row(&mut self, out: &mut Vec<u8>, columns: &[Column], values: &[Value<'_>], first: bool) {
+    fn row(&mut self, out: &mut Vec<u8>, _columns: &[Column], values: &[Value<'_>], first: bool) {
         if !first {
             out.push(b',');
         }
-        push_object(out, columns, values);
+        self.keys.push_object(out, values);
     }
 
     fn finish(
@@ -64,13 +68,18 @@ impl Encoder for Envelope {
 }
 
 /// One object per row and line; an early end adds a last line `{"error":[…]}`.
-pub(crate) struct Lines;
+#[derive(Default)]
+pub(crate) struct Lines {
+    keys: Keys,
+}
 
 impl Encoder for Lines {
-    fn begin(&mut self, _out: &mut Vec<u8>, _columns: &[Column]) {}
+    fn begin(&mut self, _out: &mut Vec<u8>, columns: &[Column]) {
+        self.keys = Keys::new(columns);
+    }
 
-    fn row(&mut self, out: &mut Vec<u8>, columns: &[Column], values: &[Value<'_>], _first: bool) {
-        push_object(out, columns, values);
+    fn row(&mut self, out: &mut Vec<u8>, _columns: &[Column], values: &[Value<'_>], _first: bool) {
+        self.keys.push_object(out, values);
         out.push(b'\n');
     }
 
@@ -89,19 +98,35 @@ impl Encoder for Lines {
     }
 }
 
-fn push_object(out: &mut Vec<u8>, columns: &[Column], values: &[Value<'_>]) {
-    out.push(b'{');
-    let mut first = true;
-    for (c, v) in columns.iter().zip(values).filter(|(c, _)| !c.skip) {
-        if !first {
-            out.push(b',');
+/// The object keys of the output columns, escaped once: `"name":` (and `,"name":` after the
+/// first), with the index of the value each one takes.
+#[derive(Default)]
+pub(crate) struct Keys(Vec<(usize, Vec<u8>)>);
+
+impl Keys {
+    pub(crate) fn new(columns: &[Column]) -> Self {
+        let mut keys = Vec::new();
+        for (i, c) in columns.iter().enumerate().filter(|(_, c)| !c.skip) {
+            let mut key = Vec::with_capacity(c.name.len() + 4);
+            if !keys.is_empty() {
+                key.push(b',');
+            }
+            push_str(&mut key, &c.name);
+            key.push(b':');
+            keys.push((i, key));
         }
-        first = false;
-        push_str(out, &c.name);
-        out.push(b':');
-        push_json_value(out, v);
+        Self(keys)
     }
-    out.push(b'}');
+
+    /// `{"a":1,"b":2}` for the row's values.
+    pub(crate) fn push_object(&self, out: &mut Vec<u8>, values: &[Value<'_>]) {
+        out.push(b'{');
+        for (i, key) in &self.0 {
+            out.extend_from_slice(key);
+            push_json_value(out, &values[*i]);
+        }
+        out.push(b'}');
+    }
 }
 
 /// CARTO's name for a column's type in `fields`.

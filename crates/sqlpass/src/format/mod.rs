@@ -55,8 +55,8 @@ pub(crate) trait Encoder: Send {
 /// The encoder for `format`.
 pub(crate) fn encoder(format: Format, dp: u8, csv_geometry: CsvGeometry) -> Box<dyn Encoder> {
     match format {
-        Format::Json => Box::new(json::Envelope),
-        Format::Ndjson => Box::new(json::Lines),
+        Format::Json => Box::<json::Envelope>::default(),
+        Format::Ndjson => Box::<json::Lines>::default(),
         Format::GeoJson => Box::new(geojson::Collection::new(dp)),
         Format::GeoJsonSeq => Box::new(geojson::Sequence::new(dp)),
         Format::Csv => Box::new(csv::Csv::new(dp, csv_geometry)),
@@ -65,16 +65,16 @@ pub(crate) fn encoder(format: Format, dp: u8, csv_geometry: CsvGeometry) -> Box<
 
 /// Writes a value as JSON (geometry as hex EWKB, as PostGIS prints it; bytea as `\x` hex).
 pub(crate) fn push_json_value(out: &mut Vec<u8>, v: &Value<'_>) {
-    use crate::json::{push_float, push_int, push_number, push_str};
+    use crate::json::{push_float, push_int, push_str};
     match v {
         Value::Null => out.extend_from_slice(b"null"),
         Value::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
         Value::Int(i) => push_int(out, *i),
         Value::Float(f) => push_float(out, *f),
-        Value::Numeric(n) if matches!(n.as_str(), "NaN" | "Infinity" | "-Infinity") => {
-            push_str(out, n)
-        }
-        Value::Numeric(n) => push_number(out, n),
+        Value::Numeric(raw) => match crate::value::numeric_special(raw) {
+            Some(special) => push_str(out, special),
+            None => crate::value::push_numeric(out, raw),
+        },
         Value::Text(s) => push_str(out, s),
         Value::Json(j) => out.extend_from_slice(j.as_bytes()),
         Value::Bytes(b) => {
@@ -156,9 +156,11 @@ pub(crate) mod tests {
         let mut out = Vec::new();
         let values = [
             Value::Int(i64::MAX),
-            Value::Numeric("12345678901234567890.000123".into()),
-            Value::Numeric("NaN".into()),
-            Value::Numeric("-Infinity".into()),
+            Value::Numeric(&[
+                0, 7, 0, 4, 0, 0, 0, 6, 4, 210, 22, 46, 35, 52, 13, 128, 30, 210, 0, 1, 8, 252,
+            ]),
+            Value::Numeric(&[0, 0, 0, 0, 0xC0, 0, 0, 0]),
+            Value::Numeric(&[0, 0, 0, 0, 0xF0, 0, 0, 0]),
             Value::Float(f64::INFINITY),
             Value::Bytes(&[0xde, 0xad]),
             Value::Array(vec![Value::Null, Value::Text("x".into())]),
