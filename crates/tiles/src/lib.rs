@@ -1,1 +1,15 @@
 #![doc = include_str!("../README.md")]
+
+mod coord;
+mod decode;
+mod encode;
+mod error;
+mod options;
+mod pipeline;
+
+pub use coord::{Bounds, MAX_ZOOM, TileCoord, WEB_MERCATOR_HALF, to_lon_lat, to_web_mercator};
+pub use decode::{DecodedFeature, DecodedLayer, DecodedTile, DecodedValue, decode};
+pub use encode::{LayerBuilder, LayerStats, TileBuilder, Value};
+pub use error::{Error, Result};
+pub use options::TileOptions;
+pub use pipeline::{TileGeometry, TilePoint};

@@ -1,0 +1,279 @@
+//! Features → a Mapbox Vector Tile, through the `mvt` encoder.
+
+use std::collections::HashSet;
+
+use geo_traits::to_geo::ToGeoGeometry;
+use geo_types::Geometry;
+use mvt::{GeomEncoder, GeomType};
+
+use crate::pipeline::{Frame, Prepared, TileGeometry, prepare};
+use crate::{Error, Result, TileCoord, TileOptions};
+
+/// An attribute value. `Null` is omitted from the feature, as MVT has no null.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum Value<'a> {
+    /// A string.
+    String(&'a str),
+    /// A signed integer.
+    Int(i64),
+    /// An unsigned integer.
+    Uint(u64),
+    /// A double.
+    Double(f64),
+    /// A boolean.
+    Bool(bool),
+    /// No value: the attribute is left out.
+    Null,
+}
+
+/// What happened to the features offered to a layer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LayerStats {
+    /// Encoded.
+    pub added: u64,
+    /// Not near the tile.
+    pub outside: u64,
+    /// Near the tile, but nothing survived clipping and quantization.
+    pub degenerate: u64,
+    /// EMPTY geometries.
+    pub empty: u64,
+    /// Bytes that are not WKB, or geometry collections.
+    pub invalid: u64,
+    /// Ids given twice: the feature kept, its id dropped.
+    pub duplicate_ids: u64,
+}
+
+/// Builds one tile, layer by layer.
+///
+/// ```
+/// use geostack_tiles::{TileBuilder, TileCoord, TileOptions, Value};
+///
+/// let coord = TileCoord::new_checked(0, 0, 0).unwrap();
+/// let mut tile = TileBuilder::new(coord, &TileOptions::default());
+/// let mut layer = tile.layer("places");
+/// let point = geo_types::Geometry::Point(geo_types::Point::new(0.0, 0.0)); // EPSG:3857
+/// layer.add_geometry(&point, Some(1), &[("name", Value::String("origin"))]).unwrap();
+/// let stats = layer.finish().unwrap();
+/// assert_eq!(stats.added, 1);
+/// let bytes = tile.into_bytes().unwrap();
+/// let decoded = geostack_tiles::decode(&bytes).unwrap();
+/// assert_eq!(decoded.layers[0].features[0].id, Some(1));
+/// ```
+pub struct TileBuilder {
+    coord: TileCoord,
+    options: TileOptions,
+    tile: mvt::Tile,
+}
+
+impl TileBuilder {
+    /// An empty tile.
+    pub fn new(coord: TileCoord, options: &TileOptions) -> Self {
+        Self {
+            coord,
+            options: options.clone(),
+            tile: mvt::Tile::new(options.extent),
+        }
+    }
+
+    /// Starts a layer; it joins the tile when [`LayerBuilder::finish`] is called and has
+    /// features.
+    pub fn layer(&mut self, name: &str) -> LayerBuilder<'_> {
+        let layer = self.tile.create_layer(name);
+        LayerBuilder {
+            frame: Frame::new(self.coord, &self.options),
+            tile: self,
+            layer: Some(layer),
+            ids: HashSet::new(),
+            stats: LayerStats::default(),
+        }
+    }
+
+    /// The number of layers with features.
+    pub fn layers(&self) -> usize {
+        self.tile.num_layers()
+    }
+
+    /// The tile's encoded size so far, in bytes.
+    pub fn size(&self) -> usize {
+        self.tile.compute_size()
+    }
+
+    /// The encoded tile (empty when no layer has features).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Encode`] when the encoder fails.
+    pub fn into_bytes(self) -> Result<Vec<u8>> {
+        self.tile
+            .to_bytes()
+            .map_err(|e| Error::Encode(e.to_string()))
+    }
+}
+
+/// Builds one layer of a [`TileBuilder`].
+pub struct LayerBuilder<'t> {
+    tile: &'t mut TileBuilder,
+    layer: Option<mvt::Layer>,
+    frame: Frame,
+    ids: HashSet<u64>,
+    stats: LayerStats,
+}
+
+impl LayerBuilder<'_> {
+    /// Adds a feature whose geometry is (E)WKB in EPSG:3857. Invalid and EMPTY input is
+    /// skipped and counted, never a panic.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Encode`] when the encoder refuses the geometry.
+    pub fn add_wkb(
+        &mut self,
+        wkb: &[u8],
+        id: Option<u64>,
+        attributes: &[(&str, Value<'_>)],
+    ) -> Result<()> {
+        match wkb::reader::read_wkb(wkb) {
+            Ok(g) => match g.try_to_geometry() {
+                Some(g) => self.add_geometry(&g, id, attributes),
+                None => {
+                    self.stats.empty += 1;
+                    Ok(())
+                }
+            },
+            Err(_) => {
+                self.stats.invalid += 1;
+                Ok(())
+            }
+        }
+    }
+
+    /// Adds a feature whose geometry is in EPSG:3857 metres.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Encode`] when the encoder refuses the geometry.
+    pub fn add_geometry(
+        &mut self,
+        geometry: &Geometry<f64>,
+        id: Option<u64>,
+        attributes: &[(&str, Value<'_>)],
+    ) -> Result<()> {
+        match prepare(geometry, &self.frame) {
+            Ok(g) => self.add_tile_geometry(&g, id, attributes),
+            Err(Prepared::Outside) => {
+                self.stats.outside += 1;
+                Ok(())
+            }
+            Err(Prepared::Degenerate) => {
+                self.stats.degenerate += 1;
+                Ok(())
+            }
+            Err(Prepared::Unsupported) => {
+                self.stats.invalid += 1;
+                Ok(())
+            }
+        }
+    }
+
+    /// Adds a feature already in tile space.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Encode`] when the encoder refuses the geometry.
+    pub fn add_tile_geometry(
+        &mut self,
+        geometry: &TileGeometry,
+        id: Option<u64>,
+        attributes: &[(&str, Value<'_>)],
+    ) -> Result<()> {
+        let data = encode_geometry(geometry)?;
+        let Some(layer) = self.layer.take() else {
+            return Err(Error::Encode("layer already finished".into()));
+        };
+        let mut feature = layer.into_feature(data);
+        if let Some(id) = id {
+            if self.ids.insert(id) {
+                feature.set_id(id);
+            } else {
+                self.stats.duplicate_ids += 1;
+            }
+        }
+        for (key, value) in attributes {
+            match *value {
+                Value::String(s) => feature.add_tag_string(key, s),
+                Value::Int(i) => feature.add_tag_sint(key, i),
+                Value::Uint(u) => feature.add_tag_uint(key, u),
+                Value::Double(d) => feature.add_tag_double(key, d),
+                Value::Bool(b) => feature.add_tag_bool(key, b),
+                Value::Null => {}
+            }
+        }
+        self.layer = Some(feature.into_layer());
+        self.stats.added += 1;
+        Ok(())
+    }
+
+    /// What happened so far.
+    pub fn stats(&self) -> LayerStats {
+        self.stats
+    }
+
+    /// Adds the layer to the tile when it has features, and returns its stats.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Encode`] when the tile refuses the layer (a duplicate name).
+    pub fn finish(mut self) -> Result<LayerStats> {
+        if let Some(layer) = self.layer.take()
+            && layer.num_features() > 0
+        {
+            self.tile
+                .tile
+                .add_layer(layer)
+                .map_err(|e| Error::Encode(e.to_string()))?;
+        }
+        Ok(self.stats)
+    }
+}
+
+fn encode_geometry(g: &TileGeometry) -> Result<mvt::GeomData> {
+    let err = |e: mvt::Error| Error::Encode(e.to_string());
+    let mut enc = match g {
+        TileGeometry::Points(_) => GeomEncoder::<i32>::new(GeomType::Point),
+        TileGeometry::Lines(_) => GeomEncoder::<i32>::new(GeomType::Linestring),
+        TileGeometry::Polygons(_) => GeomEncoder::<i32>::new(GeomType::Polygon),
+    };
+    match g {
+        TileGeometry::Points(ps) => {
+            for [x, y] in ps {
+                enc.add_point(*x, *y).map_err(err)?;
+            }
+        }
+        TileGeometry::Lines(ls) => {
+            for l in ls {
+                for [x, y] in l {
+                    enc.add_point(*x, *y).map_err(err)?;
+                }
+                enc.complete_geom().map_err(err)?;
+            }
+        }
+        TileGeometry::Polygons(ps) => {
+            let mut last: Option<[i32; 2]> = None;
+            for rings in ps {
+                for ring in rings {
+                    // The encoder would fold a ring that starts where the previous one ended
+                    // into it (no MoveTo): start such a ring at its next vertex instead.
+                    let start = usize::from(last == ring.first().copied());
+                    for i in 0..ring.len() {
+                        let [x, y] = ring[(start + i) % ring.len()];
+                        enc.add_point(x, y).map_err(err)?;
+                    }
+                    last = ring.get((start + ring.len() - 1) % ring.len()).copied();
+                    enc.complete_geom().map_err(err)?;
+                }
+            }
+        }
+    }
+    enc.encode().map_err(err)
+}

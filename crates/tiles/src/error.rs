@@ -1,0 +1,41 @@
+//! The crate's one error type.
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in geostack-tiles.
+///
+/// ```
+/// let err = geostack_tiles::TileCoord::new_checked(3, 8, 0).unwrap_err();
+/// assert_eq!(err.to_string(), "tile 3/8/0 is out of range: x and y must be below 8");
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A tile coordinate outside the pyramid.
+    #[error("tile {z}/{x}/{y} is out of range: {reason}")]
+    TileOutOfRange {
+        /// Zoom.
+        z: u8,
+        /// Column.
+        x: u32,
+        /// Row.
+        y: u32,
+        /// Why.
+        reason: String,
+    },
+    /// An option has a value it cannot take.
+    #[error("invalid option {name}: {reason}")]
+    InvalidOption {
+        /// The option.
+        name: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The `mvt` encoder refused a geometry or layer.
+    #[error("encoding failed: {0}")]
+    Encode(String),
+    /// Bytes that are not a valid vector tile (from [`crate::decode`]).
+    #[error("not a valid vector tile: {0}")]
+    InvalidTile(String),
+}

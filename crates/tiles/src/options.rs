@@ -1,0 +1,90 @@
+//! Tile options.
+
+use crate::{Error, Result};
+
+/// Extent, buffer and simplification of encoded tiles. Every setter's doc gives its default.
+///
+/// ```
+/// let options = geostack_tiles::TileOptions::default().buffer(128).unwrap();
+/// assert_eq!((options.extent_units(), options.buffer_units()), (4096, 128));
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct TileOptions {
+    pub(crate) extent: u32,
+    pub(crate) buffer: u32,
+    pub(crate) tolerance: f64,
+}
+
+impl Default for TileOptions {
+    fn default() -> Self {
+        Self {
+            extent: 4096,
+            buffer: 64,
+            tolerance: 0.5,
+        }
+    }
+}
+
+impl TileOptions {
+    /// The tile's size in its own integer units. Default 4096.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidOption`] outside `1..=65536`.
+    pub fn extent(mut self, extent: u32) -> Result<Self> {
+        if !(1..=65_536).contains(&extent) {
+            return Err(Error::InvalidOption {
+                name: "extent",
+                reason: "expected 1 to 65536".into(),
+            });
+        }
+        self.extent = extent;
+        Ok(self)
+    }
+
+    /// How far beyond the tile edge geometry is kept, in tile units (so that lines and
+    /// polygon outlines render across tile seams). Default 64.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidOption`] above the extent.
+    pub fn buffer(mut self, buffer: u32) -> Result<Self> {
+        if buffer > self.extent {
+            return Err(Error::InvalidOption {
+                name: "buffer",
+                reason: "expected at most the extent".into(),
+            });
+        }
+        self.buffer = buffer;
+        Ok(self)
+    }
+
+    /// The Douglas–Peucker tolerance, in tile units: vertices closer than this to the line
+    /// of their neighbours go. At the default extent one unit is 1/16 of a pixel of a 256-pixel
+    /// tile. Default 0.5 (half a unit: less than the rounding to the grid moves a vertex);
+    /// 0 turns simplification off.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidOption`] for a negative or non-finite tolerance.
+    pub fn tolerance(mut self, tolerance: f64) -> Result<Self> {
+        if !tolerance.is_finite() || tolerance < 0.0 {
+            return Err(Error::InvalidOption {
+                name: "tolerance",
+                reason: "expected a finite number, at least 0".into(),
+            });
+        }
+        self.tolerance = tolerance;
+        Ok(self)
+    }
+
+    /// The extent.
+    pub fn extent_units(&self) -> u32 {
+        self.extent
+    }
+
+    /// The buffer.
+    pub fn buffer_units(&self) -> u32 {
+        self.buffer
+    }
+}

@@ -1,0 +1,516 @@
+//! EPSG:3857 geometry → integer tile geometry: transform, clip, simplify, quantize, clean and
+//! orient. No I/O.
+
+use geo_types::{Coord, Geometry, LineString, Polygon};
+
+use crate::{Bounds, TileCoord, TileOptions};
+
+/// A point in tile space: integer units, `x` to the east, `y` down, the tile at
+/// `0..extent`.
+pub type TilePoint = [i32; 2];
+
+/// A geometry in tile space, ready to encode.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TileGeometry {
+    /// One or more points.
+    Points(Vec<TilePoint>),
+    /// One or more lines of at least two distinct points.
+    Lines(Vec<Vec<TilePoint>>),
+    /// One or more polygons: each a list of rings, the exterior first (positive area by the
+    /// surveyor's formula in tile space, which shows clockwise with `y` down), then interiors
+    /// (negative). Rings are not closed: the last point is not the first repeated.
+    Polygons(Vec<Vec<Vec<TilePoint>>>),
+}
+
+/// The mapping of one tile's EPSG:3857 box onto its tile space, with the clip box.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Frame {
+    pub(crate) bounds: Bounds,
+    /// The tile box plus the buffer, in metres: for the quick reject.
+    pub(crate) buffered: Bounds,
+    scale: f64,
+    lo: f64,
+    hi: f64,
+    tolerance: f64,
+}
+
+impl Frame {
+    pub(crate) fn new(coord: TileCoord, options: &TileOptions) -> Self {
+        let bounds = coord.bounds_3857();
+        let extent = f64::from(options.extent);
+        let scale = extent / (bounds.max_x - bounds.min_x);
+        let buffer = f64::from(options.buffer);
+        Self {
+            bounds,
+            buffered: bounds.expand(buffer / scale),
+            scale,
+            lo: -buffer,
+            hi: extent + buffer,
+            tolerance: options.tolerance,
+        }
+    }
+
+    fn project(&self, c: Coord<f64>) -> Coord<f64> {
+        Coord {
+            x: (c.x - self.bounds.min_x) * self.scale,
+            y: (self.bounds.max_y - c.y) * self.scale,
+        }
+    }
+
+    fn inside(&self, c: Coord<f64>) -> bool {
+        c.x >= self.lo && c.x <= self.hi && c.y >= self.lo && c.y <= self.hi
+    }
+}
+
+/// What became of a geometry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Prepared {
+    /// Nothing of it is near the tile.
+    Outside,
+    /// It reached the tile but nothing of it survived quantization (a sliver, a collapsed ring).
+    Degenerate,
+    /// A type a feature cannot carry (a geometry collection).
+    Unsupported,
+}
+
+/// `g` (EPSG:3857) in the tile of `frame`.
+pub(crate) fn prepare(g: &Geometry<f64>, frame: &Frame) -> Result<TileGeometry, Prepared> {
+    let Some(bbox) = bbox(g) else {
+        return Err(Prepared::Degenerate);
+    };
+    if !bbox.intersects(&frame.buffered) {
+        return Err(Prepared::Outside);
+    }
+    // Entirely inside the buffered tile: no clipping needed.
+    let contained = bbox.min_x >= frame.buffered.min_x
+        && bbox.max_x <= frame.buffered.max_x
+        && bbox.min_y >= frame.buffered.min_y
+        && bbox.max_y <= frame.buffered.max_y;
+    let out = match g {
+        Geometry::Point(p) => points(std::iter::once(p.0), frame),
+        Geometry::MultiPoint(mp) => points(mp.0.iter().map(|p| p.0), frame),
+        Geometry::Line(l) => lines(
+            std::iter::once(&LineString::new(vec![l.start, l.end])),
+            frame,
+            contained,
+        ),
+        Geometry::LineString(l) => lines(std::iter::once(l), frame, contained),
+        Geometry::MultiLineString(ml) => lines(ml.0.iter(), frame, contained),
+        Geometry::Polygon(p) => polygons(std::iter::once(p), frame, contained),
+        Geometry::MultiPolygon(mp) => polygons(mp.0.iter(), frame, contained),
+        Geometry::Rect(r) => polygons(std::iter::once(&r.to_polygon()), frame, contained),
+        Geometry::Triangle(t) => polygons(std::iter::once(&t.to_polygon()), frame, contained),
+        Geometry::GeometryCollection(_) => return Err(Prepared::Unsupported),
+    };
+    out.ok_or(Prepared::Degenerate)
+}
+
+fn points(coords: impl Iterator<Item = Coord<f64>>, frame: &Frame) -> Option<TileGeometry> {
+    let mut out: Vec<TilePoint> = Vec::new();
+    for c in coords {
+        let t = frame.project(c);
+        if frame.inside(t) {
+            let p = quantize(t);
+            if !out.contains(&p) {
+                out.push(p);
+            }
+        }
+    }
+    (!out.is_empty()).then_some(TileGeometry::Points(out))
+}
+
+fn lines<'a>(
+    ls: impl Iterator<Item = &'a LineString<f64>>,
+    frame: &Frame,
+    contained: bool,
+) -> Option<TileGeometry> {
+    let mut out = Vec::new();
+    for l in ls {
+        let t: Vec<Coord<f64>> = l.0.iter().map(|c| frame.project(*c)).collect();
+        let parts = if contained {
+            vec![t]
+        } else {
+            clip_line(&t, frame.lo, frame.hi)
+        };
+        for part in parts {
+            let part = simplify(&part, frame.tolerance);
+            let q = dedupe(part.iter().map(|c| quantize(*c)));
+            if q.len() >= 2 {
+                out.push(q);
+            }
+        }
+    }
+    (!out.is_empty()).then_some(TileGeometry::Lines(out))
+}
+
+fn polygons<'a>(
+    ps: impl Iterator<Item = &'a Polygon<f64>>,
+    frame: &Frame,
+    contained: bool,
+) -> Option<TileGeometry> {
+    let mut out = Vec::new();
+    for p in ps {
+        let Some(exterior) = ring(p.exterior(), frame, contained, true) else {
+            continue;
+        };
+        let mut rings = vec![exterior];
+        rings.extend(
+            p.interiors()
+                .iter()
+                .filter_map(|r| ring(r, frame, contained, false)),
+        );
+        out.push(rings);
+    }
+    (!out.is_empty()).then_some(TileGeometry::Polygons(out))
+}
+
+/// A ring in tile space: clipped, simplified, quantized, without repeated points or the
+/// closing point; `None` when fewer than 3 distinct points or no area remain. Oriented positive
+/// (exterior) or negative (interior).
+fn ring(
+    r: &LineString<f64>,
+    frame: &Frame,
+    contained: bool,
+    exterior: bool,
+) -> Option<Vec<TilePoint>> {
+    let mut t: Vec<Coord<f64>> = r.0.iter().map(|c| frame.project(*c)).collect();
+    if t.len() > 1 && t.first() == t.last() {
+        t.pop();
+    }
+    if !contained {
+        t = clip_ring(&t, frame.lo, frame.hi);
+    }
+    if t.len() < 3 {
+        return None;
+    }
+    // Simplify the closed ring as a line from its first point back to it.
+    t.push(t[0]);
+    let mut s = simplify(&t, frame.tolerance);
+    s.pop();
+    let mut q = dedupe(s.iter().map(|c| quantize(*c)));
+    while q.len() > 1 && q.first() == q.last() {
+        q.pop();
+    }
+    if q.len() < 3 {
+        return None;
+    }
+    let area = area2(&q);
+    if area == 0 {
+        return None;
+    }
+    if (area > 0) != exterior {
+        q.reverse();
+    }
+    Some(q)
+}
+
+/// Twice the signed area by the surveyor's formula, in tile space (positive: clockwise with
+/// `y` down, an MVT exterior ring).
+pub(crate) fn area2(ring: &[TilePoint]) -> i64 {
+    let n = ring.len();
+    (0..n)
+        .map(|i| {
+            let ([x0, y0], [x1, y1]) = (ring[i], ring[(i + 1) % n]);
+            i64::from(x0) * i64::from(y1) - i64::from(x1) * i64::from(y0)
+        })
+        .sum()
+}
+
+fn quantize(c: Coord<f64>) -> TilePoint {
+    // Tile-space values are bounded by the clip box (or, when contained, by the buffered tile).
+    [c.x.round() as i32, c.y.round() as i32]
+}
+
+fn dedupe(points: impl Iterator<Item = TilePoint>) -> Vec<TilePoint> {
+    let mut out: Vec<TilePoint> = Vec::new();
+    for p in points {
+        if out.last() != Some(&p) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// The bounding box of every coordinate, or `None` for an empty geometry.
+fn bbox(g: &Geometry<f64>) -> Option<Bounds> {
+    let mut b: Option<Bounds> = None;
+    let mut add = |c: &Coord<f64>| {
+        let e = b.get_or_insert(Bounds {
+            min_x: c.x,
+            min_y: c.y,
+            max_x: c.x,
+            max_y: c.y,
+        });
+        e.min_x = e.min_x.min(c.x);
+        e.min_y = e.min_y.min(c.y);
+        e.max_x = e.max_x.max(c.x);
+        e.max_y = e.max_y.max(c.y);
+    };
+    let mut line = |l: &LineString<f64>| l.0.iter().for_each(&mut add);
+    match g {
+        Geometry::Point(p) => line(&LineString::new(vec![p.0])),
+        Geometry::MultiPoint(mp) => line(&LineString::new(mp.0.iter().map(|p| p.0).collect())),
+        Geometry::Line(l) => line(&LineString::new(vec![l.start, l.end])),
+        Geometry::LineString(l) => line(l),
+        Geometry::MultiLineString(ml) => ml.0.iter().for_each(line),
+        Geometry::Polygon(p) => line(p.exterior()),
+        Geometry::MultiPolygon(mp) => mp.0.iter().for_each(|p| line(p.exterior())),
+        Geometry::Rect(r) => line(r.to_polygon().exterior()),
+        Geometry::Triangle(t) => line(t.to_polygon().exterior()),
+        Geometry::GeometryCollection(gc) => {
+            return gc.0.iter().filter_map(bbox).reduce(|a, c| Bounds {
+                min_x: a.min_x.min(c.min_x),
+                min_y: a.min_y.min(c.min_y),
+                max_x: a.max_x.max(c.max_x),
+                max_y: a.max_y.max(c.max_y),
+            });
+        }
+    }
+    b
+}
+
+/// Sutherland–Hodgman against the square `lo..=hi`: a ring stays one ring (a convex clip
+/// window cannot split it), possibly with edges along the window.
+fn clip_ring(ring: &[Coord<f64>], lo: f64, hi: f64) -> Vec<Coord<f64>> {
+    #[derive(Clone, Copy)]
+    enum Edge {
+        Left,
+        Right,
+        Top,
+        Bottom,
+    }
+    let inside = |c: Coord<f64>, e: Edge| match e {
+        Edge::Left => c.x >= lo,
+        Edge::Right => c.x <= hi,
+        Edge::Top => c.y >= lo,
+        Edge::Bottom => c.y <= hi,
+    };
+    let cross = |a: Coord<f64>, b: Coord<f64>, e: Edge| {
+        let (v, a_v, b_v) = match e {
+            Edge::Left => (lo, a.x, b.x),
+            Edge::Right => (hi, a.x, b.x),
+            Edge::Top => (lo, a.y, b.y),
+            Edge::Bottom => (hi, a.y, b.y),
+        };
+        let t = (v - a_v) / (b_v - a_v);
+        match e {
+            Edge::Left | Edge::Right => Coord {
+                x: v,
+                y: a.y + t * (b.y - a.y),
+            },
+            Edge::Top | Edge::Bottom => Coord {
+                x: a.x + t * (b.x - a.x),
+                y: v,
+            },
+        }
+    };
+    let mut out = ring.to_vec();
+    for e in [Edge::Left, Edge::Right, Edge::Top, Edge::Bottom] {
+        if out.is_empty() {
+            break;
+        }
+        let input = std::mem::take(&mut out);
+        let mut prev = input[input.len() - 1];
+        for &cur in &input {
+            match (inside(prev, e), inside(cur, e)) {
+                (true, true) => out.push(cur),
+                (true, false) => out.push(cross(prev, cur, e)),
+                (false, true) => {
+                    out.push(cross(prev, cur, e));
+                    out.push(cur);
+                }
+                (false, false) => {}
+            }
+            prev = cur;
+        }
+    }
+    out
+}
+
+/// Liang–Barsky for each segment: the parts of a line inside the square `lo..=hi`.
+fn clip_line(line: &[Coord<f64>], lo: f64, hi: f64) -> Vec<Vec<Coord<f64>>> {
+    let mut parts = Vec::new();
+    let mut current: Vec<Coord<f64>> = Vec::new();
+    for w in line.windows(2) {
+        let (a, b) = (w[0], w[1]);
+        match clip_segment(a, b, lo, hi) {
+            Some((p, q)) => {
+                if current.last() != Some(&p) {
+                    if !current.is_empty() {
+                        parts.push(std::mem::take(&mut current));
+                    }
+                    current.push(p);
+                }
+                current.push(q);
+                if q != b {
+                    parts.push(std::mem::take(&mut current));
+                }
+            }
+            None => {
+                if !current.is_empty() {
+                    parts.push(std::mem::take(&mut current));
+                }
+            }
+        }
+    }
+    if !current.is_empty() {
+        parts.push(current);
+    }
+    parts
+}
+
+fn clip_segment(
+    a: Coord<f64>,
+    b: Coord<f64>,
+    lo: f64,
+    hi: f64,
+) -> Option<(Coord<f64>, Coord<f64>)> {
+    let (dx, dy) = (b.x - a.x, b.y - a.y);
+    let (mut t0, mut t1) = (0.0_f64, 1.0_f64);
+    for (p, q) in [
+        (-dx, a.x - lo),
+        (dx, hi - a.x),
+        (-dy, a.y - lo),
+        (dy, hi - a.y),
+    ] {
+        if p == 0.0 {
+            if q < 0.0 {
+                return None;
+            }
+        } else {
+            let r = q / p;
+            if p < 0.0 {
+                t0 = t0.max(r);
+            } else {
+                t1 = t1.min(r);
+            }
+        }
+    }
+    if t0 > t1 {
+        return None;
+    }
+    let at = |t: f64| {
+        if t == 0.0 {
+            a
+        } else if t == 1.0 {
+            b
+        } else {
+            Coord {
+                x: a.x + t * dx,
+                y: a.y + t * dy,
+            }
+        }
+    };
+    Some((at(t0), at(t1)))
+}
+
+/// Douglas–Peucker with `tolerance` (0: unchanged), iterative; keeps both ends.
+fn simplify(line: &[Coord<f64>], tolerance: f64) -> Vec<Coord<f64>> {
+    if tolerance <= 0.0 || line.len() < 3 {
+        return line.to_vec();
+    }
+    let tol2 = tolerance * tolerance;
+    let mut keep = vec![false; line.len()];
+    keep[0] = true;
+    keep[line.len() - 1] = true;
+    let mut stack = vec![(0, line.len() - 1)];
+    while let Some((first, last)) = stack.pop() {
+        let (a, b) = (line[first], line[last]);
+        let (mut worst, mut worst_d) = (0, 0.0);
+        for (i, &c) in line.iter().enumerate().take(last).skip(first + 1) {
+            let d = segment_distance2(c, a, b);
+            if d > worst_d {
+                worst = i;
+                worst_d = d;
+            }
+        }
+        if worst_d > tol2 {
+            keep[worst] = true;
+            stack.push((first, worst));
+            stack.push((worst, last));
+        }
+    }
+    line.iter()
+        .zip(keep)
+        .filter_map(|(c, k)| k.then_some(*c))
+        .collect()
+}
+
+fn segment_distance2(c: Coord<f64>, a: Coord<f64>, b: Coord<f64>) -> f64 {
+    let (dx, dy) = (b.x - a.x, b.y - a.y);
+    let len2 = dx * dx + dy * dy;
+    let t = if len2 == 0.0 {
+        0.0
+    } else {
+        (((c.x - a.x) * dx + (c.y - a.y) * dy) / len2).clamp(0.0, 1.0)
+    };
+    let (px, py) = (a.x + t * dx - c.x, a.y + t * dy - c.y);
+    px * px + py * py
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(x: f64, y: f64) -> Coord<f64> {
+        Coord { x, y }
+    }
+
+    #[test]
+    fn a_ring_is_clipped_to_the_window() {
+        let square = [
+            c(-10.0, -10.0),
+            c(10.0, -10.0),
+            c(10.0, 10.0),
+            c(-10.0, 10.0),
+        ];
+        let clipped = clip_ring(&square, 0.0, 100.0);
+        let q: Vec<TilePoint> = clipped.iter().map(|c| quantize(*c)).collect();
+        assert_eq!(q.len(), 4);
+        for corner in [[0, 0], [10, 0], [10, 10], [0, 10]] {
+            assert!(q.contains(&corner), "{q:?}");
+        }
+        assert!(
+            clip_ring(
+                &[c(200.0, 200.0), c(300.0, 200.0), c(300.0, 300.0)],
+                0.0,
+                100.0
+            )
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_line_crossing_the_window_twice_splits_in_two() {
+        // In at x=0, out at x=100, back in at x=100, out at x=0: a U through the window.
+        let line = [
+            c(-50.0, 10.0),
+            c(150.0, 10.0),
+            c(150.0, 90.0),
+            c(-50.0, 90.0),
+        ];
+        let parts = clip_line(&line, 0.0, 100.0);
+        let q: Vec<Vec<TilePoint>> = parts
+            .iter()
+            .map(|p| p.iter().map(|c| quantize(*c)).collect())
+            .collect();
+        assert_eq!(q, vec![vec![[0, 10], [100, 10]], vec![[100, 90], [0, 90]]]);
+    }
+
+    #[test]
+    fn douglas_peucker_drops_only_what_is_within_tolerance() {
+        let line = [c(0.0, 0.0), c(5.0, 0.3), c(10.0, 0.0), c(15.0, 5.0)];
+        assert_eq!(
+            simplify(&line, 0.5),
+            vec![c(0.0, 0.0), c(10.0, 0.0), c(15.0, 5.0)]
+        );
+        assert_eq!(simplify(&line, 0.0), line.to_vec());
+        assert_eq!(simplify(&line, 0.2).len(), 4);
+    }
+
+    #[test]
+    fn rings_are_oriented_exterior_positive() {
+        assert!(area2(&[[0, 0], [10, 0], [10, 10]]) > 0);
+        assert!(area2(&[[0, 0], [10, 10], [10, 0]]) < 0);
+    }
+}
