@@ -6,6 +6,7 @@
 )]
 
 mod names;
+pub mod natural_earth;
 mod pg;
 mod redis_prefix;
 mod redis_server;

@@ -132,14 +132,16 @@ impl fmt::Display for TileCoord {
     }
 }
 
-/// EPSG:4326 degrees → EPSG:3857 metres (latitude clamped to ±85.0511°, the square's edge).
+/// EPSG:4326 degrees → EPSG:3857 metres. The poles are at infinity: latitude is clamped to
+/// ±89.9999°, so what lies beyond ±85.0511° (the square's edge) lands outside the square, where
+/// tiles clip it at their buffer, as PostGIS's projection does.
 ///
 /// ```
 /// let (x, y) = geostack_tiles::to_web_mercator(180.0, 0.0);
 /// assert!((x - geostack_tiles::WEB_MERCATOR_HALF).abs() < 1e-6 && y.abs() < 1e-9);
 /// ```
 pub fn to_web_mercator(lon: f64, lat: f64) -> (f64, f64) {
-    const MAX_LAT: f64 = 85.051_128_779_806_59;
+    const MAX_LAT: f64 = 89.9999;
     let x = lon * WEB_MERCATOR_HALF / 180.0;
     let lat = lat.clamp(-MAX_LAT, MAX_LAT).to_radians();
     let y = (std::f64::consts::FRAC_PI_4 + lat / 2.0).tan().ln() * WEB_MERCATOR_HALF

@@ -214,6 +214,12 @@ impl LayerBuilder<'_> {
         Ok(())
     }
 
+    /// The tile's box grown by the buffer, in EPSG:3857 metres: what a source must return the
+    /// features of.
+    pub fn buffered_bounds(&self) -> crate::Bounds {
+        self.frame.buffered
+    }
+
     /// What happened so far.
     pub fn stats(&self) -> LayerStats {
         self.stats

@@ -35,6 +35,10 @@ pub enum Error {
     /// The `mvt` encoder refused a geometry or layer.
     #[error("encoding failed: {0}")]
     Encode(String),
+    /// The database refused or could not be asked.
+    #[cfg(feature = "postgis")]
+    #[error("database error")]
+    Database(#[source] sqlx::Error),
     /// Bytes that are not a valid vector tile (from [`crate::decode`]).
     #[error("not a valid vector tile: {0}")]
     InvalidTile(String),

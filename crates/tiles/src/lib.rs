@@ -6,6 +6,8 @@ mod encode;
 mod error;
 mod options;
 mod pipeline;
+#[cfg(feature = "postgis")]
+mod postgis;
 
 pub use coord::{Bounds, MAX_ZOOM, TileCoord, WEB_MERCATOR_HALF, to_lon_lat, to_web_mercator};
 pub use decode::{DecodedFeature, DecodedLayer, DecodedTile, DecodedValue, decode};
@@ -13,3 +15,5 @@ pub use encode::{LayerBuilder, LayerStats, TileBuilder, Value};
 pub use error::{Error, Result};
 pub use options::TileOptions;
 pub use pipeline::{TileGeometry, TilePoint};
+#[cfg(feature = "postgis")]
+pub use postgis::{AttributeKind, TableSource, discover};

@@ -174,20 +174,39 @@ fn ring(
     exterior: bool,
 ) -> Option<Vec<TilePoint>> {
     let mut t: Vec<Coord<f64>> = r.0.iter().map(|c| frame.project(*c)).collect();
-    if t.len() > 1 && t.first() == t.last() {
-        t.pop();
+    if t.len() > 1 && t.first() != t.last() {
+        t.push(t[0]);
     }
     if !contained {
-        t = clip_ring(&t, frame.lo, frame.hi);
+        // A first, generous cut keeps the work proportional to the tile, not to the geometry;
+        // its margin keeps it out of reach of the final cut on the grid below.
+        let margin = 4.0 * frame.tolerance + 2.0;
+        t = clip_ring(
+            &t[..t.len().saturating_sub(1)],
+            frame.lo - margin,
+            frame.hi + margin,
+        );
+        if t.len() < 3 {
+            return None;
+        }
+        t.push(t[0]);
     }
-    if t.len() < 3 {
-        return None;
+    // As PostGIS's ST_AsMVTGeom: simplify the closed ring, snap it to the grid, then clip it.
+    let simplified = simplify(&t, frame.tolerance);
+    let mut q: Vec<Coord<f64>> = dedupe(simplified.iter().map(|c| quantize(*c)))
+        .into_iter()
+        .map(|[x, y]| Coord {
+            x: f64::from(x),
+            y: f64::from(y),
+        })
+        .collect();
+    if q.len() > 1 && q.first() == q.last() {
+        q.pop();
     }
-    // Simplify the closed ring as a line from its first point back to it.
-    t.push(t[0]);
-    let mut s = simplify(&t, frame.tolerance);
-    s.pop();
-    let mut q = dedupe(s.iter().map(|c| quantize(*c)));
+    if !contained {
+        q = clip_ring(&q, frame.lo, frame.hi);
+    }
+    let mut q = dedupe(q.iter().map(|c| quantize(*c)));
     while q.len() > 1 && q.first() == q.last() {
         q.pop();
     }
@@ -404,10 +423,17 @@ fn clip_segment(
     Some((at(t0), at(t1)))
 }
 
-/// Douglas–Peucker with `tolerance` (0: unchanged), iterative; keeps both ends.
+/// Points within `tolerance` of the previous kept point go (the last point always stays, and
+/// takes the place of a kept point too close to it), then Douglas–Peucker with `tolerance`
+/// (0: unchanged), iterative; keeps both ends. The same two steps, in the same order, as
+/// PostGIS's `ST_AsMVTGeom`.
 fn simplify(line: &[Coord<f64>], tolerance: f64) -> Vec<Coord<f64>> {
     if tolerance <= 0.0 || line.len() < 3 {
         return line.to_vec();
+    }
+    let line = remove_close(line, tolerance);
+    if line.len() < 3 {
+        return line;
     }
     let tol2 = tolerance * tolerance;
     let mut keep = vec![false; line.len()];
@@ -434,6 +460,23 @@ fn simplify(line: &[Coord<f64>], tolerance: f64) -> Vec<Coord<f64>> {
         .zip(keep)
         .filter_map(|(c, k)| k.then_some(*c))
         .collect()
+}
+
+fn remove_close(line: &[Coord<f64>], tolerance: f64) -> Vec<Coord<f64>> {
+    let tol2 = tolerance * tolerance;
+    let d2 = |a: Coord<f64>, b: Coord<f64>| (a.x - b.x).powi(2) + (a.y - b.y).powi(2);
+    let mut out = vec![line[0]];
+    for &c in &line[1..line.len() - 1] {
+        if d2(c, out[out.len() - 1]) > tol2 {
+            out.push(c);
+        }
+    }
+    let last = line[line.len() - 1];
+    if out.len() > 1 && d2(last, out[out.len() - 1]) <= tol2 {
+        out.pop();
+    }
+    out.push(last);
+    out
 }
 
 fn segment_distance2(c: Coord<f64>, a: Coord<f64>, b: Coord<f64>) -> f64 {
@@ -495,6 +538,21 @@ mod tests {
             .map(|p| p.iter().map(|c| quantize(*c)).collect())
             .collect();
         assert_eq!(q, vec![vec![[0, 10], [100, 10]], vec![[100, 90], [0, 90]]]);
+    }
+
+    #[test]
+    fn close_points_go_before_douglas_peucker() {
+        let line = [
+            c(0.0, 0.0),
+            c(0.3, 0.0),
+            c(0.5, 0.2),
+            c(3.0, 0.0),
+            c(3.2, 0.1),
+        ];
+        assert_eq!(
+            remove_close(&line, 0.5),
+            vec![c(0.0, 0.0), c(0.5, 0.2), c(3.2, 0.1)]
+        );
     }
 
     #[test]

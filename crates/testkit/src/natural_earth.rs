@@ -1,0 +1,270 @@
+//! Natural Earth countries at 1:110m, vendored in `data/natural-earth`, decoded from TopoJSON.
+
+use geo_types::{Coord, LineString, MultiPolygon, Polygon};
+use serde_json::Value;
+use sqlx::PgPool;
+
+const COUNTRIES_110M: &str = include_str!("../../../data/natural-earth/countries-110m.json");
+
+/// A country: its ISO 3166 numeric code as Natural Earth gives it (some have none), its name,
+/// and its outline in EPSG:4326 degrees.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Country {
+    /// ISO 3166-1 numeric, as text ("242"), or empty.
+    pub iso: String,
+    /// The name.
+    pub name: String,
+    /// The outline.
+    pub geometry: MultiPolygon<f64>,
+}
+
+/// The 177 countries.
+///
+/// # Panics
+///
+/// When the vendored file is damaged.
+pub fn countries() -> Vec<Country> {
+    let topo: Value = match serde_json::from_str(COUNTRIES_110M) {
+        Ok(v) => v,
+        Err(e) => panic!("data/natural-earth/countries-110m.json is not JSON: {e}"),
+    };
+    let arcs = decode_arcs(&topo);
+    let mut out = Vec::new();
+    for g in topo["objects"]["countries"]["geometries"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let polygons: Vec<&Value> = match g["type"].as_str() {
+            Some("Polygon") => vec![&g["arcs"]],
+            Some("MultiPolygon") => g["arcs"].as_array().into_iter().flatten().collect(),
+            _ => continue,
+        };
+        let polygons = polygons
+            .into_iter()
+            .map(|rings| {
+                let mut rings = rings
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|ring| ring_of(ring, &arcs));
+                let exterior = rings.next().unwrap_or_else(|| LineString::new(vec![]));
+                Polygon::new(exterior, rings.collect())
+            })
+            .collect();
+        out.push(Country {
+            iso: g["id"].as_str().unwrap_or_default().to_owned(),
+            name: g["properties"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            geometry: MultiPolygon::new(polygons),
+        });
+    }
+    out
+}
+
+/// The arcs, de-quantized: cumulative deltas, then scaled and translated.
+fn decode_arcs(topo: &Value) -> Vec<Vec<Coord<f64>>> {
+    let t = &topo["transform"];
+    let num = |v: &Value| v.as_f64().unwrap_or(0.0);
+    let (sx, sy, tx, ty) = (
+        num(&t["scale"][0]),
+        num(&t["scale"][1]),
+        num(&t["translate"][0]),
+        num(&t["translate"][1]),
+    );
+    topo["arcs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|arc| {
+            let (mut x, mut y) = (0.0, 0.0);
+            arc.as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| {
+                    x += num(&p[0]);
+                    y += num(&p[1]);
+                    Coord {
+                        x: x * sx + tx,
+                        y: y * sy + ty,
+                    }
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// A ring from arc indices (`~i` for arc `i` reversed); consecutive arcs share an end point.
+fn ring_of(indices: &Value, arcs: &[Vec<Coord<f64>>]) -> LineString<f64> {
+    let mut coords: Vec<Coord<f64>> = Vec::new();
+    for index in indices.as_array().into_iter().flatten() {
+        let i = index.as_i64().unwrap_or(0);
+        let (arc, reversed) = if i >= 0 {
+            (i as usize, false)
+        } else {
+            (!i as usize, true)
+        };
+        let Some(points) = arcs.get(arc) else {
+            continue;
+        };
+        let mut points = points.clone();
+        if reversed {
+            points.reverse();
+        }
+        let skip = usize::from(!coords.is_empty());
+        coords.extend(points.into_iter().skip(skip));
+    }
+    unwrap_antimeridian(&mut coords);
+    LineString::new(coords)
+}
+
+/// The TopoJSON is spherical: a ring that crosses the antimeridian jumps from +180 to -180 and
+/// back. Such a ring is shifted by ±360 after each jump, so that it is continuous; the loader
+/// splits it again at 180°. A ring that crosses only once encircles a pole (Antarctica): in the
+/// plane its jump is the edge along the bottom of the map, and it stays as it is.
+fn unwrap_antimeridian(coords: &mut [Coord<f64>]) {
+    let mut offset = 0.0;
+    let mut shifted = coords.to_vec();
+    for i in 1..coords.len() {
+        let dx = coords[i].x - coords[i - 1].x;
+        if dx > 180.0 {
+            offset -= 360.0;
+        } else if dx < -180.0 {
+            offset += 360.0;
+        }
+        shifted[i].x += offset;
+    }
+    if offset == 0.0 {
+        coords.copy_from_slice(&shifted);
+    }
+}
+
+/// Creates `table (gid int primary key, iso text, name text, geom geometry(MultiPolygon, 4326))`
+/// with a GiST index and loads the countries, `gid` numbering them from 1 in file order, every
+/// geometry valid in the plane.
+///
+/// # Panics
+///
+/// When PostgreSQL refuses.
+pub async fn load_countries(pool: &PgPool, table: &str) {
+    let create = format!(
+        "create table {table} (gid int primary key, iso text, name text, geom geometry(MultiPolygon, 4326));
+         create index on {table} using gist (geom);"
+    );
+    if let Err(e) = sqlx::raw_sql(sqlx::AssertSqlSafe(create))
+        .execute(pool)
+        .await
+    {
+        panic!("testkit: cannot create {table}: {e}");
+    }
+    // Rings unwrapped across the antimeridian are split back at 180° (ST_WrapX); what is still
+    // invalid in the plane (a few rings of the 1:110m data) is repaired, keeping polygons.
+    let insert = format!(
+        "insert into {table}
+         select gid, iso, name,
+                case when ST_IsValid(g) then g
+                     else ST_Multi(ST_CollectionExtract(ST_MakeValid(g), 3)) end
+         from (select gid, iso, name,
+                      ST_Multi(ST_CollectionExtract(
+                          ST_WrapX(ST_WrapX(ST_GeomFromText(wkt, 4326), 180, -360), -180, 360), 3)) as g
+               from unnest($1::int[], $2::text[], $3::text[], $4::text[]) as c(gid, iso, name, wkt)) s"
+    );
+    let countries = countries();
+    let gids: Vec<i32> = (1..=countries.len() as i32).collect();
+    let isos: Vec<&str> = countries.iter().map(|c| c.iso.as_str()).collect();
+    let names: Vec<&str> = countries.iter().map(|c| c.name.as_str()).collect();
+    let wkts: Vec<String> = countries.iter().map(|c| wkt(&c.geometry)).collect();
+    if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(insert))
+        .bind(gids)
+        .bind(isos)
+        .bind(names)
+        .bind(wkts)
+        .execute(pool)
+        .await
+    {
+        panic!("testkit: cannot load the countries into {table}: {e}");
+    }
+    let analyze = format!("analyze {table}");
+    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(analyze))
+        .execute(pool)
+        .await;
+}
+
+fn wkt(mp: &MultiPolygon<f64>) -> String {
+    let ring = |r: &LineString<f64>| {
+        let pts: Vec<String> = r.0.iter().map(|c| format!("{} {}", c.x, c.y)).collect();
+        format!("({})", pts.join(","))
+    };
+    let polygons: Vec<String> =
+        mp.0.iter()
+            .map(|p| {
+                let mut rings = vec![ring(p.exterior())];
+                rings.extend(p.interiors().iter().map(ring));
+                format!("({})", rings.join(","))
+            })
+            .collect();
+    format!("MULTIPOLYGON({})", polygons.join(","))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn every_loaded_country_is_valid_in_the_plane() {
+        let db = crate::TestDb::new().await;
+        load_countries(db.pool(), "countries").await;
+        let (total, valid, polygons): (i64, i64, i64) = sqlx::query_as(
+            "select count(*), count(*) filter (where ST_IsValid(geom)),
+                    count(*) filter (where GeometryType(geom) = 'MULTIPOLYGON') from countries",
+        )
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+        assert_eq!((total, valid, polygons), (177, 177, 177));
+        // Russia, once split at 180°, reaches both edges of the map; its area is no longer
+        // cancelled by self-intersections.
+        let (xmin, xmax, area): (f64, f64, f64) = sqlx::query_as(
+            "select ST_XMin(geom), ST_XMax(geom), ST_Area(geom) from countries where name = 'Russia'",
+        )
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+        assert_eq!((xmin, xmax), (-180.0, 180.0));
+        assert!(area > 2900.0, "{area}");
+    }
+
+    #[test]
+    fn the_countries_decode_into_closed_rings() {
+        let all = countries();
+        assert_eq!(all.len(), 177);
+        let fiji = all.iter().find(|c| c.name == "Fiji").unwrap();
+        // The file gives Fiji two polygons: `"arcs":[[[0]],[[1]]]`.
+        assert_eq!((fiji.iso.as_str(), fiji.geometry.0.len()), ("242", 2));
+        for c in &all {
+            for p in &c.geometry.0 {
+                let r = &p.exterior().0;
+                assert!(r.len() >= 4, "{}", c.name);
+                assert_eq!(r.first(), r.last(), "{} has an open ring", c.name);
+                let jumps = r
+                    .windows(2)
+                    .filter(|w| (w[1].x - w[0].x).abs() > 180.0)
+                    .count();
+                assert!(
+                    jumps == 0 || c.name == "Antarctica",
+                    "{} jumps across the antimeridian",
+                    c.name
+                );
+                for pt in r {
+                    assert!(
+                        (-360.0..=360.0).contains(&pt.x) && (-90.0..=90.0).contains(&pt.y),
+                        "{}",
+                        c.name
+                    );
+                }
+            }
+        }
+    }
+}

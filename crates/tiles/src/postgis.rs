@@ -1,0 +1,256 @@
+//! PostGIS tables as tile sources: discovered from `geometry_columns`, filtered by the
+//! database with an index-friendly bounding box, everything else done here.
+
+use geo_traits::to_geo::ToGeoGeometry;
+use geo_types::{Coord, Geometry, LineString, Polygon};
+use sqlx::postgres::PgRow;
+use sqlx::{AssertSqlSafe, PgPool, Row as _};
+
+use crate::{Error, LayerBuilder, Result, Value, to_web_mercator};
+
+/// The kind of an attribute column.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AttributeKind {
+    /// text, varchar, char
+    Text,
+    /// int2, int4, int8
+    Int,
+    /// float4, float8, numeric (as double)
+    Float,
+    /// bool
+    Bool,
+}
+
+/// A table with a geometry column, as [`discover`] finds it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TableSource {
+    /// Schema.
+    pub schema: String,
+    /// Table.
+    pub table: String,
+    /// The geometry column.
+    pub geometry_column: String,
+    /// Its SRID.
+    pub srid: i32,
+    /// Its type (`MULTIPOLYGON`, `GEOMETRY`…).
+    pub geometry_type: String,
+    /// A one-column integer primary key, used as feature id.
+    pub id_column: Option<String>,
+    /// The other columns tiles can carry.
+    pub attributes: Vec<(String, AttributeKind)>,
+}
+
+/// Every table with a geometry column that the pool's role may read.
+///
+/// # Errors
+///
+/// [`Error::Database`] when the query fails.
+pub async fn discover(pool: &PgPool) -> Result<Vec<TableSource>> {
+    let rows: Vec<PgRow> = sqlx::query(include_str!("sql/discover.sql"))
+        .fetch_all(pool)
+        .await
+        .map_err(Error::Database)?;
+    let mut out = Vec::new();
+    for row in rows {
+        let get = |name: &str| row.try_get::<String, _>(name).map_err(Error::Database);
+        let id_column: Option<String> = row.try_get("id_column").map_err(Error::Database)?;
+        let columns: Vec<String> = row.try_get("columns").map_err(Error::Database)?;
+        let types: Vec<String> = row.try_get("column_types").map_err(Error::Database)?;
+        let attributes = columns
+            .into_iter()
+            .zip(types)
+            .filter(|(name, _)| Some(name) != id_column.as_ref())
+            .filter_map(|(name, ty)| {
+                let kind = match ty.as_str() {
+                    "text" | "character varying" | "character" => AttributeKind::Text,
+                    "smallint" | "integer" | "bigint" => AttributeKind::Int,
+                    "real" | "double precision" | "numeric" => AttributeKind::Float,
+                    "boolean" => AttributeKind::Bool,
+                    _ => return None,
+                };
+                Some((name, kind))
+            })
+            .collect();
+        out.push(TableSource {
+            schema: get("schema")?,
+            table: get("table")?,
+            geometry_column: get("geometry_column")?,
+            srid: row.try_get("srid").map_err(Error::Database)?,
+            geometry_type: get("geometry_type")?,
+            id_column,
+            attributes,
+        });
+    }
+    Ok(out)
+}
+
+impl TableSource {
+    /// `schema.table`.
+    pub fn name(&self) -> String {
+        format!("{}.{}", self.schema, self.table)
+    }
+
+    /// The query for one tile: `$1..$4` the buffered tile box in EPSG:3857.
+    fn query(&self) -> String {
+        let g = ident(&self.geometry_column);
+        // 4326 and 3857 are projected here; other systems by PostGIS.
+        let geom = match self.srid {
+            4326 | 3857 => format!("ST_AsBinary({g})"),
+            _ => format!("ST_AsBinary(ST_Transform({g}, 3857))"),
+        };
+        let envelope = match self.srid {
+            3857 => "ST_MakeEnvelope($1, $2, $3, $4, 3857)".to_owned(),
+            srid => format!("ST_Transform(ST_MakeEnvelope($1, $2, $3, $4, 3857), {srid})"),
+        };
+        let mut select = vec![geom];
+        select.push(match &self.id_column {
+            Some(id) => format!("{}::int8", ident(id)),
+            None => "null::int8".to_owned(),
+        });
+        for (name, kind) in &self.attributes {
+            let cast = match kind {
+                AttributeKind::Text => "text",
+                AttributeKind::Int => "int8",
+                AttributeKind::Float => "float8",
+                AttributeKind::Bool => "bool",
+            };
+            select.push(format!("{}::{cast}", ident(name)));
+        }
+        format!(
+            "SELECT {} FROM {}.{} WHERE {g} && {envelope}",
+            select.join(", "),
+            ident(&self.schema),
+            ident(&self.table)
+        )
+    }
+
+    /// Adds this table's features near `coord` to `layer`. Ids come from the key column when
+    /// non-negative; attributes keep their names; NULLs are left out.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Database`] when the query fails; [`Error::Encode`] from the encoder.
+    pub async fn fill(&self, pool: &PgPool, layer: &mut LayerBuilder<'_>) -> Result<()> {
+        let b = layer.buffered_bounds();
+        let rows: Vec<PgRow> = sqlx::query(AssertSqlSafe(self.query()))
+            .bind(b.min_x)
+            .bind(b.min_y)
+            .bind(b.max_x)
+            .bind(b.max_y)
+            .fetch_all(pool)
+            .await
+            .map_err(Error::Database)?;
+        for row in rows {
+            let wkb: Option<Vec<u8>> = row.try_get(0).map_err(Error::Database)?;
+            let id: Option<i64> = row.try_get(1).map_err(Error::Database)?;
+            let Some(wkb) = wkb else { continue };
+            let owned = self
+                .attributes
+                .iter()
+                .enumerate()
+                .map(|(i, (_, kind))| read_attribute(&row, i + 2, *kind))
+                .collect::<Result<Vec<_>>>()?;
+            let attributes: Vec<(&str, Value<'_>)> = self
+                .attributes
+                .iter()
+                .zip(&owned)
+                .map(|((name, _), v)| (name.as_str(), v.as_value()))
+                .collect();
+            let id = id.and_then(|i| u64::try_from(i).ok());
+            match (self.srid, decode_wkb(&wkb)) {
+                (4326, Some(mut g)) => {
+                    project_4326(&mut g);
+                    layer.add_geometry(&g, id, &attributes)?;
+                }
+                _ => layer.add_wkb(&wkb, id, &attributes)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An attribute value read from a row.
+enum Owned {
+    Text(Option<String>),
+    Other(Value<'static>),
+}
+
+impl Owned {
+    fn as_value(&self) -> Value<'_> {
+        match self {
+            Self::Text(Some(s)) => Value::String(s),
+            Self::Text(None) => Value::Null,
+            Self::Other(v) => *v,
+        }
+    }
+}
+
+fn read_attribute(row: &PgRow, col: usize, kind: AttributeKind) -> Result<Owned> {
+    let db = Error::Database;
+    Ok(match kind {
+        AttributeKind::Text => Owned::Text(row.try_get(col).map_err(db)?),
+        AttributeKind::Int => Owned::Other(
+            row.try_get::<Option<i64>, _>(col)
+                .map_err(db)?
+                .map_or(Value::Null, Value::Int),
+        ),
+        AttributeKind::Float => Owned::Other(
+            row.try_get::<Option<f64>, _>(col)
+                .map_err(db)?
+                .map_or(Value::Null, Value::Double),
+        ),
+        AttributeKind::Bool => Owned::Other(
+            row.try_get::<Option<bool>, _>(col)
+                .map_err(db)?
+                .map_or(Value::Null, Value::Bool),
+        ),
+    })
+}
+
+fn decode_wkb(wkb: &[u8]) -> Option<Geometry<f64>> {
+    wkb::reader::read_wkb(wkb).ok()?.try_to_geometry()
+}
+
+/// EPSG:4326 degrees → EPSG:3857 metres, in place.
+pub(crate) fn project_4326(g: &mut Geometry<f64>) {
+    fn c(c: &mut Coord<f64>) {
+        let (x, y) = to_web_mercator(c.x, c.y);
+        *c = Coord { x, y };
+    }
+    fn line(l: &mut LineString<f64>) {
+        l.0.iter_mut().for_each(c);
+    }
+    fn poly(p: &mut Polygon<f64>) {
+        p.exterior_mut(line);
+        p.interiors_mut(|rs| rs.iter_mut().for_each(line));
+    }
+    match g {
+        Geometry::Point(p) => c(&mut p.0),
+        Geometry::MultiPoint(mp) => mp.0.iter_mut().for_each(|p| c(&mut p.0)),
+        Geometry::Line(l) => {
+            c(&mut l.start);
+            c(&mut l.end);
+        }
+        Geometry::LineString(l) => line(l),
+        Geometry::MultiLineString(ml) => ml.0.iter_mut().for_each(line),
+        Geometry::Polygon(p) => poly(p),
+        Geometry::MultiPolygon(mp) => mp.0.iter_mut().for_each(poly),
+        Geometry::Rect(r) => {
+            let mut p = r.to_polygon();
+            poly(&mut p);
+            *g = Geometry::Polygon(p);
+        }
+        Geometry::Triangle(t) => {
+            let mut p = t.to_polygon();
+            poly(&mut p);
+            *g = Geometry::Polygon(p);
+        }
+        Geometry::GeometryCollection(gc) => gc.0.iter_mut().for_each(project_4326),
+    }
+}
+
+/// A double-quoted identifier.
+fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
