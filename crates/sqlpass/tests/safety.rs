@@ -155,30 +155,36 @@ async fn a_session_advisory_lock_of_an_unprovisioned_role_does_not_outlive_the_r
 }
 
 #[tokio::test]
-async fn a_statement_timeout_ends_the_document_with_an_error() {
+async fn a_statement_timeout_ends_the_request_with_a_clear_error() {
     let env = env().await;
-    let options = Options::default().statement_timeout(Duration::from_millis(200));
+    let options = Options::default().statement_timeout(Duration::from_secs(1));
     let started = Instant::now();
-    let out = text(
-        &env.pool,
-        "select count(*) from generate_series(1, 10000000000) g",
-        options,
-    )
-    .await;
+    let sql = "select count(*) from generate_series(1, 10000000000) g";
+    match sqlpass::run(&env.pool, sql, options).await {
+        // Usually the timeout fires while the cursor runs: the document ends with the error.
+        Ok(response) => {
+            let out = body(response).await;
+            let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+            assert!(
+                v["error"][0]
+                    .as_str()
+                    .unwrap()
+                    .contains("statement timeout"),
+                "{out}"
+            );
+            assert_eq!(v["rows"], serde_json::json!([]));
+        }
+        // On a loaded machine it can fire before the first byte: a 429, as CARTO answers.
+        Err(e) => {
+            assert!(matches!(e, Error::StatementTimeout(_)), "{e:?}");
+            assert_eq!(e.status(), 429);
+        }
+    }
     assert!(
-        started.elapsed() < Duration::from_secs(3),
+        started.elapsed() < Duration::from_secs(5),
         "{:?}",
         started.elapsed()
     );
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert!(
-        v["error"][0]
-            .as_str()
-            .unwrap()
-            .contains("statement timeout"),
-        "{out}"
-    );
-    assert_eq!(v["rows"], serde_json::json!([]));
 }
 
 #[tokio::test]

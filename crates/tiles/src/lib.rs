@@ -14,6 +14,6 @@ pub use decode::{DecodedFeature, DecodedLayer, DecodedTile, DecodedValue, decode
 pub use encode::{LayerBuilder, LayerStats, TileBuilder, Value};
 pub use error::{Error, Result};
 pub use options::TileOptions;
-pub use pipeline::{TileGeometry, TilePoint};
+pub use pipeline::{TileGeometry, TilePoint, tile_geometry};
 #[cfg(feature = "postgis")]
 pub use postgis::{AttributeKind, TableSource, discover};

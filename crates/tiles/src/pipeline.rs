@@ -73,6 +73,28 @@ pub(crate) enum Prepared {
     Unsupported,
 }
 
+/// `g` (EPSG:3857 metres) in the tile space of `coord`: clipped, simplified, quantized,
+/// cleaned and oriented, ready for [`crate::LayerBuilder::add_tile_geometry`]; `None` when
+/// nothing of it remains in the tile.
+///
+/// ```
+/// use geostack_tiles::{TileCoord, TileGeometry, TileOptions, tile_geometry};
+///
+/// let origin: geo_types::Geometry<f64> = geo_types::Point::new(0.0, 0.0).into();
+/// let tile = TileCoord::new_checked(1, 1, 1).unwrap();
+/// assert_eq!(
+///     tile_geometry(&origin, tile, &TileOptions::default()),
+///     Some(TileGeometry::Points(vec![[0, 0]]))
+/// );
+/// ```
+pub fn tile_geometry(
+    g: &Geometry<f64>,
+    coord: TileCoord,
+    options: &TileOptions,
+) -> Option<TileGeometry> {
+    prepare(g, &Frame::new(coord, options)).ok()
+}
+
 /// `g` (EPSG:3857) in the tile of `frame`.
 pub(crate) fn prepare(g: &Geometry<f64>, frame: &Frame) -> Result<TileGeometry, Prepared> {
     let Some(bbox) = bbox(g) else {
