@@ -4,15 +4,18 @@ mod coord;
 mod decode;
 mod encode;
 mod error;
+mod memory;
 mod options;
 mod pipeline;
 #[cfg(feature = "postgis")]
 mod postgis;
+mod project;
 
 pub use coord::{Bounds, MAX_ZOOM, TileCoord, WEB_MERCATOR_HALF, to_lon_lat, to_web_mercator};
 pub use decode::{DecodedFeature, DecodedLayer, DecodedTile, DecodedValue, decode};
 pub use encode::{LayerBuilder, LayerStats, TileBuilder, Value};
 pub use error::{Error, Result};
+pub use memory::{AttributeValue, MemoryFeature, MemorySource};
 pub use options::TileOptions;
 pub use pipeline::{TileGeometry, TilePoint, tile_geometry};
 #[cfg(feature = "postgis")]

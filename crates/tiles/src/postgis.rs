@@ -2,11 +2,12 @@
 //! database with an index-friendly bounding box, everything else done here.
 
 use geo_traits::to_geo::ToGeoGeometry;
-use geo_types::{Coord, Geometry, LineString, Polygon};
+use geo_types::Geometry;
 use sqlx::postgres::PgRow;
 use sqlx::{AssertSqlSafe, PgPool, Row as _};
 
-use crate::{Error, LayerBuilder, Result, Value, to_web_mercator};
+use crate::project::project_4326;
+use crate::{Error, LayerBuilder, Result, Value};
 
 /// The kind of an attribute column.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -132,7 +133,16 @@ impl TableSource {
     ///
     /// [`Error::Database`] when the query fails; [`Error::Encode`] from the encoder.
     pub async fn fill(&self, pool: &PgPool, layer: &mut LayerBuilder<'_>) -> Result<()> {
+        // Clamped to the Web Mercator square: beyond x = ±180°, PROJ wraps the box to the other
+        // side of the world and the filter would select the wrong hemisphere.
+        let h = crate::WEB_MERCATOR_HALF;
         let b = layer.buffered_bounds();
+        let b = crate::Bounds {
+            min_x: b.min_x.max(-h),
+            min_y: b.min_y.max(-h),
+            max_x: b.max_x.min(h),
+            max_y: b.max_y.min(h),
+        };
         let rows: Vec<PgRow> = sqlx::query(AssertSqlSafe(self.query()))
             .bind(b.min_x)
             .bind(b.min_y)
@@ -210,44 +220,6 @@ fn read_attribute(row: &PgRow, col: usize, kind: AttributeKind) -> Result<Owned>
 
 fn decode_wkb(wkb: &[u8]) -> Option<Geometry<f64>> {
     wkb::reader::read_wkb(wkb).ok()?.try_to_geometry()
-}
-
-/// EPSG:4326 degrees → EPSG:3857 metres, in place.
-pub(crate) fn project_4326(g: &mut Geometry<f64>) {
-    fn c(c: &mut Coord<f64>) {
-        let (x, y) = to_web_mercator(c.x, c.y);
-        *c = Coord { x, y };
-    }
-    fn line(l: &mut LineString<f64>) {
-        l.0.iter_mut().for_each(c);
-    }
-    fn poly(p: &mut Polygon<f64>) {
-        p.exterior_mut(line);
-        p.interiors_mut(|rs| rs.iter_mut().for_each(line));
-    }
-    match g {
-        Geometry::Point(p) => c(&mut p.0),
-        Geometry::MultiPoint(mp) => mp.0.iter_mut().for_each(|p| c(&mut p.0)),
-        Geometry::Line(l) => {
-            c(&mut l.start);
-            c(&mut l.end);
-        }
-        Geometry::LineString(l) => line(l),
-        Geometry::MultiLineString(ml) => ml.0.iter_mut().for_each(line),
-        Geometry::Polygon(p) => poly(p),
-        Geometry::MultiPolygon(mp) => mp.0.iter_mut().for_each(poly),
-        Geometry::Rect(r) => {
-            let mut p = r.to_polygon();
-            poly(&mut p);
-            *g = Geometry::Polygon(p);
-        }
-        Geometry::Triangle(t) => {
-            let mut p = t.to_polygon();
-            poly(&mut p);
-            *g = Geometry::Polygon(p);
-        }
-        Geometry::GeometryCollection(gc) => gc.0.iter_mut().for_each(project_4326),
-    }
 }
 
 /// A double-quoted identifier.
