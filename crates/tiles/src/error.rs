@@ -32,6 +32,14 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// A map config that cannot be used; `layer` is the index of the offending layer, if one.
+    #[error("invalid map config{}: {reason}", layer.map(|i| format!(" (layer {i})")).unwrap_or_default())]
+    InvalidMapConfig {
+        /// The layer at fault.
+        layer: Option<usize>,
+        /// Why.
+        reason: String,
+    },
     /// The `mvt` encoder refused a geometry or layer.
     #[error("encoding failed: {0}")]
     Encode(String),

@@ -4,19 +4,25 @@ mod coord;
 mod decode;
 mod encode;
 mod error;
+mod mapconfig;
 mod memory;
 mod options;
 mod pipeline;
 #[cfg(feature = "postgis")]
 mod postgis;
 mod project;
+#[cfg(feature = "postgis")]
+mod sql_layers;
 
 pub use coord::{Bounds, MAX_ZOOM, TileCoord, WEB_MERCATOR_HALF, to_lon_lat, to_web_mercator};
 pub use decode::{DecodedFeature, DecodedLayer, DecodedTile, DecodedValue, decode};
 pub use encode::{LayerBuilder, LayerStats, TileBuilder, Value};
 pub use error::{Error, Result};
+pub use mapconfig::{MAX_LAYERS, MapConfig, MapLayer};
 pub use memory::{AttributeValue, MemoryFeature, MemorySource};
 pub use options::TileOptions;
 pub use pipeline::{TileGeometry, TilePoint, tile_geometry};
 #[cfg(feature = "postgis")]
 pub use postgis::{AttributeKind, TableSource, discover};
+#[cfg(feature = "postgis")]
+pub use sql_layers::{FunctionSource, RenderedTile};

@@ -1,0 +1,238 @@
+//! Map-config layers and SQL functions as tile sources, run on the caller's pool in a
+//! read-only transaction with a statement timeout.
+
+use std::time::Duration;
+
+use sqlx::postgres::PgRow;
+use sqlx::{AssertSqlSafe, PgPool, Row as _};
+
+use crate::mapconfig::is_identifier;
+use crate::{
+    Error, LayerStats, MapConfig, MapLayer, Result, TileBuilder, TileCoord, TileOptions, Value,
+};
+
+/// A tile rendered from a map config.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RenderedTile {
+    /// The encoded tile; empty when no layer has features (answer 204).
+    pub bytes: Vec<u8>,
+    /// What each visible layer did, by name.
+    pub layers: Vec<(String, LayerStats)>,
+}
+
+impl RenderedTile {
+    /// Whether the tile has no features.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+}
+
+impl MapConfig {
+    /// Renders the layers visible at `coord`'s zoom, in order, on `pool` (a pool that logged in
+    /// as the caller's role) inside one `BEGIN READ ONLY` transaction with `statement_timeout`,
+    /// always rolled back. Each layer's SQL is wrapped as a subquery (one statement, extended
+    /// protocol) and filtered by the buffered tile box on its geometry column, which must be in
+    /// EPSG:3857. Attributes keep their JSON types (numbers, strings, booleans; nulls left out).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Database`] when a layer's SQL fails (a syntax error, a write refused by the
+    /// read-only transaction, the statement timeout).
+    pub async fn render(
+        &self,
+        pool: &PgPool,
+        coord: TileCoord,
+        options: &TileOptions,
+        statement_timeout: Duration,
+    ) -> Result<RenderedTile> {
+        let mut conn = pool.acquire().await.map_err(Error::Database)?;
+        sqlx::raw_sql("BEGIN READ ONLY")
+            .execute(&mut *conn)
+            .await
+            .map_err(Error::Database)?;
+        let result = async {
+            sqlx::query("select set_config('statement_timeout', $1, true)")
+                .bind(format!("{}ms", statement_timeout.as_millis().max(1)))
+                .execute(&mut *conn)
+                .await
+                .map_err(Error::Database)?;
+            let mut builder = TileBuilder::new(coord, options);
+            let mut stats = Vec::new();
+            for layer in self.layers().iter().filter(|l| l.visible_at(coord.z())) {
+                let mut lb = builder.layer(layer.name());
+                fill_layer(&mut conn, layer, &mut lb).await?;
+                stats.push((layer.name().to_owned(), lb.finish()?));
+            }
+            Ok(RenderedTile {
+                bytes: builder.into_bytes()?,
+                layers: stats,
+            })
+        }
+        .await;
+        // Nothing of the caller's outlives the tile.
+        let rolled_back = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
+        if rolled_back.is_err() {
+            conn.close_on_drop();
+        }
+        result
+    }
+}
+
+async fn fill_layer(
+    conn: &mut sqlx::PgConnection,
+    layer: &MapLayer,
+    lb: &mut crate::LayerBuilder<'_>,
+) -> Result<()> {
+    let q = |c: &str| format!("q.\"{c}\"");
+    let mut select = vec![format!("ST_AsBinary({})", q(layer.geom_column()))];
+    select.push(
+        layer
+            .id_column()
+            .map_or("null::int8".into(), |id| format!("{}::int8", q(id))),
+    );
+    select.extend(
+        layer
+            .columns()
+            .iter()
+            .map(|c| format!("to_jsonb({})::text", q(c))),
+    );
+    let sql = format!(
+        "SELECT {} FROM (\n{}\n) AS q WHERE {} && ST_MakeEnvelope($1, $2, $3, $4, 3857)",
+        select.join(", "),
+        layer.sql(),
+        q(layer.geom_column())
+    );
+    let b = lb.buffered_bounds();
+    let rows: Vec<PgRow> = sqlx::query(AssertSqlSafe(sql))
+        .persistent(false)
+        .bind(b.min_x)
+        .bind(b.min_y)
+        .bind(b.max_x)
+        .bind(b.max_y)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(Error::Database)?;
+    for row in rows {
+        let wkb: Option<Vec<u8>> = row.try_get(0).map_err(Error::Database)?;
+        let id: Option<i64> = row.try_get(1).map_err(Error::Database)?;
+        let Some(wkb) = wkb else { continue };
+        let values: Vec<Option<serde_json::Value>> = (0..layer.columns().len())
+            .map(|i| {
+                let text: Option<String> = row.try_get(i + 2).map_err(Error::Database)?;
+                Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
+            })
+            .collect::<Result<_>>()?;
+        let texts: Vec<Option<String>> = values
+            .iter()
+            .map(|v| match v {
+                Some(serde_json::Value::String(s)) => Some(s.clone()),
+                Some(v @ (serde_json::Value::Array(_) | serde_json::Value::Object(_))) => {
+                    Some(v.to_string())
+                }
+                _ => None,
+            })
+            .collect();
+        let attributes: Vec<(&str, Value<'_>)> = layer
+            .columns()
+            .iter()
+            .zip(values.iter().zip(&texts))
+            .map(|(name, (v, text))| {
+                let value = match (v, text) {
+                    (_, Some(t)) => Value::String(t),
+                    (Some(serde_json::Value::Bool(b)), _) => Value::Bool(*b),
+                    (Some(serde_json::Value::Number(n)), _) => {
+                        match (n.as_i64(), n.as_u64(), n.as_f64()) {
+                            (Some(i), _, _) => Value::Int(i),
+                            (None, Some(u), _) => Value::Uint(u),
+                            (None, None, Some(f)) => Value::Double(f),
+                            _ => Value::Null,
+                        }
+                    }
+                    _ => Value::Null,
+                };
+                (name.as_str(), value)
+            })
+            .collect();
+        lb.add_wkb(&wkb, id.and_then(|i| u64::try_from(i).ok()), &attributes)?;
+    }
+    Ok(())
+}
+
+/// A SQL function `(z int, x int, y int, params jsonb) → bytea` that makes whole tiles, as
+/// Martin's function sources.
+///
+/// ```
+/// assert!(geostack_tiles::FunctionSource::new("public.tiles_for").is_ok());
+/// assert!(geostack_tiles::FunctionSource::new("x; drop table t").is_err());
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FunctionSource {
+    schema: String,
+    name: String,
+}
+
+impl FunctionSource {
+    /// The function `schema.name` (or `name`, in `public`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidOption`] when the name is not a plain identifier.
+    pub fn new(qualified: &str) -> Result<Self> {
+        let (schema, name) = qualified.split_once('.').unwrap_or(("public", qualified));
+        if !is_identifier(schema) || !is_identifier(name) {
+            return Err(Error::InvalidOption {
+                name: "function",
+                reason: "expected schema.name of plain identifiers".into(),
+            });
+        }
+        Ok(Self {
+            schema: schema.to_owned(),
+            name: name.to_owned(),
+        })
+    }
+
+    /// The tile `coord` with `params`, read-only and within `statement_timeout`; empty when the
+    /// function returns NULL or no bytes.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Database`] when the function fails.
+    pub async fn tile(
+        &self,
+        pool: &PgPool,
+        coord: TileCoord,
+        params: &serde_json::Value,
+        statement_timeout: Duration,
+    ) -> Result<Vec<u8>> {
+        let mut conn = pool.acquire().await.map_err(Error::Database)?;
+        sqlx::raw_sql("BEGIN READ ONLY")
+            .execute(&mut *conn)
+            .await
+            .map_err(Error::Database)?;
+        let sql = format!(
+            "SELECT \"{}\".\"{}\"($1::int, $2::int, $3::int, $4::text::jsonb)",
+            self.schema, self.name
+        );
+        let set = sqlx::query("select set_config('statement_timeout', $1, true)")
+            .bind(format!("{}ms", statement_timeout.as_millis().max(1)))
+            .execute(&mut *conn)
+            .await;
+        let result = match set {
+            Ok(_) => sqlx::query_as::<_, (Option<Vec<u8>>,)>(AssertSqlSafe(sql))
+                .persistent(false)
+                .bind(i32::from(coord.z()))
+                .bind(coord.x() as i32)
+                .bind(coord.y() as i32)
+                .bind(params.to_string())
+                .fetch_one(&mut *conn)
+                .await
+                .map(|(bytes,)| bytes.unwrap_or_default())
+                .map_err(Error::Database),
+            Err(e) => Err(Error::Database(e)),
+        };
+        if sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await.is_err() {
+            conn.close_on_drop();
+        }
+        result
+    }
+}
