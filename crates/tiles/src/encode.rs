@@ -42,6 +42,8 @@ pub struct LayerStats {
     pub invalid: u64,
     /// Ids given twice: the feature kept, its id dropped.
     pub duplicate_ids: u64,
+    /// Left out because the layer had reached its feature cap.
+    pub capped: u64,
 }
 
 /// Builds one tile, layer by layer.
@@ -81,12 +83,18 @@ impl TileBuilder {
     pub fn layer(&mut self, name: &str) -> LayerBuilder<'_> {
         let layer = self.tile.create_layer(name);
         LayerBuilder {
+            max_features: self.options.max_features,
             frame: Frame::new(self.coord, &self.options),
             tile: self,
             layer: Some(layer),
             ids: HashSet::new(),
             stats: LayerStats::default(),
         }
+    }
+
+    /// The tile's box grown by the buffer, in EPSG:3857 metres.
+    pub fn buffered_bounds(&self) -> crate::Bounds {
+        Frame::new(self.coord, &self.options).buffered
     }
 
     /// The number of layers with features.
@@ -113,6 +121,7 @@ impl TileBuilder {
 
 /// Builds one layer of a [`TileBuilder`].
 pub struct LayerBuilder<'t> {
+    max_features: Option<usize>,
     tile: &'t mut TileBuilder,
     layer: Option<mvt::Layer>,
     frame: Frame,
@@ -187,6 +196,13 @@ impl LayerBuilder<'_> {
         id: Option<u64>,
         attributes: &[(&str, Value<'_>)],
     ) -> Result<()> {
+        if self
+            .max_features
+            .is_some_and(|max| self.stats.added >= max as u64)
+        {
+            self.stats.capped += 1;
+            return Ok(());
+        }
         let data = encode_geometry(geometry)?;
         let Some(layer) = self.layer.take() else {
             return Err(Error::Encode("layer already finished".into()));

@@ -25,4 +25,4 @@ pub use pipeline::{TileGeometry, TilePoint, tile_geometry};
 #[cfg(feature = "postgis")]
 pub use postgis::{AttributeKind, TableSource, discover};
 #[cfg(feature = "postgis")]
-pub use sql_layers::{FunctionSource, RenderedTile};
+pub use sql_layers::{Degradation, FunctionSource, RenderedTile};

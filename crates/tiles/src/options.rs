@@ -13,6 +13,8 @@ pub struct TileOptions {
     pub(crate) extent: u32,
     pub(crate) buffer: u32,
     pub(crate) tolerance: f64,
+    pub(crate) max_features: Option<usize>,
+    pub(crate) max_bytes: Option<usize>,
 }
 
 impl Default for TileOptions {
@@ -21,6 +23,8 @@ impl Default for TileOptions {
             extent: 4096,
             buffer: 64,
             tolerance: 0.5,
+            max_features: None,
+            max_bytes: None,
         }
     }
 }
@@ -76,6 +80,23 @@ impl TileOptions {
         }
         self.tolerance = tolerance;
         Ok(self)
+    }
+
+    /// The most features a layer takes; later ones are counted in [`crate::LayerStats::capped`]
+    /// and left out. Default: no cap.
+    pub fn max_features(mut self, n: usize) -> Self {
+        self.max_features = Some(n);
+        self
+    }
+
+    /// A budget for the encoded tile, in bytes. Map-config tiles over it are degraded in this
+    /// order until they fit: simplification 4 times stronger, then 16 times (from the tolerance,
+    /// or from half a unit when simplification is off), then only the first
+    /// features of each layer (halving their number each time, in the order the layer's SQL
+    /// returns them). [`crate::RenderedTile::degraded`] says what was done. Default: no budget.
+    pub fn max_bytes(mut self, n: usize) -> Self {
+        self.max_bytes = Some(n);
+        self
     }
 
     /// The extent.

@@ -18,6 +18,26 @@ pub struct RenderedTile {
     pub bytes: Vec<u8>,
     /// What each visible layer did, by name.
     pub layers: Vec<(String, LayerStats)>,
+    /// How the tile was degraded to fit [`TileOptions::max_bytes`], if it was.
+    pub degraded: Option<Degradation>,
+}
+
+/// What was done to fit a tile into its byte budget.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Degradation {
+    /// The simplification tolerance finally used, in tile units.
+    pub tolerance: f64,
+    /// Features kept per layer, when features had to be dropped.
+    pub kept_per_layer: Option<usize>,
+    /// Whether the tile fits now (it may not, when even one feature per layer is too much).
+    pub fits: bool,
+}
+
+/// A feature fetched once, encoded as often as the budget needs.
+struct Fetched {
+    wkb: Vec<u8>,
+    id: Option<u64>,
+    values: Vec<Option<serde_json::Value>>,
 }
 
 impl RenderedTile {
@@ -56,17 +76,17 @@ impl MapConfig {
                 .execute(&mut *conn)
                 .await
                 .map_err(Error::Database)?;
-            let mut builder = TileBuilder::new(coord, options);
-            let mut stats = Vec::new();
-            for layer in self.layers().iter().filter(|l| l.visible_at(coord.z())) {
-                let mut lb = builder.layer(layer.name());
-                fill_layer(&mut conn, layer, &mut lb).await?;
-                stats.push((layer.name().to_owned(), lb.finish()?));
+            let visible: Vec<&MapLayer> = self
+                .layers()
+                .iter()
+                .filter(|l| l.visible_at(coord.z()))
+                .collect();
+            let frame = TileBuilder::new(coord, options);
+            let mut fetched = Vec::with_capacity(visible.len());
+            for layer in &visible {
+                fetched.push(fetch_layer(&mut conn, layer, &frame.buffered_bounds()).await?);
             }
-            Ok(RenderedTile {
-                bytes: builder.into_bytes()?,
-                layers: stats,
-            })
+            encode_within_budget(coord, options, &visible, &fetched)
         }
         .await;
         // Nothing of the caller's outlives the tile.
@@ -78,11 +98,11 @@ impl MapConfig {
     }
 }
 
-async fn fill_layer(
+async fn fetch_layer(
     conn: &mut sqlx::PgConnection,
     layer: &MapLayer,
-    lb: &mut crate::LayerBuilder<'_>,
-) -> Result<()> {
+    b: &crate::Bounds,
+) -> Result<Vec<Fetched>> {
     let q = |c: &str| format!("q.\"{c}\"");
     let mut select = vec![format!("ST_AsBinary({})", q(layer.geom_column()))];
     select.push(
@@ -102,7 +122,6 @@ async fn fill_layer(
         layer.sql(),
         q(layer.geom_column())
     );
-    let b = lb.buffered_bounds();
     let rows: Vec<PgRow> = sqlx::query(AssertSqlSafe(sql))
         .persistent(false)
         .bind(b.min_x)
@@ -112,50 +131,132 @@ async fn fill_layer(
         .fetch_all(&mut *conn)
         .await
         .map_err(Error::Database)?;
+    let mut out = Vec::with_capacity(rows.len());
     for row in rows {
         let wkb: Option<Vec<u8>> = row.try_get(0).map_err(Error::Database)?;
         let id: Option<i64> = row.try_get(1).map_err(Error::Database)?;
         let Some(wkb) = wkb else { continue };
-        let values: Vec<Option<serde_json::Value>> = (0..layer.columns().len())
+        let values = (0..layer.columns().len())
             .map(|i| {
                 let text: Option<String> = row.try_get(i + 2).map_err(Error::Database)?;
                 Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
             })
             .collect::<Result<_>>()?;
-        let texts: Vec<Option<String>> = values
-            .iter()
-            .map(|v| match v {
-                Some(serde_json::Value::String(s)) => Some(s.clone()),
-                Some(v @ (serde_json::Value::Array(_) | serde_json::Value::Object(_))) => {
-                    Some(v.to_string())
-                }
-                _ => None,
-            })
-            .collect();
-        let attributes: Vec<(&str, Value<'_>)> = layer
-            .columns()
-            .iter()
-            .zip(values.iter().zip(&texts))
-            .map(|(name, (v, text))| {
-                let value = match (v, text) {
-                    (_, Some(t)) => Value::String(t),
-                    (Some(serde_json::Value::Bool(b)), _) => Value::Bool(*b),
-                    (Some(serde_json::Value::Number(n)), _) => {
-                        match (n.as_i64(), n.as_u64(), n.as_f64()) {
-                            (Some(i), _, _) => Value::Int(i),
-                            (None, Some(u), _) => Value::Uint(u),
-                            (None, None, Some(f)) => Value::Double(f),
-                            _ => Value::Null,
-                        }
-                    }
-                    _ => Value::Null,
-                };
-                (name.as_str(), value)
-            })
-            .collect();
-        lb.add_wkb(&wkb, id.and_then(|i| u64::try_from(i).ok()), &attributes)?;
+        out.push(Fetched {
+            wkb,
+            id: id.and_then(|i| u64::try_from(i).ok()),
+            values,
+        });
     }
-    Ok(())
+    Ok(out)
+}
+
+/// Encodes the fetched layers; over the byte budget, degrades as [`TileOptions::max_bytes`]
+/// documents.
+fn encode_within_budget(
+    coord: TileCoord,
+    options: &TileOptions,
+    layers: &[&MapLayer],
+    fetched: &[Vec<Fetched>],
+) -> Result<RenderedTile> {
+    let first = encode(coord, options, layers, fetched, None)?;
+    let Some(budget) = options.max_bytes else {
+        return Ok(first);
+    };
+    if first.bytes.len() <= budget {
+        return Ok(first);
+    }
+    // From the tolerance asked for, or half a unit when simplification was off.
+    let base = if options.tolerance > 0.0 {
+        options.tolerance
+    } else {
+        0.5
+    };
+    for factor in [4.0, 16.0] {
+        let tolerance = base * factor;
+        let stronger = options.clone().tolerance(tolerance)?;
+        let mut tile = encode(coord, &stronger, layers, fetched, None)?;
+        if tile.bytes.len() <= budget {
+            tile.degraded = Some(Degradation {
+                tolerance,
+                kept_per_layer: None,
+                fits: true,
+            });
+            return Ok(tile);
+        }
+    }
+    let tolerance = base * 16.0;
+    let strongest = options.clone().tolerance(tolerance)?;
+    let mut keep = fetched.iter().map(Vec::len).max().unwrap_or(0) / 2;
+    loop {
+        let mut tile = encode(coord, &strongest, layers, fetched, Some(keep))?;
+        let fits = tile.bytes.len() <= budget;
+        if fits || keep <= 1 {
+            tile.degraded = Some(Degradation {
+                tolerance,
+                kept_per_layer: Some(keep),
+                fits,
+            });
+            return Ok(tile);
+        }
+        keep /= 2;
+    }
+}
+
+fn encode(
+    coord: TileCoord,
+    options: &TileOptions,
+    layers: &[&MapLayer],
+    fetched: &[Vec<Fetched>],
+    keep: Option<usize>,
+) -> Result<RenderedTile> {
+    let mut builder = TileBuilder::new(coord, options);
+    let mut stats = Vec::with_capacity(layers.len());
+    for (layer, features) in layers.iter().zip(fetched) {
+        let mut lb = builder.layer(layer.name());
+        for f in features.iter().take(keep.unwrap_or(usize::MAX)) {
+            let texts: Vec<Option<String>> = f
+                .values
+                .iter()
+                .map(|v| match v {
+                    Some(serde_json::Value::String(s)) => Some(s.clone()),
+                    Some(v @ (serde_json::Value::Array(_) | serde_json::Value::Object(_))) => {
+                        Some(v.to_string())
+                    }
+                    _ => None,
+                })
+                .collect();
+            let attributes: Vec<(&str, Value<'_>)> = layer
+                .columns()
+                .iter()
+                .zip(f.values.iter().zip(&texts))
+                .map(|(name, (v, text))| (name.as_str(), json_value(v.as_ref(), text.as_deref())))
+                .collect();
+            lb.add_wkb(&f.wkb, f.id, &attributes)?;
+        }
+        stats.push((layer.name().to_owned(), lb.finish()?));
+    }
+    Ok(RenderedTile {
+        bytes: builder.into_bytes()?,
+        layers: stats,
+        degraded: None,
+    })
+}
+
+/// A JSON attribute as a tile value: strings (and arrays, objects as their JSON text),
+/// integers, doubles, booleans; null is left out.
+fn json_value<'a>(v: Option<&serde_json::Value>, text: Option<&'a str>) -> Value<'a> {
+    match (v, text) {
+        (_, Some(t)) => Value::String(t),
+        (Some(serde_json::Value::Bool(b)), _) => Value::Bool(*b),
+        (Some(serde_json::Value::Number(n)), _) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
+            (Some(i), _, _) => Value::Int(i),
+            (None, Some(u), _) => Value::Uint(u),
+            (None, None, Some(f)) => Value::Double(f),
+            _ => Value::Null,
+        },
+        _ => Value::Null,
+    }
 }
 
 /// A SQL function `(z int, x int, y int, params jsonb) → bytea` that makes whole tiles, as

@@ -307,3 +307,20 @@ fn the_spec_check_refuses_broken_tiles() {
     let err = decode(&tile).unwrap_err().to_string();
     assert!(err.contains("repeats its closing vertex"), "{err}");
 }
+
+#[test]
+fn a_layer_stops_at_its_feature_cap_and_counts_the_rest() {
+    let t = tile(0, 0, 0);
+    let options = TileOptions::default().max_features(2);
+    let mut builder = TileBuilder::new(t, &options);
+    let mut layer = builder.layer("l");
+    for i in 0..5 {
+        let p: Geometry<f64> = Point::new(f64::from(i) * 1e5, 0.0).into();
+        layer.add_geometry(&p, Some(i as u64), &[]).unwrap();
+    }
+    let stats = layer.finish().unwrap();
+    assert_eq!((stats.added, stats.capped), (2, 3));
+    let decoded = decode(&builder.into_bytes().unwrap()).unwrap();
+    let ids: Vec<Option<u64>> = decoded.layers[0].features.iter().map(|f| f.id).collect();
+    assert_eq!(ids, vec![Some(0), Some(1)]);
+}

@@ -251,3 +251,59 @@ async fn a_sql_function_makes_whole_tiles() {
         .unwrap();
     assert!(none.is_empty());
 }
+
+#[tokio::test]
+async fn a_tile_over_its_byte_budget_is_degraded_in_the_documented_order() {
+    let (_db, _role, pool) = setup().await;
+    let config = MapConfig::parse(CONFIG).unwrap();
+    let coord = TileCoord::new_checked(0, 0, 0).unwrap();
+    let timeout = Duration::from_secs(10);
+    let full = config
+        .render(&pool, coord, &TileOptions::default(), timeout)
+        .await
+        .unwrap();
+    assert_eq!(full.degraded, None);
+    let size = full.bytes.len();
+
+    // A little under the full size: stronger simplification alone makes it fit.
+    let options = TileOptions::default().max_bytes(size * 9 / 10);
+    let tile = config
+        .render(&pool, coord, &options, timeout)
+        .await
+        .unwrap();
+    let d = tile.degraded.unwrap();
+    assert!(d.fits && d.kept_per_layer.is_none(), "{d:?}");
+    assert!(d.tolerance == 2.0 || d.tolerance == 8.0, "{d:?}");
+    assert!(tile.bytes.len() <= size * 9 / 10);
+    assert_eq!(
+        decode(&tile.bytes).unwrap().layers[0].features.len(),
+        177,
+        "no feature dropped"
+    );
+
+    // Far under: features are dropped too, the first ones kept.
+    let options = TileOptions::default().max_bytes(3000);
+    let tile = config
+        .render(&pool, coord, &options, timeout)
+        .await
+        .unwrap();
+    let d = tile.degraded.unwrap();
+    assert!(d.fits && d.tolerance == 8.0, "{d:?}");
+    let kept = d.kept_per_layer.unwrap();
+    assert!(
+        tile.bytes.len() <= 3000 && kept < 177,
+        "{d:?} {}",
+        tile.bytes.len()
+    );
+    let features = &decode(&tile.bytes).unwrap().layers[0].features;
+    assert!(features.len() <= kept);
+
+    // Impossible: one feature per layer is still too big; said so.
+    let options = TileOptions::default().max_bytes(10);
+    let tile = config
+        .render(&pool, coord, &options, timeout)
+        .await
+        .unwrap();
+    let d = tile.degraded.unwrap();
+    assert_eq!((d.fits, d.kept_per_layer), (false, Some(1)));
+}
