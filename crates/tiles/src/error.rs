@@ -47,6 +47,13 @@ pub enum Error {
     #[cfg(feature = "postgis")]
     #[error("database error")]
     Database(#[source] sqlx::Error),
+    /// The cache's Redis could not be asked or refused.
+    #[cfg(feature = "redis")]
+    #[error("tile cache unavailable")]
+    Cache(#[source] redis::RedisError),
+    /// An identical request rendering the same tile at the same time failed; its error.
+    #[error("a concurrent request for this tile failed: {0}")]
+    Coalesced(String),
     /// Bytes that are not a valid vector tile (from [`crate::decode`]).
     #[error("not a valid vector tile: {0}")]
     InvalidTile(String),

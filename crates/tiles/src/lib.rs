@@ -1,5 +1,8 @@
 #![doc = include_str!("../README.md")]
 
+mod cache;
+#[cfg(feature = "redis")]
+mod cache_redis;
 mod coord;
 mod decode;
 mod encode;
@@ -14,6 +17,9 @@ mod project;
 #[cfg(feature = "postgis")]
 mod sql_layers;
 
+pub use cache::{CachedTile, MemoryTileCache, SingleFlight, TileCache, TileKey};
+#[cfg(feature = "redis")]
+pub use cache_redis::RedisTileCache;
 pub use coord::{Bounds, MAX_ZOOM, TileCoord, WEB_MERCATOR_HALF, to_lon_lat, to_web_mercator};
 pub use decode::{DecodedFeature, DecodedLayer, DecodedTile, DecodedValue, decode};
 pub use encode::{LayerBuilder, LayerStats, TileBuilder, Value};
