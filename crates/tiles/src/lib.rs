@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+mod aggregate;
 mod cache;
 #[cfg(feature = "redis")]
 mod cache_redis;
@@ -17,6 +18,7 @@ mod project;
 #[cfg(feature = "postgis")]
 mod sql_layers;
 
+pub use aggregate::{Aggregate, AggregationOptions, PointAggregator};
 pub use cache::{CachedTile, MemoryTileCache, SingleFlight, TileCache, TileKey};
 #[cfg(feature = "redis")]
 pub use cache_redis::RedisTileCache;

@@ -324,3 +324,87 @@ fn a_layer_stops_at_its_feature_cap_and_counts_the_rest() {
     let ids: Vec<Option<u64>> = decoded.layers[0].features.iter().map(|f| f.id).collect();
     assert_eq!(ids, vec![Some(0), Some(1)]);
 }
+
+#[test]
+fn clusters_sit_on_an_absolute_grid_and_are_never_duplicated_across_tiles() {
+    use geostack_tiles::{Aggregate, AggregationOptions, PointAggregator};
+
+    // A dense lattice of points over four z3 tiles (2×2 around 3/3/3), with a "pop" of 1 each,
+    // every tile offered every point (as a buffered fetch would, and more).
+    let corner = tile(3, 3, 3).bounds_3857();
+    let size = tile(3, 3, 3).size_3857();
+    let mut points = Vec::new();
+    for i in 0..200 {
+        for j in 0..200 {
+            let x = corner.min_x + (f64::from(i) + 0.5) * size * 2.0 / 200.0;
+            let y = corner.max_y - (f64::from(j) + 0.5) * size * 2.0 / 200.0;
+            points.push(Coord { x, y });
+        }
+    }
+    let options = AggregationOptions::default()
+        .cell(256)
+        .aggregate("pop", Aggregate::Sum)
+        .aggregate("pop", Aggregate::Max);
+    let mut total = 0u64;
+    let mut clusters = 0;
+    for (x, y) in [(3, 3), (4, 3), (3, 4), (4, 4)] {
+        let t = tile(3, x, y);
+        let mut agg = PointAggregator::new(t, &TileOptions::default(), &options).unwrap();
+        for p in &points {
+            agg.add(*p, &[Some(1.0), Some(1.0)]);
+        }
+        let mut builder = TileBuilder::new(t, &TileOptions::default());
+        let mut layer = builder.layer("clusters");
+        clusters += agg.write(&mut layer).unwrap();
+        layer.finish().unwrap();
+        let decoded = decode(&builder.into_bytes().unwrap()).unwrap();
+        for f in &decoded.layers[0].features {
+            let Some(DecodedValue::Uint(count)) = f.attributes.get("count") else {
+                panic!("{f:?}")
+            };
+            assert_eq!(
+                f.attributes.get("pop_sum"),
+                Some(&DecodedValue::Double(*count as f64))
+            );
+            assert_eq!(
+                f.attributes.get("pop_max"),
+                Some(&DecodedValue::Double(1.0))
+            );
+            // The cluster sits in the tile, not in its buffer.
+            let TileGeometry::Points(ps) = &f.geometry else {
+                panic!()
+            };
+            assert!(
+                ps.iter()
+                    .all(|[x, y]| (0..4096).contains(x) && (0..4096).contains(y)),
+                "{ps:?}"
+            );
+            total += count;
+        }
+    }
+    assert_eq!(total, 40_000, "every point in exactly one cluster");
+    assert_eq!(
+        clusters,
+        4 * 16 * 16,
+        "a 4096 tile holds 16×16 cells of 256"
+    );
+
+    // At or under the threshold the points stay points.
+    let t = tile(3, 3, 3);
+    let few = AggregationOptions::default().threshold(10);
+    let mut agg = PointAggregator::new(t, &TileOptions::default(), &few).unwrap();
+    for p in points.iter().take(5) {
+        agg.add(*p, &[]);
+    }
+    let mut builder = TileBuilder::new(t, &TileOptions::default());
+    let mut layer = builder.layer("l");
+    assert_eq!(agg.write(&mut layer).unwrap(), 5);
+    assert!(
+        PointAggregator::new(
+            t,
+            &TileOptions::default(),
+            &AggregationOptions::default().cell(100)
+        )
+        .is_err()
+    );
+}
