@@ -129,7 +129,7 @@ impl PointAggregator {
         options: &AggregationOptions,
     ) -> Result<Self> {
         let extent = tile.extent_units();
-        if extent % options.cell != 0 {
+        if !extent.is_multiple_of(options.cell) {
             return Err(Error::InvalidOption {
                 name: "cell",
                 reason: format!("{} does not divide the extent {extent}", options.cell),
