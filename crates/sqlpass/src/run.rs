@@ -301,6 +301,22 @@ impl Producer {
         let conn: &mut sqlx::PgConnection = &mut self.conn;
         let stop = match direct {
             None => read_cursor(conn, &ctx, &mut sleep, encoder.as_mut(), &mut state).await,
+            // A writer's statement without result columns (DML without RETURNING): report
+            // the rows it affected as total_rows, as CARTO does.
+            Some(sql) if columns.is_empty() => {
+                let st = self.options.statement_timeout;
+                let run = sqlx::query(AssertSqlSafe(sql))
+                    .persistent(false)
+                    .execute(&mut *conn);
+                match tokio::time::timeout_at(self.deadline.into(), run).await {
+                    Ok(Ok(done)) => {
+                        state.rows = done.rows_affected();
+                        Stop::Done(None)
+                    }
+                    Ok(Err(e)) => Stop::Done(Some(Error::from_sqlx(e, st).to_string())),
+                    Err(_) => Stop::Late,
+                }
+            }
             Some(sql) => {
                 match pump(conn, sql, &ctx, &mut sleep, encoder.as_mut(), &mut state).await {
                     Ok(_) => Stop::Done(None),
