@@ -230,26 +230,14 @@ fn bench(c: &mut Criterion) {
         b.to_async(&rt).iter(|| async {
             let mut bytes = 0;
             for t in &tiles {
-                let (tile,): (Vec<u8>,) = sqlx::query_as(
-                    "select ST_AsMVT(q, 'countries', 4096, 'geom', 'gid') from (
-                       select gid, iso, name,
-                              ST_AsMVTGeom(ST_Transform(geom, 3857), ST_TileEnvelope($1, $2, $3), 4096, 64, true) as geom
-                       from bench_countries
-                       where geom && (
-                 -- The buffered tile, clamped to the Web Mercator square before the transform
-                 -- (beyond 180° PROJ would wrap it to the other hemisphere).
-                 select ST_Transform(ST_MakeEnvelope(
-                          greatest(ST_XMin(e), -20037508.342789244), greatest(ST_YMin(e), -20037508.342789244),
-                          least(ST_XMax(e), 20037508.342789244), least(ST_YMax(e), 20037508.342789244), 3857), 4326)
-                 from ST_TileEnvelope($1, $2, $3, margin => 64.0 / 4096) as e)
-                     ) q where geom is not null",
+                let tile = geostack_testkit::natural_earth::st_asmvt_tile(
+                    &pool,
+                    "bench_countries",
+                    t.z(),
+                    t.x(),
+                    t.y(),
                 )
-                .bind(i32::from(t.z()))
-                .bind(t.x() as i32)
-                .bind(t.y() as i32)
-                .fetch_one(&pool)
-                .await
-                .expect("ST_AsMVT");
+                .await;
                 bytes += tile.len();
             }
             black_box(bytes)

@@ -192,6 +192,28 @@ pub async fn load_countries(pool: &PgPool, table: &str) {
         .await;
 }
 
+/// PostGIS's own tile `z/x/y` of a table loaded by [`load_countries`]:
+/// `ST_AsMVT(ST_AsMVTGeom(…))` with extent 4096 and buffer 64, layer `countries`, ids from `gid`,
+/// attributes `iso` and `name` — the reference the tiles crate is compared with.
+///
+/// # Panics
+///
+/// When PostgreSQL refuses.
+pub async fn st_asmvt_tile(pool: &PgPool, table: &str, z: u8, x: u32, y: u32) -> Vec<u8> {
+    let sql = include_str!("sql/st_asmvt_countries.sql").replace("{table}", table);
+    let to_i32 = |v: u32| i32::try_from(v).unwrap_or(i32::MAX);
+    match sqlx::query_as::<_, (Vec<u8>,)>(sqlx::AssertSqlSafe(sql))
+        .bind(i32::from(z))
+        .bind(to_i32(x))
+        .bind(to_i32(y))
+        .fetch_one(pool)
+        .await
+    {
+        Ok((tile,)) => tile,
+        Err(e) => panic!("testkit: ST_AsMVT of {table} {z}/{x}/{y} failed: {e}"),
+    }
+}
+
 fn wkt(mp: &MultiPolygon<f64>) -> String {
     let ring = |r: &LineString<f64>| {
         let pts: Vec<String> = r.0.iter().map(|c| format!("{} {}", c.x, c.y)).collect();

@@ -96,27 +96,14 @@ async fn tiles_match_st_asmvt_feature_for_feature() {
         layer.finish().unwrap();
         let ours = decode(&builder.into_bytes().unwrap()).unwrap();
 
-        let (z, x, y) = (i32::from(coord.z()), coord.x() as i32, coord.y() as i32);
-        let (reference,): (Vec<u8>,) = sqlx::query_as(
-            "select ST_AsMVT(q, 'countries', 4096, 'geom', 'gid') from (
-               select gid, iso, name,
-                      ST_AsMVTGeom(ST_Transform(geom, 3857), ST_TileEnvelope($1, $2, $3), 4096, 64, true) as geom
-               from countries
-               where geom && (
-                 -- The buffered tile, clamped to the Web Mercator square before the transform
-                 -- (beyond 180° PROJ would wrap it to the other hemisphere).
-                 select ST_Transform(ST_MakeEnvelope(
-                          greatest(ST_XMin(e), -20037508.342789244), greatest(ST_YMin(e), -20037508.342789244),
-                          least(ST_XMax(e), 20037508.342789244), least(ST_YMax(e), 20037508.342789244), 3857), 4326)
-                 from ST_TileEnvelope($1, $2, $3, margin => 64.0 / 4096) as e)
-             ) q where geom is not null",
+        let reference = geostack_testkit::natural_earth::st_asmvt_tile(
+            db.pool(),
+            "countries",
+            coord.z(),
+            coord.x(),
+            coord.y(),
         )
-        .bind(z)
-        .bind(x)
-        .bind(y)
-        .fetch_one(db.pool())
-        .await
-        .unwrap();
+        .await;
         let theirs = decode(&reference).unwrap();
 
         let ours = ours
