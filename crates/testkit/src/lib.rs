@@ -8,11 +8,13 @@
 mod names;
 pub mod natural_earth;
 mod pg;
+mod redis_cluster;
 mod redis_prefix;
 mod redis_server;
 mod unavailable;
 
 pub use pg::{TestDb, TestRole};
+pub use redis_cluster::RedisCluster;
 pub use redis_prefix::TestRedis;
 pub use redis_server::RedisServer;
 pub use unavailable::Unavailable;

@@ -20,6 +20,7 @@ pub struct RedisServer {
     port: u16,
     dir: PathBuf,
     persistent: bool,
+    cluster: bool,
     child: Option<Child>,
 }
 
@@ -44,7 +45,16 @@ impl RedisServer {
         Self::start_with(true)
     }
 
+    /// Starts a server in cluster mode, for [`crate::RedisCluster`].
+    pub(crate) fn start_cluster_node() -> Self {
+        Self::start_mode(false, true)
+    }
+
     fn start_with(persistent: bool) -> Self {
+        Self::start_mode(persistent, false)
+    }
+
+    fn start_mode(persistent: bool, cluster: bool) -> Self {
         let dir = std::env::temp_dir().join(unique("gs_redis"));
         if let Err(e) = std::fs::create_dir_all(&dir) {
             panic!("testkit: cannot create {}: {e}", dir.display());
@@ -53,6 +63,7 @@ impl RedisServer {
             port: 0,
             dir,
             persistent,
+            cluster,
             child: None,
         };
         // A free port can be taken between our probe and the server's bind: try a few.
@@ -127,6 +138,15 @@ impl RedisServer {
             cmd.args(["--appendonly", "yes", "--appendfsync", "always"]);
         } else {
             cmd.args(["--appendonly", "no"]);
+        }
+        if self.cluster {
+            cmd.args([
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+            ]);
+            cmd.args(["--cluster-node-timeout", "2000"]);
         }
         let mut child = cmd
             .stdin(Stdio::null())

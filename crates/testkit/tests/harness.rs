@@ -166,3 +166,37 @@ async fn killed_redis_gives_a_typed_error_and_the_connection_recovers() {
     };
     assert_eq!(value, "yes");
 }
+
+#[tokio::test]
+async fn a_local_cluster_of_three_masters_serves_every_slot() {
+    let cluster = geostack_testkit::RedisCluster::start();
+    let client = redis::cluster::ClusterClient::new(cluster.urls()).unwrap();
+    let mut conn = client.get_async_connection().await.unwrap();
+    // Keys in different slots reach different masters; one hash tag keeps keys together.
+    for i in 0..50 {
+        let () = conn.set(format!("k{i}"), i).await.unwrap();
+    }
+    let total: i64 = {
+        let mut sum = 0;
+        for i in 0..50 {
+            let v: i64 = conn.get(format!("k{i}")).await.unwrap();
+            sum += v;
+        }
+        sum
+    };
+    assert_eq!(total, (0..50).sum::<i64>());
+    let (a, b): (i64, i64) = redis::pipe()
+        .atomic()
+        .incr("{user}:a", 1)
+        .incr("{user}:b", 2)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!((a, b), (1, 2));
+    let masters: String = redis::cmd("CLUSTER")
+        .arg("NODES")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(masters.lines().filter(|l| l.contains("master")).count(), 3);
+}
