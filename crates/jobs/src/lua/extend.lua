@@ -1,0 +1,5 @@
+-- Renews a job's lock. ARGV: 1 prefix, 2 id, 3 token, 4 new deadline ms. Returns 1, or 0 when
+-- the lock was lost.
+if redis.call('HGET', jk(ARGV[2]), 'token') ~= ARGV[3] then return 0 end
+redis.call('ZADD', P .. 'active', 'XX', ARGV[4], ARGV[2])
+return 1

@@ -1,0 +1,50 @@
+-- Finishes a job and takes the next one in the same round trip.
+-- ARGV: 1 prefix, 2 id, 3 token, 4 now ms, 5 outcome ('done' | 'retry' | 'fail' | 'release'),
+-- 6 result or error text, 7 retry delay ms, 8 result ttl ms, 9 keep completed (count),
+-- 10 fetch next ('1' | '0'), 11 next token, 12 worker id, 13 lease ms.
+-- Returns {status, next job or false}: status 1 done, 0 when the lock was lost (the job was
+-- taken back by the sweep: its outcome is dropped).
+local id, token, now, outcome = ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
+local k = jk(id)
+local status = 0
+if redis.call('HGET', k, 'token') == token and redis.call('HGET', k, 'state') == 'active' then
+  status = 1
+  redis.call('ZREM', P .. 'active', id)
+  redis.call('HDEL', k, 'token')
+  if outcome == 'done' then
+    redis.call('HSET', k, 'state', 'completed', 'result', ARGV[6], 'finished', now)
+    redis.call('ZADD', P .. 'completed', now, id)
+    local unique = redis.call('HGET', k, 'unique')
+    if unique and unique ~= '' then redis.call('DEL', P .. 'unique:' .. unique) end
+    if tonumber(ARGV[8]) > 0 then redis.call('PEXPIRE', k, ARGV[8]) end
+    -- Retention by count: drop the oldest completed beyond the limit (bounded per call).
+    local extra = redis.call('ZCARD', P .. 'completed') - tonumber(ARGV[9])
+    if extra > 0 then
+      local old = redis.call('ZRANGE', P .. 'completed', 0, math.min(extra, 100) - 1)
+      for _, o in ipairs(old) do
+        redis.call('ZREM', P .. 'completed', o)
+        redis.call('DEL', jk(o))
+      end
+    end
+    event('completed', id)
+  elseif outcome == 'release' then
+    -- Given back unfinished (a worker shutting down): the attempt does not count.
+    redis.call('HINCRBY', k, 'attempts', -1)
+    local f = redis.call('HMGET', k, 'priority', 'seq')
+    redis.call('HSET', k, 'state', 'waiting')
+    redis.call('ZADD', P .. 'wait', wait_score(f[1], f[2]), id)
+    redis.call('LPUSH', P .. 'signal', 1)
+    event('released', id)
+  elseif outcome == 'retry' then
+    redis.call('HSET', k, 'state', 'delayed', 'error', ARGV[6])
+    redis.call('ZADD', P .. 'delayed', now + tonumber(ARGV[7]), id)
+    event('retrying', id, ARGV[6])
+  else
+    redis.call('HSET', k, 'state', 'dead', 'error', ARGV[6], 'finished', now)
+    redis.call('ZADD', P .. 'dead', now, id)
+    event('dead', id, ARGV[6])
+  end
+end
+local next_job = false
+if ARGV[10] == '1' then next_job = take(now, ARGV[11], ARGV[12], tonumber(ARGV[13])) end
+return {status, next_job}

@@ -1,0 +1,344 @@
+//! Enqueuing and looking at jobs.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use redis::aio::{ConnectionLike, ConnectionManager};
+
+use crate::scripts::{ENQUEUE, REDRIVE, SWEEP};
+use crate::{Error, Job, JobId, JobOptions, QueueName, Result};
+
+/// The state of a job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum JobState {
+    /// Waiting for a worker.
+    Waiting,
+    /// Waiting for its time (a delay, or a retry's backoff).
+    Delayed,
+    /// Running.
+    Active,
+    /// Done; its result is kept for the result TTL.
+    Completed,
+    /// Out of attempts (or not runnable): in the dead letter.
+    Dead,
+}
+
+/// What [`Queue::status`] tells of a job.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct JobStatus {
+    /// Its id.
+    pub id: JobId,
+    /// Its kind.
+    pub name: String,
+    /// Its state.
+    pub state: JobState,
+    /// Attempts started so far.
+    pub attempts: u32,
+    /// The last failure's reason.
+    pub error: Option<String>,
+    /// The result, when completed.
+    pub result: Option<serde_json::Value>,
+}
+
+/// How many jobs a queue holds in each state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueCounts {
+    /// Waiting.
+    pub waiting: u64,
+    /// Delayed.
+    pub delayed: u64,
+    /// Active.
+    pub active: u64,
+    /// Completed and still kept.
+    pub completed: u64,
+    /// In the dead letter.
+    pub dead: u64,
+}
+
+/// A named queue in Redis. Every key of a queue is under `<prefix>{<name>}:`, one hash tag, so
+/// the queue lives in one Redis Cluster slot and every script may touch all of it.
+///
+/// ```no_run
+/// # async fn demo() -> geostack_jobs::Result<()> {
+/// # #[derive(serde::Serialize, serde::Deserialize)] struct Import { url: String }
+/// # impl geostack_jobs::Job for Import { const NAME: &'static str = "import"; }
+/// use geostack_jobs::{JobOptions, Queue, QueueName};
+///
+/// let client = redis::Client::open("redis://127.0.0.1:6379")?;
+/// let queue = Queue::new(redis::aio::ConnectionManager::new(client).await?, QueueName::new("imports")?);
+/// let id = queue.enqueue(&Import { url: "https://example.org/a.csv".into() }, JobOptions::default()).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Queue<C = ConnectionManager> {
+    conn: C,
+    name: QueueName,
+    prefix: String,
+}
+
+impl<C> Queue<C>
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    /// The queue `name` on `conn`, keys under `jobs:{<name>}:`.
+    pub fn new(conn: C, name: QueueName) -> Self {
+        Self::with_prefix(conn, name, "jobs:")
+    }
+
+    /// The queue `name` with keys under `<prefix>{<name>}:` (the prefix must not contain braces).
+    pub fn with_prefix(conn: C, name: QueueName, prefix: &str) -> Self {
+        let prefix = format!("{}{{{}}}:", prefix.replace(['{', '}'], ""), name.as_str());
+        Self { conn, name, prefix }
+    }
+
+    /// The queue's name.
+    pub fn name(&self) -> &QueueName {
+        &self.name
+    }
+
+    /// The queue's key prefix, with its hash tag.
+    pub fn key_prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The key that routes the queue's scripts to its slot.
+    pub(crate) fn route_key(&self) -> String {
+        format!("{}wait", self.prefix)
+    }
+
+    /// Adds a job; returns its id (the existing job's, for a unique key already queued).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Payload`] for a payload that does not serialize; [`Error::Unavailable`].
+    pub async fn enqueue<J: Job>(&self, job: &J, options: JobOptions) -> Result<JobId> {
+        let id = options.id.clone().map_or_else(JobId::generate, Ok)?;
+        let args = self.enqueue_args(job, &id, options.unique.as_deref(), &options)?;
+        let mut inv = ENQUEUE.key(self.route_key());
+        for a in &args {
+            inv.arg(a);
+        }
+        let id: String = inv.invoke_async(&mut self.conn.clone()).await?;
+        JobId::new(id)
+    }
+
+    /// Adds several jobs with the same options in two round trips (the script loaded, then one
+    /// pipelined call per job); returns their ids in order. A given id or unique key applies to
+    /// the first job only.
+    ///
+    /// # Errors
+    ///
+    /// As [`Queue::enqueue`].
+    pub async fn enqueue_bulk<J: Job>(
+        &self,
+        jobs: &[J],
+        options: JobOptions,
+    ) -> Result<Vec<JobId>> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let hash = ENQUEUE.load_async(&mut self.conn.clone()).await?;
+        let mut pipe = redis::pipe();
+        for (i, job) in jobs.iter().enumerate() {
+            let id = match (&options.id, i) {
+                (Some(id), 0) => id.clone(),
+                _ => JobId::generate()?,
+            };
+            let unique = if i == 0 {
+                options.unique.as_deref()
+            } else {
+                None
+            };
+            let args = self.enqueue_args(job, &id, unique, &options)?;
+            pipe.cmd("EVALSHA")
+                .arg(&hash)
+                .arg(1)
+                .arg(self.route_key())
+                .arg(&args);
+        }
+        let returned: Vec<String> = pipe.query_async(&mut self.conn.clone()).await?;
+        returned.into_iter().map(JobId::new).collect()
+    }
+
+    /// The enqueue script's ARGV for one job.
+    fn enqueue_args<J: Job>(
+        &self,
+        job: &J,
+        id: &JobId,
+        unique: Option<&str>,
+        options: &JobOptions,
+    ) -> Result<Vec<String>> {
+        let now = now_ms();
+        let run_at = now + u64::try_from(options.delay.as_millis()).unwrap_or(u64::MAX);
+        let backoff =
+            serde_json::to_string(&BackoffRecord::from(options.backoff)).map_err(Error::Payload)?;
+        let payload = serde_json::to_string(job).map_err(Error::Payload)?;
+        let timeout = options
+            .timeout
+            .map_or(0, |t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
+        Ok(vec![
+            self.prefix.clone(),
+            id.as_str().to_owned(),
+            now.to_string(),
+            run_at.to_string(),
+            options.priority.to_string(),
+            unique.unwrap_or_default().to_owned(),
+            "name".into(),
+            J::NAME.into(),
+            "payload".into(),
+            payload,
+            "max_attempts".into(),
+            options.attempts.to_string(),
+            "backoff".into(),
+            backoff,
+            "timeout_ms".into(),
+            timeout.to_string(),
+            "tenant".into(),
+            options.tenant.clone().unwrap_or_default(),
+        ])
+    }
+
+    /// The job `id`, if the queue still holds it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unavailable`].
+    pub async fn status(&self, id: &JobId) -> Result<Option<JobStatus>> {
+        let fields: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(format!("{}job:{}", self.prefix, id.as_str()))
+            .query_async(&mut self.conn.clone())
+            .await?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        let state = match fields.get("state").map(String::as_str) {
+            Some("waiting") => JobState::Waiting,
+            Some("delayed") => JobState::Delayed,
+            Some("active") => JobState::Active,
+            Some("completed") => JobState::Completed,
+            _ => JobState::Dead,
+        };
+        Ok(Some(JobStatus {
+            id: id.clone(),
+            name: fields.get("name").cloned().unwrap_or_default(),
+            state,
+            attempts: fields
+                .get("attempts")
+                .and_then(|a| a.parse().ok())
+                .unwrap_or(0),
+            error: fields.get("error").filter(|e| !e.is_empty()).cloned(),
+            result: fields
+                .get("result")
+                .and_then(|r| serde_json::from_str(r).ok()),
+        }))
+    }
+
+    /// How many jobs are in each state.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unavailable`].
+    pub async fn counts(&self) -> Result<QueueCounts> {
+        let p = &self.prefix;
+        let (waiting, delayed, active, completed, dead): (u64, u64, u64, u64, u64) = redis::pipe()
+            .zcard(format!("{p}wait"))
+            .zcard(format!("{p}delayed"))
+            .zcard(format!("{p}active"))
+            .zcard(format!("{p}completed"))
+            .zcard(format!("{p}dead"))
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(QueueCounts {
+            waiting,
+            delayed,
+            active,
+            completed,
+            dead,
+        })
+    }
+
+    /// Takes back the jobs whose lock expired (their worker died or hangs): to the wait queue,
+    /// or to the dead letter after more than `max_stalls` stalls. Workers run it every second;
+    /// returns how many were taken back.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unavailable`].
+    pub async fn sweep(&self, max_stalls: u32) -> Result<u64> {
+        Ok(SWEEP
+            .key(self.route_key())
+            .arg(&self.prefix)
+            .arg(now_ms())
+            .arg(max_stalls)
+            .invoke_async(&mut self.conn.clone())
+            .await?)
+    }
+
+    /// Moves up to `max` jobs from the dead letter back to the wait queue with fresh attempts.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unavailable`].
+    pub async fn redrive(&self, max: u32) -> Result<u64> {
+        Ok(REDRIVE
+            .key(self.route_key())
+            .arg(&self.prefix)
+            .arg(max)
+            .invoke_async(&mut self.conn.clone())
+            .await?)
+    }
+
+    pub(crate) fn conn(&self) -> C {
+        self.conn.clone()
+    }
+}
+
+/// The backoff as stored with the job.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(crate) struct BackoffRecord {
+    fixed_ms: Option<u64>,
+    base_ms: u64,
+    max_ms: u64,
+    jitter: f64,
+}
+
+impl From<crate::Backoff> for BackoffRecord {
+    fn from(b: crate::Backoff) -> Self {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        match b {
+            crate::Backoff::Fixed(d) => Self {
+                fixed_ms: Some(ms(d)),
+                base_ms: 0,
+                max_ms: 0,
+                jitter: 0.0,
+            },
+            crate::Backoff::Exponential { base, max, jitter } => Self {
+                fixed_ms: None,
+                base_ms: ms(base),
+                max_ms: ms(max),
+                jitter,
+            },
+        }
+    }
+}
+
+impl From<&BackoffRecord> for crate::Backoff {
+    fn from(r: &BackoffRecord) -> Self {
+        match r.fixed_ms {
+            Some(ms) => Self::Fixed(Duration::from_millis(ms)),
+            None => Self::Exponential {
+                base: Duration::from_millis(r.base_ms),
+                max: Duration::from_millis(r.max_ms),
+                jitter: r.jitter,
+            },
+        }
+    }
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}

@@ -1,0 +1,24 @@
+//! The Lua scripts, each with the shared helpers of `common.lua` in front.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+macro_rules! script {
+    ($name:ident, $file:literal) => {
+        pub(crate) static $name: LazyLock<Script> = LazyLock::new(|| {
+            Script::new(concat!(
+                include_str!("lua/common.lua"),
+                "\n",
+                include_str!($file)
+            ))
+        });
+    };
+}
+
+script!(ENQUEUE, "lua/enqueue.lua");
+script!(FETCH, "lua/fetch.lua");
+script!(FINISH, "lua/finish.lua");
+script!(EXTEND, "lua/extend.lua");
+script!(SWEEP, "lua/sweep.lua");
+script!(REDRIVE, "lua/redrive.lua");

@@ -1,0 +1,444 @@
+//! The queue and its workers against real Redis.
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers fail the test by panicking"
+)]
+#![expect(
+    clippy::panic,
+    reason = "one handler panics on purpose, to test that a panic is contained"
+)]
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use geostack_jobs::{
+    Backoff, Handler, Job, JobContext, JobError, JobOptions, JobState, Queue, QueueName, Worker,
+    WorkerConfig,
+};
+use geostack_testkit::TestRedis;
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+struct Task {
+    n: u32,
+    /// What the handler does: "ok", "fail", "fatal", "panic", "sleep:<ms>".
+    action: String,
+}
+
+impl Job for Task {
+    const NAME: &'static str = "task";
+}
+
+/// A job with the same name but another payload shape: it cannot deserialize as a Task.
+#[derive(Serialize, Deserialize)]
+struct Impostor {
+    something: Vec<bool>,
+}
+
+impl Job for Impostor {
+    const NAME: &'static str = "task";
+}
+
+#[derive(Clone, Default)]
+struct Recorder {
+    runs: Arc<Mutex<Vec<(u32, u32)>>>,
+}
+
+#[async_trait]
+impl Handler<Task> for Recorder {
+    async fn handle(&self, job: Task, ctx: JobContext) -> Result<serde_json::Value, JobError> {
+        self.runs.lock().unwrap().push((job.n, ctx.attempt));
+        match job.action.as_str() {
+            "fail" => Err(JobError::retry(format!("failed {}", job.n))),
+            "fatal" => Err(JobError::fatal("no way")),
+            "panic" => panic!("boom {}", job.n),
+            a if a.starts_with("sleep:") => {
+                tokio::time::sleep(Duration::from_millis(a[6..].parse().unwrap())).await;
+                Ok(serde_json::json!({"slept": job.n}))
+            }
+            _ => Ok(serde_json::json!({"double": job.n * 2})),
+        }
+    }
+}
+
+fn task(n: u32, action: &str) -> Task {
+    Task {
+        n,
+        action: action.into(),
+    }
+}
+
+async fn queue(redis: &TestRedis, name: &str) -> Queue {
+    Queue::with_prefix(
+        redis.connection(),
+        QueueName::new(name).unwrap(),
+        redis.prefix(),
+    )
+}
+
+struct Running {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<geostack_jobs::Result<()>>,
+}
+
+impl Running {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+fn start(redis: &TestRedis, queue: &Queue, recorder: &Recorder, config: WorkerConfig) -> Running {
+    let (stop, rx) = tokio::sync::oneshot::channel();
+    let worker = Worker::new(queue.clone(), redis.client().clone(), config)
+        .handle::<Task, _>(recorder.clone());
+    let task = tokio::spawn(worker.run(async {
+        let _ = rx.await;
+    }));
+    Running { stop, task }
+}
+
+async fn until(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let start = Instant::now();
+    while !check().await {
+        assert!(start.elapsed() < limit, "{what} not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn fast_backoff() -> JobOptions {
+    JobOptions::default().backoff(Backoff::Fixed(Duration::from_millis(50)))
+}
+
+#[tokio::test]
+async fn jobs_run_once_each_and_keep_their_results() {
+    let redis = TestRedis::new().await;
+    let q = queue(&redis, "basic").await;
+    let recorder = Recorder::default();
+    let ids = q
+        .enqueue_bulk(
+            &(0..50).map(|n| task(n, "ok")).collect::<Vec<_>>(),
+            JobOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), 50);
+    let w = start(
+        &redis,
+        &q,
+        &recorder,
+        WorkerConfig::default().concurrency(4),
+    );
+    until("50 completed", Duration::from_secs(10), async || {
+        q.counts().await.unwrap().completed == 50
+    })
+    .await;
+    w.stop().await;
+    let mut runs: Vec<u32> = recorder
+        .runs
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(n, _)| *n)
+        .collect();
+    runs.sort_unstable();
+    assert_eq!(
+        runs,
+        (0..50).collect::<Vec<_>>(),
+        "each job ran exactly once"
+    );
+    let status = q.status(&ids[7]).await.unwrap().unwrap();
+    assert_eq!(status.state, JobState::Completed);
+    assert_eq!(status.result, Some(serde_json::json!({"double": 14})));
+    assert_eq!(status.attempts, 1);
+    let counts = q.counts().await.unwrap();
+    assert_eq!((counts.waiting, counts.active, counts.dead), (0, 0, 0));
+}
+
+#[tokio::test]
+async fn higher_priority_first_and_delayed_jobs_wait_for_their_time() {
+    let redis = TestRedis::new().await;
+    let q = queue(&redis, "order").await;
+    let recorder = Recorder::default();
+    q.enqueue(&task(1, "ok"), JobOptions::default().priority(1))
+        .await
+        .unwrap();
+    q.enqueue(&task(2, "ok"), JobOptions::default().priority(9))
+        .await
+        .unwrap();
+    q.enqueue(&task(3, "ok"), JobOptions::default().priority(9))
+        .await
+        .unwrap();
+    q.enqueue(
+        &task(4, "ok"),
+        JobOptions::default().delay(Duration::from_millis(700)),
+    )
+    .await
+    .unwrap();
+    q.enqueue(&task(5, "ok"), JobOptions::default())
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let w = start(&redis, &q, &recorder, WorkerConfig::default());
+    until(
+        "4 before the delayed one",
+        Duration::from_secs(5),
+        async || recorder.runs.lock().unwrap().len() == 4,
+    )
+    .await;
+    assert!(started.elapsed() < Duration::from_millis(700));
+    until("the delayed one", Duration::from_secs(5), async || {
+        recorder.runs.lock().unwrap().len() == 5
+    })
+    .await;
+    assert!(started.elapsed() >= Duration::from_millis(700));
+    w.stop().await;
+    let order: Vec<u32> = recorder
+        .runs
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(n, _)| *n)
+        .collect();
+    assert_eq!(order, [2, 3, 1, 5, 4]);
+}
+
+#[tokio::test]
+async fn failures_retry_with_backoff_then_dead_letter_and_redrive() {
+    let redis = TestRedis::new().await;
+    let q = queue(&redis, "retry").await;
+    let recorder = Recorder::default();
+    let failing = q
+        .enqueue(&task(1, "fail"), fast_backoff().attempts(3))
+        .await
+        .unwrap();
+    let fatal = q
+        .enqueue(&task(2, "fatal"), fast_backoff().attempts(3))
+        .await
+        .unwrap();
+    let w = start(&redis, &q, &recorder, WorkerConfig::default());
+    until("both dead", Duration::from_secs(5), async || {
+        q.counts().await.unwrap().dead == 2
+    })
+    .await;
+    let s = q.status(&failing).await.unwrap().unwrap();
+    assert_eq!(
+        (s.state, s.attempts, s.error.as_deref()),
+        (JobState::Dead, 3, Some("failed 1"))
+    );
+    let s = q.status(&fatal).await.unwrap().unwrap();
+    assert_eq!(
+        (s.state, s.attempts, s.error.as_deref()),
+        (JobState::Dead, 1, Some("no way"))
+    );
+    let attempts: Vec<(u32, u32)> = recorder.runs.lock().unwrap().clone();
+    assert_eq!(
+        attempts
+            .iter()
+            .filter(|(n, _)| *n == 1)
+            .map(|(_, a)| *a)
+            .collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+
+    // Re-driven, they run again with fresh attempts (and fail again).
+    assert_eq!(q.redrive(10).await.unwrap(), 2);
+    until("ran again", Duration::from_secs(5), async || {
+        recorder.runs.lock().unwrap().len() == 3 + 1 + 3 + 1
+    })
+    .await;
+    until("dead again", Duration::from_secs(5), async || {
+        q.counts().await.unwrap().dead == 2
+    })
+    .await;
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn a_unique_key_deduplicates_while_the_job_lives() {
+    let redis = TestRedis::new().await;
+    let q = queue(&redis, "unique").await;
+    let a = q
+        .enqueue(&task(1, "ok"), JobOptions::default().unique("import:42"))
+        .await
+        .unwrap();
+    let b = q
+        .enqueue(&task(2, "ok"), JobOptions::default().unique("import:42"))
+        .await
+        .unwrap();
+    assert_eq!(a, b);
+    assert_eq!(q.counts().await.unwrap().waiting, 1);
+    let recorder = Recorder::default();
+    let w = start(&redis, &q, &recorder, WorkerConfig::default());
+    until("done", Duration::from_secs(5), async || {
+        q.counts().await.unwrap().completed == 1
+    })
+    .await;
+    // Completed: the key is free again.
+    let c = q
+        .enqueue(&task(3, "ok"), JobOptions::default().unique("import:42"))
+        .await
+        .unwrap();
+    assert_ne!(c, a);
+    until("done again", Duration::from_secs(5), async || {
+        q.counts().await.unwrap().completed == 2
+    })
+    .await;
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn bad_payloads_panics_and_timeouts_fail_with_their_reason_and_the_worker_goes_on() {
+    let redis = TestRedis::new().await;
+    let q = queue(&redis, "bad").await;
+    let recorder = Recorder::default();
+    let impostor = q
+        .enqueue(
+            &Impostor {
+                something: vec![true],
+            },
+            fast_backoff(),
+        )
+        .await
+        .unwrap();
+    let panics = q
+        .enqueue(&task(1, "panic"), fast_backoff().attempts(1))
+        .await
+        .unwrap();
+    let slow = q
+        .enqueue(
+            &task(2, "sleep:5000"),
+            fast_backoff()
+                .attempts(1)
+                .timeout(Duration::from_millis(200)),
+        )
+        .await
+        .unwrap();
+    let fine = q
+        .enqueue(&task(3, "ok"), JobOptions::default())
+        .await
+        .unwrap();
+    let w = start(&redis, &q, &recorder, WorkerConfig::default());
+    until("all settled", Duration::from_secs(5), async || {
+        let c = q.counts().await.unwrap();
+        c.dead == 3 && c.completed == 1
+    })
+    .await;
+    w.stop().await;
+    let reason = |s: Option<geostack_jobs::JobStatus>| s.unwrap().error.unwrap();
+    assert!(reason(q.status(&impostor).await.unwrap()).contains("does not deserialize"));
+    assert!(reason(q.status(&panics).await.unwrap()).contains("panicked: boom 1"));
+    assert!(reason(q.status(&slow).await.unwrap()).contains("timed out"));
+    assert_eq!(
+        q.status(&fine).await.unwrap().unwrap().state,
+        JobState::Completed
+    );
+}
+
+#[tokio::test]
+async fn a_dead_workers_job_is_taken_back_and_a_slow_live_one_is_kept() {
+    let redis = TestRedis::new().await;
+    let q = queue(&redis, "stalled").await;
+    let recorder = Recorder::default();
+    let id = q
+        .enqueue(&task(1, "sleep:1500"), JobOptions::default())
+        .await
+        .unwrap();
+    // A worker takes it, then dies without a word (its task is aborted: no renewal, no finish).
+    let doomed = start(
+        &redis,
+        &q,
+        &recorder,
+        WorkerConfig::default().lease(Duration::from_millis(600)),
+    );
+    until("taken", Duration::from_secs(5), async || {
+        q.counts().await.unwrap().active == 1
+    })
+    .await;
+    doomed.task.abort();
+    let died = Instant::now();
+    // Another worker (its sweeper runs every second) takes it back and runs it to the end, its
+    // lock renewed although the job outlasts the lease.
+    let rescuer = start(
+        &redis,
+        &q,
+        &recorder,
+        WorkerConfig::default().lease(Duration::from_millis(600)),
+    );
+    until("run again", Duration::from_secs(5), async || {
+        recorder.runs.lock().unwrap().len() == 2
+    })
+    .await;
+    assert!(
+        died.elapsed() < Duration::from_secs(5),
+        "taken back after {:?}",
+        died.elapsed()
+    );
+    until("completed", Duration::from_secs(5), async || {
+        q.counts().await.unwrap().completed == 1
+    })
+    .await;
+    rescuer.stop().await;
+    let s = q.status(&id).await.unwrap().unwrap();
+    assert_eq!((s.state, s.attempts), (JobState::Completed, 2));
+    assert_eq!(
+        recorder.runs.lock().unwrap().len(),
+        2,
+        "the live slow run was not taken away"
+    );
+}
+
+#[tokio::test]
+async fn graceful_shutdown_finishes_in_time_or_gives_the_job_back() {
+    let redis = TestRedis::new().await;
+    let q = queue(&redis, "shutdown").await;
+    let recorder = Recorder::default();
+    let quick = q
+        .enqueue(&task(1, "sleep:200"), JobOptions::default())
+        .await
+        .unwrap();
+    let w = start(
+        &redis,
+        &q,
+        &recorder,
+        WorkerConfig::default().shutdown_deadline(Duration::from_secs(2)),
+    );
+    until("taken", Duration::from_secs(5), async || {
+        q.counts().await.unwrap().active == 1
+    })
+    .await;
+    w.stop().await;
+    assert_eq!(
+        q.status(&quick).await.unwrap().unwrap().state,
+        JobState::Completed
+    );
+
+    let long = q
+        .enqueue(&task(2, "sleep:10000"), JobOptions::default())
+        .await
+        .unwrap();
+    let w = start(
+        &redis,
+        &q,
+        &recorder,
+        WorkerConfig::default().shutdown_deadline(Duration::from_millis(300)),
+    );
+    until("taken", Duration::from_secs(5), async || {
+        q.counts().await.unwrap().active == 1
+    })
+    .await;
+    let stopping = Instant::now();
+    w.stop().await;
+    assert!(
+        stopping.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        stopping.elapsed()
+    );
+    let s = q.status(&long).await.unwrap().unwrap();
+    assert_eq!(
+        (s.state, s.attempts),
+        (JobState::Waiting, 0),
+        "given back, the attempt not counted"
+    );
+}
