@@ -1,6 +1,6 @@
 //! In-memory features in an R-tree: tiles without a database.
 
-use geo_types::{Coord, Geometry};
+use geo_types::Geometry;
 use rstar::{AABB, RTree, RTreeObject};
 
 use crate::{LayerBuilder, Result, Value};
@@ -140,13 +140,11 @@ impl MemorySource {
     }
 }
 
-/// The bounding box of every coordinate of `g`, or `None` when it has none.
+/// The R-tree envelope of `g`, or `None` when it has no finite coordinates.
 fn bbox(g: &Geometry<f64>) -> Option<AABB<[f64; 2]>> {
-    let mut points: Vec<[f64; 2]> = Vec::new();
-    crate::project::for_each_coord(g, &mut |c: Coord<f64>| {
-        if c.x.is_finite() && c.y.is_finite() {
-            points.push([c.x, c.y]);
-        }
-    });
-    (!points.is_empty()).then(|| AABB::from_points(points.iter()))
+    let b = crate::project::bounds(g)?;
+    let finite = [b.min_x, b.min_y, b.max_x, b.max_y]
+        .iter()
+        .all(|v| v.is_finite());
+    finite.then(|| AABB::from_corners([b.min_x, b.min_y], [b.max_x, b.max_y]))
 }

@@ -97,7 +97,7 @@ pub fn tile_geometry(
 
 /// `g` (EPSG:3857) in the tile of `frame`.
 pub(crate) fn prepare(g: &Geometry<f64>, frame: &Frame) -> Result<TileGeometry, Prepared> {
-    let Some(bbox) = bbox(g) else {
+    let Some(bbox) = crate::project::bounds(g) else {
         return Err(Prepared::Degenerate);
     };
     if !bbox.intersects(&frame.buffered) {
@@ -270,44 +270,6 @@ fn dedupe(points: impl Iterator<Item = TilePoint>) -> Vec<TilePoint> {
         }
     }
     out
-}
-
-/// The bounding box of every coordinate, or `None` for an empty geometry.
-fn bbox(g: &Geometry<f64>) -> Option<Bounds> {
-    let mut b: Option<Bounds> = None;
-    let mut add = |c: &Coord<f64>| {
-        let e = b.get_or_insert(Bounds {
-            min_x: c.x,
-            min_y: c.y,
-            max_x: c.x,
-            max_y: c.y,
-        });
-        e.min_x = e.min_x.min(c.x);
-        e.min_y = e.min_y.min(c.y);
-        e.max_x = e.max_x.max(c.x);
-        e.max_y = e.max_y.max(c.y);
-    };
-    let mut line = |l: &LineString<f64>| l.0.iter().for_each(&mut add);
-    match g {
-        Geometry::Point(p) => line(&LineString::new(vec![p.0])),
-        Geometry::MultiPoint(mp) => line(&LineString::new(mp.0.iter().map(|p| p.0).collect())),
-        Geometry::Line(l) => line(&LineString::new(vec![l.start, l.end])),
-        Geometry::LineString(l) => line(l),
-        Geometry::MultiLineString(ml) => ml.0.iter().for_each(line),
-        Geometry::Polygon(p) => line(p.exterior()),
-        Geometry::MultiPolygon(mp) => mp.0.iter().for_each(|p| line(p.exterior())),
-        Geometry::Rect(r) => line(r.to_polygon().exterior()),
-        Geometry::Triangle(t) => line(t.to_polygon().exterior()),
-        Geometry::GeometryCollection(gc) => {
-            return gc.0.iter().filter_map(bbox).reduce(|a, c| Bounds {
-                min_x: a.min_x.min(c.min_x),
-                min_y: a.min_y.min(c.min_y),
-                max_x: a.max_x.max(c.max_x),
-                max_y: a.max_y.max(c.max_y),
-            });
-        }
-    }
-    b
 }
 
 /// Sutherland–Hodgman against the square `lo..=hi`: a ring stays one ring (a convex clip

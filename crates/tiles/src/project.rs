@@ -42,6 +42,25 @@ pub(crate) fn project_4326(g: &mut Geometry<f64>) {
     }
 }
 
+/// The bounding box of every coordinate of `g` (exterior rings for polygons), or `None` for a
+/// geometry without coordinates.
+pub(crate) fn bounds(g: &Geometry<f64>) -> Option<crate::Bounds> {
+    let mut b: Option<crate::Bounds> = None;
+    for_each_coord(g, &mut |c: Coord<f64>| {
+        let e = b.get_or_insert(crate::Bounds {
+            min_x: c.x,
+            min_y: c.y,
+            max_x: c.x,
+            max_y: c.y,
+        });
+        e.min_x = e.min_x.min(c.x);
+        e.min_y = e.min_y.min(c.y);
+        e.max_x = e.max_x.max(c.x);
+        e.max_y = e.max_y.max(c.y);
+    });
+    b
+}
+
 /// Calls `f` with every coordinate of `g`.
 pub(crate) fn for_each_coord(g: &Geometry<f64>, f: &mut dyn FnMut(Coord<f64>)) {
     let line = |l: &LineString<f64>, f: &mut dyn FnMut(Coord<f64>)| l.0.iter().for_each(|c| f(*c));
