@@ -65,17 +65,8 @@ impl MapConfig {
         options: &TileOptions,
         statement_timeout: Duration,
     ) -> Result<RenderedTile> {
-        let mut conn = pool.acquire().await.map_err(Error::Database)?;
-        sqlx::raw_sql("BEGIN READ ONLY")
-            .execute(&mut *conn)
-            .await
-            .map_err(Error::Database)?;
+        let mut conn = begin_read_only(pool, statement_timeout).await?;
         let result = async {
-            sqlx::query("select set_config('statement_timeout', $1, true)")
-                .bind(format!("{}ms", statement_timeout.as_millis().max(1)))
-                .execute(&mut *conn)
-                .await
-                .map_err(Error::Database)?;
             let visible: Vec<&MapLayer> = self
                 .layers()
                 .iter()
@@ -90,10 +81,7 @@ impl MapConfig {
         }
         .await;
         // Nothing of the caller's outlives the tile.
-        let rolled_back = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
-        if rolled_back.is_err() {
-            conn.close_on_drop();
-        }
+        end_read_only(conn).await;
         result
     }
 }
@@ -305,35 +293,52 @@ impl FunctionSource {
         params: &serde_json::Value,
         statement_timeout: Duration,
     ) -> Result<Vec<u8>> {
-        let mut conn = pool.acquire().await.map_err(Error::Database)?;
-        sqlx::raw_sql("BEGIN READ ONLY")
-            .execute(&mut *conn)
-            .await
-            .map_err(Error::Database)?;
+        let mut conn = begin_read_only(pool, statement_timeout).await?;
         let sql = format!(
             "SELECT \"{}\".\"{}\"($1::int, $2::int, $3::int, $4::text::jsonb)",
             self.schema, self.name
         );
-        let set = sqlx::query("select set_config('statement_timeout', $1, true)")
+        let result = sqlx::query_as::<_, (Option<Vec<u8>>,)>(AssertSqlSafe(sql))
+            .persistent(false)
+            .bind(i32::from(coord.z()))
+            .bind(coord.x() as i32)
+            .bind(coord.y() as i32)
+            .bind(params.to_string())
+            .fetch_one(&mut *conn)
+            .await
+            .map(|(bytes,)| bytes.unwrap_or_default())
+            .map_err(Error::Database);
+        end_read_only(conn).await;
+        result
+    }
+}
+
+type Conn = sqlx::pool::PoolConnection<sqlx::Postgres>;
+
+/// A connection of `pool` inside `BEGIN READ ONLY` with `statement_timeout` set for the
+/// transaction only. A connection whose set-up fails is closed rather than reused.
+async fn begin_read_only(pool: &PgPool, statement_timeout: Duration) -> Result<Conn> {
+    let mut conn = pool.acquire().await.map_err(Error::Database)?;
+    let begun = async {
+        sqlx::raw_sql("BEGIN READ ONLY").execute(&mut *conn).await?;
+        sqlx::query("select set_config('statement_timeout', $1, true)")
             .bind(format!("{}ms", statement_timeout.as_millis().max(1)))
             .execute(&mut *conn)
-            .await;
-        let result = match set {
-            Ok(_) => sqlx::query_as::<_, (Option<Vec<u8>>,)>(AssertSqlSafe(sql))
-                .persistent(false)
-                .bind(i32::from(coord.z()))
-                .bind(coord.x() as i32)
-                .bind(coord.y() as i32)
-                .bind(params.to_string())
-                .fetch_one(&mut *conn)
-                .await
-                .map(|(bytes,)| bytes.unwrap_or_default())
-                .map_err(Error::Database),
-            Err(e) => Err(Error::Database(e)),
-        };
-        if sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await.is_err() {
+            .await
+    }
+    .await;
+    match begun {
+        Ok(_) => Ok(conn),
+        Err(e) => {
             conn.close_on_drop();
+            Err(Error::Database(e))
         }
-        result
+    }
+}
+
+/// Ends what [`begin_read_only`] began: ROLLBACK, or the connection is closed when that fails.
+async fn end_read_only(mut conn: Conn) {
+    if sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await.is_err() {
+        conn.close_on_drop();
     }
 }
