@@ -8,8 +8,13 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 /// The benchmark database, cloned from the PostGIS template on first use.
 pub(crate) const DATABASE: &str = "geostack_bench";
 
+/// The advisory lock that serializes set-up across benchmark binaries.
+const LOCK: i64 = 0x6765_6f73_7461_636b;
+
 /// A pool on the benchmark database; it and `setup` (run only when `check` returns 0) are
-/// created on first use.
+/// created on first use. Benchmark binaries start side by side (a test runner lists them at
+/// once), so both steps hold an advisory lock: one binary loads, the others wait and find
+/// the data there.
 pub(crate) async fn bench_pool(check: &str, setup: &str) -> PgPool {
     let url = std::env::var("DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
@@ -21,34 +26,54 @@ pub(crate) async fn bench_pool(check: &str, setup: &str) -> PgPool {
         .connect_with(admin.clone())
         .await
         .unwrap_or_else(|e| panic!("PostgreSQL is unreachable ({e}): run scripts/services"));
+    let mut admin_conn = admin_pool.acquire().await.expect("an admin connection");
+    sqlx::query("select pg_advisory_lock($1)")
+        .bind(LOCK)
+        .execute(&mut *admin_conn)
+        .await
+        .expect("the set-up lock");
     let exists: bool =
         sqlx::query_scalar("select exists(select 1 from pg_database where datname = $1)")
             .bind(DATABASE)
-            .fetch_one(&admin_pool)
+            .fetch_one(&mut *admin_conn)
             .await
             .expect("pg_database");
     if !exists {
         let create = format!("create database {DATABASE} template \"{template}\"");
         sqlx::raw_sql(sqlx::AssertSqlSafe(create))
-            .execute(&admin_pool)
+            .execute(&mut *admin_conn)
             .await
             .expect("create the benchmark database");
     }
+    drop(admin_conn);
+    // Closing the connection releases the lock.
     admin_pool.close().await;
     let pool = PgPoolOptions::new()
         .max_connections(2)
         .connect_with(admin.database(DATABASE))
         .await
         .expect("connect to the benchmark database");
+    let mut conn = pool.acquire().await.expect("a connection");
+    sqlx::query("select pg_advisory_lock($1)")
+        .bind(LOCK)
+        .execute(&mut *conn)
+        .await
+        .expect("the set-up lock");
     let ready: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(check.to_owned()))
-        .fetch_one(&pool)
+        .fetch_one(&mut *conn)
         .await
         .unwrap_or(0);
     if ready == 0 {
         sqlx::raw_sql(sqlx::AssertSqlSafe(setup.to_owned()))
-            .execute(&pool)
+            .execute(&mut *conn)
             .await
             .expect("load the benchmark data");
     }
+    sqlx::query("select pg_advisory_unlock($1)")
+        .bind(LOCK)
+        .execute(&mut *conn)
+        .await
+        .expect("the set-up lock");
+    drop(conn);
     pool
 }
