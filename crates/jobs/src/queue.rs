@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::aio::{ConnectionLike, ConnectionManager};
 
-use crate::scripts::{ENQUEUE, REDRIVE, SWEEP};
+use crate::scripts::{CANCEL, ENQUEUE, REDRIVE, SWEEP};
 use crate::{Error, Job, JobId, JobOptions, QueueName, Result};
 
 /// The state of a job.
@@ -22,6 +22,21 @@ pub enum JobState {
     Completed,
     /// Out of attempts (or not runnable): in the dead letter.
     Dead,
+    /// Cancelled by [`Queue::cancel`] before it finished.
+    Cancelled,
+}
+
+impl JobState {
+    fn parse(s: &str) -> Self {
+        match s {
+            "waiting" => Self::Waiting,
+            "delayed" => Self::Delayed,
+            "active" => Self::Active,
+            "completed" => Self::Completed,
+            "cancelled" => Self::Cancelled,
+            _ => Self::Dead,
+        }
+    }
 }
 
 /// What [`Queue::status`] tells of a job.
@@ -40,6 +55,14 @@ pub struct JobStatus {
     pub error: Option<String>,
     /// The result, when completed.
     pub result: Option<serde_json::Value>,
+    /// The payload, as enqueued.
+    pub payload: Option<serde_json::Value>,
+    /// When it was enqueued.
+    pub created: Option<SystemTime>,
+    /// When its last attempt started.
+    pub started: Option<SystemTime>,
+    /// When it completed, died or was cancelled.
+    pub finished: Option<SystemTime>,
 }
 
 /// How many jobs a queue holds in each state.
@@ -213,12 +236,12 @@ where
         if fields.is_empty() {
             return Ok(None);
         }
-        let state = match fields.get("state").map(String::as_str) {
-            Some("waiting") => JobState::Waiting,
-            Some("delayed") => JobState::Delayed,
-            Some("active") => JobState::Active,
-            Some("completed") => JobState::Completed,
-            _ => JobState::Dead,
+        let state = JobState::parse(fields.get("state").map_or("", String::as_str));
+        let time = |name: &str| {
+            fields
+                .get(name)
+                .and_then(|ms| ms.parse::<u64>().ok())
+                .map(|ms| UNIX_EPOCH + Duration::from_millis(ms))
         };
         Ok(Some(JobStatus {
             id: id.clone(),
@@ -232,7 +255,36 @@ where
             result: fields
                 .get("result")
                 .and_then(|r| serde_json::from_str(r).ok()),
+            payload: fields
+                .get("payload")
+                .and_then(|p| serde_json::from_str(p).ok()),
+            created: time("created"),
+            started: time("started"),
+            finished: time("finished"),
         }))
+    }
+
+    /// Cancels the job `id`: a waiting or delayed job at once; a running one is stopped by its
+    /// worker at the next renewal of its lock (within a third of the worker's lease), its
+    /// handler dropped where it waits. A cancelled job is kept for 24 hours, then removed.
+    /// Returns the job's state after the call ([`JobState::Cancelled`], [`JobState::Active`]
+    /// while it is being stopped, or the state it finished in), or `None` when the queue
+    /// holds no such job.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unavailable`].
+    pub async fn cancel(&self, id: &JobId) -> Result<Option<JobState>> {
+        const KEEP_MS: u64 = 24 * 3600 * 1000;
+        let state: Option<String> = CANCEL
+            .key(self.route_key())
+            .arg(&self.prefix)
+            .arg(id.as_str())
+            .arg(now_ms())
+            .arg(KEEP_MS)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(state.as_deref().map(JobState::parse))
     }
 
     /// How many jobs are in each state.

@@ -22,3 +22,4 @@ script!(FINISH, "lua/finish.lua");
 script!(EXTEND, "lua/extend.lua");
 script!(SWEEP, "lua/sweep.lua");
 script!(REDRIVE, "lua/redrive.lua");
+script!(CANCEL, "lua/cancel.lua");

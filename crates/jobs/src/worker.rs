@@ -135,7 +135,8 @@ impl WorkerConfig {
 
     /// How long a job's lock lasts without renewal; the worker renews it every third of that
     /// while the job runs, so a job whose worker died is taken back by the sweep (run every
-    /// second) at most about this long after the death. Default 3 s.
+    /// second) at most about this long after the death, and a running job that was cancelled
+    /// stops within a third of it. Default 3 s.
     pub fn lease(mut self, lease: Duration) -> Self {
         self.lease = lease.max(Duration::from_millis(100));
         self
@@ -148,7 +149,7 @@ impl WorkerConfig {
         self
     }
 
-    /// How long a completed job's result is kept. Default 24 hours.
+    /// How long a completed or cancelled job is kept. Default 24 hours.
     pub fn result_ttl(mut self, ttl: Duration) -> Self {
         self.result_ttl = ttl;
         self
@@ -222,6 +223,7 @@ enum Outcome {
     Done(serde_json::Value),
     Failed { message: String, retry: bool },
     Release,
+    Cancelled,
     Lost,
 }
 
@@ -419,8 +421,11 @@ async fn run_job(inner: &Inner, job: &Taken, hard_stop: &mut watch::Receiver<boo
                     .arg(deadline)
                     .invoke_async(&mut inner.queue.conn())
                     .await;
-                if matches!(kept, Ok(0)) {
-                    return Outcome::Lost;
+                match kept {
+                    Ok(0) => return Outcome::Lost,
+                    // Dropping the task stops the handler where it waits.
+                    Ok(2) => return Outcome::Cancelled,
+                    _ => {}
                 }
             }
             changed = hard_stop.changed() => {
@@ -493,6 +498,7 @@ async fn finish(
         }
         Outcome::Failed { message, .. } => ("fail", message, Duration::ZERO),
         Outcome::Release => ("release", String::new(), Duration::ZERO),
+        Outcome::Cancelled => ("cancel", String::new(), Duration::ZERO),
         Outcome::Lost => {
             // Taken back by the sweep meanwhile: another worker has it; report nothing.
             return if fetch_next {

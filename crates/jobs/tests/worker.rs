@@ -442,3 +442,80 @@ async fn graceful_shutdown_finishes_in_time_or_gives_the_job_back() {
         "given back, the attempt not counted"
     );
 }
+
+#[tokio::test]
+async fn cancel_ends_a_waiting_job_at_once_and_stops_a_running_one() {
+    let redis = TestRedis::new().await;
+    let q = queue(&redis, "cancel").await;
+    let later = q
+        .enqueue(
+            &task(1, "ok"),
+            JobOptions::default()
+                .delay(Duration::from_secs(60))
+                .unique("only-one"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(q.cancel(&later).await.unwrap(), Some(JobState::Cancelled));
+    let status = q.status(&later).await.unwrap().unwrap();
+    assert_eq!(status.state, JobState::Cancelled);
+    assert!(status.finished.is_some() && status.created.is_some());
+    assert_eq!(
+        status.payload,
+        Some(serde_json::json!({"n": 1, "action": "ok"}))
+    );
+    assert_eq!(q.counts().await.unwrap().delayed, 0);
+    // Its unique key is free again.
+    let again = q
+        .enqueue(&task(1, "ok"), JobOptions::default().unique("only-one"))
+        .await
+        .unwrap();
+    assert_ne!(again, later);
+
+    let recorder = Recorder::default();
+    let running = start(
+        &redis,
+        &q,
+        &recorder,
+        WorkerConfig::default().lease(Duration::from_millis(600)),
+    );
+    until("the first job done", Duration::from_secs(5), async || {
+        q.status(&again).await.unwrap().unwrap().state == JobState::Completed
+    })
+    .await;
+    let long = q
+        .enqueue(&task(2, "sleep:30000"), JobOptions::default())
+        .await
+        .unwrap();
+    until("the long job running", Duration::from_secs(5), async || {
+        q.status(&long).await.unwrap().unwrap().state == JobState::Active
+    })
+    .await;
+    let asked = Instant::now();
+    assert_eq!(q.cancel(&long).await.unwrap(), Some(JobState::Active));
+    until(
+        "the running job cancelled",
+        Duration::from_secs(2),
+        async || q.status(&long).await.unwrap().unwrap().state == JobState::Cancelled,
+    )
+    .await;
+    assert!(
+        asked.elapsed() < Duration::from_millis(600),
+        "{:?}",
+        asked.elapsed()
+    );
+    // The worker goes on with the next job; a finished job stays as it ended.
+    let next = q
+        .enqueue(&task(3, "ok"), JobOptions::default())
+        .await
+        .unwrap();
+    until("the next job done", Duration::from_secs(5), async || {
+        q.status(&next).await.unwrap().unwrap().state == JobState::Completed
+    })
+    .await;
+    assert_eq!(q.cancel(&next).await.unwrap(), Some(JobState::Completed));
+    let unknown = geostack_jobs::JobId::new("no-such-job").unwrap();
+    assert_eq!(q.cancel(&unknown).await.unwrap(), None);
+    assert_eq!(q.counts().await.unwrap().active, 0);
+    running.stop().await;
+}

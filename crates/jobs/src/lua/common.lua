@@ -34,3 +34,13 @@ local function take(now, token, worker, lease_ms)
   local f = redis.call('HMGET', k, 'name', 'payload', 'max_attempts', 'timeout_ms', 'backoff')
   return {id, f[1], f[2], attempts, f[3], f[4], f[5]}
 end
+-- Ends a job as cancelled, kept for ttl_ms (0: kept until removed).
+local function cancelled(id, now, ttl_ms)
+  local k = jk(id)
+  redis.call('HSET', k, 'state', 'cancelled', 'error', 'cancelled', 'finished', now)
+  redis.call('HDEL', k, 'token', 'cancel')
+  local unique = redis.call('HGET', k, 'unique')
+  if unique and unique ~= '' then redis.call('DEL', P .. 'unique:' .. unique) end
+  if tonumber(ttl_ms) > 0 then redis.call('PEXPIRE', k, ttl_ms) end
+  event('cancelled', id)
+end

@@ -1,5 +1,6 @@
 -- Finishes a job and takes the next one in the same round trip.
--- ARGV: 1 prefix, 2 id, 3 token, 4 now ms, 5 outcome ('done' | 'retry' | 'fail' | 'release'),
+-- ARGV: 1 prefix, 2 id, 3 token, 4 now ms, 5 outcome ('done' | 'retry' | 'fail' | 'release' |
+-- 'cancel'; a job cancelled while it ran ends cancelled unless it is done),
 -- 6 result or error text, 7 retry delay ms, 8 result ttl ms, 9 keep completed (count),
 -- 10 fetch next ('1' | '0'), 11 next token, 12 worker id, 13 lease ms.
 -- Returns {status, next job or false}: status 1 done, 0 when the lock was lost (the job was
@@ -11,7 +12,10 @@ if redis.call('HGET', k, 'token') == token and redis.call('HGET', k, 'state') ==
   status = 1
   redis.call('ZREM', P .. 'active', id)
   redis.call('HDEL', k, 'token')
-  if outcome == 'done' then
+  if outcome ~= 'done' and redis.call('HGET', k, 'cancel') == '1' then outcome = 'cancel' end
+  if outcome == 'cancel' then
+    cancelled(id, now, ARGV[8])
+  elseif outcome == 'done' then
     redis.call('HSET', k, 'state', 'completed', 'result', ARGV[6], 'finished', now)
     redis.call('ZADD', P .. 'completed', now, id)
     local unique = redis.call('HGET', k, 'unique')

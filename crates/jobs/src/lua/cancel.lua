@@ -1,0 +1,14 @@
+-- Cancels a job. ARGV: 1 prefix, 2 id, 3 now ms, 4 how long the cancelled job is kept (ms).
+-- A waiting or delayed job is cancelled here; a running one is marked, and its worker stops it
+-- at its next lock renewal. Returns the job's state after the call, or false for no such job.
+local id, now = ARGV[2], tonumber(ARGV[3])
+local state = redis.call('HGET', jk(id), 'state')
+if not state then return false end
+if state == 'waiting' or state == 'delayed' then
+  redis.call('ZREM', P .. 'wait', id)
+  redis.call('ZREM', P .. 'delayed', id)
+  cancelled(id, now, ARGV[4])
+  return 'cancelled'
+end
+if state == 'active' then redis.call('HSET', jk(id), 'cancel', 1) end
+return state
