@@ -12,7 +12,7 @@ mod run;
 mod tables;
 mod value;
 
-pub use body::Body;
+pub use body::{Body, Outcome};
 pub use error::{Error, Result};
 pub use options::{Access, CsvGeometry, Format, Options};
 pub use provision::PublicRole;

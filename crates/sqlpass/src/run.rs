@@ -15,11 +15,12 @@ use sqlx::{
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Sleep;
 
+use crate::body::End;
 use crate::format::{self, Column, Summary};
 use crate::geom::Header;
 use crate::tables;
 use crate::value::{self, Kind, PostgisOids, Value};
-use crate::{Access, Body, Error, Options, Result};
+use crate::{Access, Body, Error, Options, Outcome, Result};
 
 /// What a response carries besides its bytes: for the HTTP headers.
 #[derive(Clone, Debug)]
@@ -248,7 +249,7 @@ struct Producer {
     started: Instant,
     deadline: Instant,
     tx: mpsc::Sender<Bytes>,
-    end: Option<oneshot::Sender<Error>>,
+    end: Option<oneshot::Sender<End>>,
 }
 
 /// How a producer stopped.
@@ -327,9 +328,19 @@ impl Producer {
         let deadline_error = || Error::Deadline(self.options.deadline);
         match stop {
             Stop::Done(error) => {
-                self.finish(encoder.as_mut(), &columns, &mut state, error.as_deref())
+                let sent = self
+                    .finish(encoder.as_mut(), &columns, &mut state, error.as_deref())
                     .await;
-                end(self.conn, self.options.access, error.is_none()).await;
+                let ended = end(self.conn, self.options.access, error.is_none()).await;
+                let error = match error {
+                    None if !ended && self.options.access == Access::ReadWrite => {
+                        Some("the transaction did not commit".to_owned())
+                    }
+                    error => error,
+                };
+                if sent {
+                    send_outcome(&mut self.end, self.started, state.rows, error);
+                }
             }
             Stop::Late => {
                 // Cut mid-statement: stop the query, do not reuse the connection, and finish
@@ -337,8 +348,12 @@ impl Producer {
                 cancel(&self.pool, self.prepared.pid).await;
                 self.conn.close_on_drop();
                 let error = deadline_error().to_string();
-                self.finish(encoder.as_mut(), &columns, &mut state, Some(&error))
-                    .await;
+                if self
+                    .finish(encoder.as_mut(), &columns, &mut state, Some(&error))
+                    .await
+                {
+                    send_outcome(&mut self.end, self.started, state.rows, Some(error));
+                }
             }
             Stop::Dropped => {
                 cancel(&self.pool, self.prepared.pid).await;
@@ -353,14 +368,15 @@ impl Producer {
     }
 
     /// Writes the end of the document and sends the last chunk (briefly past the deadline, so
-    /// a deadline error itself can still reach a reader that keeps up).
+    /// a deadline error itself can still reach a reader that keeps up). Returns whether it was
+    /// sent.
     async fn finish(
         &mut self,
         encoder: &mut dyn format::Encoder,
         columns: &[Column],
         state: &mut State,
         error: Option<&str>,
-    ) {
+    ) -> bool {
         let summary = Summary {
             elapsed: self.started.elapsed(),
             rows: state.rows,
@@ -374,13 +390,31 @@ impl Producer {
             .is_err()
         {
             self.fail(Error::Deadline(self.options.deadline));
+            return false;
         }
+        true
     }
 
     fn fail(&mut self, e: Error) {
         if let Some(end) = self.end.take() {
-            let _ = end.send(e);
+            let _ = end.send(End::Failed(e));
         }
+    }
+}
+
+/// Tells the body how the run ended.
+fn send_outcome(
+    end: &mut Option<oneshot::Sender<End>>,
+    started: Instant,
+    rows: u64,
+    error: Option<String>,
+) {
+    if let Some(end) = end.take() {
+        let _ = end.send(End::Finished(Outcome {
+            rows,
+            error,
+            elapsed: started.elapsed(),
+        }));
     }
 }
 
@@ -542,14 +576,18 @@ struct State {
 
 /// Ends the transaction (COMMIT only for a writer whose statement succeeded) and returns the
 /// connection to the pool only when nothing of the caller's outlives it.
-async fn end(mut conn: Conn, access: Access, success: bool) {
+/// Commits (a writer's successful run) or rolls back, then checks the connection for dirt and
+/// closes it when there is some. Returns whether the COMMIT or ROLLBACK went through.
+async fn end(mut conn: Conn, access: Access, success: bool) -> bool {
     let finish = if access == Access::ReadWrite && success {
         "COMMIT"
     } else {
         "ROLLBACK"
     };
+    let mut ended = false;
     let clean = async {
         sqlx::raw_sql(finish).execute(&mut *conn).await?;
+        ended = true;
         if access == Access::ReadWrite {
             sqlx::raw_sql("RESET ALL").execute(&mut *conn).await?;
         }
@@ -558,12 +596,11 @@ async fn end(mut conn: Conn, access: Access, success: bool) {
             .await?;
         Ok::<_, sqlx::Error>(dirt == 0)
     };
-    match tokio::time::timeout(Duration::from_secs(5), clean).await {
-        Ok(Ok(true)) => {}
-        _ => {
-            let _ = conn.detach().close().await;
-        }
+    let clean = tokio::time::timeout(Duration::from_secs(5), clean).await;
+    if !matches!(clean, Ok(Ok(true))) {
+        let _ = conn.detach().close().await;
     }
+    ended
 }
 
 /// Cancels whatever backend `pid` runs, from a connection of its own (the same role may cancel

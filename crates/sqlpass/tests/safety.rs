@@ -347,3 +347,55 @@ async fn a_writer_commits_on_success_and_rolls_back_on_failure() {
         .unwrap();
     assert_eq!((e.status(), e.sqlstate()), (403, Some("42501")));
 }
+
+/// Reads a body to its end, keeping nothing, and returns how the run ended.
+async fn outcome(pool: &sqlx::PgPool, sql: &str, options: Options) -> sqlpass::Outcome {
+    use futures_util::StreamExt;
+    let mut body = sqlpass::run(pool, sql, options).await.unwrap().body;
+    while let Some(chunk) = body.next().await {
+        chunk.unwrap();
+    }
+    body.outcome().cloned().unwrap()
+}
+
+#[tokio::test]
+async fn the_outcome_tells_rows_and_the_error_written_into_the_document() {
+    let env = env().await;
+    let all = outcome(&env.pool, "select id from places", Options::default()).await;
+    assert_eq!((all.rows, all.error), (3, None));
+    let cut = outcome(
+        &env.pool,
+        "select 1 / (n - 2) from generate_series(1, 3) n",
+        Options::default().batch_rows(1),
+    )
+    .await;
+    assert_eq!(
+        (cut.rows, cut.error.as_deref()),
+        (1, Some("division by zero"))
+    );
+    let limited = outcome(
+        &env.pool,
+        "select id from places",
+        Options::default().format(sqlpass::Format::Csv).row_limit(2),
+    )
+    .await;
+    assert_eq!(limited.rows, 2);
+    assert!(limited.error.unwrap().contains("row limit of 2 exceeded"));
+
+    let writer = env.db.create_role().await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "grant select, update on places to \"{}\"",
+        writer.name()
+    )))
+    .execute(env.db.pool())
+    .await
+    .unwrap();
+    let pool = writer.pool(1).await;
+    let updated = outcome(
+        &pool,
+        "update places set name = upper(name) where name is not null",
+        Options::default().access(Access::ReadWrite),
+    )
+    .await;
+    assert_eq!((updated.rows, updated.error), (2, None));
+}
