@@ -168,6 +168,46 @@ impl MapConfig {
     pub fn token(&self) -> &str {
         &self.token
     }
+
+    /// The config with only the layers at `indexes` (0-based, in the order given), as
+    /// Windshaft's `/:token/:layers/…` URLs choose them; it keeps this config's token.
+    ///
+    /// ```
+    /// let config = geostack_tiles::MapConfig::parse(r#"{"layers": [
+    ///     {"id": "a", "options": {"sql": "select 1"}},
+    ///     {"id": "b", "options": {"sql": "select 2"}}]}"#).unwrap();
+    /// let b = config.select(&[1]).unwrap();
+    /// assert_eq!(b.layers()[0].name(), "b");
+    /// assert_eq!(b.token(), config.token());
+    /// assert!(config.select(&[2]).is_err());
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidMapConfig`] for no index, an index past the last layer, or one given twice.
+    pub fn select(&self, indexes: &[usize]) -> Result<Self> {
+        let invalid = |reason: String| Error::InvalidMapConfig {
+            layer: None,
+            reason,
+        };
+        if indexes.is_empty() {
+            return Err(invalid("no layer chosen".into()));
+        }
+        let mut layers = Vec::with_capacity(indexes.len());
+        for (n, &i) in indexes.iter().enumerate() {
+            let layer = self.layers.get(i).ok_or_else(|| {
+                invalid(format!("no layer {i}: the map has {}", self.layers.len()))
+            })?;
+            if indexes[..n].contains(&i) {
+                return Err(invalid(format!("layer {i} chosen twice")));
+            }
+            layers.push(layer.clone());
+        }
+        Ok(Self {
+            layers,
+            token: self.token.clone(),
+        })
+    }
 }
 
 impl MapLayer {
@@ -194,6 +234,16 @@ impl MapLayer {
     /// The attribute columns.
     pub fn columns(&self) -> &[String] {
         &self.columns
+    }
+
+    /// The lowest zoom it is drawn at.
+    pub fn minzoom(&self) -> u8 {
+        self.minzoom
+    }
+
+    /// The highest zoom it is drawn at.
+    pub fn maxzoom(&self) -> u8 {
+        self.maxzoom
     }
 
     /// Whether it is drawn at zoom `z`.
