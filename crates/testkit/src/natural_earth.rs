@@ -5,6 +5,124 @@ use serde_json::Value;
 use sqlx::PgPool;
 
 const COUNTRIES_110M: &str = include_str!("../../../data/natural-earth/countries-110m.json");
+const PLACES_110M: &str = include_str!("../../../data/natural-earth/populated-places-110m.csv");
+
+/// A populated place of the 1:110m set.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Place {
+    /// Its name.
+    pub name: String,
+    /// Its country's name.
+    pub adm0name: String,
+    /// Its country's ISO 3166-1 alpha-2 code (`-99` where Natural Earth has none).
+    pub iso_a2: String,
+    /// Natural Earth's class (`Admin-0 capital`, `Populated place`, …).
+    pub featurecla: String,
+    /// The largest population estimate.
+    pub pop_max: i64,
+    /// EPSG:4326 degrees.
+    pub lon: f64,
+    /// EPSG:4326 degrees.
+    pub lat: f64,
+}
+
+/// The 243 populated places, in file order.
+///
+/// # Panics
+///
+/// When the vendored file is damaged.
+pub fn places() -> Vec<Place> {
+    PLACES_110M
+        .lines()
+        .skip(1)
+        .filter(|l| !l.is_empty())
+        .map(|line| {
+            let f = csv_fields(line);
+            fn bad<T>(line: &str) -> T {
+                panic!("data/natural-earth/populated-places-110m.csv: bad line {line:?}")
+            }
+            if f.len() != 7 {
+                bad::<()>(line);
+            }
+            Place {
+                name: f[0].clone(),
+                adm0name: f[1].clone(),
+                iso_a2: f[2].clone(),
+                featurecla: f[3].clone(),
+                pop_max: f[4].parse().unwrap_or_else(|_| bad(line)),
+                lon: f[5].parse().unwrap_or_else(|_| bad(line)),
+                lat: f[6].parse().unwrap_or_else(|_| bad(line)),
+            }
+        })
+        .collect()
+}
+
+/// The fields of one RFC 4180 line (quoted fields may hold commas and doubled quotes).
+fn csv_fields(line: &str) -> Vec<String> {
+    let (mut fields, mut field) = (Vec::new(), String::new());
+    let (mut quoted, mut chars) = (false, line.chars().peekable());
+    while let Some(c) = chars.next() {
+        match (c, quoted) {
+            ('"', true) if chars.peek() == Some(&'"') => {
+                chars.next();
+                field.push('"');
+            }
+            ('"', _) => quoted = !quoted,
+            (',', false) => fields.push(std::mem::take(&mut field)),
+            (c, _) => field.push(c),
+        }
+    }
+    fields.push(field);
+    fields
+}
+
+/// Creates `table (gid int primary key, name text, adm0name text, iso_a2 text, featurecla text,
+/// pop_max int8, geom geometry(Point, 4326))` with a GiST index and loads the places, `gid`
+/// numbering them from 1 in file order.
+///
+/// # Panics
+///
+/// When PostgreSQL refuses.
+pub async fn load_places(pool: &PgPool, table: &str) {
+    let create = format!(
+        "create table {table} (gid int primary key, name text, adm0name text, iso_a2 text,
+                               featurecla text, pop_max int8, geom geometry(Point, 4326));
+         create index on {table} using gist (geom);"
+    );
+    if let Err(e) = sqlx::raw_sql(sqlx::AssertSqlSafe(create))
+        .execute(pool)
+        .await
+    {
+        panic!("testkit: cannot create {table}: {e}");
+    }
+    let places = places();
+    let insert = format!(
+        "insert into {table}
+         select gid, name, adm0name, iso_a2, featurecla, pop_max, ST_SetSRID(ST_MakePoint(lon, lat), 4326)
+         from unnest($1::int[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int8[],
+                     $7::float8[], $8::float8[])
+              as p(gid, name, adm0name, iso_a2, featurecla, pop_max, lon, lat)"
+    );
+    let column = |f: fn(&Place) -> &str| places.iter().map(f).collect::<Vec<_>>();
+    if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(insert))
+        .bind((1..=places.len() as i32).collect::<Vec<_>>())
+        .bind(column(|p| &p.name))
+        .bind(column(|p| &p.adm0name))
+        .bind(column(|p| &p.iso_a2))
+        .bind(column(|p| &p.featurecla))
+        .bind(places.iter().map(|p| p.pop_max).collect::<Vec<_>>())
+        .bind(places.iter().map(|p| p.lon).collect::<Vec<_>>())
+        .bind(places.iter().map(|p| p.lat).collect::<Vec<_>>())
+        .execute(pool)
+        .await
+    {
+        panic!("testkit: cannot load the places into {table}: {e}");
+    }
+    let analyze = format!("analyze {table}");
+    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(analyze))
+        .execute(pool)
+        .await;
+}
 
 /// A country: its ISO 3166 numeric code as Natural Earth gives it (some have none), its name,
 /// and its outline in EPSG:4326 degrees.
@@ -256,6 +374,37 @@ mod tests {
         .unwrap();
         assert_eq!((xmin, xmax), (-180.0, 180.0));
         assert!(area > 2900.0, "{area}");
+    }
+
+    #[test]
+    fn the_places_parse_with_their_quoted_names() {
+        let all = places();
+        assert_eq!(all.len(), 243);
+        let dc = all.iter().find(|p| p.name == "Washington, D.C.").unwrap();
+        assert_eq!((dc.iso_a2.as_str(), dc.pop_max), ("US", 4_338_000));
+        let tokyo = all.iter().max_by_key(|p| p.pop_max).unwrap();
+        assert_eq!(
+            (tokyo.name.as_str(), tokyo.lon, tokyo.lat),
+            ("Tokyo", 139.749462, 35.686963)
+        );
+        assert!(
+            all.iter()
+                .all(|p| (-180.0..=180.0).contains(&p.lon) && (-90.0..=90.0).contains(&p.lat))
+        );
+        assert_eq!(csv_fields(r#"a,"b, ""c""",d"#), vec!["a", r#"b, "c""#, "d"]);
+    }
+
+    #[tokio::test]
+    async fn the_places_load_as_points() {
+        let db = crate::TestDb::new().await;
+        load_places(db.pool(), "places").await;
+        let (n, name): (i64, String) = sqlx::query_as(
+            "select count(*), (array_agg(name order by ST_Distance(geom, ST_SetSRID(ST_MakePoint(2.35, 48.85), 4326))))[1] from places",
+        )
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+        assert_eq!((n, name.as_str()), (243, "Paris"));
     }
 
     #[test]
