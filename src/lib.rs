@@ -8,6 +8,7 @@
 //! | `sql` | [`sql`] (sqlpass) | untrusted SQL to PostgreSQL/PostGIS, safely, streamed as JSON, GeoJSON, CSV |
 //! | `tiles` | [`tiles`] (geostack-tiles) | Mapbox Vector Tiles from PostGIS and from memory |
 //! | `jobs` | [`jobs`] (geostack-jobs) | a Redis job queue with reliable workers |
+//! | `server` | [`server`] | the four composed into CARTO's HTTP API, as one axum router |
 //!
 //! A service that needs only some of them depends on those crates directly, or on this one
 //! with `default-features = false` and the features it wants.
@@ -24,3 +25,6 @@ pub use geostack_tiles as tiles;
 #[cfg(feature = "sql")]
 #[doc(inline)]
 pub use sqlpass as sql;
+
+#[cfg(feature = "server")]
+pub mod server;

@@ -1,0 +1,323 @@
+//! Batch queries (`/api/v2/sql/job`), as CARTO's Batch API: queued, run by a worker through
+//! sqlpass as the key's role, polled and cancelled by id.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt as _;
+use geoauth::{Api, KeyId, KeyStore, UserName};
+use geostack_jobs::{Handler, Job, JobContext, JobError, JobId, JobOptions, JobState, JobStatus};
+use serde::{Deserialize, Serialize};
+use sqlpass::{Access, Options, PoolRegistry};
+
+use super::request::Params;
+use super::{Error, Result, Server};
+
+/// A batch query as queued: whose, under which key, and the SQL. The key's database role is
+/// looked up when the query runs, so a key revoked meanwhile runs nothing.
+///
+/// ```
+/// let job = geostack::server::BatchQuery {
+///     user: "alice".into(),
+///     key_id: "k1".into(),
+///     query: "update places set pop = pop + 1".into(),
+///     write: true,
+/// };
+/// assert_eq!(<geostack::server::BatchQuery as geostack::jobs::Job>::NAME, "batch-sql");
+/// # let _ = job;
+/// ```
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BatchQuery {
+    /// The user.
+    pub user: String,
+    /// The id of the key that queued it.
+    pub key_id: String,
+    /// The SQL, one statement.
+    pub query: String,
+    /// Whether the key may write (its SQL then runs outside a read-only transaction).
+    pub write: bool,
+}
+
+impl Job for BatchQuery {
+    const NAME: &'static str = "batch-sql";
+}
+
+/// Runs [`BatchQuery`] jobs: one statement through sqlpass as the key's role, the rows read
+/// and dropped; the result is `{"total_rows": N, "time": seconds}`.
+pub struct BatchHandler {
+    keys: KeyStore,
+    registry: Arc<PoolRegistry>,
+    timeout: Duration,
+}
+
+impl BatchHandler {
+    pub(crate) fn new(keys: KeyStore, registry: Arc<PoolRegistry>, timeout: Duration) -> Self {
+        Self {
+            keys,
+            registry,
+            timeout,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Handler<BatchQuery> for BatchHandler {
+    async fn handle(
+        &self,
+        job: BatchQuery,
+        _ctx: JobContext,
+    ) -> Result<serde_json::Value, JobError> {
+        let fatal = |e: &dyn std::fmt::Display| JobError::fatal(e.to_string());
+        let user = UserName::new(job.user.as_str()).map_err(|e| fatal(&e))?;
+        let id: KeyId = job.key_id.parse().map_err(|e| fatal(&e))?;
+        let key = match self.keys.get(&user, &id).await {
+            Ok(Some(key)) => key,
+            Ok(None) => return Err(JobError::fatal("the key that queued this query is gone")),
+            Err(e) if e.is_unavailable() => return Err(JobError::retry(e.to_string())),
+            Err(e) => return Err(fatal(&e)),
+        };
+        let role = &key.db_role;
+        let pool = self
+            .registry
+            .pool(role.name(), role.password().expose())
+            .map_err(|e| JobError::retry(e.to_string()))?;
+        let options = Options::default()
+            .access(if job.write {
+                Access::ReadWrite
+            } else {
+                Access::ReadOnly
+            })
+            .statement_timeout(self.timeout)
+            .deadline(self.timeout + Duration::from_secs(5))
+            .affected_tables(false);
+        let mut body = sqlpass::run(&pool, &job.query, options)
+            .await
+            .map_err(|e| {
+                if e.is_unavailable() {
+                    JobError::retry(e.to_string())
+                } else {
+                    fatal(&e)
+                }
+            })?
+            .body;
+        while let Some(chunk) = body.next().await {
+            chunk.map_err(|e| fatal(&e))?;
+        }
+        let outcome = body
+            .outcome()
+            .ok_or_else(|| JobError::fatal("the query ended without an outcome"))?;
+        match &outcome.error {
+            Some(e) => Err(JobError::fatal(e.clone())),
+            None => Ok(serde_json::json!({
+                "total_rows": outcome.rows,
+                "time": outcome.elapsed.as_secs_f64(),
+            })),
+        }
+    }
+}
+
+pub(super) async fn create(
+    State(server): State<Server>,
+    Path(path): Path<HashMap<String, String>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    async {
+        let params = Params::new(query.as_deref(), &headers, &body)?;
+        let caller = server
+            .authenticate(&path, &headers, &params, Api::Sql)
+            .await?;
+        if caller.principal.is_anonymous() {
+            return Err(Error::Unauthorized("batch queries need an api key".into()));
+        }
+        let sql = params
+            .get("query")
+            .ok_or_else(|| Error::BadRequest("You must indicate a sql query".into()))?;
+        let principal = &caller.principal;
+        let job = BatchQuery {
+            user: principal.user().as_str().to_owned(),
+            key_id: principal.key_id().as_str().to_owned(),
+            query: sql.to_owned(),
+            write: principal.may_write(),
+        };
+        let queue = server.batch_queue();
+        let options = JobOptions::default()
+            .attempts(1)
+            .tenant(principal.user().as_str());
+        let id = queue.enqueue(&job, options).await?;
+        let status = queue.status(&id).await?;
+        let mut response = (
+            StatusCode::CREATED,
+            Json(describe(&id, &job, status.as_ref())),
+        )
+            .into_response();
+        caller.rate.write_headers(response.headers_mut());
+        Ok(response)
+    }
+    .await
+    .unwrap_or_else(IntoResponse::into_response)
+}
+
+pub(super) async fn get(
+    State(server): State<Server>,
+    Path(path): Path<HashMap<String, String>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    async {
+        let (id, job, status) = owned_job(&server, &path, query.as_deref(), &headers).await?;
+        Ok::<_, Error>(Json(describe(&id, &job, Some(&status))).into_response())
+    }
+    .await
+    .unwrap_or_else(IntoResponse::into_response)
+}
+
+pub(super) async fn cancel(
+    State(server): State<Server>,
+    Path(path): Path<HashMap<String, String>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    async {
+        let (id, job, status) = owned_job(&server, &path, query.as_deref(), &headers).await?;
+        if matches!(
+            status.state,
+            JobState::Completed | JobState::Dead | JobState::Cancelled
+        ) {
+            return Err(Error::BadRequest(format!(
+                "Cannot set status from {} to cancelled",
+                carto_status(status.state)
+            )));
+        }
+        let queue = server.batch_queue();
+        queue.cancel(&id).await?;
+        let status = queue.status(&id).await?;
+        let mut body = describe(&id, &job, status.as_ref());
+        // A running query stops at its worker's next lock renewal; CARTO answers "cancelled".
+        body["status"] = "cancelled".into();
+        Ok(Json(body).into_response())
+    }
+    .await
+    .unwrap_or_else(IntoResponse::into_response)
+}
+
+/// The job `id` of the request's user, authenticated with a key of that user.
+async fn owned_job(
+    server: &Server,
+    path: &HashMap<String, String>,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<(JobId, BatchQuery, JobStatus)> {
+    let params = Params::new(query, headers, &[])?;
+    let caller = server
+        .authenticate(path, headers, &params, Api::Sql)
+        .await?;
+    if caller.principal.is_anonymous() {
+        return Err(Error::Unauthorized("batch queries need an api key".into()));
+    }
+    let not_found = || Error::NotFound("no such batch query".into());
+    let raw = path.get("id").map(String::as_str).unwrap_or_default();
+    let id = JobId::new(raw).map_err(|_| not_found())?;
+    let status = server
+        .batch_queue()
+        .status(&id)
+        .await?
+        .ok_or_else(not_found)?;
+    let job: BatchQuery = status
+        .payload
+        .clone()
+        .and_then(|p| serde_json::from_value(p).ok())
+        .ok_or_else(not_found)?;
+    if job.user != caller.principal.user().as_str() {
+        return Err(not_found());
+    }
+    Ok((id, job, status))
+}
+
+/// CARTO's name of a job state.
+fn carto_status(state: JobState) -> &'static str {
+    match state {
+        JobState::Waiting | JobState::Delayed => "pending",
+        JobState::Active => "running",
+        JobState::Completed => "done",
+        JobState::Cancelled => "cancelled",
+        _ => "failed",
+    }
+}
+
+/// A job as CARTO's Batch API describes it.
+fn describe(id: &JobId, job: &BatchQuery, status: Option<&JobStatus>) -> serde_json::Value {
+    let iso = |t: Option<SystemTime>| t.map(iso8601);
+    let state = status.map_or("pending", |s| carto_status(s.state));
+    let updated = status.and_then(|s| s.finished.or(s.started).or(s.created));
+    let mut out = serde_json::json!({
+        "job_id": id.as_str(),
+        "user": job.user,
+        "query": job.query,
+        "status": state,
+        "created_at": iso(status.and_then(|s| s.created)),
+        "updated_at": iso(updated),
+    });
+    if let Some(s) = status {
+        if s.state == JobState::Dead {
+            out["failed_reason"] = s.error.clone().into();
+        }
+        if let Some(result) = &s.result {
+            out["result"] = result.clone();
+        }
+    }
+    out
+}
+
+/// `2026-12-01T17:40:13.123Z`.
+fn iso8601(t: SystemTime) -> String {
+    let ms = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    let (secs, ms) = ((ms / 1000) as i64, ms % 1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Days to a civil date (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{ms:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_print_as_iso_8601_in_utc() {
+        assert_eq!(iso8601(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        let t = UNIX_EPOCH + Duration::from_millis(1_796_146_813_123);
+        assert_eq!(iso8601(t), "2026-12-01T17:40:13.123Z");
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400);
+        assert_eq!(iso8601(leap), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn job_states_have_carto_names() {
+        assert_eq!(carto_status(JobState::Waiting), "pending");
+        assert_eq!(carto_status(JobState::Active), "running");
+        assert_eq!(carto_status(JobState::Completed), "done");
+        assert_eq!(carto_status(JobState::Dead), "failed");
+        assert_eq!(carto_status(JobState::Cancelled), "cancelled");
+    }
+}

@@ -1,0 +1,125 @@
+//! How the server behaves: users, quotas, timeouts, key prefixes.
+
+use std::time::Duration;
+
+use geoauth::{KeyPrefix, Quota};
+use geostack_tiles::TileOptions;
+
+/// The server's settings. Every setter's doc gives its default.
+///
+/// ```
+/// use std::time::Duration;
+/// use geostack::server::ServerConfig;
+///
+/// let config = ServerConfig::default()
+///     .default_user("demo")
+///     .host_suffix("maps.example.org")
+///     .statement_timeout(Duration::from_secs(5));
+/// ```
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub(crate) default_user: Option<String>,
+    pub(crate) host_suffix: Option<String>,
+    pub(crate) sql_quota: Quota,
+    pub(crate) maps_quota: Quota,
+    pub(crate) statement_timeout: Duration,
+    pub(crate) batch_timeout: Duration,
+    pub(crate) tile_options: TileOptions,
+    pub(crate) key_prefix: KeyPrefix,
+    pub(crate) redis_prefix: String,
+    pub(crate) tile_cache_capacity: usize,
+    pub(crate) tile_cache_ttl: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            default_user: None,
+            host_suffix: None,
+            sql_quota: quota(40, 20),
+            maps_quota: quota(400, 200),
+            statement_timeout: Duration::from_secs(15),
+            batch_timeout: Duration::from_secs(300),
+            tile_options: TileOptions::default(),
+            key_prefix: KeyPrefix::default(),
+            redis_prefix: "geostack:".into(),
+            tile_cache_capacity: 10_000,
+            tile_cache_ttl: Duration::from_secs(300),
+        }
+    }
+}
+
+/// `burst` requests at once, `per_second` a second after that.
+#[expect(
+    clippy::expect_used,
+    reason = "called with non-zero constants only, which Quota takes"
+)]
+fn quota(burst: u32, per_second: u32) -> Quota {
+    Quota::new(burst, per_second, Duration::from_secs(1)).expect("a valid constant quota")
+}
+
+impl ServerConfig {
+    /// The user of requests whose path has no `/user/<name>/` and whose host is not
+    /// `<name>.<host suffix>`. Default none: such requests are answered 404.
+    pub fn default_user(mut self, user: impl Into<String>) -> Self {
+        self.default_user = Some(user.into());
+        self
+    }
+
+    /// Requests to `<name>.<suffix>` are for user `<name>`, as CARTO's
+    /// `<user>.carto.com`. Default none.
+    pub fn host_suffix(mut self, suffix: impl Into<String>) -> Self {
+        self.host_suffix = Some(suffix.into().trim_start_matches('.').to_owned());
+        self
+    }
+
+    /// The rate of SQL API requests per key. Default bursts of 40, 20 a second.
+    pub fn sql_quota(mut self, quota: Quota) -> Self {
+        self.sql_quota = quota;
+        self
+    }
+
+    /// The rate of map and tile requests per key. Default bursts of 400, 200 a second.
+    pub fn maps_quota(mut self, quota: Quota) -> Self {
+        self.maps_quota = quota;
+        self
+    }
+
+    /// The statement timeout of SQL API queries and tiles. Default 15 s.
+    pub fn statement_timeout(mut self, timeout: Duration) -> Self {
+        self.statement_timeout = timeout;
+        self
+    }
+
+    /// The statement timeout (and deadline) of batch queries. Default 300 s.
+    pub fn batch_timeout(mut self, timeout: Duration) -> Self {
+        self.batch_timeout = timeout;
+        self
+    }
+
+    /// How tiles are made. Default [`TileOptions::default`] (extent 4096, buffer 64).
+    pub fn tile_options(mut self, options: TileOptions) -> Self {
+        self.tile_options = options;
+        self
+    }
+
+    /// Where API keys live in Redis. Default [`KeyPrefix::default`] (`geoauth:`).
+    pub fn key_prefix(mut self, prefix: KeyPrefix) -> Self {
+        self.key_prefix = prefix;
+        self
+    }
+
+    /// The prefix of the server's own Redis keys (rate limits, map configs, the batch
+    /// queue). Default `geostack:`.
+    pub fn redis_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.redis_prefix = prefix.into();
+        self
+    }
+
+    /// How many tiles the in-process cache keeps, and for how long. Default 10 000, 300 s.
+    pub fn tile_cache(mut self, capacity: usize, ttl: Duration) -> Self {
+        self.tile_cache_capacity = capacity;
+        self.tile_cache_ttl = ttl;
+        self
+    }
+}

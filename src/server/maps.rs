@@ -1,0 +1,171 @@
+//! Windshaft-style maps: `POST /api/v1/map` stores a layergroup config under its token; its
+//! tiles are rendered on the tile caller's own pool.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use geoauth::{Api, UserName};
+use geostack_tiles::{MapConfig, TileKey};
+
+use super::request::Params;
+use super::tile::{coord, origin, tilejson as tilejson_of};
+use super::{Error, Result, Server};
+
+/// How long a stored map config lives after its last instantiation.
+const MAP_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+impl Server {
+    fn map_key(&self, user: &UserName, token: &str) -> String {
+        format!(
+            "{}map:{}:{token}",
+            self.inner.config.redis_prefix,
+            user.as_str()
+        )
+    }
+
+    async fn load_map(&self, user: &UserName, token: &str) -> Result<MapConfig> {
+        let not_found = || Error::NotFound(format!("no map {token}"));
+        if token.len() != 32 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(not_found());
+        }
+        let json: Option<String> = redis::cmd("GET")
+            .arg(self.map_key(user, token))
+            .query_async(&mut self.inner.redis.clone())
+            .await?;
+        Ok(MapConfig::parse(&json.ok_or_else(not_found)?)?)
+    }
+}
+
+pub(super) async fn create(
+    State(server): State<Server>,
+    Path(path): Path<HashMap<String, String>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    async {
+        // The body is the config; credentials come from the query string and headers.
+        let params = Params::new(query.as_deref(), &HeaderMap::new(), &[])?;
+        let caller = server.authenticate(&path, &headers, &params, Api::Maps).await?;
+        let json = std::str::from_utf8(&body)
+            .map_err(|_| Error::BadRequest("the map config is not UTF-8".into()))?;
+        let config = MapConfig::parse(json)?;
+        let user = caller.principal.user().clone();
+        let _: () = redis::cmd("SET")
+            .arg(server.map_key(&user, config.token()))
+            .arg(json)
+            .arg("EX")
+            .arg(MAP_TTL.as_secs())
+            .query_async(&mut server.inner.redis.clone())
+            .await?;
+        let base = format!("{}{}/api/v1/map/{}", origin(&headers), user_path(&path), config.token());
+        let layers: Vec<_> = config
+            .layers()
+            .iter()
+            .map(|l| serde_json::json!({ "type": "mapnik", "id": l.name(), "meta": { "minzoom": l.minzoom(), "maxzoom": l.maxzoom() } }))
+            .collect();
+        let mut response = Json(serde_json::json!({
+            "layergroupid": config.token(),
+            "metadata": {
+                "layers": layers,
+                "tilejson": { "vector": tilejson_of(config.token(), vec![format!("{base}/{{z}}/{{x}}/{{y}}.mvt")], &zooms(&config)) },
+                "url": { "vector": { "urlTemplate": format!("{base}/{{z}}/{{x}}/{{y}}.mvt"), "subdomains": [] } },
+            },
+        }))
+        .into_response();
+        caller.rate.write_headers(response.headers_mut());
+        Ok::<_, Error>(response)
+    }
+    .await
+    .unwrap_or_else(IntoResponse::into_response)
+}
+
+pub(super) async fn tilejson(
+    State(server): State<Server>,
+    Path(path): Path<HashMap<String, String>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    async {
+        let params = Params::new(query.as_deref(), &HeaderMap::new(), &[])?;
+        let caller = server
+            .authenticate(&path, &headers, &params, Api::Maps)
+            .await?;
+        let token = path.get("token").map(String::as_str).unwrap_or_default();
+        let config = server.load_map(caller.principal.user(), token).await?;
+        let url = format!(
+            "{}{}/api/v1/map/{token}/{{z}}/{{x}}/{{y}}.mvt",
+            origin(&headers),
+            user_path(&path)
+        );
+        Ok::<_, Error>(Json(tilejson_of(token, vec![url], &zooms(&config))).into_response())
+    }
+    .await
+    .unwrap_or_else(IntoResponse::into_response)
+}
+
+pub(super) async fn tile(
+    State(server): State<Server>,
+    Path(path): Path<HashMap<String, String>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    async {
+        let params = Params::new(query.as_deref(), &HeaderMap::new(), &[])?;
+        let caller = server
+            .authenticate(&path, &headers, &params, Api::Maps)
+            .await?;
+        let coord = coord(&path)?;
+        let token = path.get("token").map(String::as_str).unwrap_or_default();
+        let config = server.load_map(caller.principal.user(), token).await?;
+        let layers = path.get("layers").map_or("all", String::as_str);
+        let config = match layers {
+            "all" => config,
+            list => {
+                let indexes = list
+                    .split(',')
+                    .map(|i| i.trim().parse::<usize>())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|_| {
+                        Error::BadRequest(format!("invalid layers {list}: expected all or 0,1,…"))
+                    })?;
+                config.select(&indexes)?
+            }
+        };
+        let pool = server.pool_of(&caller.principal)?;
+        // Tiles differ by role (each reads what its grants allow): the role is in the key.
+        let key = TileKey::new(
+            format!("map:{token}:{layers}:{}", caller.principal.db_role().name()),
+            coord,
+        );
+        let options = server.inner.config.tile_options.clone();
+        let timeout = server.inner.config.statement_timeout;
+        server
+            .tile(&caller, &headers, key, Vec::new(), || async move {
+                Ok(config.render(&pool, coord, &options, timeout).await?.bytes)
+            })
+            .await
+    }
+    .await
+    .unwrap_or_else(IntoResponse::into_response)
+}
+
+fn zooms(config: &MapConfig) -> Vec<(String, u8, u8)> {
+    config
+        .layers()
+        .iter()
+        .map(|l| (l.name().to_owned(), l.minzoom(), l.maxzoom()))
+        .collect()
+}
+
+/// `/user/<name>` when the request came that way.
+pub(crate) fn user_path(path: &HashMap<String, String>) -> String {
+    path.get("user")
+        .map(|u| format!("/user/{u}"))
+        .unwrap_or_default()
+}

@@ -1,0 +1,199 @@
+//! The composed server (feature `server`): the crates behind one axum [`Router`], speaking the
+//! HTTP API CARTO's users know.
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET\|POST /api/v2/sql` | SQL API: `q`, `format`, `api_key`, `filename`, `skipfields`, `dp`, `rows_per_page`, `page` |
+//! | `POST /api/v2/sql/job`, `GET\|DELETE /api/v2/sql/job/{id}` | batch queries, run by a [`jobs`](geostack_jobs) worker |
+//! | `POST /api/v1/map` | a layergroup config → its token and TileJSON |
+//! | `GET /api/v1/map/{token}[/{layers}]/{z}/{x}/{y}.mvt`, `…/{token}/tilejson.json` | its tiles |
+//! | `GET /tiles/{table}/{z}/{x}/{y}.mvt`, `/tiles/{table}.json` | tiles of a table the caller may read |
+//! | `GET /` | a MapLibre page of the tables and a SQL box |
+//!
+//! Every API route also answers under `/user/{user}/…`; otherwise the user comes from the host
+//! name (`<user>.<host suffix>`) or is the configured default. Requests carry a key as CARTO's
+//! do (`api_key`, Basic, Bearer, `X-Api-Key`); without one they use the user's
+//! `default_public` key. Refusals answer CARTO's `{"error":["…"]}` with 400, 401, 403, 404,
+//! 429 (with `RateLimit-*`, `Carto-Rate-Limit-*` and `Retry-After`) or 503.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use geostack::server::{Server, ServerConfig};
+//!
+//! let client = redis::Client::open("redis://127.0.0.1:6379")?;
+//! let conn = redis::aio::ConnectionManager::new(client.clone()).await?;
+//! let pg: sqlx::postgres::PgConnectOptions = "postgres://127.0.0.1/test".parse()?;
+//! let server = Server::new(conn, client, pg, ServerConfig::default().default_user("demo")).await;
+//! let worker = tokio::spawn(server.batch_worker(2).run(std::future::pending()));
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! axum::serve(listener, server.router()).await?;
+//! # Ok(()) }
+//! ```
+
+mod batch;
+mod config;
+mod error;
+mod maps;
+mod page;
+mod request;
+mod sql;
+mod tables;
+mod tile;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::Router;
+use axum::routing::get;
+use geoauth::{KeyStore, RateLimiter, Verifier, VerifierConfig};
+use geostack_jobs::{Queue, QueueName, Worker, WorkerConfig};
+use geostack_tiles::{MemoryTileCache, SingleFlight, TableSource};
+use redis::aio::ConnectionManager;
+use sqlpass::{PoolRegistry, RegistryConfig};
+
+pub use batch::{BatchHandler, BatchQuery};
+pub use config::ServerConfig;
+pub use error::{Error, Result};
+
+/// A role's readable tables and when they were looked up.
+type Discovered = (Instant, Arc<Vec<TableSource>>);
+
+/// The name of the batch-query queue.
+pub const BATCH_QUEUE: &str = "batch-sql";
+
+/// The state behind the router: key verification, rate limits, one pool per database role,
+/// the batch queue, the tile cache. Cheap to clone.
+#[derive(Clone)]
+pub struct Server {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    verifier: Verifier<KeyStore>,
+    keys: KeyStore,
+    limiter: RateLimiter,
+    registry: Arc<PoolRegistry>,
+    redis: ConnectionManager,
+    client: redis::Client,
+    batch: Queue,
+    cache: MemoryTileCache,
+    flights: SingleFlight,
+    /// Per database role: the tables it may read, found when first asked.
+    tables: Mutex<HashMap<String, Discovered>>,
+    config: ServerConfig,
+}
+
+impl Server {
+    /// A server on `conn` (and `client`, for the key invalidations and the batch worker's
+    /// blocking connection) whose SQL runs on PostgreSQL at `pg` — host, port and database;
+    /// each caller logs in as its key's role.
+    pub async fn new(
+        conn: ConnectionManager,
+        client: redis::Client,
+        pg: sqlx::postgres::PgConnectOptions,
+        config: ServerConfig,
+    ) -> Self {
+        let keys = KeyStore::with_prefix(conn.clone(), config.key_prefix.clone());
+        let verifier =
+            Verifier::with_cache(keys.clone(), client.clone(), VerifierConfig::default()).await;
+        let limiter = RateLimiter::with_prefix(conn.clone(), config.key_prefix.clone());
+        let batch = Queue::with_prefix(
+            conn.clone(),
+            // A constant, valid name.
+            QueueName::new(BATCH_QUEUE).unwrap_or_else(|_| unreachable_name()),
+            &config.redis_prefix,
+        );
+        let cache = MemoryTileCache::new(config.tile_cache_capacity, config.tile_cache_ttl);
+        Self {
+            inner: Arc::new(Inner {
+                verifier,
+                keys,
+                limiter,
+                registry: Arc::new(PoolRegistry::new(pg, RegistryConfig::default())),
+                redis: conn,
+                client,
+                batch,
+                cache,
+                flights: SingleFlight::default(),
+                tables: Mutex::new(HashMap::new()),
+                config,
+            }),
+        }
+    }
+
+    /// The routes, with this server as their state.
+    pub fn router(&self) -> Router {
+        let api = Router::new()
+            .route("/api/v2/sql", get(sql::sql).post(sql::sql))
+            .route("/api/v2/sql/job", axum::routing::post(batch::create))
+            .route(
+                "/api/v2/sql/job/{id}",
+                get(batch::get).delete(batch::cancel),
+            )
+            .route("/api/v1/map", axum::routing::post(maps::create))
+            .route("/api/v1/map/{token}/tilejson.json", get(maps::tilejson))
+            .route("/api/v1/map/{token}/{z}/{x}/{y}", get(maps::tile))
+            .route("/api/v1/map/{token}/{layers}/{z}/{x}/{y}", get(maps::tile))
+            .route("/tiles/{table}", get(tables::tilejson))
+            .route("/tiles/{table}/{z}/{x}/{y}", get(tables::tile));
+        Router::new()
+            .route("/", get(page::index))
+            .route("/assets/{file}", get(page::asset))
+            .merge(api.clone())
+            .nest("/user/{user}", api)
+            .layer(axum::middleware::from_fn(trace))
+            .with_state(self.clone())
+    }
+
+    /// A worker for the batch queue, running `concurrency` queries at once.
+    pub fn batch_worker(&self, concurrency: usize) -> Worker {
+        Worker::new(
+            self.inner.batch.clone(),
+            self.inner.client.clone(),
+            WorkerConfig::default().concurrency(concurrency),
+        )
+        .handle::<BatchQuery, _>(self.batch_handler())
+    }
+
+    /// The handler of batch queries, for a worker of its own (see `examples/worker.rs`).
+    pub fn batch_handler(&self) -> BatchHandler {
+        BatchHandler::new(
+            self.inner.keys.clone(),
+            Arc::clone(&self.inner.registry),
+            self.inner.config.batch_timeout,
+        )
+    }
+
+    /// The batch queue.
+    pub fn batch_queue(&self) -> &Queue {
+        &self.inner.batch
+    }
+}
+
+#[expect(clippy::panic, reason = "BATCH_QUEUE is a valid queue name")]
+fn unreachable_name() -> QueueName {
+    panic!("the batch queue's name was refused")
+}
+
+/// A span per request, and one line when it is answered.
+async fn trace(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use tracing::Instrument as _;
+    let span =
+        tracing::info_span!("request", method = %request.method(), path = %request.uri().path());
+    async move {
+        let started = Instant::now();
+        let response = next.run(request).await;
+        tracing::info!(
+            status = response.status().as_u16(),
+            ms = started.elapsed().as_millis() as u64,
+            "answered"
+        );
+        response
+    }
+    .instrument(span)
+    .await
+}

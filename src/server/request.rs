@@ -1,0 +1,158 @@
+//! What every API request goes through: its parameters (query string and body), its user, its
+//! credentials, its grant and its rate.
+
+use std::collections::HashMap;
+
+use axum::http::{HeaderMap, header};
+use geoauth::{Api, Credentials, Principal, RateDecision, RateSubject, UserName};
+
+use super::{Error, Result, Server};
+
+/// The request's parameters: the query string, then a form or JSON body (later ones do not
+/// replace earlier ones of the same name).
+#[derive(Debug, Default)]
+pub(crate) struct Params(Vec<(String, String)>);
+
+impl Params {
+    pub(crate) fn new(query: Option<&str>, headers: &HeaderMap, body: &[u8]) -> Result<Self> {
+        let mut pairs: Vec<(String, String)> = query
+            .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+            .unwrap_or_default();
+        if !body.is_empty() {
+            let json = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("application/json"));
+            if json {
+                let value: serde_json::Value = serde_json::from_slice(body)
+                    .map_err(|e| Error::BadRequest(format!("the body is not JSON: {e}")))?;
+                let serde_json::Value::Object(map) = value else {
+                    return Err(Error::BadRequest("the body must be a JSON object".into()));
+                };
+                for (name, value) in map {
+                    let text = match value {
+                        serde_json::Value::String(s) => s,
+                        serde_json::Value::Null => continue,
+                        other => other.to_string(),
+                    };
+                    pairs.push((name, text));
+                }
+            } else {
+                pairs.extend(form_urlencoded::parse(body).into_owned());
+            }
+        }
+        Ok(Self(pairs))
+    }
+
+    /// The first value of `name`, if not empty.
+    pub(crate) fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(n, v)| n == name && !v.is_empty())
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub(crate) fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(n, v)| (n.as_str(), v.as_str()))
+    }
+
+    /// The parameters as one query string, for [`Credentials::from_headers_and_query`].
+    fn encoded(&self) -> String {
+        let mut out = form_urlencoded::Serializer::new(String::new());
+        for (n, v) in &self.0 {
+            out.append_pair(n, v);
+        }
+        out.finish()
+    }
+}
+
+/// An authenticated request: who, and the rate decision for its response headers.
+pub(crate) struct Caller {
+    pub(crate) principal: Principal,
+    pub(crate) rate: RateDecision,
+}
+
+impl Server {
+    /// The user a request is for: `/user/<name>/…` in the path, else `<name>.<host suffix>`,
+    /// else the configured default user.
+    pub(crate) fn user_of(
+        &self,
+        path: &HashMap<String, String>,
+        headers: &HeaderMap,
+    ) -> Result<UserName> {
+        if let Some(user) = path.get("user") {
+            return Ok(UserName::new(user.as_str())?);
+        }
+        let config = &self.inner.config;
+        if let Some(suffix) = &config.host_suffix {
+            let host = headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(|h| h.split(':').next().unwrap_or(h));
+            if let Some(name) = host
+                .and_then(|h| h.strip_suffix(suffix.as_str()))
+                .and_then(|h| h.strip_suffix('.'))
+                .filter(|n| !n.is_empty() && !n.contains('.'))
+            {
+                return Ok(UserName::new(name)?);
+            }
+        }
+        match &config.default_user {
+            Some(user) => Ok(UserName::new(user.as_str())?),
+            None => Err(Error::NotFound(
+                "no user: use /user/<name>/… or the user's host name".into(),
+            )),
+        }
+    }
+
+    /// Verifies the request's credentials (a request without any uses the user's
+    /// `default_public` key), requires `api` and checks the key's rate for `group`.
+    pub(crate) async fn authenticate(
+        &self,
+        path: &HashMap<String, String>,
+        headers: &HeaderMap,
+        params: &Params,
+        api: Api,
+    ) -> Result<Caller> {
+        let inner = &self.inner;
+        let user = self.user_of(path, headers)?;
+        let query = params.encoded();
+        let credentials = Credentials::from_headers_and_query(
+            headers,
+            Some(&query),
+            &user,
+            inner.verifier.token_format(),
+        )?;
+        let principal = inner.verifier.verify(&user, &credentials).await?;
+        principal.authorize(api)?;
+        let (group, quota) = match api {
+            Api::Sql => ("sql", inner.config.sql_quota),
+            _ => ("maps", inner.config.maps_quota),
+        };
+        let rate = inner
+            .limiter
+            .check(&RateSubject::key(&principal, group)?, quota)
+            .await?;
+        if !rate.allowed {
+            let mut limits = HeaderMap::new();
+            rate.write_headers(&mut limits);
+            return Err(Error::RateLimited {
+                message: format!(
+                    "You are over platform's limits: {group} requests, at most {} at once; retry later",
+                    rate.limit
+                ),
+                headers: limits,
+            });
+        }
+        Ok(Caller { principal, rate })
+    }
+
+    /// The pool that logged in as the caller's role.
+    pub(crate) fn pool_of(&self, principal: &Principal) -> Result<sqlx::PgPool> {
+        let role = principal.db_role();
+        Ok(self
+            .inner
+            .registry
+            .pool(role.name(), role.password().expose())?)
+    }
+}

@@ -1,0 +1,99 @@
+//! `GET|POST /api/v2/sql`: CARTO's SQL API over sqlpass.
+
+use std::collections::HashMap;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use geoauth::Api;
+use sqlpass::{Access, Options};
+
+use super::request::{Caller, Params};
+use super::{Error, Result, Server};
+
+pub(super) async fn sql(
+    State(server): State<Server>,
+    Path(path): Path<HashMap<String, String>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    run(&server, &path, query.as_deref(), &headers, &body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn run(
+    server: &Server,
+    path: &HashMap<String, String>,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response> {
+    let params = Params::new(query, headers, body)?;
+    let caller = server
+        .authenticate(path, headers, &params, Api::Sql)
+        .await?;
+    let sql = params
+        .get("q")
+        .ok_or_else(|| Error::BadRequest("You must indicate a sql query".into()))?;
+    let write = caller.principal.may_write();
+    let options = Options::from_params(params.pairs())?
+        .access(if write {
+            Access::ReadWrite
+        } else {
+            Access::ReadOnly
+        })
+        .statement_timeout(server.inner.config.statement_timeout);
+    let pool = server.pool_of(&caller.principal)?;
+    let response = sqlpass::run(&pool, sql, options).await;
+    let response = match response {
+        Ok(r) => r,
+        Err(e) => {
+            let mut refused = Error::from(e).into_response();
+            caller.rate.write_headers(refused.headers_mut());
+            return Ok(refused);
+        }
+    };
+    let mut out = Response::new(Body::from_stream(response.body));
+    *out.status_mut() = StatusCode::OK;
+    let meta = response.meta;
+    let h = out.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(meta.content_type),
+    );
+    if let Some(d) = meta
+        .content_disposition
+        .and_then(|d| HeaderValue::from_str(&d).ok())
+    {
+        h.insert(header::CONTENT_DISPOSITION, d);
+    }
+    if let Some(c) = meta
+        .cache_channel
+        .and_then(|c| HeaderValue::from_str(&c).ok())
+    {
+        h.insert("x-cache-channel", c);
+    }
+    if !meta.surrogate_keys.is_empty()
+        && let Ok(keys) = HeaderValue::from_str(&meta.surrogate_keys.join(" "))
+    {
+        h.insert("surrogate-key", keys);
+    }
+    h.insert(header::CACHE_CONTROL, cache_control(&caller, write));
+    h.insert(header::VARY, HeaderValue::from_static("Authorization"));
+    caller.rate.write_headers(h);
+    Ok(out)
+}
+
+/// Anonymous reads may be kept by shared caches, which revalidate them (and are told of
+/// changes through the cache channel and surrogate keys), as CARTO answers; what a key or a
+/// write produced is kept by nobody.
+fn cache_control(caller: &Caller, write: bool) -> HeaderValue {
+    if caller.principal.is_anonymous() && !write {
+        HeaderValue::from_static("public, no-cache, max-age=31536000, must-revalidate")
+    } else {
+        HeaderValue::from_static("no-store")
+    }
+}

@@ -1,0 +1,124 @@
+//! Table tiles, as Martin serves them: `/tiles/{table}/{z}/{x}/{y}.mvt` for every table with a
+//! geometry column the caller's role may read, and `/tiles/{table}` as TileJSON.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use geoauth::{Api, Principal};
+use geostack_tiles::{TableSource, TileBuilder, TileKey, discover};
+
+use super::maps::user_path;
+use super::request::Params;
+use super::tile::{coord, origin, tilejson as tilejson_of};
+use super::{Error, Result, Server};
+
+/// How long a role's list of tables is kept before it is looked up again.
+const TABLES_TTL: Duration = Duration::from_secs(60);
+
+impl Server {
+    /// The table `name` (`table` or `schema.table`) among those the caller's role may read.
+    async fn table(&self, principal: &Principal, name: &str) -> Result<TableSource> {
+        let role = principal.db_role().name().to_owned();
+        let cached = {
+            let tables = self
+                .inner
+                .tables
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            tables
+                .get(&role)
+                .filter(|(at, _)| at.elapsed() < TABLES_TTL)
+                .map(|(_, t)| Arc::clone(t))
+        };
+        let tables = match cached {
+            Some(t) => t,
+            None => {
+                let found = Arc::new(discover(&self.pool_of(principal)?).await?);
+                self.inner
+                    .tables
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(role, (Instant::now(), Arc::clone(&found)));
+                found
+            }
+        };
+        tables
+            .iter()
+            .find(|t| t.name() == name || (t.schema == "public" && t.table == name))
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("no table {name} with a geometry column")))
+    }
+}
+
+/// The table's name without the tile path's extension.
+fn table_name(path: &HashMap<String, String>) -> &str {
+    let raw = path.get("table").map(String::as_str).unwrap_or_default();
+    raw.strip_suffix(".json").unwrap_or(raw)
+}
+
+pub(super) async fn tile(
+    State(server): State<Server>,
+    Path(path): Path<HashMap<String, String>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    async {
+        let params = Params::new(query.as_deref(), &HeaderMap::new(), &[])?;
+        let caller = server
+            .authenticate(&path, &headers, &params, Api::Maps)
+            .await?;
+        let coord = coord(&path)?;
+        let source = server.table(&caller.principal, table_name(&path)).await?;
+        let pool = server.pool_of(&caller.principal)?;
+        let key = TileKey::new(
+            format!(
+                "table:{}:{}",
+                source.name(),
+                caller.principal.db_role().name()
+            ),
+            coord,
+        );
+        let options = server.inner.config.tile_options.clone();
+        server
+            .tile(&caller, &headers, key, vec![source.name()], || async move {
+                let mut tile = TileBuilder::new(coord, &options);
+                let mut layer = tile.layer(&source.table);
+                source.fill(&pool, &mut layer).await?;
+                layer.finish()?;
+                tile.into_bytes()
+            })
+            .await
+    }
+    .await
+    .unwrap_or_else(IntoResponse::into_response)
+}
+
+pub(super) async fn tilejson(
+    State(server): State<Server>,
+    Path(path): Path<HashMap<String, String>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    async {
+        let params = Params::new(query.as_deref(), &HeaderMap::new(), &[])?;
+        let caller = server
+            .authenticate(&path, &headers, &params, Api::Maps)
+            .await?;
+        let source = server.table(&caller.principal, table_name(&path)).await?;
+        let url = format!(
+            "{}{}/tiles/{}/{{z}}/{{x}}/{{y}}.mvt",
+            origin(&headers),
+            user_path(&path),
+            source.name()
+        );
+        let layers = [(source.table.clone(), 0, 22)];
+        Ok::<_, Error>(Json(tilejson_of(&source.name(), vec![url], &layers)).into_response())
+    }
+    .await
+    .unwrap_or_else(IntoResponse::into_response)
+}

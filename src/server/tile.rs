@@ -1,0 +1,150 @@
+//! What both tile routes share: the coordinate from the path, the cache, single-flight, and
+//! the answer (200 with an ETag, 304 when it matches, 204 for an empty tile).
+
+use std::collections::HashMap;
+use std::future::Future;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::Response;
+use geostack_tiles::{CachedTile, TileCache as _, TileCoord, TileKey};
+
+use super::request::Caller;
+use super::{Error, Result, Server};
+
+/// The MVT media type.
+const MVT: &str = "application/vnd.mapbox-vector-tile";
+
+/// `z`, `x` and `y` from the path, `y` with or without `.mvt`.
+pub(crate) fn coord(path: &HashMap<String, String>) -> Result<TileCoord> {
+    let part = |name: &str| path.get(name).map(String::as_str).unwrap_or_default();
+    let y = part("y");
+    let y = y
+        .strip_suffix(".mvt")
+        .or_else(|| y.strip_suffix(".pbf"))
+        .unwrap_or(y);
+    let bad = |what: &str| Error::BadRequest(format!("invalid tile coordinate {what}"));
+    let z: u8 = part("z").parse().map_err(|_| bad("z"))?;
+    let x: u32 = part("x").parse().map_err(|_| bad("x"))?;
+    let y: u32 = y.parse().map_err(|_| bad("y"))?;
+    Ok(TileCoord::new_checked(z, x, y)?)
+}
+
+impl Server {
+    /// The tile under `key`: from the cache, else rendered once however many ask at the same
+    /// time, then cached with `tables` as its tags.
+    pub(crate) async fn tile<F, Fut>(
+        &self,
+        caller: &Caller,
+        headers: &HeaderMap,
+        key: TileKey,
+        tables: Vec<String>,
+        render: F,
+    ) -> Result<Response>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = geostack_tiles::Result<Vec<u8>>>,
+    {
+        let inner = &self.inner;
+        let tile = match inner.cache.get(&key).await? {
+            Some(tile) => tile,
+            None => {
+                let tile = inner
+                    .flights
+                    .run(&key, || async { render().await.map(CachedTile::new) })
+                    .await?;
+                inner.cache.put(&key, &tile, &tables).await?;
+                tile
+            }
+        };
+        let mut response = Response::new(Body::empty());
+        let h = response.headers_mut();
+        if let Ok(etag) = HeaderValue::from_str(tile.etag()) {
+            h.insert(header::ETAG, etag);
+        }
+        h.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static(if caller.principal.is_anonymous() {
+                "public, max-age=60"
+            } else {
+                "private, max-age=60"
+            }),
+        );
+        h.insert(header::VARY, HeaderValue::from_static("Authorization"));
+        caller.rate.write_headers(h);
+        let matches = headers
+            .get(header::IF_NONE_MATCH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| tile.matches(v));
+        *response.status_mut() = if matches {
+            StatusCode::NOT_MODIFIED
+        } else if tile.is_empty() {
+            StatusCode::NO_CONTENT
+        } else {
+            response
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static(MVT));
+            *response.body_mut() = Body::from(tile.bytes().to_vec());
+            StatusCode::OK
+        };
+        Ok(response)
+    }
+}
+
+/// TileJSON 3.0.0 for `tiles` (URL templates), `layers` as `(name, minzoom, maxzoom)`.
+pub(crate) fn tilejson(
+    name: &str,
+    tiles: Vec<String>,
+    layers: &[(String, u8, u8)],
+) -> serde_json::Value {
+    let minzoom = layers.iter().map(|l| l.1).min().unwrap_or(0);
+    let maxzoom = layers.iter().map(|l| l.2).max().unwrap_or(22).min(22);
+    serde_json::json!({
+        "tilejson": "3.0.0",
+        "name": name,
+        "tiles": tiles,
+        "minzoom": minzoom,
+        "maxzoom": maxzoom,
+        "bounds": [-180, -85.0511, 180, 85.0511],
+        "vector_layers": layers
+            .iter()
+            .map(|(id, min, max)| serde_json::json!({ "id": id, "minzoom": min, "maxzoom": max, "fields": {} }))
+            .collect::<Vec<_>>(),
+    })
+}
+
+/// `http://<host>` of the request, for absolute tile URLs.
+pub(crate) fn origin(headers: &HeaderMap) -> String {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost");
+    format!("http://{host}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn path(z: &str, x: &str, y: &str) -> HashMap<String, String> {
+        [("z", z), ("x", x), ("y", y)]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn coordinates_come_from_the_path_with_or_without_the_extension() {
+        assert_eq!(
+            coord(&path("3", "4", "2.mvt")).unwrap(),
+            TileCoord::new_checked(3, 4, 2).unwrap()
+        );
+        assert_eq!(
+            coord(&path("0", "0", "0")).unwrap(),
+            TileCoord::new_checked(0, 0, 0).unwrap()
+        );
+        assert_eq!(coord(&path("3", "8", "0.mvt")).unwrap_err().status(), 400);
+        assert_eq!(coord(&path("a", "0", "0.mvt")).unwrap_err().status(), 400);
+        assert_eq!(coord(&path("1", "0", "0.png")).unwrap_err().status(), 400);
+    }
+}
