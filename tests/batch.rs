@@ -1,0 +1,172 @@
+//! Batch queries end to end: queued over HTTP, run by the in-process worker through sqlpass
+//! as the key's role, polled, cancelled.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{App, app, until};
+
+async fn create(app: &App, query: &str) -> serde_json::Value {
+    let r = app
+        .post_json(
+            &format!("/api/v2/sql/job?api_key={}", app.regular),
+            &serde_json::json!({ "query": query }),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    r.json()
+}
+
+async fn status(app: &App, id: &str) -> serde_json::Value {
+    let r = app
+        .get(&format!("/api/v2/sql/job/{id}?api_key={}", app.regular))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()
+}
+
+async fn until_status(app: &App, id: &str, want: &str) -> serde_json::Value {
+    until(
+        &format!("job {id} {want}"),
+        Duration::from_secs(20),
+        async || {
+            let s = status(app, id).await;
+            (s["status"] == want).then_some(s)
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_batch_query_runs_as_the_key_s_role_and_reports_done() {
+    let app = app().await;
+    let job = create(
+        &app,
+        "insert into notes (note, geom) select name, geom from places where pop_max > 10000000",
+    )
+    .await;
+    assert_eq!(job["status"], "pending");
+    assert_eq!(job["user"], "alice");
+    let id = job["job_id"].as_str().unwrap();
+    let done = until_status(&app, id, "done").await;
+    assert_eq!(done["result"]["total_rows"], 17);
+    assert!(done["created_at"].as_str().unwrap().ends_with('Z'));
+    assert!(done["updated_at"].as_str().unwrap() >= done["created_at"].as_str().unwrap());
+    let (n,): (i64,) = sqlx::query_as("select count(*) from notes")
+        .fetch_one(app.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(n, 17);
+
+    let failed = create(&app, "delete from secrets").await;
+    let failed = until_status(&app, failed["job_id"].as_str().unwrap(), "failed").await;
+    assert_eq!(
+        failed["failed_reason"],
+        "permission denied for table secrets"
+    );
+}
+
+#[tokio::test]
+async fn a_running_batch_query_is_cancelled_and_stops_on_the_server() {
+    let app = app().await;
+    let long = "select count(*) from generate_series(1, 100000000000)";
+    let job = create(&app, long).await;
+    let id = job["job_id"].as_str().unwrap();
+    until_status(&app, id, "running").await;
+    // The key may write: its statement runs as it is, not through a cursor.
+    let running = format!(
+        "select count(*) from pg_stat_activity where query = '{long}' and state = 'active'"
+    );
+    until(
+        "the query active on the server",
+        Duration::from_secs(10),
+        async || {
+            let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(running.clone()))
+                .fetch_one(app.db.pool())
+                .await
+                .unwrap();
+            (n == 1).then_some(())
+        },
+    )
+    .await;
+    let r = app
+        .request(
+            "DELETE",
+            &format!("/api/v2/sql/job/{id}?api_key={}", app.regular),
+            &[],
+            b"",
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["status"], "cancelled");
+    until_status(&app, id, "cancelled").await;
+    until(
+        "the query gone from the server",
+        Duration::from_secs(5),
+        async || {
+            let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(running.clone()))
+                .fetch_one(app.db.pool())
+                .await
+                .unwrap();
+            (n == 0).then_some(())
+        },
+    )
+    .await;
+    // A finished job cannot be cancelled again.
+    let r = app
+        .request(
+            "DELETE",
+            &format!("/api/v2/sql/job/{id}?api_key={}", app.regular),
+            &[],
+            b"",
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.json()),
+        (
+            400,
+            serde_json::json!({"error": ["Cannot set status from cancelled to cancelled"]})
+        )
+    );
+}
+
+#[tokio::test]
+async fn batch_queries_need_a_key_and_stay_with_their_user() {
+    let app = app().await;
+    let r = app
+        .post_form("/api/v2/sql/job", &[("query", "select 1")])
+        .await;
+    assert_eq!(
+        (r.status, r.json()),
+        (
+            401,
+            serde_json::json!({"error": ["batch queries need an api key"]})
+        )
+    );
+    let r = app
+        .post_form(&format!("/api/v2/sql/job?api_key={}", app.regular), &[])
+        .await;
+    assert_eq!(r.status, 400);
+    let job = create(&app, "select 1").await;
+    let id = job["job_id"].as_str().unwrap();
+    // bob may not see alice's job, nor may anyone see a job that does not exist.
+    let r = app
+        .get(&format!(
+            "/user/bob/api/v2/sql/job/{id}?api_key={}",
+            app.bob
+        ))
+        .await;
+    assert_eq!(
+        (r.status, r.json()),
+        (404, serde_json::json!({"error": ["no such batch query"]}))
+    );
+    let r = app
+        .get(&format!(
+            "/api/v2/sql/job/nothing-here?api_key={}",
+            app.regular
+        ))
+        .await;
+    assert_eq!(r.status, 404);
+    until_status(&app, id, "done").await;
+}
