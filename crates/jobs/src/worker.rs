@@ -395,8 +395,10 @@ async fn run_job(inner: &Inner, job: &Taken, hard_stop: &mut watch::Receiver<boo
     let timeout = tokio::time::sleep(job.timeout.unwrap_or(Duration::from_secs(u64::MAX / 4)));
     tokio::pin!(timeout);
     let lease = inner.config.lease;
-    let mut renew = tokio::time::interval(lease / 3);
-    renew.tick().await;
+    // The first renewal a third of the lease from now. (An interval's immediate first tick
+    // would wait for the timer driver's next turn, up to a millisecond, on every job.)
+    let period = lease / 3;
+    let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     loop {
         tokio::select! {
             done = &mut task.0 => {
