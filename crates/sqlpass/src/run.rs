@@ -142,11 +142,15 @@ async fn prepare(conn: &mut Conn, sql: &str, options: &Options) -> Result<Prepar
                 to_regtype('geometry')::oid::int8, to_regtype('geography')::oid::int8,
                 set_config('statement_timeout', $1, true),
                 set_config('lock_timeout', $2, true),
-                set_config('idle_in_transaction_session_timeout', $3, true)",
+                set_config('idle_in_transaction_session_timeout', $3, true),
+                set_config('jit', $4, true)",
         )
         .bind(ms(options.statement_timeout))
         .bind(ms(options.lock_timeout))
         .bind(ms(options.idle_timeout))
+        // JIT compilation is off unless asked for: it costs tens of milliseconds per large
+        // plan, and a statement being compiled cannot be cancelled.
+        .bind(if options.jit { "on" } else { "off" })
         .fetch_one(&mut **conn)
         .await
         .map_err(err)?;
@@ -355,14 +359,16 @@ impl Producer {
                     send_outcome(&mut self.end, self.started, state.rows, Some(error));
                 }
             }
+            // The statement was cut mid-flight: its connection waits for a Sync that never
+            // comes, so it is closed at once (the backend then ends), not reused.
             Stop::Dropped => {
                 cancel(&self.pool, self.prepared.pid).await;
-                self.conn.close_on_drop();
+                let _ = self.conn.detach().close_hard().await;
             }
             Stop::Stalled => {
                 cancel(&self.pool, self.prepared.pid).await;
-                self.conn.close_on_drop();
                 self.fail(deadline_error());
+                let _ = self.conn.detach().close_hard().await;
             }
         }
     }
@@ -606,6 +612,15 @@ async fn end(mut conn: Conn, access: Access, success: bool) -> bool {
 /// Cancels whatever backend `pid` runs, from a connection of its own (the same role may cancel
 /// its own backends).
 async fn cancel(pool: &PgPool, pid: i32) {
+    let cancel = sqlx::query("select pg_cancel_backend($1)").bind(pid);
+    // An idle connection of the pool, when there is one, saves connecting.
+    if let Some(mut idle) = pool.try_acquire() {
+        let sent = tokio::time::timeout(Duration::from_secs(2), cancel.execute(&mut *idle)).await;
+        if matches!(sent, Ok(Ok(_))) {
+            return;
+        }
+        idle.close_on_drop();
+    }
     let options = pool.connect_options();
     let work = async {
         let mut conn = sqlx::PgConnection::connect_with(&options).await?;

@@ -399,3 +399,23 @@ async fn the_outcome_tells_rows_and_the_error_written_into_the_document() {
     .await;
     assert_eq!((updated.rows, updated.error), (2, None));
 }
+
+#[tokio::test]
+async fn jit_is_off_unless_asked_for() {
+    let env = env().await;
+    let q = "select current_setting('jit') as jit";
+    let off = text(
+        &env.pool,
+        q,
+        Options::default().format(sqlpass::Format::Csv),
+    )
+    .await;
+    assert_eq!(off, "jit\r\noff\r\n");
+    let on = text(
+        &env.pool,
+        q,
+        Options::default().format(sqlpass::Format::Csv).jit(true),
+    )
+    .await;
+    assert_eq!(on, "jit\r\non\r\n");
+}
