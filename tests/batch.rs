@@ -46,7 +46,11 @@ async fn a_batch_query_runs_as_the_key_s_role_and_reports_done() {
         "insert into notes (note, geom) select name, geom from places where pop_max > 10000000",
     )
     .await;
-    assert_eq!(job["status"], "pending");
+    // Queued, or already taken by the worker.
+    assert!(
+        job["status"] == "pending" || job["status"] == "running",
+        "{job}"
+    );
     assert_eq!(job["user"], "alice");
     let id = job["job_id"].as_str().unwrap();
     let done = until_status(&app, id, "done").await;

@@ -1,12 +1,22 @@
 #![doc = include_str!("../README.md")]
 
+mod config;
 mod error;
+mod handler;
 mod job;
 mod queue;
+mod registry;
+mod repeat;
+mod schedule;
 mod scripts;
 mod worker;
 
+pub use config::WorkerConfig;
 pub use error::{Error, Result};
+pub use handler::{Handler, JobContext, JobError};
 pub use job::{Backoff, Job, JobId, JobOptions, QueueName};
-pub use queue::{JobState, JobStatus, Queue, QueueCounts};
-pub use worker::{Handler, JobContext, JobError, Worker, WorkerConfig};
+pub use queue::{JobState, JobStatus, Queue, QueueCounts, QueueEvent};
+pub use registry::WorkerInfo;
+pub use repeat::Repeatable;
+pub use schedule::{Cron, Schedule};
+pub use worker::Worker;

@@ -63,6 +63,25 @@ pub struct JobStatus {
     pub started: Option<SystemTime>,
     /// When it completed, died or was cancelled.
     pub finished: Option<SystemTime>,
+    /// The last progress its handler reported ([`crate::JobContext::progress`]).
+    pub progress: Option<serde_json::Value>,
+    /// Its tenant, if it was given one.
+    pub tenant: Option<String>,
+}
+
+/// One entry of a queue's event stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct QueueEvent {
+    /// The stream entry's id (`<ms>-<seq>`), for [`Queue::events`]' `after`.
+    pub id: String,
+    /// `added`, `active`, `progress`, `completed`, `retrying`, `dead`, `stalled`, `released`,
+    /// `cancelled`, `redriven` or `worker-lost`.
+    pub kind: String,
+    /// The job's id (the worker's, for `worker-lost`).
+    pub job: String,
+    /// The error, the progress, the worker, or empty.
+    pub detail: String,
 }
 
 /// How many jobs a queue holds in each state.
@@ -195,32 +214,16 @@ where
     ) -> Result<Vec<String>> {
         let now = now_ms();
         let run_at = now + u64::try_from(options.delay.as_millis()).unwrap_or(u64::MAX);
-        let backoff =
-            serde_json::to_string(&BackoffRecord::from(options.backoff)).map_err(Error::Payload)?;
-        let payload = serde_json::to_string(job).map_err(Error::Payload)?;
-        let timeout = options
-            .timeout
-            .map_or(0, |t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
-        Ok(vec![
+        let mut args = vec![
             self.prefix.clone(),
             id.as_str().to_owned(),
             now.to_string(),
             run_at.to_string(),
             options.priority.to_string(),
             unique.unwrap_or_default().to_owned(),
-            "name".into(),
-            J::NAME.into(),
-            "payload".into(),
-            payload,
-            "max_attempts".into(),
-            options.attempts.to_string(),
-            "backoff".into(),
-            backoff,
-            "timeout_ms".into(),
-            timeout.to_string(),
-            "tenant".into(),
-            options.tenant.clone().unwrap_or_default(),
-        ])
+        ];
+        args.extend(job_fields(job, options)?);
+        Ok(args)
     }
 
     /// The job `id`, if the queue still holds it.
@@ -261,11 +264,15 @@ where
             created: time("created"),
             started: time("started"),
             finished: time("finished"),
+            progress: fields
+                .get("progress")
+                .and_then(|p| serde_json::from_str(p).ok()),
+            tenant: fields.get("tenant").filter(|t| !t.is_empty()).cloned(),
         }))
     }
 
     /// Cancels the job `id`: a waiting or delayed job at once; a running one is stopped by its
-    /// worker at the next renewal of its lock (within a third of the worker's lease), its
+    /// worker at the next renewal of its lock (within a second, or a third of a shorter lease), its
     /// handler dropped where it waits. A cancelled job is kept for 24 hours, then removed.
     /// Returns the job's state after the call ([`JobState::Cancelled`], [`JobState::Active`]
     /// while it is being stopped, or the state it finished in), or `None` when the queue
@@ -311,21 +318,90 @@ where
         })
     }
 
-    /// Takes back the jobs whose lock expired (their worker died or hangs): to the wait queue,
-    /// or to the dead letter after more than `max_stalls` stalls. Workers run it every second;
-    /// returns how many were taken back.
+    /// Takes back the jobs of workers without a heartbeat for `worker_ttl` (they died), and
+    /// jobs whose lock expired (their worker hangs): to the wait queue, or to the dead letter
+    /// after more than `max_stalls` stalls. Workers run it every second; returns how many were
+    /// taken back.
     ///
     /// # Errors
     ///
     /// [`Error::Unavailable`].
-    pub async fn sweep(&self, max_stalls: u32) -> Result<u64> {
+    pub async fn sweep(&self, max_stalls: u32, worker_ttl: Duration) -> Result<u64> {
         Ok(SWEEP
             .key(self.route_key())
             .arg(&self.prefix)
             .arg(now_ms())
             .arg(max_stalls)
+            .arg(u64::try_from(worker_ttl.as_millis()).unwrap_or(u64::MAX))
             .invoke_async(&mut self.conn.clone())
             .await?)
+    }
+
+    /// Limits the queue to `max` jobs started per `per` (a fixed window, shared by every
+    /// worker), or lifts the limit with `None`. Workers that meet the limit wait for the
+    /// window to end. Default: no limit.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Invalid`] for a zero maximum or window; [`Error::Unavailable`].
+    pub async fn rate_limit(&self, limit: Option<(u32, Duration)>) -> Result<()> {
+        let meta = format!("{}meta", self.prefix);
+        let mut conn = self.conn.clone();
+        match limit {
+            None => {
+                let _: i64 = redis::cmd("HDEL")
+                    .arg(&meta)
+                    .arg("rate_max")
+                    .arg("rate_ms")
+                    .query_async(&mut conn)
+                    .await?;
+            }
+            Some((max, per)) => {
+                let ms = u64::try_from(per.as_millis()).unwrap_or(u64::MAX);
+                if max == 0 || ms == 0 {
+                    return Err(Error::invalid(
+                        "rate limit",
+                        "at least one job per window of at least 1 ms",
+                    ));
+                }
+                let _: i64 = redis::cmd("HSET")
+                    .arg(&meta)
+                    .arg("rate_max")
+                    .arg(max)
+                    .arg("rate_ms")
+                    .arg(ms)
+                    .query_async(&mut conn)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Up to `count` of the queue's latest events (the stream keeps about the last 10 000),
+    /// oldest first, after the event id `after` (all kept ones when `None`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unavailable`].
+    pub async fn events(&self, after: Option<&str>, count: usize) -> Result<Vec<QueueEvent>> {
+        let start = after.map_or_else(|| "-".to_owned(), |id| format!("({id}"));
+        let entries: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
+            .arg(format!("{}events", self.prefix))
+            .arg(start)
+            .arg("+")
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(entries
+            .into_iter()
+            .map(|(id, mut f)| QueueEvent {
+                id,
+                kind: f.remove("event").unwrap_or_default(),
+                job: f.remove("id").unwrap_or_default(),
+                detail: f.remove("detail").unwrap_or_default(),
+            })
+            .collect())
     }
 
     /// Moves up to `max` jobs from the dead letter back to the wait queue with fresh attempts.
@@ -345,6 +421,30 @@ where
     pub(crate) fn conn(&self) -> C {
         self.conn.clone()
     }
+}
+
+/// The field, value pairs of a job's hash that come from the job and its options.
+pub(crate) fn job_fields<J: Job>(job: &J, options: &JobOptions) -> Result<Vec<String>> {
+    let backoff =
+        serde_json::to_string(&BackoffRecord::from(options.backoff)).map_err(Error::Payload)?;
+    let payload = serde_json::to_string(job).map_err(Error::Payload)?;
+    let timeout = options
+        .timeout
+        .map_or(0, |t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
+    Ok(vec![
+        "name".into(),
+        J::NAME.into(),
+        "payload".into(),
+        payload,
+        "max_attempts".into(),
+        options.attempts.to_string(),
+        "backoff".into(),
+        backoff,
+        "timeout_ms".into(),
+        timeout.to_string(),
+        "tenant".into(),
+        options.tenant.clone().unwrap_or_default(),
+    ])
 }
 
 /// The backoff as stored with the job.

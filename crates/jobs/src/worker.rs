@@ -1,178 +1,26 @@
-//! Workers: take jobs one at a time per slot, run their handlers, and report the outcome.
+//! Workers: take jobs one at a time per slot from one or more queues, run their handlers, and
+//! report the outcome; register a heartbeat; sweep for the jobs of dead workers.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::marker::PhantomData;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 use tokio::sync::{Notify, watch};
 
+use crate::handler::{Erased, Typed};
 use crate::queue::{BackoffRecord, now_ms};
+use crate::registry::host_name;
 use crate::scripts::{EXTEND, FETCH, FINISH};
-use crate::{Backoff, Job, JobId, Queue, Result};
+use crate::{Backoff, Handler, Job, JobContext, JobId, Queue, Result, WorkerConfig};
 
-/// What a handler knows of the job it runs.
-#[derive(Clone, Debug)]
-#[non_exhaustive]
-pub struct JobContext {
-    /// The job's id.
-    pub id: JobId,
-    /// This attempt's number, 1 for the first.
-    pub attempt: u32,
-}
-
-/// A handler's failure: retried (with the job's backoff, while attempts remain) unless fatal.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct JobError {
-    message: String,
-    retry: bool,
-}
-
-impl JobError {
-    /// A failure worth another attempt.
-    pub fn retry(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-            retry: true,
-        }
-    }
-
-    /// A failure no attempt will fix: the job goes to the dead letter now.
-    pub fn fatal(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-            retry: false,
-        }
-    }
-}
-
-/// Runs jobs of one kind.
-///
-/// ```
-/// # #[derive(serde::Serialize, serde::Deserialize)] struct Import { url: String }
-/// # impl geostack_jobs::Job for Import { const NAME: &'static str = "import"; }
-/// use geostack_jobs::{Handler, JobContext, JobError};
-///
-/// struct Importer;
-///
-/// #[async_trait::async_trait]
-/// impl Handler<Import> for Importer {
-///     async fn handle(&self, job: Import, _ctx: JobContext) -> Result<serde_json::Value, JobError> {
-///         Ok(serde_json::json!({ "imported": job.url }))
-///     }
-/// }
-/// ```
-#[async_trait]
-pub trait Handler<J: Job>: Send + Sync + 'static {
-    /// Runs one attempt; its value is kept as the job's result.
-    async fn handle(&self, job: J, ctx: JobContext) -> Result<serde_json::Value, JobError>;
-}
-
-type Run = Pin<Box<dyn Future<Output = Result<serde_json::Value, JobError>> + Send>>;
-
-/// A spawned task that ends when its owner does: dropping the guard aborts it, so a worker's
-/// slots, background tasks and running handlers never outlive the worker's own future.
-struct Owned<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for Owned<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-trait Erased: Send + Sync {
-    fn start(&self, payload: &str, ctx: JobContext) -> Result<Run, String>;
-}
-
-struct Typed<J, H> {
-    handler: Arc<H>,
-    _job: PhantomData<fn() -> J>,
-}
-
-impl<J: Job, H: Handler<J>> Erased for Typed<J, H> {
-    fn start(&self, payload: &str, ctx: JobContext) -> Result<Run, String> {
-        let job: J = serde_json::from_str(payload).map_err(|e| e.to_string())?;
-        let handler = Arc::clone(&self.handler);
-        Ok(Box::pin(async move { handler.handle(job, ctx).await }))
-    }
-}
-
-/// How a worker behaves. Every setter's doc gives its default.
-#[derive(Clone, Debug)]
-pub struct WorkerConfig {
-    concurrency: usize,
-    lease: Duration,
-    max_stalls: u32,
-    result_ttl: Duration,
-    keep_completed: u64,
-    shutdown_deadline: Duration,
-}
-
-impl Default for WorkerConfig {
-    fn default() -> Self {
-        Self {
-            concurrency: 1,
-            lease: Duration::from_secs(3),
-            max_stalls: 3,
-            result_ttl: Duration::from_secs(24 * 3600),
-            keep_completed: 1000,
-            shutdown_deadline: Duration::from_secs(10),
-        }
-    }
-}
-
-impl WorkerConfig {
-    /// Jobs run at once. Default 1.
-    pub fn concurrency(mut self, n: usize) -> Self {
-        self.concurrency = n.max(1);
-        self
-    }
-
-    /// How long a job's lock lasts without renewal; the worker renews it every third of that
-    /// while the job runs, so a job whose worker died is taken back by the sweep (run every
-    /// second) at most about this long after the death, and a running job that was cancelled
-    /// stops within a third of it. Default 3 s.
-    pub fn lease(mut self, lease: Duration) -> Self {
-        self.lease = lease.max(Duration::from_millis(100));
-        self
-    }
-
-    /// A job taken back from dead workers more than this many times goes to the dead letter.
-    /// Default 3.
-    pub fn max_stalls(mut self, n: u32) -> Self {
-        self.max_stalls = n;
-        self
-    }
-
-    /// How long a completed or cancelled job is kept. Default 24 hours.
-    pub fn result_ttl(mut self, ttl: Duration) -> Self {
-        self.result_ttl = ttl;
-        self
-    }
-
-    /// How many completed jobs are kept at most. Default 1000.
-    pub fn keep_completed(mut self, n: u64) -> Self {
-        self.keep_completed = n;
-        self
-    }
-
-    /// On shutdown, how long running jobs may take to finish; those still running then are
-    /// given back to the queue. Default 10 s.
-    pub fn shutdown_deadline(mut self, deadline: Duration) -> Self {
-        self.shutdown_deadline = deadline;
-        self
-    }
-}
-
-/// Runs the jobs of a queue.
+/// Runs the jobs of one or more queues.
 ///
 /// ```no_run
-/// # async fn demo(queue: geostack_jobs::Queue, client: redis::Client) -> geostack_jobs::Result<()> {
+/// # async fn demo(queue: geostack_jobs::Queue, urgent: geostack_jobs::Queue, client: redis::Client) -> geostack_jobs::Result<()> {
 /// # #[derive(serde::Serialize, serde::Deserialize)] struct Import { url: String }
 /// # impl geostack_jobs::Job for Import { const NAME: &'static str = "import"; }
 /// # struct Importer;
@@ -182,7 +30,8 @@ impl WorkerConfig {
 /// # }
 /// use geostack_jobs::{Worker, WorkerConfig};
 ///
-/// let worker = Worker::new(queue, client, WorkerConfig::default().concurrency(8))
+/// let worker = Worker::new(urgent, client, WorkerConfig::default().concurrency(8))
+///     .queue(queue) // taken from when `urgent` has nothing
 ///     .handle::<Import, _>(Importer);
 /// let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
 /// // … later, from a signal handler: stop.send(())
@@ -190,14 +39,14 @@ impl WorkerConfig {
 /// # Ok(()) }
 /// ```
 pub struct Worker {
-    queue: Queue<ConnectionManager>,
+    queues: Vec<Queue<ConnectionManager>>,
     client: redis::Client,
     config: WorkerConfig,
     handlers: HashMap<&'static str, Arc<dyn Erased>>,
 }
 
 struct Inner {
-    queue: Queue<ConnectionManager>,
+    queues: Vec<Queue<ConnectionManager>>,
     config: WorkerConfig,
     handlers: HashMap<&'static str, Arc<dyn Erased>>,
     id: String,
@@ -207,6 +56,7 @@ struct Inner {
 
 /// A job taken by a slot.
 struct Taken {
+    queue: usize,
     id: JobId,
     name: String,
     payload: String,
@@ -219,6 +69,26 @@ struct Taken {
 
 type TakenTuple = (String, String, String, u32, u32, u64, String);
 
+/// What the take step of a script answered.
+enum Take {
+    Job(TakenTuple),
+    /// The queue's rate limit: wait this many milliseconds.
+    Limited(u64),
+    Empty,
+}
+
+impl redis::FromRedisValue for Take {
+    fn from_redis_value(v: redis::Value) -> std::result::Result<Self, redis::ParsingError> {
+        match v {
+            redis::Value::Nil => Ok(Self::Empty),
+            redis::Value::Array(mut items) if items.len() == 1 => {
+                Ok(Self::Limited(redis::from_redis_value(items.remove(0))?))
+            }
+            other => Ok(Self::Job(redis::from_redis_value(other)?)),
+        }
+    }
+}
+
 enum Outcome {
     Done(serde_json::Value),
     Failed { message: String, retry: bool },
@@ -227,19 +97,36 @@ enum Outcome {
     Lost,
 }
 
+/// A spawned task that ends when its owner does: dropping the guard aborts it, so a worker's
+/// slots, background tasks and running handlers never outlive the worker's own future.
+struct Owned<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for Owned<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 impl Worker {
-    /// A worker for `queue`; `client` opens its dedicated blocking connection.
+    /// A worker for `queue`; `client` opens its dedicated blocking connections.
     pub fn new(
         queue: Queue<ConnectionManager>,
         client: redis::Client,
         config: WorkerConfig,
     ) -> Self {
         Self {
-            queue,
+            queues: vec![queue],
             client,
             config,
             handlers: HashMap::new(),
         }
+    }
+
+    /// Also takes jobs from `queue`, after the queues given before it: a slot looks at them in
+    /// order and takes from the first that has a job.
+    pub fn queue(mut self, queue: Queue<ConnectionManager>) -> Self {
+        self.queues.push(queue);
+        self
     }
 
     /// Runs jobs of kind `J` with `handler`.
@@ -253,20 +140,15 @@ impl Worker {
     }
 
     /// Runs until `shutdown` resolves, then stops taking jobs, lets running ones finish until
-    /// the shutdown deadline and gives the rest back to the queue.
+    /// the shutdown deadline, gives the rest back to their queues and leaves the registry.
     ///
     /// # Errors
     ///
-    /// [`crate::Error::Unavailable`] when the blocking connection cannot be opened; failures
-    /// after that are retried.
+    /// [`crate::Error::Unavailable`] when Redis cannot be reached at the start; failures after
+    /// that are retried.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
-        let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
-        let mut blocking = self
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?;
         let inner = Arc::new(Inner {
-            queue: self.queue,
+            queues: self.queues,
             config: self.config,
             handlers: self.handlers,
             id: format!(
@@ -277,40 +159,61 @@ impl Worker {
             wake: Notify::new(),
             stopping: AtomicBool::new(false),
         });
+        let host = host_name();
+        let names: Vec<&str> = inner.queues.iter().map(|q| q.name().as_str()).collect();
+        let names = names.join(",");
+        let started = now_ms();
+        // Registered before the first job is taken, so the sweep never takes a live worker
+        // for a dead one.
+        for q in &inner.queues {
+            q.beat(&inner.id, inner.config.worker_ttl(), &host, &names, started)
+                .await?;
+        }
         let (hard_stop, stop_rx) = watch::channel(false);
 
-        // Idle slots wait on `wake`; this task turns enqueue signals into wake-ups.
-        let signal_key = format!("{}signal", inner.queue.key_prefix());
-        let _waker = {
+        let _heart = {
             let inner = Arc::clone(&inner);
             Owned(tokio::spawn(async move {
-                while !inner.stopping.load(Ordering::Acquire) {
-                    let popped: redis::RedisResult<Option<(String, String)>> = redis::cmd("BLPOP")
-                        .arg(&signal_key)
-                        .arg(1)
-                        .query_async(&mut blocking)
-                        .await;
-                    match popped {
-                        Ok(_) => inner.wake.notify_waiters(),
-                        Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                let mut tick = tokio::time::interval(inner.config.heartbeat);
+                loop {
+                    tick.tick().await;
+                    for q in &inner.queues {
+                        let _ = q
+                            .beat(&inner.id, inner.config.worker_ttl(), &host, &names, started)
+                            .await;
                     }
                 }
             }))
         };
+        // Idle slots wait on `wake`; these tasks turn enqueue signals into wake-ups.
+        let _wakers: Vec<Owned<()>> = inner
+            .queues
+            .iter()
+            .map(|q| {
+                let inner = Arc::clone(&inner);
+                let signal = format!("{}signal", q.key_prefix());
+                Owned(tokio::spawn(wake_on_signal(
+                    inner,
+                    self.client.clone(),
+                    signal,
+                )))
+            })
+            .collect();
         let _sweeper = {
             let inner = Arc::clone(&inner);
             Owned(tokio::spawn(async move {
                 let mut tick = tokio::time::interval(Duration::from_secs(1));
                 while !inner.stopping.load(Ordering::Acquire) {
                     tick.tick().await;
-                    if inner
-                        .queue
-                        .sweep(inner.config.max_stalls)
-                        .await
-                        .unwrap_or(0)
-                        > 0
-                    {
-                        inner.wake.notify_waiters();
+                    for q in &inner.queues {
+                        let taken = q
+                            .sweep(inner.config.max_stalls, inner.config.worker_ttl())
+                            .await
+                            .unwrap_or(0);
+                        let fired = q.fire_due().await.unwrap_or(0);
+                        if taken > 0 || fired > 0 {
+                            inner.wake.notify_waiters();
+                        }
                     }
                 }
             }))
@@ -331,12 +234,51 @@ impl Worker {
             let _ = hard_stop.send(true);
             let _ = all.await;
         }
+        for q in &inner.queues {
+            let _ = q.unregister(&inner.id).await;
+        }
         Ok(())
+    }
+}
+
+/// Blocks on the queue's signal list on a connection of its own (no response timeout), and
+/// wakes idle slots at each push; reconnects when the connection fails.
+async fn wake_on_signal(inner: Arc<Inner>, client: redis::Client, signal: String) {
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
+    let mut conn = None;
+    while !inner.stopping.load(Ordering::Acquire) {
+        let blocking = match &mut conn {
+            Some(c) => c,
+            None => match client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await
+            {
+                Ok(c) => conn.insert(c),
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            },
+        };
+        let popped: redis::RedisResult<Option<(String, String)>> = redis::cmd("BLPOP")
+            .arg(&signal)
+            .arg(1)
+            .query_async(blocking)
+            .await;
+        match popped {
+            Ok(_) => inner.wake.notify_waiters(),
+            Err(_) => {
+                conn = None;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
     }
 }
 
 async fn slot(inner: Arc<Inner>, mut hard_stop: watch::Receiver<bool>) {
     let mut next: Option<Taken> = None;
+    // Per queue: no job is to be taken before this time (its rate limit).
+    let mut limited_until = vec![0u64; inner.queues.len()];
     loop {
         let job = match next.take() {
             Some(job) => job,
@@ -344,11 +286,20 @@ async fn slot(inner: Arc<Inner>, mut hard_stop: watch::Receiver<bool>) {
                 if inner.stopping.load(Ordering::Acquire) {
                     return;
                 }
-                match fetch(&inner).await {
+                match fetch_any(&inner, &mut limited_until).await {
                     Ok(Some(job)) => job,
                     Ok(None) => {
-                        let _ = tokio::time::timeout(Duration::from_secs(1), inner.wake.notified())
-                            .await;
+                        let now = now_ms();
+                        let soonest = limited_until
+                            .iter()
+                            .filter(|t| **t > now)
+                            .min()
+                            .map_or(1000, |t| t - now);
+                        let _ = tokio::time::timeout(
+                            Duration::from_millis(soonest.min(1000)),
+                            inner.wake.notified(),
+                        )
+                        .await;
                         continue;
                     }
                     Err(_) => {
@@ -361,7 +312,12 @@ async fn slot(inner: Arc<Inner>, mut hard_stop: watch::Receiver<bool>) {
         let outcome = run_job(&inner, &job, &mut hard_stop).await;
         let fetch_next = !inner.stopping.load(Ordering::Acquire);
         next = match finish(&inner, &job, outcome, fetch_next).await {
-            Ok(next) => next,
+            Ok((next, limited)) => {
+                if let Some(ms) = limited {
+                    limited_until[job.queue] = now_ms() + ms;
+                }
+                next
+            }
             // Redis is away: the job's lock will expire and the sweep will take it back.
             Err(_) => {
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -371,6 +327,21 @@ async fn slot(inner: Arc<Inner>, mut hard_stop: watch::Receiver<bool>) {
     }
 }
 
+/// The first job of the first queue that has one and is not rate limited.
+async fn fetch_any(inner: &Inner, limited_until: &mut [u64]) -> Result<Option<Taken>> {
+    for (i, until) in limited_until.iter_mut().enumerate() {
+        if *until > now_ms() {
+            continue;
+        }
+        match fetch(inner, i).await? {
+            (Some(job), _) => return Ok(Some(job)),
+            (None, Some(ms)) => *until = now_ms() + ms,
+            (None, None) => {}
+        }
+    }
+    Ok(None)
+}
+
 async fn run_job(inner: &Inner, job: &Taken, hard_stop: &mut watch::Receiver<bool>) -> Outcome {
     let Some(handler) = inner.handlers.get(job.name.as_str()) else {
         return Outcome::Failed {
@@ -378,10 +349,13 @@ async fn run_job(inner: &Inner, job: &Taken, hard_stop: &mut watch::Receiver<boo
             retry: false,
         };
     };
-    let ctx = JobContext {
-        id: job.id.clone(),
-        attempt: job.attempt,
-    };
+    let queue = &inner.queues[job.queue];
+    let ctx = JobContext::new(
+        job.id.clone(),
+        job.attempt,
+        queue.clone(),
+        job.token.clone(),
+    );
     let run = match handler.start(&job.payload, ctx) {
         Ok(run) => run,
         Err(e) => {
@@ -395,9 +369,10 @@ async fn run_job(inner: &Inner, job: &Taken, hard_stop: &mut watch::Receiver<boo
     let timeout = tokio::time::sleep(job.timeout.unwrap_or(Duration::from_secs(u64::MAX / 4)));
     tokio::pin!(timeout);
     let lease = inner.config.lease;
-    // The first renewal a third of the lease from now. (An interval's immediate first tick
+    // Renewal, which also tells of a cancellation, every third of the lease or every second,
+    // whichever is sooner; the first one period from now. (An interval's immediate first tick
     // would wait for the timer driver's next turn, up to a millisecond, on every job.)
-    let period = lease / 3;
+    let period = (lease / 3).min(Duration::from_secs(1));
     let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     loop {
         tokio::select! {
@@ -416,12 +391,12 @@ async fn run_job(inner: &Inner, job: &Taken, hard_stop: &mut watch::Receiver<boo
             _ = renew.tick() => {
                 let deadline = now_ms() + u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
                 let kept: redis::RedisResult<i64> = EXTEND
-                    .key(inner.queue.route_key())
-                    .arg(inner.queue.key_prefix())
+                    .key(queue.route_key())
+                    .arg(queue.key_prefix())
                     .arg(job.id.as_str())
                     .arg(&job.token)
                     .arg(deadline)
-                    .invoke_async(&mut inner.queue.conn())
+                    .invoke_async(&mut queue.conn())
                     .await;
                 match kept {
                     Ok(0) => return Outcome::Lost,
@@ -453,45 +428,54 @@ fn panic_message(join: tokio::task::JoinError) -> String {
     }
 }
 
-async fn fetch(inner: &Inner) -> Result<Option<Taken>> {
+/// Takes a job from queue `queue`; also says how long its rate limit asks to wait.
+async fn fetch(inner: &Inner, queue: usize) -> Result<(Option<Taken>, Option<u64>)> {
+    let q = &inner.queues[queue];
     let token = JobId::generate()?.as_str().to_owned();
-    let taken: Option<TakenTuple> = FETCH
-        .key(inner.queue.route_key())
-        .arg(inner.queue.key_prefix())
+    let taken: Take = FETCH
+        .key(q.route_key())
+        .arg(q.key_prefix())
         .arg(now_ms())
         .arg(&token)
         .arg(&inner.id)
         .arg(u64::try_from(inner.config.lease.as_millis()).unwrap_or(u64::MAX))
-        .invoke_async(&mut inner.queue.conn())
+        .invoke_async(&mut q.conn())
         .await?;
-    taken.map(|t| taken_from(t, token)).transpose()
+    taken_from(taken, queue, token)
 }
 
-fn taken_from(
-    (id, name, payload, attempt, max_attempts, timeout_ms, backoff): TakenTuple,
-    token: String,
-) -> Result<Taken> {
+fn taken_from(take: Take, queue: usize, token: String) -> Result<(Option<Taken>, Option<u64>)> {
+    let (id, name, payload, attempt, max_attempts, timeout_ms, backoff) = match take {
+        Take::Job(t) => t,
+        Take::Limited(ms) => return Ok((None, Some(ms))),
+        Take::Empty => return Ok((None, None)),
+    };
     let backoff = serde_json::from_str::<BackoffRecord>(&backoff)
         .map(|r| Backoff::from(&r))
         .unwrap_or(Backoff::Fixed(Duration::from_secs(1)));
-    Ok(Taken {
-        id: JobId::new(id)?,
-        name,
-        payload,
-        attempt,
-        max_attempts,
-        timeout: (timeout_ms > 0).then(|| Duration::from_millis(timeout_ms)),
-        backoff,
-        token,
-    })
+    Ok((
+        Some(Taken {
+            queue,
+            id: JobId::new(id)?,
+            name,
+            payload,
+            attempt,
+            max_attempts,
+            timeout: (timeout_ms > 0).then(|| Duration::from_millis(timeout_ms)),
+            backoff,
+            token,
+        }),
+        None,
+    ))
 }
 
+/// Reports the job's outcome and takes the next job of the same queue in the same script.
 async fn finish(
     inner: &Inner,
     job: &Taken,
     outcome: Outcome,
     fetch_next: bool,
-) -> Result<Option<Taken>> {
+) -> Result<(Option<Taken>, Option<u64>)> {
     let (kind, text, delay) = match outcome {
         Outcome::Done(value) => ("done", value.to_string(), Duration::ZERO),
         Outcome::Failed { message, retry } if retry && job.attempt < job.max_attempts => {
@@ -504,32 +488,41 @@ async fn finish(
         Outcome::Lost => {
             // Taken back by the sweep meanwhile: another worker has it; report nothing.
             return if fetch_next {
-                fetch(inner).await
+                fetch(inner, job.queue).await
             } else {
-                Ok(None)
+                Ok((None, None))
             };
         }
     };
     let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let config = &inner.config;
+    let q = &inner.queues[job.queue];
     let next_token = JobId::generate()?.as_str().to_owned();
-    let (_, next): (i64, Option<TakenTuple>) = FINISH
-        .key(inner.queue.route_key())
-        .arg(inner.queue.key_prefix())
+    let (_, next): (i64, Take) = FINISH
+        .key(q.route_key())
+        .arg(q.key_prefix())
         .arg(job.id.as_str())
         .arg(&job.token)
         .arg(now_ms())
         .arg(kind)
         .arg(text)
         .arg(ms(delay))
-        .arg(ms(inner.config.result_ttl))
-        .arg(inner.config.keep_completed)
+        .arg(ms(config.result_ttl))
+        .arg(config.keep_completed)
         .arg(if fetch_next { "1" } else { "0" })
         .arg(&next_token)
         .arg(&inner.id)
-        .arg(ms(inner.config.lease))
-        .invoke_async(&mut inner.queue.conn())
+        .arg(ms(config.lease))
+        .arg(config.keep_completed_for.map_or(0, ms))
+        .arg(
+            config
+                .keep_dead
+                .map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX)),
+        )
+        .arg(config.keep_dead_for.map_or(0, ms))
+        .invoke_async(&mut q.conn())
         .await?;
-    next.map(|t| taken_from(t, next_token)).transpose()
+    taken_from(next, job.queue, next_token)
 }
 
 /// A number in `0..1` from the operating system's random source (for backoff jitter).

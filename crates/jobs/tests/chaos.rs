@@ -25,7 +25,6 @@ use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 
 const JOBS: u32 = 300;
-const LEASE_MS: u64 = 1000;
 
 #[derive(Serialize, Deserialize)]
 struct Work {
@@ -94,10 +93,8 @@ async fn worker() {
         .await
         .unwrap();
     let queue = Queue::with_prefix(conn.clone(), QueueName::new("chaos").unwrap(), &prefix);
-    let config = WorkerConfig::default()
-        .concurrency(4)
-        .lease(Duration::from_millis(LEASE_MS))
-        .max_stalls(1000);
+    // The default lease (30 s) and heartbeat (1 s): a dead worker is found by its silence.
+    let config = WorkerConfig::default().concurrency(4).max_stalls(1000);
     let worker = Worker::new(queue, client, config).handle::<Work, _>(Counter { conn, prefix });
     worker.run(std::future::pending()).await.unwrap();
 }

@@ -5,7 +5,7 @@ local id, now = ARGV[2], tonumber(ARGV[3])
 local state = redis.call('HGET', jk(id), 'state')
 if not state then return false end
 if state == 'waiting' or state == 'delayed' then
-  redis.call('ZREM', P .. 'wait', id)
+  from_wait(id)
   redis.call('ZREM', P .. 'delayed', id)
   cancelled(id, now, ARGV[4])
   return 'cancelled'

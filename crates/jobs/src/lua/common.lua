@@ -1,39 +1,120 @@
--- Shared by every script (prepended by the crate): key names and the wait-queue score.
+-- Shared by every script (prepended by the crate): key names, the wait queues, events.
 -- ARGV[1] is always the queue's key prefix, ending in ':' and carrying the hash tag.
 local P = ARGV[1]
 local function jk(id) return P .. 'job:' .. id end
+local function wk(worker) return P .. 'worker:' .. worker end
 -- Higher priority first, then first in, first out: (255 - priority) * 2^40 + seq.
 local function wait_score(priority, seq) return (255 - tonumber(priority)) * 1099511627776 + tonumber(seq) end
 local function event(kind, id, extra)
   redis.call('XADD', P .. 'events', 'MAXLEN', '~', 10000, '*', 'event', kind, 'id', id, 'detail', extra or '')
 end
--- Moves due delayed jobs to the wait queue (at most 100 per call: no unbounded loop).
+
+-- Waiting jobs are in P..'wait' (all of them, for counts and look-ups) and in their tenant's
+-- own queue P..'wait:t:<tenant>' ('' for jobs without one). The tenants that have waiting jobs
+-- take turns: P..'tenants' is their ring, P..'tenants:set' its members.
+local function tk(tenant) return P .. 'wait:t:' .. tenant end
+local function to_wait(id)
+  local f = redis.call('HMGET', jk(id), 'priority', 'seq', 'tenant')
+  local score, tenant = wait_score(f[1], f[2]), f[3] or ''
+  redis.call('ZADD', P .. 'wait', score, id)
+  redis.call('ZADD', tk(tenant), score, id)
+  if redis.call('SADD', P .. 'tenants:set', tenant) == 1 then redis.call('LPUSH', P .. 'tenants', tenant) end
+  redis.call('HSET', jk(id), 'state', 'waiting')
+end
+local function from_wait(id)
+  local tenant = redis.call('HGET', jk(id), 'tenant') or ''
+  redis.call('ZREM', P .. 'wait', id)
+  redis.call('ZREM', tk(tenant), id)
+end
+local function drop_tenant(tenant)
+  redis.call('LREM', P .. 'tenants', 1, tenant)
+  redis.call('SREM', P .. 'tenants:set', tenant)
+end
+-- The next waiting job, the tenants served in turn (at most 32 turns: no unbounded loop).
+local function pop_fair()
+  local turns = math.min(redis.call('LLEN', P .. 'tenants'), 32)
+  for _ = 1, turns do
+    local tenant = redis.call('LMOVE', P .. 'tenants', P .. 'tenants', 'RIGHT', 'LEFT')
+    local popped = redis.call('ZPOPMIN', tk(tenant))
+    if #popped > 0 then
+      redis.call('ZREM', P .. 'wait', popped[1])
+      if redis.call('ZCARD', tk(tenant)) == 0 then drop_tenant(tenant) end
+      return popped[1]
+    end
+    drop_tenant(tenant)
+  end
+  -- Waiting jobs outside any tenant queue (none, unless written by an older version).
+  local popped = redis.call('ZPOPMIN', P .. 'wait')
+  if #popped > 0 then
+    local tenant = redis.call('HGET', jk(popped[1]), 'tenant') or ''
+    redis.call('ZREM', tk(tenant), popped[1])
+    return popped[1]
+  end
+  return false
+end
+
+-- Moves due delayed jobs to the wait queues (at most 100 per call).
 local function promote(now)
   local due = redis.call('ZRANGEBYSCORE', P .. 'delayed', '-inf', now, 'LIMIT', 0, 100)
   for _, id in ipairs(due) do
     redis.call('ZREM', P .. 'delayed', id)
-    local f = redis.call('HMGET', jk(id), 'priority', 'seq')
-    if f[1] then
-      redis.call('ZADD', P .. 'wait', wait_score(f[1], f[2]), id)
-      redis.call('HSET', jk(id), 'state', 'waiting')
-    end
+    if redis.call('EXISTS', jk(id)) == 1 then to_wait(id) end
   end
 end
--- Takes the next job for a worker:
--- {id, name, payload, attempts, max_attempts, timeout_ms, backoff}.
+
+-- The queue's rate limit (set by Queue::rate_limit): nil when a job may be taken now, else the
+-- milliseconds until the current window ends.
+local function rate_wait()
+  local limit = redis.call('HMGET', P .. 'meta', 'rate_max', 'rate_ms')
+  local max = tonumber(limit[1] or '0')
+  if max <= 0 then return nil end
+  local used = tonumber(redis.call('GET', P .. 'rate') or '0')
+  if used < max then return nil end
+  return math.max(redis.call('PTTL', P .. 'rate'), 1)
+end
+local function rate_count()
+  local window = tonumber(redis.call('HGET', P .. 'meta', 'rate_ms') or '0')
+  if window > 0 and redis.call('INCR', P .. 'rate') == 1 then redis.call('PEXPIRE', P .. 'rate', window) end
+end
+
+-- Takes the next job for a worker: {id, name, payload, attempts, max_attempts, timeout_ms,
+-- backoff}; {ms} when the rate limit says to wait that long; false when there is none.
 local function take(now, token, worker, lease_ms)
   promote(now)
-  local popped = redis.call('ZPOPMIN', P .. 'wait')
-  if #popped == 0 then return false end
-  local id = popped[1]
+  local wait = rate_wait()
+  if wait then return {wait} end
+  local id = pop_fair()
+  if not id then return false end
+  rate_count()
   local k = jk(id)
   redis.call('HSET', k, 'state', 'active', 'token', token, 'worker', worker, 'started', now)
   local attempts = redis.call('HINCRBY', k, 'attempts', 1)
   redis.call('ZADD', P .. 'active', now + lease_ms, id)
+  redis.call('SADD', wk(worker) .. ':jobs', id)
   event('active', id, worker)
   local f = redis.call('HMGET', k, 'name', 'payload', 'max_attempts', 'timeout_ms', 'backoff')
   return {id, f[1], f[2], attempts, f[3], f[4], f[5]}
 end
+
+-- An active job whose worker is gone or whose lock expired: back to waiting, or to the dead
+-- letter after more than max_stalls of these.
+local function stall(id, now, max_stalls, why)
+  local k = jk(id)
+  redis.call('ZREM', P .. 'active', id)
+  local worker = redis.call('HGET', k, 'worker')
+  if worker then redis.call('SREM', wk(worker) .. ':jobs', id) end
+  redis.call('HDEL', k, 'token')
+  if redis.call('HINCRBY', k, 'stalls', 1) > max_stalls then
+    redis.call('HSET', k, 'state', 'dead', 'error', 'stalled too often', 'finished', now)
+    redis.call('ZADD', P .. 'dead', now, id)
+    event('dead', id, 'stalled too often')
+  else
+    to_wait(id)
+    redis.call('LPUSH', P .. 'signal', 1)
+    event('stalled', id, why)
+  end
+end
+
 -- Ends a job as cancelled, kept for ttl_ms (0: kept until removed).
 local function cancelled(id, now, ttl_ms)
   local k = jk(id)
@@ -43,4 +124,51 @@ local function cancelled(id, now, ttl_ms)
   if unique and unique ~= '' then redis.call('DEL', P .. 'unique:' .. unique) end
   if tonumber(ttl_ms) > 0 then redis.call('PEXPIRE', k, ttl_ms) end
   event('cancelled', id)
+end
+
+-- Keeps at most max_count jobs in the finished set `set` (a negative count: no limit) and none
+-- older than max_age_ms (0: no limit); removes at most 100 of each per call.
+local function retain(set, max_count, max_age_ms, now)
+  local extra = redis.call('ZCARD', set) - max_count
+  if max_count >= 0 and extra > 0 then
+    for _, o in ipairs(redis.call('ZRANGE', set, 0, math.min(extra, 100) - 1)) do
+      redis.call('ZREM', set, o)
+      redis.call('DEL', jk(o))
+    end
+  end
+  if max_age_ms > 0 then
+    for _, o in ipairs(redis.call('ZRANGEBYSCORE', set, '-inf', now - max_age_ms, 'LIMIT', 0, 100)) do
+      redis.call('ZREM', set, o)
+      redis.call('DEL', jk(o))
+    end
+  end
+end
+
+-- Adds a job: ARGV from `first`: id, now ms, run-at ms, priority, unique key ('' none), then
+-- field, value pairs of the job hash to the end. Returns its id (an existing one for a
+-- duplicate unique key or id).
+local function add_job(first)
+  local id, now, run_at, priority, unique =
+    ARGV[first], tonumber(ARGV[first + 1]), tonumber(ARGV[first + 2]), ARGV[first + 3], ARGV[first + 4]
+  if redis.call('EXISTS', jk(id)) == 1 then return id end
+  if unique ~= '' then
+    local existing = redis.call('GET', P .. 'unique:' .. unique)
+    if existing and redis.call('EXISTS', jk(existing)) == 1 then return existing end
+    redis.call('SET', P .. 'unique:' .. unique, id)
+  end
+  local seq = redis.call('INCR', P .. 'seq')
+  local fields = {}
+  for i = first + 5, #ARGV do fields[#fields + 1] = ARGV[i] end
+  redis.call('HSET', jk(id), unpack(fields))
+  redis.call('HSET', jk(id), 'seq', seq, 'priority', priority, 'attempts', 0, 'created', now, 'unique', unique)
+  if run_at > now then
+    redis.call('HSET', jk(id), 'state', 'delayed')
+    redis.call('ZADD', P .. 'delayed', run_at, id)
+  else
+    to_wait(id)
+  end
+  redis.call('LPUSH', P .. 'signal', 1)
+  redis.call('LTRIM', P .. 'signal', 0, 63)
+  event('added', id)
+  return id
 end

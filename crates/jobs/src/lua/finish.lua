@@ -1,16 +1,19 @@
 -- Finishes a job and takes the next one in the same round trip.
 -- ARGV: 1 prefix, 2 id, 3 token, 4 now ms, 5 outcome ('done' | 'retry' | 'fail' | 'release' |
--- 'cancel'; a job cancelled while it ran ends cancelled unless it is done),
--- 6 result or error text, 7 retry delay ms, 8 result ttl ms, 9 keep completed (count),
--- 10 fetch next ('1' | '0'), 11 next token, 12 worker id, 13 lease ms.
--- Returns {status, next job or false}: status 1 done, 0 when the lock was lost (the job was
--- taken back by the sweep: its outcome is dropped).
+-- 'cancel'; a job cancelled while it ran ends cancelled unless it is done), 6 result or error
+-- text, 7 retry delay ms, 8 result ttl ms, 9 completed jobs kept (count), 10 fetch next ('1' |
+-- '0'), 11 next token, 12 worker id, 13 lease ms, 14 completed jobs kept (age ms, 0 any),
+-- 15 dead jobs kept (count, -1 any), 16 dead jobs kept (age ms, 0 any).
+-- Returns {status, next}: status 1 done, 0 when the lock was lost (the job was taken back by
+-- the sweep: its outcome is dropped); next as take() returns it.
 local id, token, now, outcome = ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
 local k = jk(id)
 local status = 0
 if redis.call('HGET', k, 'token') == token and redis.call('HGET', k, 'state') == 'active' then
   status = 1
   redis.call('ZREM', P .. 'active', id)
+  local worker = redis.call('HGET', k, 'worker')
+  if worker then redis.call('SREM', wk(worker) .. ':jobs', id) end
   redis.call('HDEL', k, 'token')
   if outcome ~= 'done' and redis.call('HGET', k, 'cancel') == '1' then outcome = 'cancel' end
   if outcome == 'cancel' then
@@ -21,22 +24,12 @@ if redis.call('HGET', k, 'token') == token and redis.call('HGET', k, 'state') ==
     local unique = redis.call('HGET', k, 'unique')
     if unique and unique ~= '' then redis.call('DEL', P .. 'unique:' .. unique) end
     if tonumber(ARGV[8]) > 0 then redis.call('PEXPIRE', k, ARGV[8]) end
-    -- Retention by count: drop the oldest completed beyond the limit (bounded per call).
-    local extra = redis.call('ZCARD', P .. 'completed') - tonumber(ARGV[9])
-    if extra > 0 then
-      local old = redis.call('ZRANGE', P .. 'completed', 0, math.min(extra, 100) - 1)
-      for _, o in ipairs(old) do
-        redis.call('ZREM', P .. 'completed', o)
-        redis.call('DEL', jk(o))
-      end
-    end
+    retain(P .. 'completed', tonumber(ARGV[9]), tonumber(ARGV[14]), now)
     event('completed', id)
   elseif outcome == 'release' then
     -- Given back unfinished (a worker shutting down): the attempt does not count.
     redis.call('HINCRBY', k, 'attempts', -1)
-    local f = redis.call('HMGET', k, 'priority', 'seq')
-    redis.call('HSET', k, 'state', 'waiting')
-    redis.call('ZADD', P .. 'wait', wait_score(f[1], f[2]), id)
+    to_wait(id)
     redis.call('LPUSH', P .. 'signal', 1)
     event('released', id)
   elseif outcome == 'retry' then
@@ -46,6 +39,7 @@ if redis.call('HGET', k, 'token') == token and redis.call('HGET', k, 'state') ==
   else
     redis.call('HSET', k, 'state', 'dead', 'error', ARGV[6], 'finished', now)
     redis.call('ZADD', P .. 'dead', now, id)
+    retain(P .. 'dead', tonumber(ARGV[15]), tonumber(ARGV[16]), now)
     event('dead', id, ARGV[6])
   end
 end

@@ -1,12 +1,10 @@
--- Moves dead jobs back to the wait queue with fresh attempts. ARGV: 1 prefix, 2 how many at most
--- (bounded by 1000). Returns how many moved.
+-- Moves dead jobs back to the wait queues with fresh attempts. ARGV: 1 prefix, 2 how many at
+-- most (bounded by 1000). Returns how many moved.
 local ids = redis.call('ZRANGE', P .. 'dead', 0, math.min(tonumber(ARGV[2]), 1000) - 1)
 for _, id in ipairs(ids) do
-  local k = jk(id)
   redis.call('ZREM', P .. 'dead', id)
-  local f = redis.call('HMGET', k, 'priority', 'seq')
-  redis.call('HSET', k, 'state', 'waiting', 'attempts', 0, 'stalls', 0)
-  redis.call('ZADD', P .. 'wait', wait_score(f[1], f[2]), id)
+  redis.call('HSET', jk(id), 'attempts', 0, 'stalls', 0)
+  to_wait(id)
   event('redriven', id)
 end
 if #ids > 0 then redis.call('LPUSH', P .. 'signal', 1) end

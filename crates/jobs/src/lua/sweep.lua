@@ -1,23 +1,25 @@
--- Returns the jobs whose lock expired (their worker died or stopped renewing) to the wait
--- queue, or to the dead letter after too many stalls. ARGV: 1 prefix, 2 now ms, 3 max stalls.
--- At most 100 per call. Returns how many were taken back.
-local now, max_stalls = tonumber(ARGV[2]), tonumber(ARGV[3])
-local expired = redis.call('ZRANGEBYSCORE', P .. 'active', '-inf', now, 'LIMIT', 0, 100)
-for _, id in ipairs(expired) do
-  local k = jk(id)
-  redis.call('ZREM', P .. 'active', id)
-  redis.call('HDEL', k, 'token')
-  local stalls = redis.call('HINCRBY', k, 'stalls', 1)
-  if stalls > max_stalls then
-    redis.call('HSET', k, 'state', 'dead', 'error', 'stalled too often', 'finished', now)
-    redis.call('ZADD', P .. 'dead', now, id)
-    event('dead', id, 'stalled too often')
-  else
-    local f = redis.call('HMGET', k, 'priority', 'seq')
-    redis.call('HSET', k, 'state', 'waiting')
-    redis.call('ZADD', P .. 'wait', wait_score(f[1], f[2]), id)
-    redis.call('LPUSH', P .. 'signal', 1)
-    event('stalled', id)
+-- Takes back the jobs of dead workers and jobs whose lock expired. ARGV: 1 prefix, 2 now ms,
+-- 3 max stalls, 4 how long a worker may go without a heartbeat (ms).
+-- First the workers whose heartbeat stopped (at most 10 per call; each holds at most its
+-- concurrency in jobs): their jobs go back at once, whatever their lease. Then what the
+-- heartbeat misses, jobs whose lock expired (at most 100 per call). Returns how many jobs
+-- were taken back.
+local now, max_stalls, worker_ttl = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local taken = 0
+for _, w in ipairs(redis.call('ZRANGEBYSCORE', P .. 'workers', '-inf', now - worker_ttl, 'LIMIT', 0, 10)) do
+  for _, id in ipairs(redis.call('SMEMBERS', wk(w) .. ':jobs')) do
+    local f = redis.call('HMGET', jk(id), 'state', 'worker')
+    if f[1] == 'active' and f[2] == w then
+      stall(id, now, max_stalls, 'worker ' .. w .. ' lost')
+      taken = taken + 1
+    end
   end
+  redis.call('DEL', wk(w), wk(w) .. ':jobs')
+  redis.call('ZREM', P .. 'workers', w)
+  event('worker-lost', w)
 end
-return #expired
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. 'active', '-inf', now, 'LIMIT', 0, 100)) do
+  stall(id, now, max_stalls, 'lock expired')
+  taken = taken + 1
+end
+return taken

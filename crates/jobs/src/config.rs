@@ -1,0 +1,120 @@
+//! How a worker behaves.
+
+use std::time::Duration;
+
+/// How a worker behaves. Every setter's doc gives its default.
+///
+/// ```
+/// use std::time::Duration;
+/// use geostack_jobs::WorkerConfig;
+///
+/// let config = WorkerConfig::default()
+///     .concurrency(8)
+///     .heartbeat(Duration::from_millis(500))
+///     .keep_completed_for(Duration::from_secs(3600));
+/// ```
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    pub(crate) concurrency: usize,
+    pub(crate) lease: Duration,
+    pub(crate) heartbeat: Duration,
+    pub(crate) max_stalls: u32,
+    pub(crate) result_ttl: Duration,
+    pub(crate) keep_completed: u64,
+    pub(crate) keep_completed_for: Option<Duration>,
+    pub(crate) keep_dead: Option<u64>,
+    pub(crate) keep_dead_for: Option<Duration>,
+    pub(crate) shutdown_deadline: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 1,
+            lease: Duration::from_secs(30),
+            heartbeat: Duration::from_secs(1),
+            max_stalls: 3,
+            result_ttl: Duration::from_secs(24 * 3600),
+            keep_completed: 1000,
+            keep_completed_for: None,
+            keep_dead: None,
+            keep_dead_for: None,
+            shutdown_deadline: Duration::from_secs(10),
+        }
+    }
+}
+
+impl WorkerConfig {
+    /// Jobs run at once. Default 1.
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
+    }
+
+    /// How long a job's lock lasts without renewal. The worker renews it every third of that
+    /// (at least every second) while the job runs; a job whose lock expired is taken back by
+    /// the sweep (run every second by every worker). This covers what the heartbeat misses — a
+    /// worker that still beats but no longer renews. A running job that was cancelled stops at
+    /// the next renewal. Default 30 s.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease.max(Duration::from_millis(100));
+        self
+    }
+
+    /// How often the worker registers its heartbeat. A worker silent for three heartbeats is
+    /// dead: the next sweep gives its jobs back at once, so they run again about three
+    /// heartbeats plus a second after the death. Default 1 s.
+    pub fn heartbeat(mut self, interval: Duration) -> Self {
+        self.heartbeat = interval.max(Duration::from_millis(50));
+        self
+    }
+
+    /// A job taken back from dead workers more than this many times goes to the dead letter.
+    /// Default 3.
+    pub fn max_stalls(mut self, n: u32) -> Self {
+        self.max_stalls = n;
+        self
+    }
+
+    /// How long a completed or cancelled job is kept. Default 24 hours.
+    pub fn result_ttl(mut self, ttl: Duration) -> Self {
+        self.result_ttl = ttl;
+        self
+    }
+
+    /// How many completed jobs are kept at most. Default 1000.
+    pub fn keep_completed(mut self, n: u64) -> Self {
+        self.keep_completed = n;
+        self
+    }
+
+    /// Completed jobs older than this are removed. Default: kept for the result TTL.
+    pub fn keep_completed_for(mut self, age: Duration) -> Self {
+        self.keep_completed_for = Some(age);
+        self
+    }
+
+    /// How many jobs the dead letter keeps at most, the oldest removed first. Default: all.
+    pub fn keep_dead(mut self, n: u64) -> Self {
+        self.keep_dead = Some(n);
+        self
+    }
+
+    /// Dead jobs older than this are removed. Default: kept.
+    pub fn keep_dead_for(mut self, age: Duration) -> Self {
+        self.keep_dead_for = Some(age);
+        self
+    }
+
+    /// On shutdown, how long running jobs may take to finish; those still running then are
+    /// given back to the queue. Default 10 s.
+    pub fn shutdown_deadline(mut self, deadline: Duration) -> Self {
+        self.shutdown_deadline = deadline;
+        self
+    }
+
+    /// How long a worker may go without a heartbeat before it counts as dead.
+    pub(crate) fn worker_ttl(&self) -> Duration {
+        self.heartbeat * 3
+    }
+}

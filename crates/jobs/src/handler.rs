@@ -1,0 +1,142 @@
+//! What a worker runs: handlers of typed jobs, what they know of their job, how they fail.
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use redis::aio::ConnectionManager;
+
+use crate::scripts::PROGRESS;
+use crate::{Job, JobId, Queue, Result};
+
+/// What a handler knows of the job it runs.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct JobContext {
+    /// The job's id.
+    pub id: JobId,
+    /// This attempt's number, 1 for the first.
+    pub attempt: u32,
+    queue: Queue<ConnectionManager>,
+    token: String,
+}
+
+impl std::fmt::Debug for JobContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobContext")
+            .field("id", &self.id)
+            .field("attempt", &self.attempt)
+            .field("queue", &self.queue.name())
+            .finish_non_exhaustive()
+    }
+}
+
+impl JobContext {
+    pub(crate) fn new(
+        id: JobId,
+        attempt: u32,
+        queue: Queue<ConnectionManager>,
+        token: String,
+    ) -> Self {
+        Self {
+            id,
+            attempt,
+            queue,
+            token,
+        }
+    }
+
+    /// The queue's name.
+    pub fn queue(&self) -> &str {
+        self.queue.name().as_str()
+    }
+
+    /// Reports the job's progress (any JSON: a percentage, a row count…), shown by
+    /// [`Queue::status`] and written to the queue's event stream. Returns `false` when this
+    /// attempt has lost its lock (it was taken back: stop working).
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::Unavailable`].
+    pub async fn progress(&self, progress: serde_json::Value) -> Result<bool> {
+        let kept: i64 = PROGRESS
+            .key(self.queue.route_key())
+            .arg(self.queue.key_prefix())
+            .arg(self.id.as_str())
+            .arg(&self.token)
+            .arg(progress.to_string())
+            .invoke_async(&mut self.queue.conn())
+            .await?;
+        Ok(kept == 1)
+    }
+}
+
+/// A handler's failure: retried (with the job's backoff, while attempts remain) unless fatal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobError {
+    pub(crate) message: String,
+    pub(crate) retry: bool,
+}
+
+impl JobError {
+    /// A failure worth another attempt.
+    pub fn retry(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            retry: true,
+        }
+    }
+
+    /// A failure no attempt will fix: the job goes to the dead letter now.
+    pub fn fatal(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            retry: false,
+        }
+    }
+}
+
+/// Runs jobs of one kind.
+///
+/// ```
+/// # #[derive(serde::Serialize, serde::Deserialize)] struct Import { url: String }
+/// # impl geostack_jobs::Job for Import { const NAME: &'static str = "import"; }
+/// use geostack_jobs::{Handler, JobContext, JobError};
+///
+/// struct Importer;
+///
+/// #[async_trait::async_trait]
+/// impl Handler<Import> for Importer {
+///     async fn handle(&self, job: Import, ctx: JobContext) -> Result<serde_json::Value, JobError> {
+///         ctx.progress(serde_json::json!({ "percent": 50 })).await.ok();
+///         Ok(serde_json::json!({ "imported": job.url }))
+///     }
+/// }
+/// ```
+#[async_trait]
+pub trait Handler<J: Job>: Send + Sync + 'static {
+    /// Runs one attempt; its value is kept as the job's result.
+    async fn handle(&self, job: J, ctx: JobContext) -> Result<serde_json::Value, JobError>;
+}
+
+pub(crate) type Run = Pin<Box<dyn Future<Output = Result<serde_json::Value, JobError>> + Send>>;
+
+/// A handler with its job type erased, to keep handlers of several kinds in one map.
+pub(crate) trait Erased: Send + Sync {
+    fn start(&self, payload: &str, ctx: JobContext) -> Result<Run, String>;
+}
+
+pub(crate) struct Typed<J, H> {
+    pub(crate) handler: Arc<H>,
+    pub(crate) _job: PhantomData<fn() -> J>,
+}
+
+impl<J: Job, H: Handler<J>> Erased for Typed<J, H> {
+    fn start(&self, payload: &str, ctx: JobContext) -> Result<Run, String> {
+        let job: J = serde_json::from_str(payload).map_err(|e| e.to_string())?;
+        let handler = Arc::clone(&self.handler);
+        Ok(Box::pin(async move { handler.handle(job, ctx).await }))
+    }
+}

@@ -1,0 +1,129 @@
+//! The worker registry: each worker's heartbeat under each of its queues, and who is alive.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use redis::aio::ConnectionLike;
+
+use crate::queue::now_ms;
+use crate::scripts::{HEARTBEAT, UNREGISTER};
+use crate::{Queue, Result};
+
+/// A worker as it registered itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WorkerInfo {
+    /// Its id: `<pid>-<random>`.
+    pub id: String,
+    /// The host it runs on.
+    pub host: String,
+    /// Its process id.
+    pub pid: u32,
+    /// The queues it takes jobs from.
+    pub queues: Vec<String>,
+    /// When it started.
+    pub started: SystemTime,
+    /// Its last heartbeat.
+    pub heartbeat: SystemTime,
+}
+
+impl<C> Queue<C>
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    /// The workers registered on this queue whose record is still alive (a worker's record
+    /// lives three heartbeats after its last one), by id.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::Unavailable`].
+    pub async fn workers(&self) -> Result<Vec<WorkerInfo>> {
+        let ids: Vec<String> = redis::cmd("ZRANGE")
+            .arg(format!("{}workers", self.key_prefix()))
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut self.conn())
+            .await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for id in &ids {
+            pipe.hgetall(format!("{}worker:{id}", self.key_prefix()));
+        }
+        let records: Vec<HashMap<String, String>> = pipe.query_async(&mut self.conn()).await?;
+        let time = |f: &HashMap<String, String>, name: &str| {
+            UNIX_EPOCH
+                + Duration::from_millis(f.get(name).and_then(|v| v.parse().ok()).unwrap_or(0))
+        };
+        Ok(ids
+            .into_iter()
+            .zip(records)
+            .filter(|(_, f)| !f.is_empty())
+            .map(|(id, f)| WorkerInfo {
+                host: f.get("host").cloned().unwrap_or_default(),
+                pid: f.get("pid").and_then(|p| p.parse().ok()).unwrap_or(0),
+                queues: f
+                    .get("queues")
+                    .map(|q| q.split(',').map(str::to_owned).collect())
+                    .unwrap_or_default(),
+                started: time(&f, "started"),
+                heartbeat: time(&f, "beat"),
+                id,
+            })
+            .collect())
+    }
+
+    /// Registers or refreshes worker `id`'s heartbeat; the record lives `ttl`.
+    pub(crate) async fn beat(
+        &self,
+        id: &str,
+        ttl: Duration,
+        host: &str,
+        queues: &str,
+        started: u64,
+    ) -> Result<()> {
+        let _: i64 = HEARTBEAT
+            .key(self.route_key())
+            .arg(self.key_prefix())
+            .arg(id)
+            .arg(now_ms())
+            .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
+            .arg("host")
+            .arg(host)
+            .arg("pid")
+            .arg(std::process::id())
+            .arg("queues")
+            .arg(queues)
+            .arg("started")
+            .arg(started)
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(())
+    }
+
+    /// Removes worker `id` from the registry (on a clean shutdown).
+    pub(crate) async fn unregister(&self, id: &str) -> Result<()> {
+        let _: i64 = UNREGISTER
+            .key(self.route_key())
+            .arg(self.key_prefix())
+            .arg(id)
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(())
+    }
+}
+
+/// This machine's host name, as the registry shows it.
+pub(crate) fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
