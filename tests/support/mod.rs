@@ -13,6 +13,8 @@
     reason = "a module shared by test files, each using a different part"
 )]
 
+pub mod cdp;
+
 use std::time::Duration;
 
 use geostack::auth::{Api, DbRole, Grants, KeyPrefix, KeyStore, NewKey, Secret, UserName};
