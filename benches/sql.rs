@@ -47,6 +47,11 @@ fn formats(c: &mut Criterion) {
     group.bench_function("copy_csv_baseline", |b| {
         b.to_async(&rt).iter(|| async {
             let mut conn = pool.acquire().await.expect("a connection");
+            // The same planner settings as sqlpass's runs: no JIT compilation.
+            sqlx::raw_sql("SET jit = off")
+                .execute(&mut *conn)
+                .await
+                .expect("set jit");
             let copy = format!("COPY ({QUERY}) TO STDOUT WITH CSV HEADER");
             let mut stream = conn.copy_out_raw(&copy).await.expect("copy out");
             let mut bytes = 0usize;
