@@ -6,10 +6,39 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
+use redis::aio::ConnectionLike;
 
 use crate::scripts::PROGRESS;
 use crate::{Job, JobId, Queue, Result};
+
+/// What a handler's context needs of its queue, whatever its connection.
+#[async_trait]
+pub(crate) trait Reporter: Send + Sync {
+    fn name(&self) -> &str;
+    async fn progress(&self, id: &JobId, token: &str, progress: String) -> Result<bool>;
+}
+
+#[async_trait]
+impl<C> Reporter for Queue<C>
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    fn name(&self) -> &str {
+        Queue::name(self).as_str()
+    }
+
+    async fn progress(&self, id: &JobId, token: &str, progress: String) -> Result<bool> {
+        let kept: i64 = PROGRESS
+            .key(self.route_key())
+            .arg(self.key_prefix())
+            .arg(id.as_str())
+            .arg(token)
+            .arg(progress)
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(kept == 1)
+    }
+}
 
 /// What a handler knows of the job it runs.
 #[derive(Clone)]
@@ -19,7 +48,7 @@ pub struct JobContext {
     pub id: JobId,
     /// This attempt's number, 1 for the first.
     pub attempt: u32,
-    queue: Queue<ConnectionManager>,
+    queue: Arc<dyn Reporter>,
     token: String,
 }
 
@@ -34,12 +63,7 @@ impl std::fmt::Debug for JobContext {
 }
 
 impl JobContext {
-    pub(crate) fn new(
-        id: JobId,
-        attempt: u32,
-        queue: Queue<ConnectionManager>,
-        token: String,
-    ) -> Self {
+    pub(crate) fn new(id: JobId, attempt: u32, queue: Arc<dyn Reporter>, token: String) -> Self {
         Self {
             id,
             attempt,
@@ -50,7 +74,7 @@ impl JobContext {
 
     /// The queue's name.
     pub fn queue(&self) -> &str {
-        self.queue.name().as_str()
+        self.queue.name()
     }
 
     /// Reports the job's progress (any JSON: a percentage, a row count…), shown by
@@ -61,15 +85,9 @@ impl JobContext {
     ///
     /// [`crate::Error::Unavailable`].
     pub async fn progress(&self, progress: serde_json::Value) -> Result<bool> {
-        let kept: i64 = PROGRESS
-            .key(self.queue.route_key())
-            .arg(self.queue.key_prefix())
-            .arg(self.id.as_str())
-            .arg(&self.token)
-            .arg(progress.to_string())
-            .invoke_async(&mut self.queue.conn())
-            .await?;
-        Ok(kept == 1)
+        self.queue
+            .progress(&self.id, &self.token, progress.to_string())
+            .await
     }
 }
 

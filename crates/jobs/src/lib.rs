@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod config;
+mod connector;
 mod error;
 mod handler;
 mod job;
@@ -12,6 +13,7 @@ mod scripts;
 mod worker;
 
 pub use config::WorkerConfig;
+pub use connector::Connector;
 pub use error::{Error, Result};
 pub use handler::{Handler, JobContext, JobError};
 pub use job::{Backoff, Job, JobId, JobOptions, QueueName};

@@ -8,14 +8,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use redis::aio::{ConnectionLike, ConnectionManager};
 use tokio::sync::{Notify, watch};
 
-use crate::handler::{Erased, Typed};
+use crate::handler::{Erased, Reporter, Typed};
 use crate::queue::{BackoffRecord, now_ms};
 use crate::registry::host_name;
 use crate::scripts::{EXTEND, FETCH, FINISH};
-use crate::{Backoff, Handler, Job, JobContext, JobId, Queue, Result, WorkerConfig};
+use crate::{Backoff, Connector, Handler, Job, JobContext, JobId, Queue, Result, WorkerConfig};
 
 /// Runs the jobs of one or more queues.
 ///
@@ -38,15 +38,18 @@ use crate::{Backoff, Handler, Job, JobContext, JobId, Queue, Result, WorkerConfi
 /// worker.run(async { let _ = stopped.await; }).await?;
 /// # Ok(()) }
 /// ```
-pub struct Worker {
-    queues: Vec<Queue<ConnectionManager>>,
-    client: redis::Client,
+///
+/// On a Redis Cluster, give it queues on a cluster connection and the
+/// [`redis::cluster::ClusterClient`] (see [`Connector`]).
+pub struct Worker<C = ConnectionManager, K = redis::Client> {
+    queues: Vec<Queue<C>>,
+    connector: Arc<K>,
     config: WorkerConfig,
     handlers: HashMap<&'static str, Arc<dyn Erased>>,
 }
 
-struct Inner {
-    queues: Vec<Queue<ConnectionManager>>,
+struct Inner<C> {
+    queues: Vec<Queue<C>>,
     config: WorkerConfig,
     handlers: HashMap<&'static str, Arc<dyn Erased>>,
     id: String,
@@ -107,16 +110,17 @@ impl<T> Drop for Owned<T> {
     }
 }
 
-impl Worker {
-    /// A worker for `queue`; `client` opens its dedicated blocking connections.
-    pub fn new(
-        queue: Queue<ConnectionManager>,
-        client: redis::Client,
-        config: WorkerConfig,
-    ) -> Self {
+impl<C, K> Worker<C, K>
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+    K: Connector,
+{
+    /// A worker for `queue`; `connector` (a [`redis::Client`], or a
+    /// [`redis::cluster::ClusterClient`]) opens its dedicated blocking connections.
+    pub fn new(queue: Queue<C>, connector: K, config: WorkerConfig) -> Self {
         Self {
             queues: vec![queue],
-            client,
+            connector: Arc::new(connector),
             config,
             handlers: HashMap::new(),
         }
@@ -124,7 +128,7 @@ impl Worker {
 
     /// Also takes jobs from `queue`, after the queues given before it: a slot looks at them in
     /// order and takes from the first that has a job.
-    pub fn queue(mut self, queue: Queue<ConnectionManager>) -> Self {
+    pub fn queue(mut self, queue: Queue<C>) -> Self {
         self.queues.push(queue);
         self
     }
@@ -194,7 +198,7 @@ impl Worker {
                 let signal = format!("{}signal", q.key_prefix());
                 Owned(tokio::spawn(wake_on_signal(
                     inner,
-                    self.client.clone(),
+                    Arc::clone(&self.connector),
                     signal,
                 )))
             })
@@ -243,16 +247,12 @@ impl Worker {
 
 /// Blocks on the queue's signal list on a connection of its own (no response timeout), and
 /// wakes idle slots at each push; reconnects when the connection fails.
-async fn wake_on_signal(inner: Arc<Inner>, client: redis::Client, signal: String) {
-    let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
+async fn wake_on_signal<C, K: Connector>(inner: Arc<Inner<C>>, connector: Arc<K>, signal: String) {
     let mut conn = None;
     while !inner.stopping.load(Ordering::Acquire) {
         let blocking = match &mut conn {
             Some(c) => c,
-            None => match client
-                .get_multiplexed_async_connection_with_config(&config)
-                .await
-            {
+            None => match connector.blocking().await {
                 Ok(c) => conn.insert(c),
                 Err(_) => {
                     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -275,7 +275,10 @@ async fn wake_on_signal(inner: Arc<Inner>, client: redis::Client, signal: String
     }
 }
 
-async fn slot(inner: Arc<Inner>, mut hard_stop: watch::Receiver<bool>) {
+async fn slot<C>(inner: Arc<Inner<C>>, mut hard_stop: watch::Receiver<bool>)
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
     let mut next: Option<Taken> = None;
     // Per queue: no job is to be taken before this time (its rate limit).
     let mut limited_until = vec![0u64; inner.queues.len()];
@@ -328,7 +331,10 @@ async fn slot(inner: Arc<Inner>, mut hard_stop: watch::Receiver<bool>) {
 }
 
 /// The first job of the first queue that has one and is not rate limited.
-async fn fetch_any(inner: &Inner, limited_until: &mut [u64]) -> Result<Option<Taken>> {
+async fn fetch_any<C>(inner: &Inner<C>, limited_until: &mut [u64]) -> Result<Option<Taken>>
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
     for (i, until) in limited_until.iter_mut().enumerate() {
         if *until > now_ms() {
             continue;
@@ -342,7 +348,10 @@ async fn fetch_any(inner: &Inner, limited_until: &mut [u64]) -> Result<Option<Ta
     Ok(None)
 }
 
-async fn run_job(inner: &Inner, job: &Taken, hard_stop: &mut watch::Receiver<bool>) -> Outcome {
+async fn run_job<C>(inner: &Inner<C>, job: &Taken, hard_stop: &mut watch::Receiver<bool>) -> Outcome
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
     let Some(handler) = inner.handlers.get(job.name.as_str()) else {
         return Outcome::Failed {
             message: format!("no handler for jobs named {}", job.name),
@@ -350,12 +359,8 @@ async fn run_job(inner: &Inner, job: &Taken, hard_stop: &mut watch::Receiver<boo
         };
     };
     let queue = &inner.queues[job.queue];
-    let ctx = JobContext::new(
-        job.id.clone(),
-        job.attempt,
-        queue.clone(),
-        job.token.clone(),
-    );
+    let reporter: Arc<dyn Reporter> = Arc::new(queue.clone());
+    let ctx = JobContext::new(job.id.clone(), job.attempt, reporter, job.token.clone());
     let run = match handler.start(&job.payload, ctx) {
         Ok(run) => run,
         Err(e) => {
@@ -429,7 +434,10 @@ fn panic_message(join: tokio::task::JoinError) -> String {
 }
 
 /// Takes a job from queue `queue`; also says how long its rate limit asks to wait.
-async fn fetch(inner: &Inner, queue: usize) -> Result<(Option<Taken>, Option<u64>)> {
+async fn fetch<C>(inner: &Inner<C>, queue: usize) -> Result<(Option<Taken>, Option<u64>)>
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
     let q = &inner.queues[queue];
     let token = JobId::generate()?.as_str().to_owned();
     let taken: Take = FETCH
@@ -470,12 +478,15 @@ fn taken_from(take: Take, queue: usize, token: String) -> Result<(Option<Taken>,
 }
 
 /// Reports the job's outcome and takes the next job of the same queue in the same script.
-async fn finish(
-    inner: &Inner,
+async fn finish<C>(
+    inner: &Inner<C>,
     job: &Taken,
     outcome: Outcome,
     fetch_next: bool,
-) -> Result<(Option<Taken>, Option<u64>)> {
+) -> Result<(Option<Taken>, Option<u64>)>
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
     let (kind, text, delay) = match outcome {
         Outcome::Done(value) => ("done", value.to_string(), Duration::ZERO),
         Outcome::Failed { message, retry } if retry && job.attempt < job.max_attempts => {
