@@ -289,14 +289,20 @@ async fn finished_jobs_are_kept_by_age_and_count() {
         assert_eq!(q.status(id).await.unwrap(), None, "{id} outlived its age");
     }
     assert_eq!(q.counts().await.unwrap().completed, 1);
-    let dead = q
-        .enqueue_bulk(&[task(4, "fatal"), task(5, "fatal")], JobOptions::default())
-        .await
-        .unwrap();
-    until("both dead", Duration::from_secs(5), async || {
-        q.status(&dead[1]).await.unwrap().map(|s| s.state) == Some(JobState::Dead)
-    })
-    .await;
+    // Two dead jobs, one after the other: the dead letter keeps the later.
+    let mut dead = Vec::new();
+    for n in [4, 5] {
+        let id = q
+            .enqueue(&task(n, "fatal"), JobOptions::default())
+            .await
+            .unwrap();
+        until("dead", Duration::from_secs(5), async || {
+            q.status(&id).await.unwrap().map(|s| s.state) == Some(JobState::Dead)
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        dead.push(id);
+    }
     assert_eq!(q.counts().await.unwrap().dead, 1);
     assert_eq!(q.status(&dead[0]).await.unwrap(), None);
     w.stop().await;

@@ -30,15 +30,15 @@ local function drop_tenant(tenant)
   redis.call('LREM', P .. 'tenants', 1, tenant)
   redis.call('SREM', P .. 'tenants:set', tenant)
 end
--- The next waiting job, the tenants served in turn (at most 32 turns: no unbounded loop).
+-- The next waiting job, the tenants served in turn (at most 32 turns: no unbounded loop). A
+-- tenant whose queue ran empty leaves the ring when its turn finds it empty.
 local function pop_fair()
-  local turns = math.min(redis.call('LLEN', P .. 'tenants'), 32)
-  for _ = 1, turns do
+  for _ = 1, 32 do
     local tenant = redis.call('LMOVE', P .. 'tenants', P .. 'tenants', 'RIGHT', 'LEFT')
+    if not tenant then break end
     local popped = redis.call('ZPOPMIN', tk(tenant))
     if #popped > 0 then
       redis.call('ZREM', P .. 'wait', popped[1])
-      if redis.call('ZCARD', tk(tenant)) == 0 then drop_tenant(tenant) end
       return popped[1]
     end
     drop_tenant(tenant)
@@ -62,37 +62,32 @@ local function promote(now)
   end
 end
 
--- The queue's rate limit (set by Queue::rate_limit): nil when a job may be taken now, else the
--- milliseconds until the current window ends.
-local function rate_wait()
+-- The queue's rate limit (set by Queue::rate_limit): {max, window ms}, or nil for none.
+local function rate_limit()
   local limit = redis.call('HMGET', P .. 'meta', 'rate_max', 'rate_ms')
   local max = tonumber(limit[1] or '0')
   if max <= 0 then return nil end
-  local used = tonumber(redis.call('GET', P .. 'rate') or '0')
-  if used < max then return nil end
-  return math.max(redis.call('PTTL', P .. 'rate'), 1)
-end
-local function rate_count()
-  local window = tonumber(redis.call('HGET', P .. 'meta', 'rate_ms') or '0')
-  if window > 0 and redis.call('INCR', P .. 'rate') == 1 then redis.call('PEXPIRE', P .. 'rate', window) end
+  return {max, tonumber(limit[2])}
 end
 
 -- Takes the next job for a worker: {id, name, payload, attempts, max_attempts, timeout_ms,
 -- backoff}; {ms} when the rate limit says to wait that long; false when there is none.
 local function take(now, token, worker, lease_ms)
   promote(now)
-  local wait = rate_wait()
-  if wait then return {wait} end
+  local limit = rate_limit()
+  if limit and tonumber(redis.call('GET', P .. 'rate') or '0') >= limit[1] then
+    return {math.max(redis.call('PTTL', P .. 'rate'), 1)}
+  end
   local id = pop_fair()
   if not id then return false end
-  rate_count()
+  if limit and redis.call('INCR', P .. 'rate') == 1 then redis.call('PEXPIRE', P .. 'rate', limit[2]) end
   local k = jk(id)
-  redis.call('HSET', k, 'state', 'active', 'token', token, 'worker', worker, 'started', now)
-  local attempts = redis.call('HINCRBY', k, 'attempts', 1)
+  local f = redis.call('HMGET', k, 'name', 'payload', 'max_attempts', 'timeout_ms', 'backoff', 'attempts')
+  local attempts = tonumber(f[6] or '0') + 1
+  redis.call('HSET', k, 'state', 'active', 'token', token, 'worker', worker, 'started', now, 'attempts', attempts)
   redis.call('ZADD', P .. 'active', now + lease_ms, id)
   redis.call('SADD', wk(worker) .. ':jobs', id)
   event('active', id, worker)
-  local f = redis.call('HMGET', k, 'name', 'payload', 'max_attempts', 'timeout_ms', 'backoff')
   return {id, f[1], f[2], attempts, f[3], f[4], f[5]}
 end
 

@@ -9,20 +9,19 @@
 local id, token, now, outcome = ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
 local k = jk(id)
 local status = 0
-if redis.call('HGET', k, 'token') == token and redis.call('HGET', k, 'state') == 'active' then
+local f = redis.call('HMGET', k, 'token', 'state', 'worker', 'cancel', 'unique')
+if f[1] == token and f[2] == 'active' then
   status = 1
   redis.call('ZREM', P .. 'active', id)
-  local worker = redis.call('HGET', k, 'worker')
-  if worker then redis.call('SREM', wk(worker) .. ':jobs', id) end
+  if f[3] then redis.call('SREM', wk(f[3]) .. ':jobs', id) end
   redis.call('HDEL', k, 'token')
-  if outcome ~= 'done' and redis.call('HGET', k, 'cancel') == '1' then outcome = 'cancel' end
+  if outcome ~= 'done' and f[4] == '1' then outcome = 'cancel' end
   if outcome == 'cancel' then
     cancelled(id, now, ARGV[8])
   elseif outcome == 'done' then
     redis.call('HSET', k, 'state', 'completed', 'result', ARGV[6], 'finished', now)
     redis.call('ZADD', P .. 'completed', now, id)
-    local unique = redis.call('HGET', k, 'unique')
-    if unique and unique ~= '' then redis.call('DEL', P .. 'unique:' .. unique) end
+    if f[5] and f[5] ~= '' then redis.call('DEL', P .. 'unique:' .. f[5]) end
     if tonumber(ARGV[8]) > 0 then redis.call('PEXPIRE', k, ARGV[8]) end
     retain(P .. 'completed', tonumber(ARGV[9]), tonumber(ARGV[14]), now)
     event('completed', id)
