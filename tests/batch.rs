@@ -26,6 +26,16 @@ async fn status(app: &App, id: &str) -> serde_json::Value {
     r.json()
 }
 
+async fn delete(app: &App, id: &str) -> support::Reply {
+    app.request(
+        "DELETE",
+        &format!("/api/v2/sql/job/{id}?api_key={}", app.regular),
+        &[],
+        b"",
+    )
+    .await
+}
+
 async fn until_status(app: &App, id: &str, want: &str) -> serde_json::Value {
     until(
         &format!("job {id} {want}"),
@@ -94,14 +104,7 @@ async fn a_running_batch_query_is_cancelled_and_stops_on_the_server() {
         },
     )
     .await;
-    let r = app
-        .request(
-            "DELETE",
-            &format!("/api/v2/sql/job/{id}?api_key={}", app.regular),
-            &[],
-            b"",
-        )
-        .await;
+    let r = delete(&app, id).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["status"], "cancelled");
     until_status(&app, id, "cancelled").await;
@@ -118,14 +121,7 @@ async fn a_running_batch_query_is_cancelled_and_stops_on_the_server() {
     )
     .await;
     // A finished job cannot be cancelled again.
-    let r = app
-        .request(
-            "DELETE",
-            &format!("/api/v2/sql/job/{id}?api_key={}", app.regular),
-            &[],
-            b"",
-        )
-        .await;
+    let r = delete(&app, id).await;
     assert_eq!(
         (r.status, r.json()),
         (

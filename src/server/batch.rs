@@ -1,14 +1,13 @@
 //! Batch queries (`/api/v2/sql/job`), as CARTO's Batch API: queued, run by a worker through
 //! sqlpass as the key's role, polled and cancelled by id.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt as _;
 use geoauth::{Api, KeyId, KeyStore, UserName};
@@ -16,7 +15,7 @@ use geostack_jobs::{Handler, Job, JobContext, JobError, JobId, JobOptions, JobSt
 use serde::{Deserialize, Serialize};
 use sqlpass::{Access, Options, PoolRegistry};
 
-use super::request::Params;
+use super::request::{ApiRequest, Params, respond};
 use super::{Error, Result, Server};
 
 /// A batch query as queued: whose, under which key, and the SQL. The key's database role is
@@ -122,108 +121,87 @@ impl Handler<BatchQuery> for BatchHandler {
     }
 }
 
-pub(super) async fn create(
-    State(server): State<Server>,
-    Path(path): Path<HashMap<String, String>>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    async {
-        let params = Params::new(query.as_deref(), &headers, &body)?;
-        let caller = server
-            .authenticate(&path, &headers, &params, Api::Sql)
-            .await?;
-        if caller.principal.is_anonymous() {
-            return Err(Error::Unauthorized("batch queries need an api key".into()));
+pub(super) async fn create(State(server): State<Server>, req: ApiRequest, body: Bytes) -> Response {
+    respond(
+        async {
+            let params = Params::new(req.query.as_deref(), &req.headers, &body)?;
+            let caller = server
+                .authenticate(&req.path, &req.headers, &params, Api::Sql)
+                .await?;
+            if caller.principal.is_anonymous() {
+                return Err(Error::Unauthorized("batch queries need an api key".into()));
+            }
+            let sql = params
+                .get("query")
+                .ok_or_else(|| Error::BadRequest("You must indicate a sql query".into()))?;
+            let principal = &caller.principal;
+            let job = BatchQuery {
+                user: principal.user().as_str().to_owned(),
+                key_id: principal.key_id().as_str().to_owned(),
+                query: sql.to_owned(),
+                write: principal.may_write(),
+            };
+            let queue = server.batch_queue();
+            let options = JobOptions::default()
+                .attempts(1)
+                .tenant(principal.user().as_str());
+            let id = queue.enqueue(&job, options).await?;
+            let status = queue.status(&id).await?;
+            let mut response = (
+                StatusCode::CREATED,
+                Json(describe(&id, &job, status.as_ref())),
+            )
+                .into_response();
+            caller.rate.write_headers(response.headers_mut());
+            Ok(response)
         }
-        let sql = params
-            .get("query")
-            .ok_or_else(|| Error::BadRequest("You must indicate a sql query".into()))?;
-        let principal = &caller.principal;
-        let job = BatchQuery {
-            user: principal.user().as_str().to_owned(),
-            key_id: principal.key_id().as_str().to_owned(),
-            query: sql.to_owned(),
-            write: principal.may_write(),
-        };
-        let queue = server.batch_queue();
-        let options = JobOptions::default()
-            .attempts(1)
-            .tenant(principal.user().as_str());
-        let id = queue.enqueue(&job, options).await?;
-        let status = queue.status(&id).await?;
-        let mut response = (
-            StatusCode::CREATED,
-            Json(describe(&id, &job, status.as_ref())),
-        )
-            .into_response();
-        caller.rate.write_headers(response.headers_mut());
-        Ok(response)
-    }
-    .await
-    .unwrap_or_else(IntoResponse::into_response)
+        .await,
+    )
 }
 
-pub(super) async fn get(
-    State(server): State<Server>,
-    Path(path): Path<HashMap<String, String>>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-) -> Response {
-    async {
-        let (id, job, status) = owned_job(&server, &path, query.as_deref(), &headers).await?;
-        Ok::<_, Error>(Json(describe(&id, &job, Some(&status))).into_response())
-    }
-    .await
-    .unwrap_or_else(IntoResponse::into_response)
+pub(super) async fn get(State(server): State<Server>, req: ApiRequest) -> Response {
+    respond(
+        async {
+            let (id, job, status) = owned_job(&server, &req).await?;
+            Ok::<_, Error>(Json(describe(&id, &job, Some(&status))).into_response())
+        }
+        .await,
+    )
 }
 
-pub(super) async fn cancel(
-    State(server): State<Server>,
-    Path(path): Path<HashMap<String, String>>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-) -> Response {
-    async {
-        let (id, job, status) = owned_job(&server, &path, query.as_deref(), &headers).await?;
-        if matches!(
-            status.state,
-            JobState::Completed | JobState::Dead | JobState::Cancelled
-        ) {
-            return Err(Error::BadRequest(format!(
-                "Cannot set status from {} to cancelled",
-                carto_status(status.state)
-            )));
+pub(super) async fn cancel(State(server): State<Server>, req: ApiRequest) -> Response {
+    respond(
+        async {
+            let (id, job, status) = owned_job(&server, &req).await?;
+            if matches!(
+                status.state,
+                JobState::Completed | JobState::Dead | JobState::Cancelled
+            ) {
+                return Err(Error::BadRequest(format!(
+                    "Cannot set status from {} to cancelled",
+                    carto_status(status.state)
+                )));
+            }
+            let queue = server.batch_queue();
+            queue.cancel(&id).await?;
+            let status = queue.status(&id).await?;
+            let mut body = describe(&id, &job, status.as_ref());
+            // A running query stops at its worker's next lock renewal; CARTO answers "cancelled".
+            body["status"] = "cancelled".into();
+            Ok(Json(body).into_response())
         }
-        let queue = server.batch_queue();
-        queue.cancel(&id).await?;
-        let status = queue.status(&id).await?;
-        let mut body = describe(&id, &job, status.as_ref());
-        // A running query stops at its worker's next lock renewal; CARTO answers "cancelled".
-        body["status"] = "cancelled".into();
-        Ok(Json(body).into_response())
-    }
-    .await
-    .unwrap_or_else(IntoResponse::into_response)
+        .await,
+    )
 }
 
 /// The job `id` of the request's user, authenticated with a key of that user.
-async fn owned_job(
-    server: &Server,
-    path: &HashMap<String, String>,
-    query: Option<&str>,
-    headers: &HeaderMap,
-) -> Result<(JobId, BatchQuery, JobStatus)> {
-    let params = Params::new(query, headers, &[])?;
-    let caller = server
-        .authenticate(path, headers, &params, Api::Sql)
-        .await?;
+async fn owned_job(server: &Server, req: &ApiRequest) -> Result<(JobId, BatchQuery, JobStatus)> {
+    let caller = server.caller(req, Api::Sql).await?;
     if caller.principal.is_anonymous() {
         return Err(Error::Unauthorized("batch queries need an api key".into()));
     }
     let not_found = || Error::NotFound("no such batch query".into());
-    let raw = path.get("id").map(String::as_str).unwrap_or_default();
+    let raw = req.path.get("id").map(String::as_str).unwrap_or_default();
     let id = JobId::new(raw).map_err(|_| not_found())?;
     let status = server
         .batch_queue()

@@ -6,13 +6,12 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
-use axum::http::HeaderMap;
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use geoauth::{Api, UserName};
 use geostack_tiles::{MapConfig, TileKey};
 
-use super::request::Params;
+use super::request::{ApiRequest, respond};
 use super::tile::{coord, origin, tilejson as tilejson_of};
 use super::{Error, Result, Server};
 
@@ -41,17 +40,11 @@ impl Server {
     }
 }
 
-pub(super) async fn create(
-    State(server): State<Server>,
-    Path(path): Path<HashMap<String, String>>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    async {
+pub(super) async fn create(State(server): State<Server>, req: ApiRequest, body: Bytes) -> Response {
+    respond(
+        async {
         // The body is the config; credentials come from the query string and headers.
-        let params = Params::new(query.as_deref(), &HeaderMap::new(), &[])?;
-        let caller = server.authenticate(&path, &headers, &params, Api::Maps).await?;
+        let caller = server.caller(&req, Api::Maps).await?;
         let json = std::str::from_utf8(&body)
             .map_err(|_| Error::BadRequest("the map config is not UTF-8".into()))?;
         let config = MapConfig::parse(json)?;
@@ -63,7 +56,7 @@ pub(super) async fn create(
             .arg(MAP_TTL.as_secs())
             .query_async(&mut server.inner.redis.clone())
             .await?;
-        let base = format!("{}{}/api/v1/map/{}", origin(&headers), user_path(&path), config.token());
+        let base = format!("{}{}/api/v1/map/{}", origin(&req.headers), user_path(&req.path), config.token());
         let layers: Vec<_> = config
             .layers()
             .iter()
@@ -81,78 +74,74 @@ pub(super) async fn create(
         caller.rate.write_headers(response.headers_mut());
         Ok::<_, Error>(response)
     }
-    .await
-    .unwrap_or_else(IntoResponse::into_response)
+    .await,
+    )
 }
 
-pub(super) async fn tilejson(
-    State(server): State<Server>,
-    Path(path): Path<HashMap<String, String>>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-) -> Response {
-    async {
-        let params = Params::new(query.as_deref(), &HeaderMap::new(), &[])?;
-        let caller = server
-            .authenticate(&path, &headers, &params, Api::Maps)
-            .await?;
-        let token = path.get("token").map(String::as_str).unwrap_or_default();
-        let config = server.load_map(caller.principal.user(), token).await?;
-        let url = format!(
-            "{}{}/api/v1/map/{token}/{{z}}/{{x}}/{{y}}.mvt",
-            origin(&headers),
-            user_path(&path)
-        );
-        Ok::<_, Error>(Json(tilejson_of(token, vec![url], &zooms(&config))).into_response())
-    }
-    .await
-    .unwrap_or_else(IntoResponse::into_response)
+pub(super) async fn tilejson(State(server): State<Server>, req: ApiRequest) -> Response {
+    respond(
+        async {
+            let caller = server.caller(&req, Api::Maps).await?;
+            let token = req
+                .path
+                .get("token")
+                .map(String::as_str)
+                .unwrap_or_default();
+            let config = server.load_map(caller.principal.user(), token).await?;
+            let url = format!(
+                "{}{}/api/v1/map/{token}/{{z}}/{{x}}/{{y}}.mvt",
+                origin(&req.headers),
+                user_path(&req.path)
+            );
+            Ok::<_, Error>(Json(tilejson_of(token, vec![url], &zooms(&config))).into_response())
+        }
+        .await,
+    )
 }
 
-pub(super) async fn tile(
-    State(server): State<Server>,
-    Path(path): Path<HashMap<String, String>>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-) -> Response {
-    async {
-        let params = Params::new(query.as_deref(), &HeaderMap::new(), &[])?;
-        let caller = server
-            .authenticate(&path, &headers, &params, Api::Maps)
-            .await?;
-        let coord = coord(&path)?;
-        let token = path.get("token").map(String::as_str).unwrap_or_default();
-        let config = server.load_map(caller.principal.user(), token).await?;
-        let layers = path.get("layers").map_or("all", String::as_str);
-        let config = match layers {
-            "all" => config,
-            list => {
-                let indexes = list
-                    .split(',')
-                    .map(|i| i.trim().parse::<usize>())
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|_| {
-                        Error::BadRequest(format!("invalid layers {list}: expected all or 0,1,…"))
-                    })?;
-                config.select(&indexes)?
-            }
-        };
-        let pool = server.pool_of(&caller.principal)?;
-        // Tiles differ by role (each reads what its grants allow): the role is in the key.
-        let key = TileKey::new(
-            format!("map:{token}:{layers}:{}", caller.principal.db_role().name()),
-            coord,
-        );
-        let options = server.inner.config.tile_options.clone();
-        let timeout = server.inner.config.statement_timeout;
-        server
-            .tile(&caller, &headers, key, Vec::new(), || async move {
-                Ok(config.render(&pool, coord, &options, timeout).await?.bytes)
-            })
-            .await
-    }
-    .await
-    .unwrap_or_else(IntoResponse::into_response)
+pub(super) async fn tile(State(server): State<Server>, req: ApiRequest) -> Response {
+    respond(
+        async {
+            let caller = server.caller(&req, Api::Maps).await?;
+            let coord = coord(&req.path)?;
+            let token = req
+                .path
+                .get("token")
+                .map(String::as_str)
+                .unwrap_or_default();
+            let config = server.load_map(caller.principal.user(), token).await?;
+            let layers = req.path.get("layers").map_or("all", String::as_str);
+            let config = match layers {
+                "all" => config,
+                list => {
+                    let indexes = list
+                        .split(',')
+                        .map(|i| i.trim().parse::<usize>())
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|_| {
+                            Error::BadRequest(format!(
+                                "invalid layers {list}: expected all or 0,1,…"
+                            ))
+                        })?;
+                    config.select(&indexes)?
+                }
+            };
+            let pool = server.pool_of(&caller.principal)?;
+            // Tiles differ by role (each reads what its grants allow): the role is in the key.
+            let key = TileKey::new(
+                format!("map:{token}:{layers}:{}", caller.principal.db_role().name()),
+                coord,
+            );
+            let options = server.inner.config.tile_options.clone();
+            let timeout = server.inner.config.statement_timeout;
+            server
+                .tile(&caller, &req.headers, key, Vec::new(), || async move {
+                    Ok(config.render(&pool, coord, &options, timeout).await?.bytes)
+                })
+                .await
+        }
+        .await,
+    )
 }
 
 fn zooms(config: &MapConfig) -> Vec<(String, u8, u8)> {

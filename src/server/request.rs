@@ -3,7 +3,10 @@
 
 use std::collections::HashMap;
 
+use axum::extract::{FromRequestParts, Path};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
 use geoauth::{Api, Credentials, Principal, RateDecision, RateSubject, UserName};
 
 use super::{Error, Result, Server};
@@ -64,6 +67,34 @@ impl Params {
         }
         out.finish()
     }
+}
+
+/// What an API handler starts from: the path's parameters (`user` among them under
+/// `/user/{user}/…`), the raw query string and the headers.
+pub(crate) struct ApiRequest {
+    pub(crate) path: HashMap<String, String>,
+    pub(crate) query: Option<String>,
+    pub(crate) headers: HeaderMap,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for ApiRequest {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
+        let Path(path) = Path::<HashMap<String, String>>::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        Ok(Self {
+            path,
+            query: parts.uri.query().map(str::to_owned),
+            headers: parts.headers.clone(),
+        })
+    }
+}
+
+/// The handler's response, or its error's.
+pub(crate) fn respond(result: Result<Response>) -> Response {
+    result.unwrap_or_else(IntoResponse::into_response)
 }
 
 /// An authenticated request: who, and the rate decision for its response headers.
@@ -145,6 +176,13 @@ impl Server {
             });
         }
         Ok(Caller { principal, rate })
+    }
+
+    /// The verified caller of `req`, whose credentials are in its query string or headers.
+    pub(crate) async fn caller(&self, req: &ApiRequest, api: Api) -> Result<Caller> {
+        let params = Params::new(req.query.as_deref(), &HeaderMap::new(), &[])?;
+        self.authenticate(&req.path, &req.headers, &params, api)
+            .await
     }
 
     /// The pool that logged in as the caller's role.

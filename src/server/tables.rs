@@ -6,14 +6,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Json;
-use axum::extract::{Path, RawQuery, State};
-use axum::http::HeaderMap;
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use geoauth::{Api, Principal};
 use geostack_tiles::{TableSource, TileBuilder, TileKey, discover};
 
 use super::maps::user_path;
-use super::request::Params;
+use super::request::{ApiRequest, respond};
 use super::tile::{coord, origin, tilejson as tilejson_of};
 use super::{Error, Result, Server};
 
@@ -61,64 +60,60 @@ fn table_name(path: &HashMap<String, String>) -> &str {
     raw.strip_suffix(".json").unwrap_or(raw)
 }
 
-pub(super) async fn tile(
-    State(server): State<Server>,
-    Path(path): Path<HashMap<String, String>>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-) -> Response {
-    async {
-        let params = Params::new(query.as_deref(), &HeaderMap::new(), &[])?;
-        let caller = server
-            .authenticate(&path, &headers, &params, Api::Maps)
-            .await?;
-        let coord = coord(&path)?;
-        let source = server.table(&caller.principal, table_name(&path)).await?;
-        let pool = server.pool_of(&caller.principal)?;
-        let key = TileKey::new(
-            format!(
-                "table:{}:{}",
-                source.name(),
-                caller.principal.db_role().name()
-            ),
-            coord,
-        );
-        let options = server.inner.config.tile_options.clone();
-        server
-            .tile(&caller, &headers, key, vec![source.name()], || async move {
-                let mut tile = TileBuilder::new(coord, &options);
-                let mut layer = tile.layer(&source.table);
-                source.fill(&pool, &mut layer).await?;
-                layer.finish()?;
-                tile.into_bytes()
-            })
-            .await
-    }
-    .await
-    .unwrap_or_else(IntoResponse::into_response)
+pub(super) async fn tile(State(server): State<Server>, req: ApiRequest) -> Response {
+    respond(
+        async {
+            let caller = server.caller(&req, Api::Maps).await?;
+            let coord = coord(&req.path)?;
+            let source = server
+                .table(&caller.principal, table_name(&req.path))
+                .await?;
+            let pool = server.pool_of(&caller.principal)?;
+            let key = TileKey::new(
+                format!(
+                    "table:{}:{}",
+                    source.name(),
+                    caller.principal.db_role().name()
+                ),
+                coord,
+            );
+            let options = server.inner.config.tile_options.clone();
+            server
+                .tile(
+                    &caller,
+                    &req.headers,
+                    key,
+                    vec![source.name()],
+                    || async move {
+                        let mut tile = TileBuilder::new(coord, &options);
+                        let mut layer = tile.layer(&source.table);
+                        source.fill(&pool, &mut layer).await?;
+                        layer.finish()?;
+                        tile.into_bytes()
+                    },
+                )
+                .await
+        }
+        .await,
+    )
 }
 
-pub(super) async fn tilejson(
-    State(server): State<Server>,
-    Path(path): Path<HashMap<String, String>>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-) -> Response {
-    async {
-        let params = Params::new(query.as_deref(), &HeaderMap::new(), &[])?;
-        let caller = server
-            .authenticate(&path, &headers, &params, Api::Maps)
-            .await?;
-        let source = server.table(&caller.principal, table_name(&path)).await?;
-        let url = format!(
-            "{}{}/tiles/{}/{{z}}/{{x}}/{{y}}.mvt",
-            origin(&headers),
-            user_path(&path),
-            source.name()
-        );
-        let layers = [(source.table.clone(), 0, 22)];
-        Ok::<_, Error>(Json(tilejson_of(&source.name(), vec![url], &layers)).into_response())
-    }
-    .await
-    .unwrap_or_else(IntoResponse::into_response)
+pub(super) async fn tilejson(State(server): State<Server>, req: ApiRequest) -> Response {
+    respond(
+        async {
+            let caller = server.caller(&req, Api::Maps).await?;
+            let source = server
+                .table(&caller.principal, table_name(&req.path))
+                .await?;
+            let url = format!(
+                "{}{}/tiles/{}/{{z}}/{{x}}/{{y}}.mvt",
+                origin(&req.headers),
+                user_path(&req.path),
+                source.name()
+            );
+            let layers = [(source.table.clone(), 0, 22)];
+            Ok::<_, Error>(Json(tilejson_of(&source.name(), vec![url], &layers)).into_response())
+        }
+        .await,
+    )
 }

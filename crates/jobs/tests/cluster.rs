@@ -1,11 +1,6 @@
 //! The core of the queue on a real Redis Cluster of three masters: each queue lives in one
 //! slot (its hash tag), every script runs there, and workers block on connections of their own
 //! from the cluster client. Queues are named so that they land on different masters.
-#![expect(
-    clippy::unwrap_used,
-    reason = "test helpers fail the test by panicking"
-)]
-
 mod common;
 
 use common::*;
@@ -14,31 +9,19 @@ use geostack_testkit::RedisCluster;
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 
-struct Run {
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<geostack_jobs::Result<()>>,
-}
-
-impl Run {
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        self.task.await.unwrap().unwrap();
-    }
-}
-
 fn start_on(
     client: &ClusterClient,
     queue: &Queue<ClusterConnection>,
     recorder: &Recorder,
     config: WorkerConfig,
-) -> Run {
+) -> Running {
     let (stop, rx) = tokio::sync::oneshot::channel();
     let worker =
         Worker::new(queue.clone(), client.clone(), config).handle::<Task, _>(recorder.clone());
     let task = tokio::spawn(worker.run(async {
         let _ = rx.await;
     }));
-    Run { stop, task }
+    Running { stop, task }
 }
 
 #[tokio::test]
