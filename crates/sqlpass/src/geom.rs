@@ -254,12 +254,7 @@ pub(crate) fn push_wkt(out: &mut Vec<u8>, g: &Geometry<f64>, dp: u8) {
 
 /// Uppercase hex, as PostGIS prints EWKB.
 pub(crate) fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    out.reserve(bytes.len() * 2);
-    for &b in bytes {
-        out.push(HEX[usize::from(b >> 4)]);
-        out.push(HEX[usize::from(b & 15)]);
-    }
+    crate::format::push_hex_digits(out, bytes, b"0123456789ABCDEF");
 }
 
 #[cfg(test)]

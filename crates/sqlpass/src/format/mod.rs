@@ -101,10 +101,16 @@ pub(crate) fn push_json_value(out: &mut Vec<u8>, v: &Value<'_>) {
 }
 
 pub(crate) fn push_lower_hex(out: &mut Vec<u8>, bytes: &[u8]) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for &b in bytes {
-        out.push(HEX[usize::from(b >> 4)]);
-        out.push(HEX[usize::from(b & 15)]);
+    push_hex_digits(out, bytes, b"0123456789abcdef");
+}
+
+/// Two digits of `digits` per byte, written in place (no capacity check per digit).
+pub(crate) fn push_hex_digits(out: &mut Vec<u8>, bytes: &[u8], digits: &[u8; 16]) {
+    let start = out.len();
+    out.resize(start + bytes.len() * 2, 0);
+    for (pair, &b) in out[start..].chunks_exact_mut(2).zip(bytes) {
+        pair[0] = digits[usize::from(b >> 4)];
+        pair[1] = digits[usize::from(b & 15)];
     }
 }
 
