@@ -205,3 +205,34 @@ async fn refused_queries_answer_carto_s_error_shape() {
         );
     }
 }
+
+#[tokio::test]
+async fn other_origins_may_call_the_api() {
+    let app = app().await;
+    let preflight = app
+        .request(
+            "OPTIONS",
+            "/api/v2/sql",
+            &[
+                ("origin", "https://maps.example.org"),
+                ("access-control-request-method", "POST"),
+            ],
+            b"",
+        )
+        .await;
+    assert_eq!(preflight.status, 204);
+    assert_eq!(preflight.header("access-control-allow-origin"), Some("*"));
+    assert!(
+        preflight
+            .header("access-control-allow-headers")
+            .unwrap()
+            .contains("Authorization")
+    );
+    let r = app.get(&sql("select 1", "")).await;
+    assert_eq!(r.header("access-control-allow-origin"), Some("*"));
+    assert!(
+        r.header("access-control-expose-headers")
+            .unwrap()
+            .contains("X-Cache-Channel")
+    );
+}

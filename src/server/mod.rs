@@ -142,6 +142,7 @@ impl Server {
             .route("/assets/{file}", get(page::asset))
             .merge(api.clone())
             .nest("/user/{user}", api)
+            .layer(axum::middleware::from_fn(cors))
             .layer(axum::middleware::from_fn(trace))
             .with_state(self.clone())
     }
@@ -174,6 +175,48 @@ impl Server {
 #[expect(clippy::panic, reason = "BATCH_QUEUE is a valid queue name")]
 fn unreachable_name() -> QueueName {
     panic!("the batch queue's name was refused")
+}
+
+/// Cross-origin access, as CARTO's APIs allow it: any origin may call them (credentials travel
+/// as keys, not cookies); a preflight `OPTIONS` is answered here with what a request may send.
+async fn cors(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::http::{HeaderValue, Method, StatusCode, header};
+    let mut response = if request.method() == Method::OPTIONS {
+        let mut preflight = axum::response::Response::new(axum::body::Body::empty());
+        *preflight.status_mut() = StatusCode::NO_CONTENT;
+        let h = preflight.headers_mut();
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, POST, DELETE, OPTIONS"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static("Authorization, Content-Type, X-Api-Key, If-None-Match"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static("3600"),
+        );
+        preflight
+    } else {
+        next.run(request).await
+    };
+    let h = response.headers_mut();
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static(
+            "ETag, X-Cache-Channel, Surrogate-Key, Retry-After, RateLimit-Limit, RateLimit-Remaining, \
+             RateLimit-Reset, Carto-Rate-Limit-Limit, Carto-Rate-Limit-Remaining, Carto-Rate-Limit-Reset",
+        ),
+    );
+    response
 }
 
 /// A span per request, and one line when it is answered.
