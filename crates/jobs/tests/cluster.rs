@@ -72,10 +72,7 @@ async fn the_core_suite_runs_on_a_cluster() {
         &recorder,
         WorkerConfig::default().concurrency(4),
     );
-    until("all done", Duration::from_secs(10), async || {
-        q.counts().await.unwrap().completed == 22
-    })
-    .await;
+    until_completed(&q, 22, Duration::from_secs(10)).await;
     let status = q.status(&ids[7]).await.unwrap().unwrap();
     assert_eq!(status.result, Some(serde_json::json!({"double": 14})));
     assert_eq!(

@@ -132,10 +132,7 @@ async fn a_rate_limit_spreads_jobs_over_windows() {
         &recorder,
         WorkerConfig::default().concurrency(8),
     );
-    until("all done", Duration::from_secs(5), async || {
-        q.counts().await.unwrap().completed == 10
-    })
-    .await;
+    until_completed(&q, 10, Duration::from_secs(5)).await;
     // 10 jobs at 4 per 500 ms take three windows: at least two ends of a window.
     assert!(
         started.elapsed() >= Duration::from_millis(900),
@@ -179,10 +176,7 @@ async fn tenants_are_served_in_turn() {
         .unwrap();
     let recorder = Recorder::default();
     let w = start(&redis, &q, &recorder, WorkerConfig::default());
-    until("all done", Duration::from_secs(5), async || {
-        q.counts().await.unwrap().completed == 13
-    })
-    .await;
+    until_completed(&q, 13, Duration::from_secs(5)).await;
     w.stop().await;
     let order: Vec<u32> = recorder
         .runs
@@ -272,10 +266,7 @@ async fn finished_jobs_are_kept_by_age_and_count() {
         .enqueue_bulk(&[task(1, "ok"), task(2, "ok")], JobOptions::default())
         .await
         .unwrap();
-    until("two done", Duration::from_secs(5), async || {
-        q.counts().await.unwrap().completed == 2
-    })
-    .await;
+    until_completed(&q, 2, Duration::from_secs(5)).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
     let new = q
         .enqueue(&task(3, "ok"), JobOptions::default())

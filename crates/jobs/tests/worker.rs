@@ -23,10 +23,7 @@ async fn jobs_run_once_each_and_keep_their_results() {
         &recorder,
         WorkerConfig::default().concurrency(4),
     );
-    until("50 completed", Duration::from_secs(10), async || {
-        q.counts().await.unwrap().completed == 50
-    })
-    .await;
+    until_completed(&q, 50, Duration::from_secs(10)).await;
     w.stop().await;
     let mut runs: Vec<u32> = recorder
         .runs
@@ -164,20 +161,14 @@ async fn a_unique_key_deduplicates_while_the_job_lives() {
     assert_eq!(q.counts().await.unwrap().waiting, 1);
     let recorder = Recorder::default();
     let w = start(&redis, &q, &recorder, WorkerConfig::default());
-    until("done", Duration::from_secs(5), async || {
-        q.counts().await.unwrap().completed == 1
-    })
-    .await;
+    until_completed(&q, 1, Duration::from_secs(5)).await;
     // Completed: the key is free again.
     let c = q
         .enqueue(&task(3, "ok"), JobOptions::default().unique("import:42"))
         .await
         .unwrap();
     assert_ne!(c, a);
-    until("done again", Duration::from_secs(5), async || {
-        q.counts().await.unwrap().completed == 2
-    })
-    .await;
+    until_completed(&q, 2, Duration::from_secs(5)).await;
     w.stop().await;
 }
 
@@ -268,10 +259,7 @@ async fn a_dead_workers_job_is_taken_back_and_a_slow_live_one_is_kept() {
         "taken back after {:?}",
         died.elapsed()
     );
-    until("completed", Duration::from_secs(5), async || {
-        q.counts().await.unwrap().completed == 1
-    })
-    .await;
+    until_completed(&q, 1, Duration::from_secs(5)).await;
     rescuer.stop().await;
     let s = q.status(&id).await.unwrap().unwrap();
     assert_eq!((s.state, s.attempts), (JobState::Completed, 2));

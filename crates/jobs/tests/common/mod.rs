@@ -125,3 +125,14 @@ pub async fn until(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> 
 pub fn fast_backoff() -> JobOptions {
     JobOptions::default().backoff(Backoff::Fixed(Duration::from_millis(50)))
 }
+
+/// Waits until `queue` holds `n` completed jobs, for at most `limit`.
+pub async fn until_completed<C>(queue: &Queue<C>, n: u64, limit: Duration)
+where
+    C: redis::aio::ConnectionLike + Clone + Send + Sync + 'static,
+{
+    until(&format!("{n} completed"), limit, async || {
+        queue.counts().await.unwrap().completed == n
+    })
+    .await;
+}
