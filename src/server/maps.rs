@@ -12,7 +12,7 @@ use geoauth::{Api, UserName};
 use geostack_tiles::{MapConfig, TileKey};
 
 use super::request::{ApiRequest, respond};
-use super::tile::{coord, origin, tilejson as tilejson_of};
+use super::tile::{coord, origin, tile_response, tilejson as tilejson_of};
 use super::{Error, Result, Server};
 
 /// How long a stored map config lives after its last instantiation.
@@ -109,8 +109,17 @@ pub(super) async fn tile(State(server): State<Server>, req: ApiRequest) -> Respo
                 .get("token")
                 .map(String::as_str)
                 .unwrap_or_default();
-            let config = server.load_map(caller.principal.user(), token).await?;
             let layers = req.path.get("layers").map_or("all", String::as_str);
+            // Tiles differ by role (each reads what its grants allow): the role is in the key.
+            let key = TileKey::new(
+                format!("map:{token}:{layers}:{}", caller.principal.db_role().name()),
+                coord,
+            );
+            // A cached tile needs neither the config nor a connection.
+            if let Some(tile) = server.cached_tile(&key).await? {
+                return Ok(tile_response(&caller, &req.headers, &tile));
+            }
+            let config = server.load_map(caller.principal.user(), token).await?;
             let config = match layers {
                 "all" => config,
                 list => {
@@ -127,18 +136,14 @@ pub(super) async fn tile(State(server): State<Server>, req: ApiRequest) -> Respo
                 }
             };
             let pool = server.pool_of(&caller.principal)?;
-            // Tiles differ by role (each reads what its grants allow): the role is in the key.
-            let key = TileKey::new(
-                format!("map:{token}:{layers}:{}", caller.principal.db_role().name()),
-                coord,
-            );
             let options = server.inner.config.tile_options.clone();
             let timeout = server.inner.config.statement_timeout;
-            server
-                .tile(&caller, &req.headers, key, Vec::new(), || async move {
+            let tile = server
+                .render_tile(&key, &[], || async move {
                     Ok(config.render(&pool, coord, &options, timeout).await?.bytes)
                 })
-                .await
+                .await?;
+            Ok(tile_response(&caller, &req.headers, &tile))
         }
         .await,
     )

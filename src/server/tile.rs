@@ -32,7 +32,7 @@ pub(crate) fn coord(path: &HashMap<String, String>) -> Result<TileCoord> {
 
 impl Server {
     /// The tile under `key`: from the cache, else rendered once however many ask at the same
-    /// time, then cached with `tables` as its tags.
+    /// time, then cached with `tables` as its tags; answered for `caller`.
     pub(crate) async fn tile<F, Fut>(
         &self,
         caller: &Caller,
@@ -45,50 +45,77 @@ impl Server {
         F: FnOnce() -> Fut,
         Fut: Future<Output = geostack_tiles::Result<Vec<u8>>>,
     {
-        let inner = &self.inner;
-        let tile = match inner.cache.get(&key).await? {
+        let tile = match self.cached_tile(&key).await? {
             Some(tile) => tile,
-            None => {
-                let tile = inner
-                    .flights
-                    .run(&key, || async { render().await.map(CachedTile::new) })
-                    .await?;
-                inner.cache.put(&key, &tile, &tables).await?;
-                tile
-            }
+            None => self.render_tile(&key, &tables, render).await?,
         };
-        let mut response = Response::new(Body::empty());
-        let h = response.headers_mut();
-        if let Ok(etag) = HeaderValue::from_str(tile.etag()) {
-            h.insert(header::ETAG, etag);
-        }
-        h.insert(
-            header::CACHE_CONTROL,
-            HeaderValue::from_static(if caller.principal.is_anonymous() {
-                "public, max-age=60"
-            } else {
-                "private, max-age=60"
-            }),
-        );
-        h.insert(header::VARY, HeaderValue::from_static("Authorization"));
-        caller.rate.write_headers(h);
-        let matches = headers
-            .get(header::IF_NONE_MATCH)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| tile.matches(v));
-        *response.status_mut() = if matches {
-            StatusCode::NOT_MODIFIED
-        } else if tile.is_empty() {
-            StatusCode::NO_CONTENT
-        } else {
-            response
-                .headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static(MVT));
-            *response.body_mut() = Body::from(tile.bytes().to_vec());
-            StatusCode::OK
-        };
-        Ok(response)
+        Ok(tile_response(caller, headers, &tile))
     }
+
+    /// The tile under `key` if the cache holds it.
+    pub(crate) async fn cached_tile(&self, key: &TileKey) -> Result<Option<CachedTile>> {
+        Ok(self.inner.cache.get(key).await?)
+    }
+
+    /// Renders the tile under `key` once however many ask at the same time; the renderer
+    /// caches it with `tables` as its tags.
+    pub(crate) async fn render_tile<F, Fut>(
+        &self,
+        key: &TileKey,
+        tables: &[String],
+        render: F,
+    ) -> Result<CachedTile>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = geostack_tiles::Result<Vec<u8>>>,
+    {
+        let cache = &self.inner.cache;
+        Ok(self
+            .inner
+            .flights
+            .run(key, || async {
+                let tile = CachedTile::new(render().await?);
+                cache.put(key, &tile, tables).await?;
+                Ok(tile)
+            })
+            .await?)
+    }
+}
+
+/// The answer for a tile: 200 with its bytes and ETag, 304 when `If-None-Match` names it, 204
+/// when it is empty.
+pub(crate) fn tile_response(caller: &Caller, headers: &HeaderMap, tile: &CachedTile) -> Response {
+    let mut response = Response::new(Body::empty());
+    let h = response.headers_mut();
+    if let Ok(etag) = HeaderValue::from_str(tile.etag()) {
+        h.insert(header::ETAG, etag);
+    }
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static(if caller.principal.is_anonymous() {
+            "public, max-age=60"
+        } else {
+            "private, max-age=60"
+        }),
+    );
+    h.insert(header::VARY, HeaderValue::from_static("Authorization"));
+    caller.rate.write_headers(h);
+    let matches = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| tile.matches(v));
+    *response.status_mut() = if matches {
+        StatusCode::NOT_MODIFIED
+    } else if tile.is_empty() {
+        StatusCode::NO_CONTENT
+    } else {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(MVT));
+        *response.body_mut() = Body::from(tile.bytes().to_vec());
+        StatusCode::OK
+    };
+    response
 }
 
 /// TileJSON 3.0.0 for `tiles` (URL templates), `layers` as `(name, minzoom, maxzoom)`.
