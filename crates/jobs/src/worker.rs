@@ -50,6 +50,8 @@ pub struct Worker<C = ConnectionManager, K = redis::Client> {
 
 struct Inner<C> {
     queues: Vec<Queue<C>>,
+    /// Per queue, what a handler's context reports progress through.
+    reporters: Vec<Arc<dyn Reporter>>,
     config: WorkerConfig,
     handlers: HashMap<&'static str, Arc<dyn Erased>>,
     id: String,
@@ -151,8 +153,14 @@ where
     /// [`crate::Error::Unavailable`] when Redis cannot be reached at the start; failures after
     /// that are retried.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
+        let reporters = self
+            .queues
+            .iter()
+            .map(|q| Arc::new(q.clone()) as Arc<dyn Reporter>)
+            .collect();
         let inner = Arc::new(Inner {
             queues: self.queues,
+            reporters,
             config: self.config,
             handlers: self.handlers,
             id: format!(
@@ -359,8 +367,12 @@ where
         };
     };
     let queue = &inner.queues[job.queue];
-    let reporter: Arc<dyn Reporter> = Arc::new(queue.clone());
-    let ctx = JobContext::new(job.id.clone(), job.attempt, reporter, job.token.clone());
+    let ctx = JobContext::new(
+        job.id.clone(),
+        job.attempt,
+        Arc::clone(&inner.reporters[job.queue]),
+        job.token.clone(),
+    );
     let run = match handler.start(&job.payload, ctx) {
         Ok(run) => run,
         Err(e) => {
