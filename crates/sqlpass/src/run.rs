@@ -612,11 +612,14 @@ async fn end(mut conn: Conn, access: Access, success: bool) -> bool {
 /// Cancels whatever backend `pid` runs, from a connection of its own (the same role may cancel
 /// its own backends).
 async fn cancel(pool: &PgPool, pid: i32) {
-    let cancel = sqlx::query("select pg_cancel_backend($1)").bind(pid);
+    const CANCEL: &str = "select pg_cancel_backend($1)";
     // An idle connection of the pool, when there is one, saves connecting.
     if let Some(mut idle) = pool.try_acquire() {
-        let sent = tokio::time::timeout(Duration::from_secs(2), cancel.execute(&mut *idle)).await;
-        if matches!(sent, Ok(Ok(_))) {
+        let sent = sqlx::query(CANCEL).bind(pid).execute(&mut *idle);
+        if matches!(
+            tokio::time::timeout(Duration::from_secs(2), sent).await,
+            Ok(Ok(_))
+        ) {
             return;
         }
         idle.close_on_drop();
@@ -624,10 +627,7 @@ async fn cancel(pool: &PgPool, pid: i32) {
     let options = pool.connect_options();
     let work = async {
         let mut conn = sqlx::PgConnection::connect_with(&options).await?;
-        sqlx::query("select pg_cancel_backend($1)")
-            .bind(pid)
-            .execute(&mut conn)
-            .await?;
+        sqlx::query(CANCEL).bind(pid).execute(&mut conn).await?;
         conn.close().await
     };
     let _ = tokio::time::timeout(Duration::from_secs(2), work).await;
