@@ -1,8 +1,8 @@
 //! geostack-jobs against a `redis-server` of the bench's own (so `INFO commandstats` counts
-//! only this run): enqueue one job and 100 in bulk; process 2 000 no-op jobs at concurrency 1,
+//! only this run): enqueue one job and 100 in bulk; process 5 000 no-op jobs at concurrency 1,
 //! 8 and 32; and, as the baseline, the same jobs as a raw `LPUSH` + `BRPOP` loop with as many
-//! consumers. After the timings it prints the Redis round trips per processed job in steady
-//! state, read from `INFO commandstats`.
+//! consumers. After the timings it prints, read from `INFO commandstats`, the Redis round trips
+//! per processed job in steady state and what Redis spent its time on.
 #![expect(
     clippy::expect_used,
     clippy::panic,
@@ -24,7 +24,7 @@ use redis::aio::ConnectionManager;
 use tokio::sync::Notify;
 
 /// Jobs per processing run.
-const JOBS: usize = 2_000;
+const JOBS: usize = 5_000;
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Noop {
@@ -86,8 +86,18 @@ fn jobs(n: usize) -> Vec<Noop> {
     (0..n as u32).map(|n| Noop { n }).collect()
 }
 
-/// Top-level commands so far, by name (`INFO commandstats`), without those run inside scripts.
+/// Calls so far per command name (`INFO commandstats`, which also counts those run inside
+/// scripts).
 async fn commands(conn: &mut ConnectionManager) -> HashMap<String, u64> {
+    command_stat(conn, "calls=").await
+}
+
+/// Microseconds spent so far per command name (a script's own includes its commands').
+async fn command_usec(conn: &mut ConnectionManager) -> HashMap<String, u64> {
+    command_stat(conn, "usec=").await
+}
+
+async fn command_stat(conn: &mut ConnectionManager, field: &str) -> HashMap<String, u64> {
     let info: String = redis::cmd("INFO")
         .arg("commandstats")
         .query_async(conn)
@@ -97,7 +107,7 @@ async fn commands(conn: &mut ConnectionManager) -> HashMap<String, u64> {
         .filter_map(|l| l.strip_prefix("cmdstat_"))
         .filter_map(|l| {
             let (name, rest) = l.split_once(':')?;
-            let calls = rest.split(',').find_map(|f| f.strip_prefix("calls="))?;
+            let calls = rest.split(',').find_map(|f| f.strip_prefix(field))?;
             Some((name.to_owned(), calls.parse().ok()?))
         })
         .collect()
@@ -143,10 +153,20 @@ fn enqueue(c: &mut Criterion) {
 /// Processes `JOBS` queued jobs with a worker of `concurrency` slots; returns the time from
 /// the worker's start to the last job done.
 async fn process_run(s: &Setup, queue: &Queue, concurrency: usize) -> Duration {
+    fill(queue).await;
+    drain(s, queue, concurrency).await
+}
+
+/// Enqueues `JOBS` jobs.
+async fn fill(queue: &Queue) {
     queue
         .enqueue_bulk(&jobs(JOBS), JobOptions::default())
         .await
         .expect("enqueue");
+}
+
+/// Runs a worker until the `JOBS` queued jobs are done; returns the time that took.
+async fn drain(s: &Setup, queue: &Queue, concurrency: usize) -> Duration {
     let counter = Counter {
         done: Arc::new(AtomicUsize::new(0)),
         target: Arc::new(AtomicUsize::new(JOBS)),
@@ -254,38 +274,63 @@ fn process(c: &mut Criterion) {
     }
     group.finish();
 
-    // Round trips per job in steady state: the top-level commands of one more run at
-    // concurrency 8, beyond the enqueue pipeline, per job. Only when benchmarking (`cargo
-    // bench` passes --bench), not when a test runner lists or smoke-runs the benchmarks.
+    // Round trips per job in steady state: the top-level commands of one more run each at
+    // concurrency 8 and 32, counted after the jobs are enqueued, per job; with the commands
+    // the scripts ran and where Redis spent its time. Only when benchmarking (`cargo bench`
+    // passes --bench), not when a test runner lists or smoke-runs the benchmarks.
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
-    let queue = Queue::with_prefix(
-        s.conn.clone(),
-        QueueName::new("trips").expect("a name"),
-        "bench:",
-    );
-    let per_job = s.rt.block_on(async {
-        let mut conn = s.conn.clone();
-        let before = commands(&mut conn).await;
-        process_run(&s, &queue, 8).await;
-        let after = commands(&mut conn).await;
-        let delta = |name: &str| {
-            after.get(name).copied().unwrap_or(0) - before.get(name).copied().unwrap_or(0)
-        };
-        let enqueue_calls = JOBS as u64 + 1; // one EVALSHA per job, one SCRIPT LOAD
-        let top: u64 = TOP_LEVEL.iter().map(|c| delta(c)).sum::<u64>() + delta("script|load");
-        let lines: Vec<String> = TOP_LEVEL
-            .iter()
-            .map(|c| format!("{c}={}", delta(c)))
-            .collect();
-        eprintln!(
-            "jobs: commands during a run of {JOBS} jobs at concurrency 8: {}",
-            lines.join(" ")
+    for concurrency in [8, 32] {
+        let queue = Queue::with_prefix(
+            s.conn.clone(),
+            QueueName::new(format!("trips{concurrency}")).expect("a name"),
+            "bench:",
         );
-        (top - enqueue_calls) as f64 / JOBS as f64
-    });
-    eprintln!("jobs: {per_job:.2} Redis round trips per processed job (goal <= 2)");
+        let (per_job, inside) = s.rt.block_on(async {
+            let mut conn = s.conn.clone();
+            fill(&queue).await;
+            let before = commands(&mut conn).await;
+            let usec_before = command_usec(&mut conn).await;
+            drain(&s, &queue, concurrency).await;
+            let after = commands(&mut conn).await;
+            let usec_after = command_usec(&mut conn).await;
+            // Where Redis spent its time: the costliest commands per job.
+            let mut spent: Vec<(String, u64)> = usec_after
+                .iter()
+                .map(|(c, u)| (c.clone(), u - usec_before.get(c).copied().unwrap_or(0)))
+                .filter(|(_, u)| *u > 0)
+                .collect();
+            spent.sort_by_key(|(_, u)| std::cmp::Reverse(*u));
+            let spent: Vec<String> = spent
+                .iter()
+                .take(12)
+                .map(|(c, u)| format!("{c}={:.2}", *u as f64 / JOBS as f64))
+                .collect();
+            eprintln!(
+                "jobs: Redis µs per job by command at concurrency {concurrency}: {}",
+                spent.join(" ")
+            );
+            let delta = |name: &str| {
+                after.get(name).copied().unwrap_or(0) - before.get(name).copied().unwrap_or(0)
+            };
+            let top: u64 = TOP_LEVEL.iter().map(|c| delta(c)).sum::<u64>() + delta("script|load");
+            let all: u64 = after.keys().map(|c| delta(c)).sum();
+            let lines: Vec<String> = TOP_LEVEL
+                .iter()
+                .map(|c| format!("{c}={}", delta(c)))
+                .collect();
+            eprintln!(
+                "jobs: commands during a run of {JOBS} jobs at concurrency {concurrency}: {}",
+                lines.join(" ")
+            );
+            (top as f64 / JOBS as f64, (all - top) as f64 / JOBS as f64)
+        });
+        eprintln!(
+            "jobs: concurrency {concurrency}: {per_job:.2} Redis round trips per processed job \
+             (goal <= 2); {inside:.1} commands run by scripts per job"
+        );
+    }
 }
 
 criterion_group!(benches, enqueue, process);

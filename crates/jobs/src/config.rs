@@ -76,7 +76,9 @@ impl WorkerConfig {
         self
     }
 
-    /// How long a completed or cancelled job is kept. Default 24 hours.
+    /// How long a completed or cancelled job is kept (zero: until the count limit removes
+    /// it). A completed job is removed by the first call its queue gets from a worker after
+    /// that (a worker with a free slot calls each second). Default 24 hours.
     pub fn result_ttl(mut self, ttl: Duration) -> Self {
         self.result_ttl = ttl;
         self
@@ -111,6 +113,15 @@ impl WorkerConfig {
     pub fn shutdown_deadline(mut self, deadline: Duration) -> Self {
         self.shutdown_deadline = deadline;
         self
+    }
+
+    /// How old a completed job may grow: the sooner of its result TTL and the age limit.
+    pub(crate) fn completed_age(&self) -> Option<Duration> {
+        let ttl = (!self.result_ttl.is_zero()).then_some(self.result_ttl);
+        match (ttl, self.keep_completed_for) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// How long a worker may go without a heartbeat before it counts as dead.

@@ -73,7 +73,8 @@ pub struct JobStatus {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct QueueEvent {
-    /// The stream entry's id (`<ms>-<seq>`), for [`Queue::events`]' `after`.
+    /// The stream entry's id (`<ms>-<seq>`), for [`Queue::events`]' `after`; shared by the
+    /// events of one batch.
     pub id: String,
     /// `added`, `active`, `progress`, `completed`, `retrying`, `dead`, `stalled`, `released`,
     /// `cancelled`, `redriven` or `worker-lost`.
@@ -377,8 +378,10 @@ where
         Ok(())
     }
 
-    /// Up to `count` of the queue's latest events (the stream keeps about the last 10 000),
-    /// oldest first, after the event id `after` (all kept ones when `None`).
+    /// The queue's events from up to `count` stream entries (the stream keeps about the last
+    /// 10 000), oldest first, after the entry id `after` (all kept ones when `None`). The same
+    /// event of several jobs handled by one script call (a worker finishing or taking a batch)
+    /// shares one entry: those events come one per job with the entry's id.
     ///
     /// # Errors
     ///
@@ -393,15 +396,22 @@ where
             .arg(count)
             .query_async(&mut self.conn.clone())
             .await?;
-        Ok(entries
-            .into_iter()
-            .map(|(id, mut f)| QueueEvent {
-                id,
-                kind: f.remove("event").unwrap_or_default(),
-                job: f.remove("id").unwrap_or_default(),
-                detail: f.remove("detail").unwrap_or_default(),
-            })
-            .collect())
+        let mut events = Vec::with_capacity(entries.len());
+        for (id, mut f) in entries {
+            let kind = f.remove("event").unwrap_or_default();
+            let detail = f.remove("detail").unwrap_or_default();
+            let jobs = f.remove("id").unwrap_or_default();
+            // One entry holds the same event of all the jobs a script call handled.
+            for job in jobs.split(',') {
+                events.push(QueueEvent {
+                    id: id.clone(),
+                    kind: kind.clone(),
+                    job: job.to_owned(),
+                    detail: detail.clone(),
+                });
+            }
+        }
+        Ok(events)
     }
 
     /// Moves up to `max` jobs from the dead letter back to the wait queue with fresh attempts.

@@ -17,7 +17,6 @@ macro_rules! script {
 }
 
 script!(ENQUEUE, "lua/enqueue.lua");
-script!(FETCH, "lua/fetch.lua");
 script!(FINISH, "lua/finish.lua");
 script!(EXTEND, "lua/extend.lua");
 script!(SWEEP, "lua/sweep.lua");

@@ -1,5 +1,6 @@
-//! Workers: take jobs one at a time per slot from one or more queues, run their handlers, and
-//! report the outcome; register a heartbeat; sweep for the jobs of dead workers.
+//! Workers: take jobs from one or more queues for their free slots, run their handlers, and
+//! report the outcomes (batched with the next take); register a heartbeat; sweep for the jobs
+//! of dead workers.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -8,13 +9,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use futures_util::FutureExt as _;
 use redis::aio::{ConnectionLike, ConnectionManager};
 use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
 
 use crate::handler::{Erased, Reporter, Typed};
 use crate::queue::{BackoffRecord, now_ms};
 use crate::registry::host_name;
-use crate::scripts::{EXTEND, FETCH, FINISH};
+use crate::scripts::{EXTEND, FINISH};
 use crate::{Backoff, Connector, Handler, Job, JobContext, JobId, Queue, Result, WorkerConfig};
 
 /// Runs the jobs of one or more queues.
@@ -55,11 +58,12 @@ struct Inner<C> {
     config: WorkerConfig,
     handlers: HashMap<&'static str, Arc<dyn Erased>>,
     id: String,
-    wake: Notify,
+    /// Per lane, what wakes it when it waits for jobs.
+    wake: Vec<Notify>,
     stopping: AtomicBool,
 }
 
-/// A job taken by a slot.
+/// A job taken from a queue.
 struct Taken {
     queue: usize,
     id: JobId,
@@ -72,25 +76,27 @@ struct Taken {
     token: String,
 }
 
-type TakenTuple = (String, String, String, u32, u32, u64, String);
+type TakenTuple = (String, String, String, u32, u32, u64, String, String);
 
-/// What the take step of a script answered.
-enum Take {
-    Job(TakenTuple),
-    /// The queue's rate limit: wait this many milliseconds.
-    Limited(u64),
-    Empty,
+/// What the take step of a script answered: the jobs taken, and how long the queue's rate
+/// limit asks to wait before the next take (0: no wait).
+struct Took {
+    wait_ms: u64,
+    jobs: Vec<TakenTuple>,
 }
 
-impl redis::FromRedisValue for Take {
+impl redis::FromRedisValue for Took {
     fn from_redis_value(v: redis::Value) -> std::result::Result<Self, redis::ParsingError> {
-        match v {
-            redis::Value::Nil => Ok(Self::Empty),
-            redis::Value::Array(mut items) if items.len() == 1 => {
-                Ok(Self::Limited(redis::from_redis_value(items.remove(0))?))
-            }
-            other => Ok(Self::Job(redis::from_redis_value(other)?)),
+        let mut items: Vec<redis::Value> = redis::from_redis_value(v)?;
+        if items.is_empty() {
+            return Err("an empty take reply".into());
         }
+        let wait_ms = redis::from_redis_value(items.remove(0))?;
+        let jobs = items
+            .into_iter()
+            .map(redis::from_redis_value)
+            .collect::<std::result::Result<_, _>>()?;
+        Ok(Self { wait_ms, jobs })
     }
 }
 
@@ -100,6 +106,41 @@ enum Outcome {
     Release,
     Cancelled,
     Lost,
+}
+
+/// A finished job's outcome, waiting for its queue's next finish call.
+struct Report {
+    id: JobId,
+    token: String,
+    kind: &'static str,
+    text: String,
+    delay_ms: u64,
+}
+
+/// What a job's task hands back to the worker when the job is over.
+struct Ended {
+    queue: usize,
+    /// `None` when the job's lock was lost: there is nothing to report.
+    report: Option<Report>,
+}
+
+/// The most jobs one script call takes, and the most outcomes it reports.
+const BATCH: usize = 64;
+
+/// How many lanes share a worker's slots: each lane has one script call out at a time, so
+/// with two, one lane's jobs start while the other's call is in Redis.
+fn lanes(concurrency: usize) -> usize {
+    if concurrency >= LANE_MIN { LANES } else { 1 }
+}
+const LANES: usize = 2;
+const LANE_MIN: usize = 8;
+
+impl<C> Inner<C> {
+    fn wake_all(&self) {
+        for lane in &self.wake {
+            lane.notify_one();
+        }
+    }
 }
 
 /// A spawned task that ends when its owner does: dropping the guard aborts it, so a worker's
@@ -158,6 +199,7 @@ where
             .iter()
             .map(|q| Arc::new(q.clone()) as Arc<dyn Reporter>)
             .collect();
+        let lanes = lanes(self.config.concurrency);
         let inner = Arc::new(Inner {
             queues: self.queues,
             reporters,
@@ -168,7 +210,7 @@ where
                 std::process::id(),
                 JobId::generate()?.as_str().get(..8).unwrap_or("0")
             ),
-            wake: Notify::new(),
+            wake: (0..lanes).map(|_| Notify::new()).collect(),
             stopping: AtomicBool::new(false),
         });
         let host = host_name();
@@ -224,20 +266,26 @@ where
                             .unwrap_or(0);
                         let fired = q.fire_due().await.unwrap_or(0);
                         if taken > 0 || fired > 0 {
-                            inner.wake.notify_waiters();
+                            inner.wake_all();
                         }
                     }
                 }
             }))
         };
-        let mut slots: Vec<Owned<()>> = (0..inner.config.concurrency)
-            .map(|_| Owned(tokio::spawn(slot(Arc::clone(&inner), stop_rx.clone()))))
+        let concurrency = inner.config.concurrency;
+        let mut drivers: Vec<Owned<()>> = (0..lanes)
+            .map(|lane| {
+                // The slots shared out among the lanes, the first ones taking the remainder.
+                let slots = concurrency / lanes + usize::from(lane < concurrency % lanes);
+                let run = drive(Arc::clone(&inner), stop_rx.clone(), lane, slots);
+                Owned(tokio::spawn(run))
+            })
             .collect();
 
         shutdown.await;
         inner.stopping.store(true, Ordering::Release);
-        inner.wake.notify_waiters();
-        let all = futures_util::future::join_all(slots.iter_mut().map(|s| &mut s.0));
+        inner.wake_all();
+        let all = futures_util::future::join_all(drivers.iter_mut().map(|d| &mut d.0));
         tokio::pin!(all);
         if tokio::time::timeout(inner.config.shutdown_deadline, &mut all)
             .await
@@ -274,7 +322,7 @@ async fn wake_on_signal<C, K: Connector>(inner: Arc<Inner<C>>, connector: Arc<K>
             .query_async(blocking)
             .await;
         match popped {
-            Ok(_) => inner.wake.notify_waiters(),
+            Ok(_) => inner.wake_all(),
             Err(_) => {
                 conn = None;
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -283,77 +331,129 @@ async fn wake_on_signal<C, K: Connector>(inner: Arc<Inner<C>>, connector: Arc<K>
     }
 }
 
-async fn slot<C>(inner: Arc<Inner<C>>, mut hard_stop: watch::Receiver<bool>)
+/// The worker's loop: hands the outcomes of finished jobs to their queues and takes new jobs
+/// for the free slots, both in the same script call per queue, as many at once as there are
+/// (up to [`BATCH`]). While one call is out, the outcomes of jobs finishing meanwhile gather
+/// for the next, so the round trips per job fall as the load rises.
+async fn drive<C>(inner: Arc<Inner<C>>, hard_stop: watch::Receiver<bool>, lane: usize, slots: usize)
 where
     C: ConnectionLike + Clone + Send + Sync + 'static,
 {
-    let mut next: Option<Taken> = None;
+    let queues = inner.queues.len();
+    let mut running: JoinSet<Ended> = JoinSet::new();
+    let mut reports: Vec<Vec<Report>> = (0..queues).map(|_| Vec::new()).collect();
+    // Per queue: its last take found fewer jobs than asked (cleared by an enqueue signal, a
+    // sweep that gave jobs back, or each second for delayed jobs come due).
+    let mut empty = vec![false; queues];
     // Per queue: no job is to be taken before this time (its rate limit).
-    let mut limited_until = vec![0u64; inner.queues.len()];
+    let mut limited_until = vec![0u64; queues];
     loop {
-        let job = match next.take() {
-            Some(job) => job,
-            None => {
-                if inner.stopping.load(Ordering::Acquire) {
-                    return;
-                }
-                match fetch_any(&inner, &mut limited_until).await {
-                    Ok(Some(job)) => job,
-                    Ok(None) => {
-                        let now = now_ms();
-                        let soonest = limited_until
-                            .iter()
-                            .filter(|t| **t > now)
-                            .min()
-                            .map_or(1000, |t| t - now);
-                        let _ = tokio::time::timeout(
-                            Duration::from_millis(soonest.min(1000)),
-                            inner.wake.notified(),
-                        )
-                        .await;
-                        continue;
-                    }
-                    Err(_) => {
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                        continue;
-                    }
-                }
-            }
+        while let Some(ended) = running.try_join_next() {
+            collect(ended, &mut reports);
+        }
+        let stopping = inner.stopping.load(Ordering::Acquire);
+        if stopping && running.is_empty() && reports.iter().all(Vec::is_empty) {
+            return;
+        }
+        let mut free = if stopping {
+            0
+        } else {
+            slots.saturating_sub(running.len())
         };
-        let outcome = run_job(&inner, &job, &mut hard_stop).await;
-        let fetch_next = !inner.stopping.load(Ordering::Acquire);
-        next = match finish(&inner, &job, outcome, fetch_next).await {
-            Ok((next, limited)) => {
-                if let Some(ms) = limited {
-                    limited_until[job.queue] = now_ms() + ms;
+        let mut called = false;
+        let mut failed = false;
+        for q in 0..queues {
+            let now = now_ms();
+            let may_take = free > 0 && limited_until[q] <= now;
+            // A queue thought empty is asked again only when a call goes to it anyway.
+            if reports[q].is_empty() && (!may_take || empty[q]) {
+                continue;
+            }
+            let want = if may_take { free.min(BATCH) } else { 0 };
+            let batch: Vec<Report> = {
+                let n = reports[q].len().min(BATCH);
+                reports[q].drain(..n).collect()
+            };
+            match finish_and_take(&inner, q, &batch, want).await {
+                Ok((jobs, wait_ms)) => {
+                    called = true;
+                    empty[q] = jobs.len() < want && wait_ms == 0;
+                    if wait_ms > 0 {
+                        limited_until[q] = now_ms() + wait_ms;
+                    }
+                    free = free.saturating_sub(jobs.len());
+                    for job in jobs {
+                        let inner = Arc::clone(&inner);
+                        let mut hard_stop = hard_stop.clone();
+                        running.spawn(async move {
+                            let outcome = run_job(&inner, &job, &mut hard_stop).await;
+                            Ended {
+                                queue: job.queue,
+                                report: report(&job, outcome),
+                            }
+                        });
+                    }
                 }
-                next
+                Err(_) => {
+                    // Redis is away: the outcomes wait for the next call (their locks hold for
+                    // the lease; after that the sweep takes the jobs back, and an outcome sent
+                    // late is dropped for its lost lock).
+                    reports[q].splice(0..0, batch);
+                    failed = true;
+                }
             }
-            // Redis is away: the job's lock will expire and the sweep will take it back.
-            Err(_) => {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                None
+        }
+        if failed {
+            if *hard_stop.borrow() {
+                // Shutting down past the deadline with Redis away: give up the outcomes.
+                return;
             }
-        };
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        if called {
+            continue;
+        }
+        // Nothing to send: wait for a job to end, a wake-up, or the next due time.
+        let now = now_ms();
+        let soonest = limited_until
+            .iter()
+            .filter(|t| **t > now)
+            .min()
+            .map_or(1000, |t| t - now)
+            .min(1000);
+        tokio::select! {
+            Some(ended) = running.join_next(), if !running.is_empty() => {
+                collect(ended, &mut reports);
+                // Jobs ending together go in one call: give the others a turn to end, as long
+                // as that brings more (no timer: a lone job's outcome waits for nothing).
+                loop {
+                    tokio::task::yield_now().await;
+                    let before = running.len();
+                    while let Some(ended) = running.try_join_next() {
+                        collect(ended, &mut reports);
+                    }
+                    if running.len() == before {
+                        break;
+                    }
+                }
+            }
+            () = inner.wake[lane].notified() => empty.fill(false),
+            () = tokio::time::sleep(Duration::from_millis(soonest)) => empty.fill(false),
+        }
     }
 }
 
-/// The first job of the first queue that has one and is not rate limited.
-async fn fetch_any<C>(inner: &Inner<C>, limited_until: &mut [u64]) -> Result<Option<Taken>>
-where
-    C: ConnectionLike + Clone + Send + Sync + 'static,
-{
-    for (i, until) in limited_until.iter_mut().enumerate() {
-        if *until > now_ms() {
-            continue;
-        }
-        match fetch(inner, i).await? {
-            (Some(job), _) => return Ok(Some(job)),
-            (None, Some(ms)) => *until = now_ms() + ms,
-            (None, None) => {}
-        }
+fn collect(ended: std::result::Result<Ended, tokio::task::JoinError>, reports: &mut [Vec<Report>]) {
+    // A job task that itself failed (it catches its handler's panics) has nothing to report:
+    // its lock expires and the sweep takes the job back.
+    if let Ok(Ended {
+        queue,
+        report: Some(report),
+    }) = ended
+    {
+        reports[queue].push(report);
     }
-    Ok(None)
 }
 
 async fn run_job<C>(inner: &Inner<C>, job: &Taken, hard_stop: &mut watch::Receiver<bool>) -> Outcome
@@ -382,8 +482,15 @@ where
             };
         }
     };
-    let mut task = Owned(tokio::spawn(run));
-    let timeout = tokio::time::sleep(job.timeout.unwrap_or(Duration::from_secs(u64::MAX / 4)));
+    // The handler runs in this task; a panic in it is caught here, and returning drops it
+    // where it waits.
+    let mut run = std::panic::AssertUnwindSafe(run).catch_unwind();
+    let timeout = async {
+        match job.timeout {
+            Some(limit) => tokio::time::sleep(limit).await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::pin!(timeout);
     let lease = inner.config.lease;
     // Renewal, which also tells of a cancellation, every third of the lease or every second,
@@ -393,15 +500,15 @@ where
     let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     loop {
         tokio::select! {
-            done = &mut task.0 => {
+            biased;
+            done = &mut run => {
                 return match done {
                     Ok(Ok(value)) => Outcome::Done(value),
                     Ok(Err(e)) => Outcome::Failed { message: e.message, retry: e.retry },
-                    Err(join) => Outcome::Failed { message: panic_message(join), retry: true },
+                    Err(panic) => Outcome::Failed { message: panic_message(&*panic), retry: true },
                 };
             }
             () = &mut timeout => {
-                drop(task);
                 let limit = job.timeout.unwrap_or_default();
                 return Outcome::Failed { message: format!("timed out after {limit:?}"), retry: true };
             }
@@ -417,7 +524,6 @@ where
                     .await;
                 match kept {
                     Ok(0) => return Outcome::Lost,
-                    // Dropping the task stops the handler where it waits.
                     Ok(2) => return Outcome::Cancelled,
                     _ => {}
                 }
@@ -431,74 +537,18 @@ where
     }
 }
 
-fn panic_message(join: tokio::task::JoinError) -> String {
-    match join.try_into_panic() {
-        Ok(p) => {
-            let what = p
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| p.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a panic".into());
-            format!("the handler panicked: {what}")
-        }
-        Err(_) => "the handler was cancelled".into(),
-    }
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".into());
+    format!("the handler panicked: {what}")
 }
 
-/// Takes a job from queue `queue`; also says how long its rate limit asks to wait.
-async fn fetch<C>(inner: &Inner<C>, queue: usize) -> Result<(Option<Taken>, Option<u64>)>
-where
-    C: ConnectionLike + Clone + Send + Sync + 'static,
-{
-    let q = &inner.queues[queue];
-    let token = JobId::generate()?.as_str().to_owned();
-    let taken: Take = FETCH
-        .key(q.route_key())
-        .arg(q.key_prefix())
-        .arg(now_ms())
-        .arg(&token)
-        .arg(&inner.id)
-        .arg(u64::try_from(inner.config.lease.as_millis()).unwrap_or(u64::MAX))
-        .invoke_async(&mut q.conn())
-        .await?;
-    taken_from(taken, queue, token)
-}
-
-fn taken_from(take: Take, queue: usize, token: String) -> Result<(Option<Taken>, Option<u64>)> {
-    let (id, name, payload, attempt, max_attempts, timeout_ms, backoff) = match take {
-        Take::Job(t) => t,
-        Take::Limited(ms) => return Ok((None, Some(ms))),
-        Take::Empty => return Ok((None, None)),
-    };
-    let backoff = serde_json::from_str::<BackoffRecord>(&backoff)
-        .map(|r| Backoff::from(&r))
-        .unwrap_or(Backoff::Fixed(Duration::from_secs(1)));
-    Ok((
-        Some(Taken {
-            queue,
-            id: JobId::new(id)?,
-            name,
-            payload,
-            attempt,
-            max_attempts,
-            timeout: (timeout_ms > 0).then(|| Duration::from_millis(timeout_ms)),
-            backoff,
-            token,
-        }),
-        None,
-    ))
-}
-
-/// Reports the job's outcome and takes the next job of the same queue in the same script.
-async fn finish<C>(
-    inner: &Inner<C>,
-    job: &Taken,
-    outcome: Outcome,
-    fetch_next: bool,
-) -> Result<(Option<Taken>, Option<u64>)>
-where
-    C: ConnectionLike + Clone + Send + Sync + 'static,
-{
+/// What is reported for a job's outcome; `None` when its lock was lost (another worker has
+/// the job now).
+fn report(job: &Taken, outcome: Outcome) -> Option<Report> {
     let (kind, text, delay) = match outcome {
         Outcome::Done(value) => ("done", value.to_string(), Duration::ZERO),
         Outcome::Failed { message, retry } if retry && job.attempt < job.max_attempts => {
@@ -508,44 +558,78 @@ where
         Outcome::Failed { message, .. } => ("fail", message, Duration::ZERO),
         Outcome::Release => ("release", String::new(), Duration::ZERO),
         Outcome::Cancelled => ("cancel", String::new(), Duration::ZERO),
-        Outcome::Lost => {
-            // Taken back by the sweep meanwhile: another worker has it; report nothing.
-            return if fetch_next {
-                fetch(inner, job.queue).await
-            } else {
-                Ok((None, None))
-            };
-        }
+        Outcome::Lost => return None,
     };
+    Some(Report {
+        id: job.id.clone(),
+        token: job.token.clone(),
+        kind,
+        text,
+        delay_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+    })
+}
+
+/// Reports `reports` to queue `queue` and takes up to `want` of its jobs, in one script call.
+/// Returns the jobs taken and how long the queue's rate limit asks to wait (0: no wait).
+async fn finish_and_take<C>(
+    inner: &Inner<C>,
+    queue: usize,
+    reports: &[Report],
+    want: usize,
+) -> Result<(Vec<Taken>, u64)>
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
     let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
     let config = &inner.config;
-    let q = &inner.queues[job.queue];
-    let next_token = JobId::generate()?.as_str().to_owned();
-    let (_, next): (i64, Take) = FINISH
-        .key(q.route_key())
-        .arg(q.key_prefix())
-        .arg(job.id.as_str())
-        .arg(&job.token)
-        .arg(now_ms())
-        .arg(kind)
-        .arg(text)
-        .arg(ms(delay))
+    let q = &inner.queues[queue];
+    // 64 random bits per call, each job's token this and its id: short enough (under Redis's
+    // 64 bytes) to keep the job's hash in its compact encoding.
+    let random = JobId::generate()?;
+    let token = random.as_str().get(..16).unwrap_or(random.as_str());
+    let mut call = FINISH.key(q.route_key());
+    let now = now_ms();
+    call.arg(q.key_prefix())
+        .arg(now)
+        .arg(&inner.id)
+        .arg(now.saturating_add(ms(config.lease)))
+        .arg(want)
+        .arg(token)
         .arg(ms(config.result_ttl))
         .arg(config.keep_completed)
-        .arg(if fetch_next { "1" } else { "0" })
-        .arg(&next_token)
-        .arg(&inner.id)
-        .arg(ms(config.lease))
-        .arg(config.keep_completed_for.map_or(0, ms))
+        .arg(config.completed_age().map_or(0, ms))
         .arg(
             config
                 .keep_dead
                 .map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX)),
         )
-        .arg(config.keep_dead_for.map_or(0, ms))
-        .invoke_async(&mut q.conn())
-        .await?;
-    taken_from(next, job.queue, next_token)
+        .arg(config.keep_dead_for.map_or(0, ms));
+    for r in reports {
+        call.arg(r.id.as_str())
+            .arg(&r.token)
+            .arg(r.kind)
+            .arg(&r.text)
+            .arg(r.delay_ms);
+    }
+    let took: Took = call.invoke_async(&mut q.conn()).await?;
+    let mut jobs = Vec::with_capacity(took.jobs.len());
+    for (id, name, payload, attempt, max_attempts, timeout_ms, backoff, token) in took.jobs {
+        let backoff = serde_json::from_str::<BackoffRecord>(&backoff)
+            .map(|r| Backoff::from(&r))
+            .unwrap_or(Backoff::Fixed(Duration::from_secs(1)));
+        jobs.push(Taken {
+            queue,
+            id: JobId::new(id)?,
+            name,
+            payload,
+            attempt,
+            max_attempts,
+            timeout: (timeout_ms > 0).then(|| Duration::from_millis(timeout_ms)),
+            backoff,
+            token,
+        });
+    }
+    Ok((jobs, took.wait_ms))
 }
 
 /// A number in `0..1` from the operating system's random source (for backoff jitter).

@@ -8,6 +8,7 @@ if state == 'waiting' or state == 'delayed' then
   from_wait(id)
   redis.call('ZREM', P .. 'delayed', id)
   cancelled(id, now, ARGV[4])
+  event('cancelled', id)
   return 'cancelled'
 end
 if state == 'active' then redis.call('HSET', jk(id), 'cancel', 1) end

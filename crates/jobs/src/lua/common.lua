@@ -6,7 +6,12 @@ local function wk(worker) return P .. 'worker:' .. worker end
 -- Higher priority first, then first in, first out: (255 - priority) * 2^40 + seq.
 local function wait_score(priority, seq) return (255 - tonumber(priority)) * 1099511627776 + tonumber(seq) end
 local function event(kind, id, extra)
-  redis.call('XADD', P .. 'events', 'MAXLEN', '~', 10000, '*', 'event', kind, 'id', id, 'detail', extra or '')
+  redis.call('XADD', P .. 'events', 'MAXLEN', '~', '10000', '*', 'event', kind, 'id', id, 'detail', extra or '')
+end
+-- One entry for the same event of several jobs (written by one script): their ids joined by
+-- commas (job ids have none).
+local function events(kind, ids, extra)
+  if #ids > 0 then event(kind, table.concat(ids, ','), extra) end
 end
 
 -- Waiting jobs are in P..'wait' (all of them, for counts and look-ups) and in their tenant's
@@ -30,27 +35,34 @@ local function drop_tenant(tenant)
   redis.call('LREM', P .. 'tenants', 1, tenant)
   redis.call('SREM', P .. 'tenants:set', tenant)
 end
--- The next waiting job, the tenants served in turn (at most 32 turns: no unbounded loop). A
--- tenant whose queue ran empty leaves the ring when its turn finds it empty.
-local function pop_fair()
-  for _ = 1, 32 do
+-- Up to n waiting jobs, the tenants served in turn: one job per turn, or all n at once when a
+-- single tenant waits. A tenant whose queue ran empty leaves the ring when its turn finds it
+-- empty. At most n + 32 turns: no unbounded loop.
+local function pop_fair(n)
+  local ids = {}
+  local ring = redis.call('LLEN', P .. 'tenants')
+  for _ = 1, n + 32 do
+    if #ids >= n or ring == 0 then break end
     local tenant = redis.call('LMOVE', P .. 'tenants', P .. 'tenants', 'RIGHT', 'LEFT')
-    if not tenant then break end
-    local popped = redis.call('ZPOPMIN', tk(tenant))
-    if #popped > 0 then
-      redis.call('ZREM', P .. 'wait', popped[1])
-      return popped[1]
+    local popped = redis.call('ZPOPMIN', tk(tenant), ring == 1 and n - #ids or 1)
+    if #popped == 0 then
+      drop_tenant(tenant)
+      ring = ring - 1
     end
-    drop_tenant(tenant)
+    for i = 1, #popped, 2 do ids[#ids + 1] = popped[i] end
+  end
+  if #ids > 0 then
+    redis.call('ZREM', P .. 'wait', unpack(ids))
+    return ids
   end
   -- Waiting jobs outside any tenant queue (none, unless written by an older version).
   local popped = redis.call('ZPOPMIN', P .. 'wait')
   if #popped > 0 then
     local tenant = redis.call('HGET', jk(popped[1]), 'tenant') or ''
     redis.call('ZREM', tk(tenant), popped[1])
-    return popped[1]
+    ids[1] = popped[1]
   end
-  return false
+  return ids
 end
 
 -- Moves due delayed jobs to the wait queues (at most 100 per call).
@@ -70,25 +82,52 @@ local function rate_limit()
   return {max, tonumber(limit[2])}
 end
 
--- Takes the next job for a worker: {id, name, payload, attempts, max_attempts, timeout_ms,
--- backoff}; {ms} when the rate limit says to wait that long; false when there is none.
-local function take(now, token, worker, lease_ms)
+-- Takes up to `want` jobs for a worker, each locked until `deadline` with its own token
+-- (`token`:<id>). `now` and `deadline` are strings of ms: passed on as they are, they cost no
+-- number formatting. Returns
+-- {wait ms, job, …}: the wait is what the rate limit asks before the next take (0: none); each
+-- job is {id, name, payload, attempts, max_attempts, timeout_ms, backoff, token}.
+local function take(now, deadline, token, worker, want)
+  local out = {0}
+  if want <= 0 then return out end
   promote(now)
   local limit = rate_limit()
-  if limit and tonumber(redis.call('GET', P .. 'rate') or '0') >= limit[1] then
-    return {math.max(redis.call('PTTL', P .. 'rate'), 1)}
+  if limit then
+    local used = tonumber(redis.call('GET', P .. 'rate') or '0')
+    if used >= limit[1] then
+      out[1] = math.max(redis.call('PTTL', P .. 'rate'), 1)
+      return out
+    end
+    want = math.min(want, limit[1] - used)
   end
-  local id = pop_fair()
-  if not id then return false end
-  if limit and redis.call('INCR', P .. 'rate') == 1 then redis.call('PEXPIRE', P .. 'rate', limit[2]) end
-  local k = jk(id)
-  local f = redis.call('HMGET', k, 'name', 'payload', 'max_attempts', 'timeout_ms', 'backoff', 'attempts')
-  local attempts = tonumber(f[6] or '0') + 1
-  redis.call('HSET', k, 'state', 'active', 'token', token, 'worker', worker, 'started', now, 'attempts', attempts)
-  redis.call('ZADD', P .. 'active', now + lease_ms, id)
-  redis.call('SADD', wk(worker) .. ':jobs', id)
-  event('active', id, worker)
-  return {id, f[1], f[2], attempts, f[3], f[4], f[5]}
+  local ids = pop_fair(want)
+  if #ids == 0 then return out end
+  if limit then
+    local used = redis.call('INCRBY', P .. 'rate', #ids)
+    if used == #ids then redis.call('PEXPIRE', P .. 'rate', limit[2]) end
+    if used >= limit[1] then out[1] = math.max(redis.call('PTTL', P .. 'rate'), 1) end
+  end
+  local taken, active = {}, {}
+  for _, id in ipairs(ids) do
+    local k = jk(id)
+    local f = redis.call('HMGET', k, 'name', 'payload', 'max_attempts', 'timeout_ms', 'backoff', 'attempts')
+    -- A job whose hash is gone (removed while it waited) is skipped.
+    if f[1] then
+      local attempts = tonumber(f[6] or '0') + 1
+      local t = token .. ':' .. id
+      redis.call('HSET', k, 'state', 'active', 'token', t, 'worker', worker, 'started', now, 'attempts', attempts)
+      taken[#taken + 1] = id
+      active[#active + 1] = deadline
+      active[#active + 1] = id
+      out[#out + 1] = {id, f[1], f[2], attempts, f[3], f[4], f[5], t}
+    end
+  end
+  if #taken > 0 then
+    redis.call('ZADD', P .. 'active', unpack(active))
+    redis.call('SADD', wk(worker) .. ':jobs', unpack(taken))
+    events('active', taken, worker)
+  end
+  return out
 end
 
 -- An active job whose worker is gone or whose lock expired: back to waiting, or to the dead
@@ -105,12 +144,12 @@ local function stall(id, now, max_stalls, why)
     event('dead', id, 'stalled too often')
   else
     to_wait(id)
-    redis.call('LPUSH', P .. 'signal', 1)
+    redis.call('LPUSH', P .. 'signal', '1')
     event('stalled', id, why)
   end
 end
 
--- Ends a job as cancelled, kept for ttl_ms (0: kept until removed).
+-- Ends a job as cancelled, kept for ttl_ms (0: kept until removed); the caller writes the event.
 local function cancelled(id, now, ttl_ms)
   local k = jk(id)
   redis.call('HSET', k, 'state', 'cancelled', 'error', 'cancelled', 'finished', now)
@@ -118,24 +157,25 @@ local function cancelled(id, now, ttl_ms)
   local unique = redis.call('HGET', k, 'unique')
   if unique and unique ~= '' then redis.call('DEL', P .. 'unique:' .. unique) end
   if tonumber(ttl_ms) > 0 then redis.call('PEXPIRE', k, ttl_ms) end
-  event('cancelled', id)
 end
 
+-- Removes the jobs `ids` of the finished set `set`, hashes and all.
+local function remove_finished(set, ids)
+  if #ids == 0 then return end
+  local keys = {}
+  for i, id in ipairs(ids) do keys[i] = jk(id) end
+  redis.call('ZREM', set, unpack(ids))
+  redis.call('DEL', unpack(keys))
+end
 -- Keeps at most max_count jobs in the finished set `set` (a negative count: no limit) and none
 -- older than max_age_ms (0: no limit); removes at most 100 of each per call.
 local function retain(set, max_count, max_age_ms, now)
   local extra = redis.call('ZCARD', set) - max_count
   if max_count >= 0 and extra > 0 then
-    for _, o in ipairs(redis.call('ZRANGE', set, 0, math.min(extra, 100) - 1)) do
-      redis.call('ZREM', set, o)
-      redis.call('DEL', jk(o))
-    end
+    remove_finished(set, redis.call('ZRANGE', set, 0, math.min(extra, 100) - 1))
   end
   if max_age_ms > 0 then
-    for _, o in ipairs(redis.call('ZRANGEBYSCORE', set, '-inf', now - max_age_ms, 'LIMIT', 0, 100)) do
-      redis.call('ZREM', set, o)
-      redis.call('DEL', jk(o))
-    end
+    remove_finished(set, redis.call('ZRANGEBYSCORE', set, '-inf', now - max_age_ms, 'LIMIT', 0, 100))
   end
 end
 
@@ -155,15 +195,15 @@ local function add_job(first)
   local fields = {}
   for i = first + 5, #ARGV do fields[#fields + 1] = ARGV[i] end
   redis.call('HSET', jk(id), unpack(fields))
-  redis.call('HSET', jk(id), 'seq', seq, 'priority', priority, 'attempts', 0, 'created', now, 'unique', unique)
+  redis.call('HSET', jk(id), 'seq', seq, 'priority', priority, 'attempts', '0', 'created', ARGV[first + 1], 'unique', unique)
   if run_at > now then
     redis.call('HSET', jk(id), 'state', 'delayed')
     redis.call('ZADD', P .. 'delayed', run_at, id)
   else
     to_wait(id)
   end
-  redis.call('LPUSH', P .. 'signal', 1)
-  redis.call('LTRIM', P .. 'signal', 0, 63)
+  redis.call('LPUSH', P .. 'signal', '1')
+  redis.call('LTRIM', P .. 'signal', '0', '63')
   event('added', id)
   return id
 end

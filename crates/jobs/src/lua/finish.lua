@@ -1,47 +1,69 @@
--- Finishes a job and takes the next one in the same round trip.
--- ARGV: 1 prefix, 2 id, 3 token, 4 now ms, 5 outcome ('done' | 'retry' | 'fail' | 'release' |
--- 'cancel'; a job cancelled while it ran ends cancelled unless it is done), 6 result or error
--- text, 7 retry delay ms, 8 result ttl ms, 9 completed jobs kept (count), 10 fetch next ('1' |
--- '0'), 11 next token, 12 worker id, 13 lease ms, 14 completed jobs kept (age ms, 0 any),
--- 15 dead jobs kept (count, -1 any), 16 dead jobs kept (age ms, 0 any).
--- Returns {status, next}: status 1 done, 0 when the lock was lost (the job was taken back by
--- the sweep: its outcome is dropped); next as take() returns it.
-local id, token, now, outcome = ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
-local k = jk(id)
-local status = 0
-local f = redis.call('HMGET', k, 'token', 'state', 'worker', 'cancel', 'unique')
-if f[1] == token and f[2] == 'active' then
-  status = 1
-  redis.call('ZREM', P .. 'active', id)
-  if f[3] then redis.call('SREM', wk(f[3]) .. ':jobs', id) end
-  redis.call('HDEL', k, 'token')
-  if outcome ~= 'done' and f[4] == '1' then outcome = 'cancel' end
-  if outcome == 'cancel' then
-    cancelled(id, now, ARGV[8])
-  elseif outcome == 'done' then
-    redis.call('HSET', k, 'state', 'completed', 'result', ARGV[6], 'finished', now)
-    redis.call('ZADD', P .. 'completed', now, id)
-    if f[5] and f[5] ~= '' then redis.call('DEL', P .. 'unique:' .. f[5]) end
-    if tonumber(ARGV[8]) > 0 then redis.call('PEXPIRE', k, ARGV[8]) end
-    retain(P .. 'completed', tonumber(ARGV[9]), tonumber(ARGV[14]), now)
-    event('completed', id)
-  elseif outcome == 'release' then
-    -- Given back unfinished (a worker shutting down): the attempt does not count.
-    redis.call('HINCRBY', k, 'attempts', -1)
-    to_wait(id)
-    redis.call('LPUSH', P .. 'signal', 1)
-    event('released', id)
-  elseif outcome == 'retry' then
-    redis.call('HSET', k, 'state', 'delayed', 'error', ARGV[6])
-    redis.call('ZADD', P .. 'delayed', now + tonumber(ARGV[7]), id)
-    event('retrying', id, ARGV[6])
-  else
-    redis.call('HSET', k, 'state', 'dead', 'error', ARGV[6], 'finished', now)
-    redis.call('ZADD', P .. 'dead', now, id)
-    retain(P .. 'dead', tonumber(ARGV[15]), tonumber(ARGV[16]), now)
-    event('dead', id, ARGV[6])
+-- Finishes a worker's jobs of this queue and takes its next ones, in one round trip.
+-- ARGV: 1 prefix, 2 now ms, 3 worker id, 4 lock deadline of the taken jobs (ms), 5 jobs to
+-- take, 6 token of the taken jobs (each gets <token>:<id>), 7 how long a cancelled job is kept
+-- (ms, 0 until removed), 8 completed jobs kept (count), 9 completed jobs kept (age ms, 0 any),
+-- 10 dead jobs kept (count, -1 any), 11 dead jobs kept (age ms, 0 any),
+-- then five per finished job: id, lock token, outcome ('done' | 'retry' | 'fail' | 'release' |
+-- 'cancel'; a job cancelled while it ran ends cancelled unless it is done), result or error
+-- text, retry delay ms.
+-- A job whose lock was lost (taken back by the sweep) keeps its state: its outcome is dropped.
+-- Returns what take() returns.
+-- `now` stays a string where it is only stored: formatting numbers is much of a script's cost.
+local now, worker, deadline, want, token = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6]
+local ttl = ARGV[7]
+local ended, completed, done, released, cancels, dead = {}, {}, {}, {}, {}, {}
+for b = 12, #ARGV - 4, 5 do
+  local id, outcome, text = ARGV[b], ARGV[b + 2], ARGV[b + 3]
+  local k = jk(id)
+  local f = redis.call('HMGET', k, 'token', 'state', 'cancel', 'unique')
+  if f[1] == ARGV[b + 1] and f[2] == 'active' then
+    ended[#ended + 1] = id
+    if outcome ~= 'done' and f[3] == '1' then outcome = 'cancel' end
+    if outcome == 'done' then
+      -- An emptied token, not a removed one: one call fewer, and no lock matches it. No
+      -- expiry either: the completed set's retention below removes it by count and age.
+      redis.call('HSET', k, 'state', 'completed', 'result', text, 'finished', now, 'token', '')
+      if f[4] and f[4] ~= '' then redis.call('DEL', P .. 'unique:' .. f[4]) end
+      completed[#completed + 1] = now
+      completed[#completed + 1] = id
+      done[#done + 1] = id
+    elseif outcome == 'cancel' then
+      cancelled(id, now, ttl)
+      cancels[#cancels + 1] = id
+    elseif outcome == 'release' then
+      -- Given back unfinished (a worker shutting down): the attempt does not count.
+      redis.call('HDEL', k, 'token')
+      redis.call('HINCRBY', k, 'attempts', -1)
+      to_wait(id)
+      released[#released + 1] = id
+    elseif outcome == 'retry' then
+      redis.call('HDEL', k, 'token')
+      redis.call('HSET', k, 'state', 'delayed', 'error', text)
+      redis.call('ZADD', P .. 'delayed', tonumber(now) + tonumber(ARGV[b + 4]), id)
+      event('retrying', id, text)
+    else
+      redis.call('HDEL', k, 'token')
+      redis.call('HSET', k, 'state', 'dead', 'error', text, 'finished', now)
+      redis.call('ZADD', P .. 'dead', now, id)
+      dead[#dead + 1] = id
+      event('dead', id, text)
+    end
   end
 end
-local next_job = false
-if ARGV[10] == '1' then next_job = take(now, ARGV[11], ARGV[12], tonumber(ARGV[13])) end
-return {status, next_job}
+if #ended > 0 then
+  redis.call('ZREM', P .. 'active', unpack(ended))
+  redis.call('SREM', wk(worker) .. ':jobs', unpack(ended))
+end
+if #done > 0 then
+  redis.call('ZADD', P .. 'completed', unpack(completed))
+  events('completed', done)
+end
+-- On every call, so that a worker with free slots (which calls each second) keeps it.
+retain(P .. 'completed', tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(now))
+if #dead > 0 then retain(P .. 'dead', tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(now)) end
+if #released > 0 then
+  redis.call('LPUSH', P .. 'signal', '1')
+  events('released', released)
+end
+events('cancelled', cancels)
+return take(now, deadline, token, worker, want)
