@@ -1,5 +1,5 @@
 //! The queue's other features against real Redis: the worker registry and death by silence,
-//! progress, the event stream, a rate limit, tenants served in turn, repeatable jobs,
+//! progress, the event stream, batched calls of a busy worker, a rate limit, tenants served in turn, repeatable jobs,
 //! retention, several queues per worker, and a Redis restart mid-run.
 
 mod common;
@@ -104,6 +104,52 @@ async fn progress_and_events_tell_what_happened() {
     let rest = q.events(Some(&events[0].id), 100).await.unwrap();
     assert_eq!(rest.len(), events.len() - 1);
     w.stop().await;
+}
+
+#[tokio::test]
+async fn a_busy_worker_batches_its_calls_and_every_job_keeps_its_own_events() {
+    let redis = TestRedis::new().await;
+    let q = queue(&redis, "batches").await;
+    let tasks: Vec<Task> = (0..300).map(|n| task(n, "ok")).collect();
+    let ids = q.enqueue_bulk(&tasks, JobOptions::default()).await.unwrap();
+    let recorder = Recorder::default();
+    let w = start(
+        &redis,
+        &q,
+        &recorder,
+        WorkerConfig::default().concurrency(16),
+    );
+    until_completed(&q, 300, Duration::from_secs(20)).await;
+    w.stop().await;
+
+    let mut runs: Vec<u32> = recorder.runs.lock().unwrap().iter().map(|r| r.0).collect();
+    runs.sort_unstable();
+    assert_eq!(runs, (0..300).collect::<Vec<_>>(), "each job ran once");
+    let events = q.events(None, 10_000).await.unwrap();
+    for kind in ["active", "completed"] {
+        let mut jobs: Vec<&str> = events
+            .iter()
+            .filter(|e| e.kind == kind)
+            .map(|e| e.job.as_str())
+            .collect();
+        jobs.sort_unstable();
+        let mut expected: Vec<&str> = ids.iter().map(|id| id.as_str()).collect();
+        expected.sort_unstable();
+        assert_eq!(jobs, expected, "one {kind} event per job");
+        // Outcomes were reported several to a call: fewer stream entries than jobs.
+        let mut entries: Vec<&str> = events
+            .iter()
+            .filter(|e| e.kind == kind)
+            .map(|e| e.id.as_str())
+            .collect();
+        entries.dedup();
+        assert!(entries.len() < 300, "{kind}: {} entries", entries.len());
+    }
+    for id in &ids {
+        let status = q.status(id).await.unwrap().unwrap();
+        assert_eq!(status.state, JobState::Completed, "{id}");
+    }
+    assert_eq!(q.counts().await.unwrap().active, 0);
 }
 
 #[tokio::test]
