@@ -348,9 +348,7 @@ where
     // Per queue: no job is to be taken before this time (its rate limit).
     let mut limited_until = vec![0u64; queues];
     loop {
-        while let Some(ended) = running.try_join_next() {
-            collect(ended, &mut reports);
-        }
+        gather(&mut running, &mut reports).await;
         let stopping = inner.stopping.load(Ordering::Acquire);
         if stopping && running.is_empty() && reports.iter().all(Vec::is_empty) {
             return;
@@ -425,22 +423,27 @@ where
         tokio::select! {
             Some(ended) = running.join_next(), if !running.is_empty() => {
                 collect(ended, &mut reports);
-                // Jobs ending together go in one call: give the others a turn to end, as long
-                // as that brings more (no timer: a lone job's outcome waits for nothing).
-                loop {
-                    tokio::task::yield_now().await;
-                    let before = running.len();
-                    while let Some(ended) = running.try_join_next() {
-                        collect(ended, &mut reports);
-                    }
-                    if running.len() == before {
-                        break;
-                    }
-                }
             }
             () = inner.wake[lane].notified() => empty.fill(false),
             () = tokio::time::sleep(Duration::from_millis(soonest)) => empty.fill(false),
         }
+    }
+}
+
+/// Collects the jobs that ended. Jobs ending together go in one call: running jobs get turns
+/// to end as long as that brings more (no timer: a lone job's outcome waits for nothing).
+async fn gather(running: &mut JoinSet<Ended>, reports: &mut [Vec<Report>]) {
+    let mut first = true;
+    loop {
+        let before = running.len();
+        while let Some(ended) = running.try_join_next() {
+            collect(ended, reports);
+        }
+        if running.is_empty() || (running.len() == before && !first) {
+            return;
+        }
+        first = false;
+        tokio::task::yield_now().await;
     }
 }
 
