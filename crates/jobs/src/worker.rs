@@ -239,7 +239,7 @@ where
                 }
             }))
         };
-        // Idle slots wait on `wake`; these tasks turn enqueue signals into wake-ups.
+        // Lanes with free slots wait on `wake`; these tasks turn enqueue signals into wake-ups.
         let _wakers: Vec<Owned<()>> = inner
             .queues
             .iter()
@@ -302,7 +302,7 @@ where
 }
 
 /// Blocks on the queue's signal list on a connection of its own (no response timeout), and
-/// wakes idle slots at each push; reconnects when the connection fails.
+/// wakes the lanes at each push; reconnects when the connection fails.
 async fn wake_on_signal<C, K: Connector>(inner: Arc<Inner<C>>, connector: Arc<K>, signal: String) {
     let mut conn = None;
     while !inner.stopping.load(Ordering::Acquire) {
@@ -375,7 +375,9 @@ where
             match finish_and_take(&inner, q, &batch, want).await {
                 Ok((jobs, wait_ms)) => {
                     called = true;
-                    empty[q] = jobs.len() < want && wait_ms == 0;
+                    if want > 0 {
+                        empty[q] = jobs.len() < want && wait_ms == 0;
+                    }
                     if wait_ms > 0 {
                         limited_until[q] = now_ms() + wait_ms;
                     }
