@@ -86,18 +86,16 @@ fn jobs(n: usize) -> Vec<Noop> {
     (0..n as u32).map(|n| Noop { n }).collect()
 }
 
-/// Calls so far per command name (`INFO commandstats`, which also counts those run inside
-/// scripts).
-async fn commands(conn: &mut ConnectionManager) -> HashMap<String, u64> {
-    command_stat(conn, "calls=").await
+/// A command's calls and microseconds so far.
+#[derive(Clone, Copy, Default)]
+struct Stat {
+    calls: u64,
+    usec: u64,
 }
 
-/// Microseconds spent so far per command name (a script's own includes its commands').
-async fn command_usec(conn: &mut ConnectionManager) -> HashMap<String, u64> {
-    command_stat(conn, "usec=").await
-}
-
-async fn command_stat(conn: &mut ConnectionManager, field: &str) -> HashMap<String, u64> {
+/// Per command name, its stats so far (`INFO commandstats`, which also counts the commands
+/// scripts run; a script's time includes theirs).
+async fn command_stats(conn: &mut ConnectionManager) -> HashMap<String, Stat> {
     let info: String = redis::cmd("INFO")
         .arg("commandstats")
         .query_async(conn)
@@ -107,8 +105,17 @@ async fn command_stat(conn: &mut ConnectionManager, field: &str) -> HashMap<Stri
         .filter_map(|l| l.strip_prefix("cmdstat_"))
         .filter_map(|l| {
             let (name, rest) = l.split_once(':')?;
-            let calls = rest.split(',').find_map(|f| f.strip_prefix(field))?;
-            Some((name.to_owned(), calls.parse().ok()?))
+            let field = |key: &str| {
+                rest.split(',')
+                    .find_map(|f| f.strip_prefix(key))?
+                    .parse()
+                    .ok()
+            };
+            let stat = Stat {
+                calls: field("calls=")?,
+                usec: field("usec=")?,
+            };
+            Some((name.to_owned(), stat))
         })
         .collect()
 }
@@ -290,15 +297,23 @@ fn process(c: &mut Criterion) {
         let (per_job, inside) = s.rt.block_on(async {
             let mut conn = s.conn.clone();
             fill(&queue).await;
-            let before = commands(&mut conn).await;
-            let usec_before = command_usec(&mut conn).await;
+            let before = command_stats(&mut conn).await;
             drain(&s, &queue, concurrency).await;
-            let after = commands(&mut conn).await;
-            let usec_after = command_usec(&mut conn).await;
+            let after = command_stats(&mut conn).await;
+            let delta = |name: &str| {
+                let (a, b) = (
+                    after.get(name).copied().unwrap_or_default(),
+                    before.get(name).copied().unwrap_or_default(),
+                );
+                Stat {
+                    calls: a.calls - b.calls,
+                    usec: a.usec - b.usec,
+                }
+            };
             // Where Redis spent its time: the costliest commands per job.
-            let mut spent: Vec<(String, u64)> = usec_after
-                .iter()
-                .map(|(c, u)| (c.clone(), u - usec_before.get(c).copied().unwrap_or(0)))
+            let mut spent: Vec<(&str, u64)> = after
+                .keys()
+                .map(|c| (c.as_str(), delta(c).usec))
                 .filter(|(_, u)| *u > 0)
                 .collect();
             spent.sort_by_key(|(_, u)| std::cmp::Reverse(*u));
@@ -311,14 +326,12 @@ fn process(c: &mut Criterion) {
                 "jobs: Redis µs per job by command at concurrency {concurrency}: {}",
                 spent.join(" ")
             );
-            let delta = |name: &str| {
-                after.get(name).copied().unwrap_or(0) - before.get(name).copied().unwrap_or(0)
-            };
-            let top: u64 = TOP_LEVEL.iter().map(|c| delta(c)).sum::<u64>() + delta("script|load");
-            let all: u64 = after.keys().map(|c| delta(c)).sum();
+            let top: u64 =
+                TOP_LEVEL.iter().map(|c| delta(c).calls).sum::<u64>() + delta("script|load").calls;
+            let all: u64 = after.keys().map(|c| delta(c).calls).sum();
             let lines: Vec<String> = TOP_LEVEL
                 .iter()
-                .map(|c| format!("{c}={}", delta(c)))
+                .map(|c| format!("{c}={}", delta(c).calls))
                 .collect();
             eprintln!(
                 "jobs: commands during a run of {JOBS} jobs at concurrency {concurrency}: {}",
