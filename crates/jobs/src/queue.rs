@@ -214,7 +214,7 @@ where
         options: &JobOptions,
     ) -> Result<Vec<String>> {
         let now = now_ms();
-        let run_at = now + u64::try_from(options.delay.as_millis()).unwrap_or(u64::MAX);
+        let run_at = now + millis(options.delay);
         let mut args = vec![
             self.prefix.clone(),
             id.as_str().to_owned(),
@@ -333,7 +333,7 @@ where
             .arg(&self.prefix)
             .arg(now_ms())
             .arg(max_stalls)
-            .arg(u64::try_from(worker_ttl.as_millis()).unwrap_or(u64::MAX))
+            .arg(millis(worker_ttl))
             .invoke_async(&mut self.conn.clone())
             .await?)
     }
@@ -358,7 +358,7 @@ where
                     .await?;
             }
             Some((max, per)) => {
-                let ms = u64::try_from(per.as_millis()).unwrap_or(u64::MAX);
+                let ms = millis(per);
                 if max == 0 || ms == 0 {
                     return Err(Error::invalid(
                         "rate limit",
@@ -438,9 +438,7 @@ pub(crate) fn job_fields<J: Job>(job: &J, options: &JobOptions) -> Result<Vec<St
     let backoff =
         serde_json::to_string(&BackoffRecord::from(options.backoff)).map_err(Error::Payload)?;
     let payload = serde_json::to_string(job).map_err(Error::Payload)?;
-    let timeout = options
-        .timeout
-        .map_or(0, |t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
+    let timeout = options.timeout.map_or(0, millis);
     Ok(vec![
         "name".into(),
         J::NAME.into(),
@@ -468,18 +466,17 @@ pub(crate) struct BackoffRecord {
 
 impl From<crate::Backoff> for BackoffRecord {
     fn from(b: crate::Backoff) -> Self {
-        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         match b {
             crate::Backoff::Fixed(d) => Self {
-                fixed_ms: Some(ms(d)),
+                fixed_ms: Some(millis(d)),
                 base_ms: 0,
                 max_ms: 0,
                 jitter: 0.0,
             },
             crate::Backoff::Exponential { base, max, jitter } => Self {
                 fixed_ms: None,
-                base_ms: ms(base),
-                max_ms: ms(max),
+                base_ms: millis(base),
+                max_ms: millis(max),
                 jitter,
             },
         }
@@ -502,5 +499,10 @@ impl From<&BackoffRecord> for crate::Backoff {
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .map_or(0, millis)
+}
+
+/// Whole milliseconds of `d`, as Redis takes them (saturating).
+pub(crate) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }

@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::aio::ConnectionLike;
 
-use crate::queue::now_ms;
+use crate::queue::{millis, now_ms};
 use crate::scripts::{HEARTBEAT, UNREGISTER};
 use crate::{Queue, Result};
 
@@ -88,7 +88,7 @@ where
             .arg(self.key_prefix())
             .arg(id)
             .arg(now_ms())
-            .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
+            .arg(millis(ttl))
             .arg("host")
             .arg(host)
             .arg("pid")

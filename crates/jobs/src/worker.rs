@@ -15,7 +15,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
 use crate::handler::{Erased, Reporter, Typed};
-use crate::queue::{BackoffRecord, now_ms};
+use crate::queue::{BackoffRecord, millis, now_ms};
 use crate::registry::host_name;
 use crate::scripts::{EXTEND, FINISH};
 use crate::{Backoff, Connector, Handler, Job, JobContext, JobId, Queue, Result, WorkerConfig};
@@ -144,7 +144,8 @@ impl<C> Inner<C> {
 }
 
 /// A spawned task that ends when its owner does: dropping the guard aborts it, so a worker's
-/// slots, background tasks and running handlers never outlive the worker's own future.
+/// lanes and background tasks (and with the lanes, their running jobs) never outlive the
+/// worker's own future.
 struct Owned<T>(tokio::task::JoinHandle<T>);
 
 impl<T> Drop for Owned<T> {
@@ -169,8 +170,8 @@ where
         }
     }
 
-    /// Also takes jobs from `queue`, after the queues given before it: a slot looks at them in
-    /// order and takes from the first that has a job.
+    /// Also takes jobs from `queue`, after the queues given before it: free slots are filled
+    /// from them in order, from a later queue only what the earlier ones did not have.
     pub fn queue(mut self, queue: Queue<C>) -> Self {
         self.queues.push(queue);
         self
@@ -518,7 +519,7 @@ where
                 return Outcome::Failed { message: format!("timed out after {limit:?}"), retry: true };
             }
             _ = renew.tick() => {
-                let deadline = now_ms() + u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
+                let deadline = now_ms().saturating_add(millis(lease));
                 let kept: redis::RedisResult<i64> = EXTEND
                     .key(queue.route_key())
                     .arg(queue.key_prefix())
@@ -570,7 +571,7 @@ fn report(job: &Taken, outcome: Outcome) -> Option<Report> {
         token: job.token.clone(),
         kind,
         text,
-        delay_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+        delay_ms: millis(delay),
     })
 }
 
@@ -585,7 +586,6 @@ async fn finish_and_take<C>(
 where
     C: ConnectionLike + Clone + Send + Sync + 'static,
 {
-    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
     let config = &inner.config;
     let q = &inner.queues[queue];
     // 64 random bits per call, each job's token this and its id: short enough (under Redis's
@@ -597,18 +597,18 @@ where
     call.arg(q.key_prefix())
         .arg(now)
         .arg(&inner.id)
-        .arg(now.saturating_add(ms(config.lease)))
+        .arg(now.saturating_add(millis(config.lease)))
         .arg(want)
         .arg(token)
-        .arg(ms(config.result_ttl))
+        .arg(millis(config.result_ttl))
         .arg(config.keep_completed)
-        .arg(config.completed_age().map_or(0, ms))
+        .arg(config.completed_age().map_or(0, millis))
         .arg(
             config
                 .keep_dead
                 .map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX)),
         )
-        .arg(config.keep_dead_for.map_or(0, ms));
+        .arg(config.keep_dead_for.map_or(0, millis));
     for r in reports {
         call.arg(r.id.as_str())
             .arg(&r.token)
