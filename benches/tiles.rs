@@ -193,6 +193,8 @@ fn bench(c: &mut Criterion) {
         .expect("a tokio runtime");
     let pool = rt.block_on(async {
         let pool = support::bench_pool("select 1", "").await;
+        // Another binary (or this one, listed twice by the test runner) may be loading it.
+        let lock = support::SetupLock::take(&pool).await;
         let (exists,): (i64,) = sqlx::query_as(TABLE_CHECK)
             .fetch_one(&pool)
             .await
@@ -200,6 +202,7 @@ fn bench(c: &mut Criterion) {
         if exists == 0 {
             geostack_testkit::natural_earth::load_countries(&pool, "bench_countries").await;
         }
+        lock.release().await;
         pool
     });
     let source = rt.block_on(async {

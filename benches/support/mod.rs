@@ -53,27 +53,43 @@ pub(crate) async fn bench_pool(check: &str, setup: &str) -> PgPool {
         .connect_with(admin.database(DATABASE))
         .await
         .expect("connect to the benchmark database");
-    let mut conn = pool.acquire().await.expect("a connection");
-    sqlx::query("select pg_advisory_lock($1)")
-        .bind(LOCK)
-        .execute(&mut *conn)
-        .await
-        .expect("the set-up lock");
+    let mut lock = SetupLock::take(&pool).await;
     let ready: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(check.to_owned()))
-        .fetch_one(&mut *conn)
+        .fetch_one(&mut *lock.0)
         .await
         .unwrap_or(0);
     if ready == 0 {
         sqlx::raw_sql(sqlx::AssertSqlSafe(setup.to_owned()))
-            .execute(&mut *conn)
+            .execute(&mut *lock.0)
             .await
             .expect("load the benchmark data");
     }
-    sqlx::query("select pg_advisory_unlock($1)")
-        .bind(LOCK)
-        .execute(&mut *conn)
-        .await
-        .expect("the set-up lock");
-    drop(conn);
+    lock.release().await;
     pool
+}
+
+/// The set-up lock held on a connection of its own, for a binary whose set-up is more than SQL
+/// (it loads through other connections of the pool meanwhile).
+pub(crate) struct SetupLock(sqlx::pool::PoolConnection<sqlx::Postgres>);
+
+impl SetupLock {
+    /// Waits for the lock.
+    pub(crate) async fn take(pool: &PgPool) -> Self {
+        let mut conn = pool.acquire().await.expect("a connection");
+        sqlx::query("select pg_advisory_lock($1)")
+            .bind(LOCK)
+            .execute(&mut *conn)
+            .await
+            .expect("the set-up lock");
+        Self(conn)
+    }
+
+    /// Lets the next binary's set-up go on.
+    pub(crate) async fn release(mut self) {
+        sqlx::query("select pg_advisory_unlock($1)")
+            .bind(LOCK)
+            .execute(&mut *self.0)
+            .await
+            .expect("the set-up lock");
+    }
 }
