@@ -146,7 +146,7 @@ pub(crate) fn push_rounded(out: &mut Vec<u8>, v: f64, dp: u8) {
     }
     // Fast path: the shortest text of `v` already has no more than `dp` decimals (most stored
     // coordinates), so no rounding is needed.
-    let mut buf = ryu::Buffer::new();
+    let mut buf = zmij::Buffer::new();
     let short = buf.format_finite(v);
     if !short.contains('e') {
         let decimals = short.split_once('.').map_or(0, |(_, f)| f.len());
@@ -254,7 +254,7 @@ pub(crate) fn push_wkt(out: &mut Vec<u8>, g: &Geometry<f64>, dp: u8) {
 
 /// Uppercase hex, as PostGIS prints EWKB.
 pub(crate) fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
-    crate::format::push_hex_digits(out, bytes, b"0123456789ABCDEF");
+    crate::format::push_hex_pairs(out, bytes, &crate::format::UPPER_HEX);
 }
 
 #[cfg(test)]

@@ -7,26 +7,39 @@ pub(crate) fn push_str(out: &mut Vec<u8>, s: &str) {
     let bytes = s.as_bytes();
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
-        let escape: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0..=0x1f => b"",
-            _ => continue,
-        };
+        if !NEEDS_ESCAPE[usize::from(b)] {
+            continue;
+        }
         out.extend_from_slice(&bytes[start..i]);
-        if escape.is_empty() {
-            out.extend_from_slice(format!("\\u{b:04x}").as_bytes());
-        } else {
-            out.extend_from_slice(escape);
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            _ => {
+                out.extend_from_slice(b"\\u00");
+                out.extend_from_slice(&crate::format::LOWER_HEX[usize::from(b)]);
+            }
         }
         start = i + 1;
     }
     out.extend_from_slice(&bytes[start..]);
     out.push(b'"');
 }
+
+/// The bytes a JSON string cannot hold as they are: quote, backslash and controls.
+static NEEDS_ESCAPE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        table[b] = true;
+        b += 1;
+    }
+    table[b'"' as usize] = true;
+    table[b'\\' as usize] = true;
+    table
+};
 
 /// Appends a number already in JSON syntax.
 pub(crate) fn push_number(out: &mut Vec<u8>, n: &str) {
@@ -51,7 +64,7 @@ pub(crate) fn push_float(out: &mut Vec<u8>, f: f64) {
             b"\"-Infinity\""
         });
     } else {
-        out.extend_from_slice(ryu::Buffer::new().format_finite(f).as_bytes());
+        out.extend_from_slice(zmij::Buffer::new().format_finite(f).as_bytes());
     }
 }
 
@@ -81,6 +94,10 @@ mod tests {
             let back: f64 = serde_json::from_slice(&out).unwrap();
             assert_eq!(back, f);
         }
+        // Exponent form for large magnitudes, with its sign, as PostgreSQL writes it.
+        let mut out = Vec::new();
+        push_float(&mut out, 1e21);
+        assert_eq!(out, b"1e+21");
         let mut out = Vec::new();
         push_float(&mut out, f64::NEG_INFINITY);
         assert_eq!(out, b"\"-Infinity\"");

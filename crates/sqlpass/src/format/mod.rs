@@ -101,16 +101,30 @@ pub(crate) fn push_json_value(out: &mut Vec<u8>, v: &Value<'_>) {
 }
 
 pub(crate) fn push_lower_hex(out: &mut Vec<u8>, bytes: &[u8]) {
-    push_hex_digits(out, bytes, b"0123456789abcdef");
+    push_hex_pairs(out, bytes, &LOWER_HEX);
 }
 
-/// Two digits of `digits` per byte, written in place (no capacity check per digit).
-pub(crate) fn push_hex_digits(out: &mut Vec<u8>, bytes: &[u8], digits: &[u8; 16]) {
+/// The two hex digits of every byte, lower case.
+pub(crate) static LOWER_HEX: [[u8; 2]; 256] = hex_pairs(b"0123456789abcdef");
+/// The two hex digits of every byte, upper case.
+pub(crate) static UPPER_HEX: [[u8; 2]; 256] = hex_pairs(b"0123456789ABCDEF");
+
+const fn hex_pairs(digits: &[u8; 16]) -> [[u8; 2]; 256] {
+    let mut table = [[0; 2]; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = [digits[b >> 4], digits[b & 15]];
+        b += 1;
+    }
+    table
+}
+
+/// The pair of `pairs` for each byte, written in place (no capacity check per byte).
+pub(crate) fn push_hex_pairs(out: &mut Vec<u8>, bytes: &[u8], pairs: &[[u8; 2]; 256]) {
     let start = out.len();
     out.resize(start + bytes.len() * 2, 0);
     for (pair, &b) in out[start..].chunks_exact_mut(2).zip(bytes) {
-        pair[0] = digits[usize::from(b >> 4)];
-        pair[1] = digits[usize::from(b & 15)];
+        pair.copy_from_slice(&pairs[usize::from(b)]);
     }
 }
 
