@@ -26,27 +26,21 @@ pub(crate) async fn bench_pool(check: &str, setup: &str) -> PgPool {
         .connect_with(admin.clone())
         .await
         .unwrap_or_else(|e| panic!("PostgreSQL is unreachable ({e}): run scripts/services"));
-    let mut admin_conn = admin_pool.acquire().await.expect("an admin connection");
-    sqlx::query("select pg_advisory_lock($1)")
-        .bind(LOCK)
-        .execute(&mut *admin_conn)
-        .await
-        .expect("the set-up lock");
+    let mut lock = SetupLock::take(&admin_pool).await;
     let exists: bool =
         sqlx::query_scalar("select exists(select 1 from pg_database where datname = $1)")
             .bind(DATABASE)
-            .fetch_one(&mut *admin_conn)
+            .fetch_one(&mut *lock.0)
             .await
             .expect("pg_database");
     if !exists {
         let create = format!("create database {DATABASE} template \"{template}\"");
         sqlx::raw_sql(sqlx::AssertSqlSafe(create))
-            .execute(&mut *admin_conn)
+            .execute(&mut *lock.0)
             .await
             .expect("create the benchmark database");
     }
-    drop(admin_conn);
-    // Closing the connection releases the lock.
+    lock.release().await;
     admin_pool.close().await;
     let pool = PgPoolOptions::new()
         .max_connections(2)
