@@ -1,6 +1,6 @@
 //! The queue's other features against real Redis: the worker registry and death by silence,
-//! progress, the event stream, batched calls of a busy worker, a rate limit, tenants served in turn, repeatable jobs,
-//! retention, several queues per worker, and a Redis restart mid-run.
+//! progress, the event stream, batched calls of a busy worker, a rate limit, tenants served in
+//! turn, repeatable jobs, retention, several queues per worker, and a Redis restart mid-run.
 
 mod common;
 
