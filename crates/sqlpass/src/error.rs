@@ -39,9 +39,22 @@ pub enum Error {
         /// Why.
         reason: String,
     },
-    /// The database could not be asked: no connection in time, the connection dropped.
-    #[error("database unavailable: {0}")]
+    /// The text is not one statement the sandbox runs (see [`Statement`](crate::Statement)).
+    #[error("invalid statement: {0}")]
+    InvalidStatement(String),
+    /// A row, byte or value-size limit stopped the output.
+    #[error("{0}")]
+    Limit(String),
+    /// Every connection of the caller's pool is in use: too many queries at once.
+    #[error("too many queries at once: retry later")]
+    Busy,
+    /// The database could not be asked: the connection failed or dropped. The driver's own
+    /// words are kept for logs in [`std::error::Error::source`], never in the message.
+    #[error("database unavailable")]
     Unavailable(#[source] sqlx::Error),
+    /// The [`Session`](crate::Session) was already ended.
+    #[error("the session has ended")]
+    Ended,
     /// The server sent something this crate cannot read.
     #[error("internal error: {0}")]
     Internal(String),
@@ -61,16 +74,27 @@ impl Error {
                 "55P03" => 429,
                 _ => 400,
             },
-            Self::InvalidOption { .. } => 400,
-            Self::StatementTimeout(_) | Self::Deadline(_) => 429,
+            Self::InvalidOption { .. } | Self::InvalidStatement(_) => 400,
+            Self::Limit(_) => 400,
+            Self::StatementTimeout(_) | Self::Deadline(_) | Self::Busy => 429,
             Self::Unavailable(_) => 503,
-            Self::Internal(_) => 500,
+            Self::Internal(_) | Self::Ended => 500,
         }
     }
 
     /// Whether the database could not be asked (retrying may help).
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, Self::Unavailable(_))
+        matches!(self, Self::Unavailable(_) | Self::Busy)
+    }
+
+    /// How long a client should wait before retrying, for the `Retry-After` header: for
+    /// [`Error::Busy`], [`Error::Unavailable`] and the timeouts.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Busy | Self::Unavailable(_) => Some(Duration::from_secs(1)),
+            Self::StatementTimeout(_) | Self::Deadline(_) => Some(Duration::from_secs(5)),
+            _ => None,
+        }
     }
 
     /// The SQLSTATE of a refused query.
@@ -94,13 +118,13 @@ impl Error {
                     }
                 }
             }
+            sqlx::Error::PoolTimedOut => Self::Busy,
             sqlx::Error::Io(_)
-            | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::WorkerCrashed
             | sqlx::Error::Tls(_)
             | sqlx::Error::Protocol(_) => Self::Unavailable(e),
-            other => Self::Internal(other.to_string()),
+            _ => Self::Internal("the database answered something unexpected".into()),
         }
     }
 }

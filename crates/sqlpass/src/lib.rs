@@ -9,12 +9,19 @@ mod options;
 mod provision;
 mod registry;
 mod run;
+mod session;
+mod statement;
 mod tables;
 mod value;
 
 pub use body::{Body, Outcome};
 pub use error::{Error, Result};
-pub use options::{Access, CsvGeometry, Format, Options};
+pub use options::{
+    Access, CsvGeometry, DEFAULT_BYTE_LIMIT, DEFAULT_ROW_LIMIT, DEFAULT_VALUE_LIMIT, Format,
+    Options,
+};
 pub use provision::PublicRole;
 pub use registry::{PoolRegistry, RegistryConfig};
 pub use run::{Meta, Response, run};
+pub use session::Session;
+pub use statement::Statement;

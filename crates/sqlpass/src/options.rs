@@ -121,7 +121,16 @@ pub struct Options {
     pub(crate) csv_geometry: CsvGeometry,
     pub(crate) affected_tables: bool,
     pub(crate) jit: bool,
+    pub(crate) value_limit: Option<u64>,
+    pub(crate) canceller: Option<sqlx::PgPool>,
 }
+
+/// The default row limit of [`Options`].
+pub const DEFAULT_ROW_LIMIT: u64 = 10_000_000;
+/// The default byte limit of [`Options`]: 1 GiB.
+pub const DEFAULT_BYTE_LIMIT: u64 = 1 << 30;
+/// The default value-size limit of [`Options`]: 16 MiB.
+pub const DEFAULT_VALUE_LIMIT: u64 = 16 << 20;
 
 impl Default for Options {
     fn default() -> Self {
@@ -132,8 +141,8 @@ impl Default for Options {
             lock_timeout: Duration::from_secs(2),
             idle_timeout: Duration::from_secs(10),
             deadline: Duration::from_secs(60),
-            row_limit: None,
-            byte_limit: None,
+            row_limit: Some(DEFAULT_ROW_LIMIT),
+            byte_limit: Some(DEFAULT_BYTE_LIMIT),
             batch_rows: 10_000,
             chunk_bytes: 64 * 1024,
             dp: 6,
@@ -143,6 +152,8 @@ impl Default for Options {
             csv_geometry: CsvGeometry::Wkt,
             affected_tables: true,
             jit: false,
+            value_limit: Some(DEFAULT_VALUE_LIMIT),
+            canceller: None,
         }
     }
 }
@@ -234,16 +245,37 @@ impl Options {
         self
     }
 
-    /// The most rows written; more end the stream with an error in the format. Default none.
-    pub fn row_limit(mut self, rows: u64) -> Self {
-        self.row_limit = Some(rows);
+    /// The most rows written; more end the stream with an error in the format. `None` for no
+    /// limit. Default 10 000 000 ([`DEFAULT_ROW_LIMIT`]).
+    pub fn row_limit(mut self, rows: impl Into<Option<u64>>) -> Self {
+        self.row_limit = rows.into();
         self
     }
 
     /// The most bytes written (whole rows); more end the stream with an error in the format.
-    /// Default none.
-    pub fn byte_limit(mut self, bytes: u64) -> Self {
-        self.byte_limit = Some(bytes);
+    /// A writer's output is held in memory until it commits, so this also bounds that memory.
+    /// `None` for no limit. Default 1 GiB ([`DEFAULT_BYTE_LIMIT`]).
+    pub fn byte_limit(mut self, bytes: impl Into<Option<u64>>) -> Self {
+        self.byte_limit = bytes.into();
+        self
+    }
+
+    /// The largest value a row may carry, in bytes, checked by PostgreSQL before the value is
+    /// sent (so the client never holds more): `octet_length` for text, `bytea` and values cast
+    /// to text, `pg_column_size` (the stored, possibly compressed, size) for other variable-size
+    /// types. A larger value ends the stream with an error in the format naming its column.
+    /// `None` for no limit. Default 16 MiB ([`DEFAULT_VALUE_LIMIT`]).
+    pub fn value_limit(mut self, bytes: impl Into<Option<u64>>) -> Self {
+        self.value_limit = bytes.into();
+        self
+    }
+
+    /// The pool that cancels a query cut short (a dropped body, the deadline): its role needs
+    /// `pg_signal_backend` and `EXECUTE` on `pg_cancel_backend`, which caller roles provisioned
+    /// by [`PublicRole`](crate::PublicRole) do not have. Default none: the caller's own pool
+    /// tries, which works only for roles that may still signal their own backends.
+    pub fn canceller(mut self, pool: sqlx::PgPool) -> Self {
+        self.canceller = Some(pool);
         self
     }
 

@@ -5,9 +5,10 @@ use sqlx::{AssertSqlSafe, Executor as _};
 
 use crate::{Error, Result};
 
-/// Functions every role may call by default that a public caller should not: large objects
-/// (they write even where the caller can write nothing else), session advisory locks (they
-/// outlive the transaction), sleeping, notifications.
+/// Functions every role may call by default that a caller should not: large objects (they
+/// write even where the caller can write nothing else), session advisory locks (they outlive
+/// the transaction), sleeping, notifications, signalling other backends and reading their
+/// query text.
 const DANGEROUS: &[&str] = &[
     "lo_from_bytea(oid, bytea)",
     "lo_create(oid)",
@@ -29,6 +30,13 @@ const DANGEROUS: &[&str] = &[
     "pg_sleep_for(interval)",
     "pg_sleep_until(timestamp with time zone)",
     "pg_notify(text, text)",
+    // Signalling and watching other backends: a caller of a shared role (every anonymous
+    // caller of a user) would otherwise cancel, terminate or read the queries of the others.
+    "pg_cancel_backend(integer)",
+    "pg_terminate_backend(integer, bigint)",
+    "pg_terminate_backend(integer)",
+    "pg_stat_get_activity(integer)",
+    "pg_stat_get_backend_activity(integer)",
 ];
 
 /// A public login role: `SELECT` on the chosen tables of one schema and nothing else.

@@ -1,16 +1,15 @@
-//! The pipeline: one statement, in a transaction with timeouts, through a server-side cursor,
-//! encoded as the rows arrive.
+//! The SQL API's pipeline: one statement in a session, wrapped for its limits, encoded as the
+//! rows arrive.
 
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::{FutureExt as _, StreamExt as _};
-use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgPool, PgRow};
 use sqlx::{
-    AssertSqlSafe, Column as _, Connection as _, Executor as _, Postgres, Row as _,
-    SqlSafeStr as _, Statement as _, TypeInfo as _, ValueRef as _,
+    AssertSqlSafe, Column as _, Executor as _, Row as _, SqlSafeStr as _, Statement as _,
+    TypeInfo as _, ValueRef as _,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Sleep;
@@ -20,7 +19,7 @@ use crate::format::{self, Column, Summary};
 use crate::geom::Header;
 use crate::tables;
 use crate::value::{self, Kind, PostgisOids, Value};
-use crate::{Access, Body, Error, Options, Outcome, Result};
+use crate::{Access, Body, Error, Options, Outcome, Result, Session, Statement};
 
 /// What a response carries besides its bytes: for the HTTP headers.
 #[derive(Clone, Debug)]
@@ -46,39 +45,39 @@ pub struct Response {
     pub body: Body,
 }
 
-type Conn = PoolConnection<Postgres>;
-
-const CURSOR: &str = "geostack_sqlpass";
-
-/// Runs `sql` from an untrusted caller on `pool`, a pool that logged in as the caller's role.
+/// Runs `sql` from an untrusted caller on `pool`, a pool that logged in as the caller's role,
+/// in a [`Session`]: the statement is checked on its own ([`Statement`]), described without
+/// being kept, then run once inside a wrapper that applies the row limit, the page and the
+/// value-size limit in PostgreSQL itself.
 ///
-/// Errors found before the first byte (syntax, permissions, a read-only violation caught at
-/// planning, options) are returned here; later ones are written into the body in its format.
-/// The connection goes back to the pool only when it is clean (no advisory locks, listeners,
-/// SQL-level prepared statements, cursors or temporary tables), and is closed otherwise.
+/// A reader's rows stream as they come. A writer's statement runs to its end and commits
+/// before the first byte is answered, so that a failure is an `Err` here (a 4xx), never a
+/// document with an error in it; its output is held in memory up to the byte limit.
 ///
 /// # Errors
 ///
-/// [`Error::Query`] when PostgreSQL refuses the statement, [`Error::Unavailable`] when no
-/// connection could be had, [`Error::StatementTimeout`] / [`Error::Deadline`] for timeouts.
+/// [`Error::InvalidStatement`] for text that is not one allowed statement, [`Error::Query`]
+/// when PostgreSQL refuses or (for writers) fails the statement, [`Error::Busy`] /
+/// [`Error::Unavailable`] when no connection could be had, [`Error::StatementTimeout`] /
+/// [`Error::Deadline`] for timeouts.
 pub async fn run(pool: &PgPool, sql: &str, options: Options) -> Result<Response> {
     let started = Instant::now();
-    let deadline = started + options.deadline;
-    let st = options.statement_timeout;
-    let mut conn = match tokio::time::timeout_at(deadline.into(), pool.acquire()).await {
-        Ok(conn) => conn.map_err(|e| Error::from_sqlx(e, st))?,
-        Err(_) => return Err(Error::Deadline(options.deadline)),
-    };
+    let statement = Statement::new(sql)?;
+    let mut session = Session::begin(pool, &options).await?;
+    let deadline = session.deadline;
     let prepared =
-        match tokio::time::timeout_at(deadline.into(), prepare(&mut conn, sql, &options)).await {
+        match tokio::time::timeout_at(deadline.into(), prepare(&mut session, &statement, &options))
+            .await
+        {
             Ok(Ok(prepared)) => prepared,
             Ok(Err(e)) => {
-                end(conn, Access::ReadOnly, false).await;
+                let _ = session.end().await;
                 return Err(e);
             }
             Err(_) => {
-                // The prepare was cut mid-statement: the connection's state is unknown.
-                conn.close_on_drop();
+                // Cut mid-statement: the connection's state is unknown.
+                session.set_cut(true);
+                let _ = session.end().await;
                 return Err(Error::Deadline(options.deadline));
             }
         };
@@ -91,23 +90,26 @@ pub async fn run(pool: &PgPool, sql: &str, options: Options) -> Result<Response>
                 options.format.extension()
             )
         }),
-        cache_channel: tables::cache_channel(&prepared.database, &prepared.tables),
-        surrogate_keys: tables::surrogate_keys(&prepared.database, &prepared.tables),
+        cache_channel: tables::cache_channel(&session.database, &prepared.tables),
+        surrogate_keys: tables::surrogate_keys(&session.database, &prepared.tables),
         tables: prepared.tables.clone(),
     };
     let (tx, rx) = mpsc::channel(2);
     let (end_tx, end_rx) = oneshot::channel();
     let producer = Producer {
-        pool: pool.clone(),
-        conn,
+        session,
         prepared,
         options,
         started,
-        deadline,
         tx,
         end: Some(end_tx),
     };
-    tokio::spawn(producer.run());
+    match producer.options.access {
+        Access::ReadOnly => {
+            tokio::spawn(producer.run());
+        }
+        Access::ReadWrite => producer.write().await?,
+    }
     Ok(Response {
         meta,
         body: Body::new(rx, end_rx),
@@ -115,77 +117,87 @@ pub async fn run(pool: &PgPool, sql: &str, options: Options) -> Result<Response>
 }
 
 struct Prepared {
+    /// The result columns, as the encoders see them.
     columns: Vec<Column>,
-    postgis: PostgisOids,
-    pid: i32,
-    database: String,
     tables: Vec<String>,
-    /// The statement to run for writers (no cursor).
-    direct: Option<String>,
+    /// What runs: the statement wrapped, or (a writer's statement without result columns) as
+    /// it is.
+    query: String,
+    /// Whether the query's last column is the value-size guard.
+    guarded: bool,
 }
 
-async fn prepare(conn: &mut Conn, sql: &str, options: &Options) -> Result<Prepared> {
+/// Describes the statement, finds its tables, and builds what runs.
+async fn prepare(
+    session: &mut Session,
+    statement: &Statement,
+    options: &Options,
+) -> Result<Prepared> {
     let st = options.statement_timeout;
     let err = |e| Error::from_sqlx(e, st);
-    let begin = match options.access {
-        Access::ReadOnly => "BEGIN READ ONLY",
-        Access::ReadWrite => "BEGIN",
-    };
-    sqlx::raw_sql(begin)
-        .execute(&mut **conn)
-        .await
-        .map_err(err)?;
-    let ms = |d: Duration| format!("{}ms", d.as_millis().max(1));
-    let (pid, database, geometry, geography): (i32, String, Option<i64>, Option<i64>) =
-        sqlx::query_as(
-            "select pg_backend_pid(), current_database()::text,
-                to_regtype('geometry')::oid::int8, to_regtype('geography')::oid::int8,
-                set_config('statement_timeout', $1, true),
-                set_config('lock_timeout', $2, true),
-                set_config('idle_in_transaction_session_timeout', $3, true),
-                set_config('jit', $4, true)",
-        )
-        .bind(ms(options.statement_timeout))
-        .bind(ms(options.lock_timeout))
-        .bind(ms(options.idle_timeout))
-        // JIT compilation is off unless asked for: it costs tens of milliseconds per large
-        // plan, and a statement being compiled cannot be cancelled.
-        .bind(if options.jit { "on" } else { "off" })
-        .fetch_one(&mut **conn)
-        .await
-        .map_err(err)?;
-    let postgis = PostgisOids {
-        geometry: geometry.and_then(|o| u32::try_from(o).ok()),
-        geography: geography.and_then(|o| u32::try_from(o).ok()),
-    };
-
-    // The statement's result columns. Preparing also refuses more than one statement: the
-    // extended protocol takes exactly one.
-    let sql = sql.trim_end_matches(|c: char| c == ';' || c.is_whitespace());
-    let statement = (&mut **conn)
-        .prepare(AssertSqlSafe(sql.to_owned()).into_sql_str())
-        .await
-        .map_err(err)?;
-    let mut columns: Vec<Column> = statement
-        .columns()
-        .iter()
-        .map(|c| {
-            let ty = c.type_info();
-            let kind = ty.oid().and_then(|oid| Kind::of(oid.0, postgis));
-            Column {
-                name: c.name().to_owned(),
-                pgtype: typname(ty.name()),
-                kind,
-                skip: options.skipfields.iter().any(|s| s == c.name()),
+    let sql = statement.as_str();
+    let postgis = session.postgis;
+    let access = session.access;
+    // The statement's result columns, always current. A reader's statement is described by
+    // running it under `LIMIT 0` beside a one-row relation, as an unnamed statement: one row
+    // of NULLs whose columns are the statement's. A writer's cannot run twice, so it is
+    // prepared (sqlx names it; the session closes it before the connection is reused).
+    let described: Vec<(String, sqlx::postgres::PgTypeInfo)> = match access {
+        Access::ReadOnly => {
+            let describe = format!(
+                "SELECT _q.* FROM (VALUES (1)) AS _one(_) LEFT JOIN \
+                 (SELECT * FROM (\n{sql}\n) AS _i LIMIT 0) AS _q ON true"
+            );
+            let mut row = sqlx::query(AssertSqlSafe(describe.clone()))
+                .persistent(false)
+                .fetch_one(&mut **session.conn_mut()?)
+                .await;
+            // sqlx looks up a type it does not know (PostGIS's, an enum) between parsing and
+            // binding an unnamed statement, and that look-up replaces the statement. The
+            // type is known the second time, in a transaction begun again.
+            if let Err(sqlx::Error::Database(db)) = &row
+                && db.code().as_deref() == Some("26000")
+            {
+                session.restart().await?;
+                row = sqlx::query(AssertSqlSafe(describe))
+                    .persistent(false)
+                    .fetch_one(&mut **session.conn_mut()?)
+                    .await;
             }
+            let row: PgRow = row.map_err(err)?;
+            row.columns()
+                .iter()
+                .map(|c| (c.name().to_owned(), c.type_info().clone()))
+                .collect()
+        }
+        Access::ReadWrite => {
+            let prepared = (&mut **session.conn_mut()?)
+                .prepare(AssertSqlSafe(sql.to_owned()).into_sql_str())
+                .await
+                .map_err(err)?;
+            prepared
+                .columns()
+                .iter()
+                .map(|c| (c.name().to_owned(), c.type_info().clone()))
+                .collect()
+        }
+    };
+    let mut columns: Vec<Column> = described
+        .iter()
+        .map(|(name, ty)| Column {
+            name: name.clone(),
+            pgtype: typname(ty.name()),
+            kind: ty.oid().and_then(|oid| Kind::of(oid.0, postgis)),
+            skip: options.skipfields.iter().any(|s| s == name),
         })
         .collect();
 
+    let conn: &mut sqlx::PgConnection = session.conn_mut()?;
     let tables = if options.affected_tables {
         let explain = format!("EXPLAIN (FORMAT JSON, VERBOSE)\n{sql}");
         let row: PgRow = sqlx::query(AssertSqlSafe(explain))
             .persistent(false)
-            .fetch_one(&mut **conn)
+            .fetch_one(&mut *conn)
             .await
             .map_err(err)?;
         let raw = row.try_get_raw(0).map_err(err)?;
@@ -199,73 +211,127 @@ async fn prepare(conn: &mut Conn, sql: &str, options: &Options) -> Result<Prepar
         Vec::new()
     };
 
-    // Columns of types decoded here go as they are; others are cast to text by position.
-    let needs_cast = columns.iter().any(|c| c.kind.is_none());
-    let query = if needs_cast {
-        let aliases: Vec<String> = (1..=columns.len()).map(|i| format!("c{i}")).collect();
-        let select: Vec<String> = columns
-            .iter()
-            .zip(&aliases)
-            .map(|(c, a)| match c.kind {
-                Some(_) => format!("_q.{a}"),
-                None => format!("_q.{a}::text"),
-            })
-            .collect();
-        for c in &mut columns {
-            c.kind.get_or_insert(Kind::Text);
-        }
-        format!(
-            "SELECT {} FROM (\n{sql}\n) AS _q({})",
-            select.join(", "),
-            aliases.join(", ")
-        )
-    } else {
-        sql.to_owned()
-    };
-
-    let direct = match options.access {
-        Access::ReadOnly => {
-            let declare = format!("DECLARE {CURSOR} NO SCROLL CURSOR FOR\n{query}");
-            sqlx::query(AssertSqlSafe(declare))
-                .persistent(false)
-                .execute(&mut **conn)
-                .await
-                .map_err(err)?;
-            None
-        }
-        Access::ReadWrite => Some(query),
-    };
+    if columns.is_empty() && access == Access::ReadWrite {
+        return Ok(Prepared {
+            columns,
+            tables,
+            query: sql.to_owned(),
+            guarded: false,
+        });
+    }
+    let wrapped = wrap(sql, access, &mut columns, options);
     Ok(Prepared {
+        guarded: options.value_limit.is_some() && wrapped.1,
         columns,
-        postgis,
-        pid,
-        database,
         tables,
-        direct,
+        query: wrapped.0,
     })
 }
 
+/// The statement inside the query that runs: its rows limited (one more than the row limit,
+/// to tell "exceeded"), paged, values of types decoded here as they are and others cast to
+/// text, and values over the value-size limit replaced by NULL with a last column naming the
+/// first such column. Returns the query and whether it has that guard column.
+///
+/// The inner subquery has `OFFSET`, so PostgreSQL computes each value once although the outer
+/// list names it twice. A reader's statement is a subquery; a writer's a `WITH` query (which
+/// runs to its end whatever is read of it).
+fn wrap(sql: &str, access: Access, columns: &mut [Column], options: &Options) -> (String, bool) {
+    let limit = options.row_limit.map(|l| l.saturating_add(1));
+    let (limit, offset) = match options.page {
+        Some((per_page, page)) => (
+            Some(limit.map_or(per_page, |l| l.min(per_page))),
+            per_page.saturating_mul(page),
+        ),
+        None => (limit, 0),
+    };
+    let limit = limit.map_or_else(|| "ALL".to_owned(), |l| l.to_string());
+    let aliases: Vec<String> = (1..=columns.len()).map(|i| format!("c{i}")).collect();
+    let mut select = Vec::with_capacity(columns.len() + 1);
+    let mut guards = Vec::new();
+    for (i, (c, a)) in columns.iter_mut().zip(&aliases).enumerate() {
+        let value = match c.kind {
+            Some(_) => format!("_q.{a}"),
+            None => format!("_q.{a}::text"),
+        };
+        let size = match c.kind {
+            Some(
+                Kind::Bool
+                | Kind::Int2
+                | Kind::Int4
+                | Kind::Int8
+                | Kind::Oid
+                | Kind::Float4
+                | Kind::Float8
+                | Kind::Uuid
+                | Kind::Date
+                | Kind::Time
+                | Kind::Timestamp
+                | Kind::Timestamptz
+                | Kind::Interval,
+            ) => None,
+            Some(Kind::Text) => Some(format!("octet_length(_q.{a}::text)")),
+            Some(Kind::Bytea) => Some(format!("octet_length(_q.{a})")),
+            Some(_) => Some(format!("pg_column_size(_q.{a})")),
+            None => Some(format!("octet_length({value})")),
+        };
+        c.kind.get_or_insert(Kind::Text);
+        match (size, options.value_limit) {
+            (Some(size), Some(max)) => {
+                select.push(format!(
+                    "CASE WHEN {size} > {max} THEN NULL ELSE {value} END"
+                ));
+                guards.push(format!("WHEN {size} > {max} THEN {}", i + 1));
+            }
+            _ => select.push(value),
+        }
+    }
+    let guarded = !guards.is_empty();
+    if guarded {
+        select.push(format!("CASE {} END", guards.join(" ")));
+    }
+    let columns = aliases.join(", ");
+    let select = select.join(", ");
+    let query = match access {
+        Access::ReadOnly => format!(
+            "SELECT {select} FROM (SELECT * FROM (\n{sql}\n) AS _i LIMIT {limit} OFFSET {offset}) AS _q({columns})"
+        ),
+        Access::ReadWrite => format!(
+            "WITH _w AS (\n{sql}\n) SELECT {select} FROM (SELECT * FROM _w LIMIT {limit} OFFSET {offset}) AS _q({columns})"
+        ),
+    };
+    (query, guarded)
+}
+
 struct Producer {
-    pool: PgPool,
-    conn: Conn,
+    session: Session,
     prepared: Prepared,
     options: Options,
     started: Instant,
-    deadline: Instant,
     tx: mpsc::Sender<Bytes>,
     end: Option<oneshot::Sender<End>>,
 }
 
-/// How a producer stopped.
+/// How a statement's rows stopped coming.
 enum Stop {
-    /// All rows, or an error written into the document; the transaction can end normally.
-    Done(Option<String>),
+    /// All rows, or an error written into the document. `cut` when the statement was still
+    /// running (a limit stopped the reading), so the session must cancel it.
+    Done { error: Option<Error>, cut: bool },
     /// The caller dropped the body.
     Dropped,
     /// The caller did not read in time.
     Stalled,
     /// The deadline came while the database was working: the statement is cut mid-flight.
     Late,
+}
+
+impl Stop {
+    fn failed(error: Error, cut: bool) -> Self {
+        Self::Done {
+            error: Some(error),
+            cut,
+        }
+    }
 }
 
 /// What writing a row needs, borrowed from the producer.
@@ -275,102 +341,153 @@ struct Ctx<'a> {
     options: &'a Options,
     postgis: PostgisOids,
     columns: &'a [Column],
+    guarded: bool,
+    /// Rows are kept in memory until the end (a writer's), not sent as chunks.
+    hold: bool,
 }
 
 impl Producer {
+    fn state(&self) -> State {
+        let n = self.prepared.columns.len();
+        State {
+            scratch: Vec::with_capacity(n),
+            out: Vec::with_capacity(self.options.chunk_bytes * 2),
+            rows: 0,
+            sent: 0,
+            geometry: vec![None; n],
+        }
+    }
+
+    /// A reader's run: rows stream to the body as they come.
     async fn run(mut self) {
-        let columns = self.prepared.columns.clone();
+        let mut state = self.state();
+        let columns = std::mem::take(&mut self.prepared.columns);
         let mut encoder = format::encoder(
             self.options.format,
             self.options.dp,
             self.options.csv_geometry,
         );
-        let mut state = State {
-            scratch: Vec::with_capacity(columns.len()),
-            out: Vec::with_capacity(self.options.chunk_bytes * 2),
-            rows: 0,
-            sent: 0,
-            geometry: vec![None; columns.len()],
-        };
         encoder.begin(&mut state.out, &columns);
-        let sleep = tokio::time::sleep_until(self.deadline.into());
+        let sleep = tokio::time::sleep_until(self.session.deadline.into());
         tokio::pin!(sleep);
-        let direct = self.prepared.direct.take();
         let ctx = Ctx {
             tx: &self.tx,
-            deadline: self.deadline,
+            deadline: self.session.deadline,
             options: &self.options,
-            postgis: self.prepared.postgis,
+            postgis: self.session.postgis,
             columns: &columns,
+            guarded: self.prepared.guarded,
+            hold: false,
         };
-        let conn: &mut sqlx::PgConnection = &mut self.conn;
-        let stop = match direct {
-            None => read_cursor(conn, &ctx, &mut sleep, encoder.as_mut(), &mut state).await,
-            // A writer's statement without result columns (DML without RETURNING): report
-            // the rows it affected as total_rows, as CARTO does.
-            Some(sql) if columns.is_empty() => {
-                let st = self.options.statement_timeout;
-                let run = sqlx::query(AssertSqlSafe(sql))
+        let query = std::mem::take(&mut self.prepared.query);
+        let stop = match self.session.conn_mut() {
+            Ok(conn) => pump(conn, query, &ctx, &mut sleep, encoder.as_mut(), &mut state).await,
+            Err(e) => Stop::failed(e, false),
+        };
+        let (error, cut) = match stop {
+            Stop::Done { error, cut } => (error.map(|e| e.to_string()), cut),
+            Stop::Late => (
+                Some(Error::Deadline(self.options.deadline).to_string()),
+                true,
+            ),
+            Stop::Dropped => {
+                self.session.set_cut(true);
+                let _ = self.session.finish(false).await;
+                return;
+            }
+            Stop::Stalled => {
+                self.session.set_cut(true);
+                let _ = self.session.finish(false).await;
+                self.fail(Error::Deadline(self.options.deadline));
+                return;
+            }
+        };
+        self.session.set_cut(cut);
+        let _ = self.session.finish(false).await;
+        if self
+            .finish(encoder.as_mut(), &columns, &mut state, error.as_deref())
+            .await
+        {
+            send_outcome(&mut self.end, self.started, state.rows, error);
+        }
+    }
+
+    /// A writer's run: the statement runs to its end and commits, its output held until
+    /// then; a failure is returned, and nothing is written.
+    async fn write(mut self) -> Result<()> {
+        let mut state = self.state();
+        let columns = std::mem::take(&mut self.prepared.columns);
+        let mut encoder = format::encoder(
+            self.options.format,
+            self.options.dp,
+            self.options.csv_geometry,
+        );
+        encoder.begin(&mut state.out, &columns);
+        let sleep = tokio::time::sleep_until(self.session.deadline.into());
+        tokio::pin!(sleep);
+        let ctx = Ctx {
+            tx: &self.tx,
+            deadline: self.session.deadline,
+            options: &self.options,
+            postgis: self.session.postgis,
+            columns: &columns,
+            guarded: self.prepared.guarded,
+            hold: true,
+        };
+        let query = std::mem::take(&mut self.prepared.query);
+        let st = self.options.statement_timeout;
+        let deadline = self.session.deadline;
+        let stop = match self.session.conn_mut() {
+            Err(e) => Stop::failed(e, false),
+            // A statement without result columns (DML without RETURNING, DDL): report the
+            // rows it affected as total_rows, as CARTO does.
+            Ok(conn) if columns.is_empty() => {
+                let run = sqlx::query(AssertSqlSafe(query))
                     .persistent(false)
-                    .execute(&mut *conn);
-                match tokio::time::timeout_at(self.deadline.into(), run).await {
+                    .execute(&mut **conn);
+                match tokio::time::timeout_at(deadline.into(), run).await {
                     Ok(Ok(done)) => {
                         state.rows = done.rows_affected();
-                        Stop::Done(None)
+                        Stop::Done {
+                            error: None,
+                            cut: false,
+                        }
                     }
-                    Ok(Err(e)) => Stop::Done(Some(Error::from_sqlx(e, st).to_string())),
+                    Ok(Err(e)) => Stop::failed(Error::from_sqlx(e, st), false),
                     Err(_) => Stop::Late,
                 }
             }
-            Some(sql) => {
-                match pump(conn, sql, &ctx, &mut sleep, encoder.as_mut(), &mut state).await {
-                    Ok(_) => Stop::Done(None),
-                    Err(stop) => stop,
-                }
+            Ok(conn) => pump(conn, query, &ctx, &mut sleep, encoder.as_mut(), &mut state).await,
+        };
+        let failure = match stop {
+            Stop::Done {
+                error: None,
+                cut: false,
+            } => None,
+            Stop::Done {
+                error: Some(e),
+                cut,
+            } => Some((e, cut)),
+            Stop::Done { error: None, cut } => Some((Error::Internal("cut short".into()), cut)),
+            Stop::Late | Stop::Dropped | Stop::Stalled => {
+                Some((Error::Deadline(self.options.deadline), true))
             }
         };
-        let deadline_error = || Error::Deadline(self.options.deadline);
-        match stop {
-            Stop::Done(error) => {
-                let sent = self
-                    .finish(encoder.as_mut(), &columns, &mut state, error.as_deref())
-                    .await;
-                let ended = end(self.conn, self.options.access, error.is_none()).await;
-                let error = match error {
-                    None if !ended && self.options.access == Access::ReadWrite => {
-                        Some("the transaction did not commit".to_owned())
-                    }
-                    error => error,
-                };
-                if sent {
-                    send_outcome(&mut self.end, self.started, state.rows, error);
-                }
-            }
-            Stop::Late => {
-                // Cut mid-statement: stop the query, do not reuse the connection, and finish
-                // the document with the reason.
-                cancel(&self.pool, self.prepared.pid).await;
-                self.conn.close_on_drop();
-                let error = deadline_error().to_string();
-                if self
-                    .finish(encoder.as_mut(), &columns, &mut state, Some(&error))
-                    .await
-                {
-                    send_outcome(&mut self.end, self.started, state.rows, Some(error));
-                }
-            }
-            // The statement was cut mid-flight: its connection waits for a Sync that never
-            // comes, so it is closed at once (the backend then ends), not reused.
-            Stop::Dropped => {
-                cancel(&self.pool, self.prepared.pid).await;
-                let _ = self.conn.detach().close_hard().await;
-            }
-            Stop::Stalled => {
-                cancel(&self.pool, self.prepared.pid).await;
-                self.fail(deadline_error());
-                let _ = self.conn.detach().close_hard().await;
-            }
+        if let Some((error, cut)) = failure {
+            self.session.set_cut(cut);
+            let _ = self.session.finish(false).await;
+            return Err(error);
         }
+        self.session.finish(true).await?;
+        let summary = Summary {
+            elapsed: self.started.elapsed(),
+            rows: state.rows,
+            geometry: &state.geometry,
+        };
+        encoder.finish(&mut state.out, &columns, &summary, None);
+        let _ = self.tx.try_send(Bytes::from(state.out));
+        send_outcome(&mut self.end, self.started, state.rows, None);
+        Ok(())
     }
 
     /// Writes the end of the document and sends the last chunk (briefly past the deadline, so
@@ -390,7 +507,7 @@ impl Producer {
         };
         encoder.finish(&mut state.out, columns, &summary, error);
         let last = Bytes::from(std::mem::take(&mut state.out));
-        let until = self.deadline.max(Instant::now()) + Duration::from_millis(100);
+        let until = self.session.deadline.max(Instant::now()) + Duration::from_millis(100);
         if tokio::time::timeout_at(until.into(), self.tx.send(last))
             .await
             .is_err()
@@ -424,48 +541,8 @@ fn send_outcome(
     }
 }
 
-/// Rows from the cursor, a page of them when asked, `batch_rows` per `FETCH`.
-async fn read_cursor(
-    conn: &mut sqlx::PgConnection,
-    ctx: &Ctx<'_>,
-    sleep: &mut Pin<&mut Sleep>,
-    encoder: &mut dyn format::Encoder,
-    state: &mut State,
-) -> Stop {
-    let mut remaining = u64::MAX;
-    if let Some((per_page, page)) = ctx.options.page {
-        remaining = per_page;
-        let skip = per_page.saturating_mul(page);
-        if skip > 0
-            && let Err(stop) = pump(
-                conn,
-                format!("MOVE FORWARD {skip} IN {CURSOR}"),
-                ctx,
-                sleep,
-                encoder,
-                state,
-            )
-            .await
-        {
-            return stop;
-        }
-    }
-    loop {
-        let want = u64::from(ctx.options.batch_rows).min(remaining);
-        if want == 0 {
-            return Stop::Done(None);
-        }
-        let fetch = format!("FETCH FORWARD {want} FROM {CURSOR}");
-        match pump(conn, fetch, ctx, sleep, encoder, state).await {
-            Ok(got) if got < want => return Stop::Done(None),
-            Ok(got) => remaining = remaining.saturating_sub(got),
-            Err(stop) => return stop,
-        }
-    }
-}
-
-/// Runs one statement and writes its rows as they arrive from the socket, so encoding here
-/// overlaps with PostgreSQL producing the next rows. Returns how many rows came.
+/// Runs the query and writes its rows as they arrive from the socket, so encoding here
+/// overlaps with PostgreSQL producing the next rows.
 async fn pump(
     conn: &mut sqlx::PgConnection,
     sql: String,
@@ -473,12 +550,12 @@ async fn pump(
     sleep: &mut Pin<&mut Sleep>,
     encoder: &mut dyn format::Encoder,
     state: &mut State,
-) -> Result<u64, Stop> {
+) -> Stop {
     let st = ctx.options.statement_timeout;
     let mut rows = sqlx::query(AssertSqlSafe(sql))
         .persistent(false)
         .fetch(conn);
-    let mut got = 0;
+    let mut got: u64 = 0;
     loop {
         // A row already read from the socket needs no watching; only a wait does.
         let next = match rows.next().now_or_never() {
@@ -486,21 +563,32 @@ async fn pump(
             None => tokio::select! {
                 biased;
                 row = rows.next() => row,
-                () = sleep.as_mut() => return Err(Stop::Late),
-                () = ctx.tx.closed() => return Err(Stop::Dropped),
+                () = sleep.as_mut() => return Stop::Late,
+                () = ctx.tx.closed() => return Stop::Dropped,
             },
         };
         match next {
-            None => return Ok(got),
-            Some(Err(e)) => return Err(Stop::Done(Some(Error::from_sqlx(e, st).to_string()))),
+            None => {
+                return Stop::Done {
+                    error: None,
+                    cut: false,
+                };
+            }
+            // PostgreSQL ended the statement: the connection is in sync again.
+            Some(Err(e @ sqlx::Error::Database(_))) => {
+                return Stop::failed(Error::from_sqlx(e, st), false);
+            }
+            Some(Err(e)) => return Stop::failed(Error::from_sqlx(e, st), true),
             Some(Ok(row)) => {
                 got += 1;
                 // Rows that keep coming never wait on the timer: look at the clock instead. A
                 // dropped body shows at the next chunk sent.
-                if got % 1024 == 0 && Instant::now() >= ctx.deadline {
-                    return Err(Stop::Late);
+                if got.is_multiple_of(1024) && Instant::now() >= ctx.deadline {
+                    return Stop::Late;
                 }
-                write_row(&row, ctx, sleep, encoder, state).await?;
+                if let Err(stop) = write_row(&row, ctx, sleep, encoder, state).await {
+                    return stop;
+                }
             }
         }
     }
@@ -513,26 +601,44 @@ async fn write_row(
     encoder: &mut dyn format::Encoder,
     state: &mut State,
 ) -> Result<(), Stop> {
+    let limited = |e: Error| Stop::failed(e, true);
     if let Some(limit) = ctx.options.row_limit
         && state.rows >= limit
     {
-        return Err(Stop::Done(Some(format!("row limit of {limit} exceeded"))));
+        return Err(limited(Error::Limit(format!(
+            "row limit of {limit} exceeded"
+        ))));
+    }
+    let read = |e: sqlx::Error| Stop::failed(Error::Internal(e.to_string()), true);
+    if ctx.guarded {
+        let guard = row.try_get_raw(ctx.columns.len()).map_err(read)?;
+        if !guard.is_null() {
+            let i: i32 = row.try_get(ctx.columns.len()).map_err(read)?;
+            let name = usize::try_from(i - 1)
+                .ok()
+                .and_then(|i| ctx.columns.get(i))
+                .map_or("?", |c| c.name.as_str());
+            let max = ctx.options.value_limit.unwrap_or_default();
+            return Err(limited(Error::Limit(format!(
+                "a value of column {name} is larger than the value-size limit of {max} bytes"
+            ))));
+        }
     }
     let mut values = recycle(std::mem::take(&mut state.scratch));
     for (i, c) in ctx.columns.iter().enumerate() {
-        let raw = row
-            .try_get_raw(i)
-            .map_err(|e| Stop::Done(Some(e.to_string())))?;
+        let raw = row.try_get_raw(i).map_err(read)?;
         if raw.is_null() {
             values.push(Value::Null);
             continue;
         }
-        let bytes = raw
-            .as_bytes()
-            .map_err(|e| Stop::Done(Some(e.to_string())))?;
+        let bytes = raw.as_bytes().map_err(|e| read(sqlx::Error::Decode(e)))?;
         let kind = c.kind.unwrap_or(Kind::Text);
-        let v = value::decode(kind, bytes, ctx.postgis)
-            .map_err(|e| Stop::Done(Some(format!("cannot read column {}: {}", c.name, e.0))))?;
+        let v = value::decode(kind, bytes, ctx.postgis).map_err(|e| {
+            limited(Error::Internal(format!(
+                "cannot read column {}: {}",
+                c.name, e.0
+            )))
+        })?;
         if let Value::Geometry(ewkb) = v
             && state.geometry[i].is_none()
         {
@@ -547,10 +653,12 @@ async fn write_row(
         && state.sent + state.out.len() as u64 > limit
     {
         state.out.truncate(mark);
-        return Err(Stop::Done(Some(format!("byte limit of {limit} exceeded"))));
+        return Err(limited(Error::Limit(format!(
+            "byte limit of {limit} exceeded"
+        ))));
     }
     state.rows += 1;
-    if state.out.len() >= ctx.options.chunk_bytes {
+    if !ctx.hold && state.out.len() >= ctx.options.chunk_bytes {
         let chunk = Bytes::from(std::mem::replace(
             &mut state.out,
             Vec::with_capacity(ctx.options.chunk_bytes * 2),
@@ -578,59 +686,6 @@ struct State {
     rows: u64,
     sent: u64,
     geometry: Vec<Option<Header>>,
-}
-
-/// Ends the transaction (COMMIT only for a writer whose statement succeeded) and returns the
-/// connection to the pool only when nothing of the caller's outlives it.
-/// Commits (a writer's successful run) or rolls back, then checks the connection for dirt and
-/// closes it when there is some. Returns whether the COMMIT or ROLLBACK went through.
-async fn end(mut conn: Conn, access: Access, success: bool) -> bool {
-    let finish = if access == Access::ReadWrite && success {
-        "COMMIT"
-    } else {
-        "ROLLBACK"
-    };
-    let mut ended = false;
-    let clean = async {
-        sqlx::raw_sql(finish).execute(&mut *conn).await?;
-        ended = true;
-        if access == Access::ReadWrite {
-            sqlx::raw_sql("RESET ALL").execute(&mut *conn).await?;
-        }
-        let (dirt,): (i64,) = sqlx::query_as(include_str!("sql/dirt.sql"))
-            .fetch_one(&mut *conn)
-            .await?;
-        Ok::<_, sqlx::Error>(dirt == 0)
-    };
-    let clean = tokio::time::timeout(Duration::from_secs(5), clean).await;
-    if !matches!(clean, Ok(Ok(true))) {
-        let _ = conn.detach().close().await;
-    }
-    ended
-}
-
-/// Cancels whatever backend `pid` runs, from a connection of its own (the same role may cancel
-/// its own backends).
-async fn cancel(pool: &PgPool, pid: i32) {
-    const CANCEL: &str = "select pg_cancel_backend($1)";
-    // An idle connection of the pool, when there is one, saves connecting.
-    if let Some(mut idle) = pool.try_acquire() {
-        let sent = sqlx::query(CANCEL).bind(pid).execute(&mut *idle);
-        if matches!(
-            tokio::time::timeout(Duration::from_secs(2), sent).await,
-            Ok(Ok(_))
-        ) {
-            return;
-        }
-        idle.close_on_drop();
-    }
-    let options = pool.connect_options();
-    let work = async {
-        let mut conn = sqlx::PgConnection::connect_with(&options).await?;
-        sqlx::query(CANCEL).bind(pid).execute(&mut conn).await?;
-        conn.close().await
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(2), work).await;
 }
 
 /// PostgreSQL's `typname` from sqlx's display name: built-in types are upper-cased there

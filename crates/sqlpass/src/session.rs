@@ -1,0 +1,340 @@
+//! The sandbox: one transaction on a caller's connection, with limits the caller cannot lift,
+//! ended so that nothing of the caller's outlives it.
+
+use std::ops::ControlFlow;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt as _;
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgArguments, PgPool, PgRow};
+use sqlx::query::Query;
+use sqlx::{AssertSqlSafe, Connection as _, Postgres, Row as _};
+
+use crate::value::PostgisOids;
+use crate::{Access, Error, Options, Result};
+
+type Conn = PoolConnection<Postgres>;
+
+/// One sandboxed transaction on a connection of a caller's pool: the single place where
+/// untrusted SQL runs ([`run`](crate::run) and the tile sources are built on it).
+///
+/// [`Session::begin`] opens it in one round trip: `BEGIN READ ONLY` (or `BEGIN` for a
+/// writer) with `statement_timeout`, `lock_timeout`, `idle_in_transaction_session_timeout`,
+/// `jit` and `standard_conforming_strings` set for the transaction. Statements run one at a time
+/// in the extended protocol, never kept as named prepared statements, under the wall-clock
+/// deadline. [`Session::end`] rolls back (or commits) and resets the session in one round trip —
+/// cursors closed, channels unlistened, advisory locks released, temporary tables dropped,
+/// settings and role reset — then returns the connection to its pool only when
+/// `current_user = session_user` and no SQL-level prepared statement is left. A session
+/// dropped without `end`, or cut mid-statement, cancels its backend's query and closes the
+/// connection.
+///
+/// ```
+/// # async fn demo(pool: sqlx::PgPool) -> sqlpass::Result<()> {
+/// use std::ops::ControlFlow;
+/// use sqlx::Row;
+///
+/// let mut session = sqlpass::Session::begin(&pool, &sqlpass::Options::default()).await?;
+/// let mut sum = 0;
+/// let query = sqlx::query("select n from generate_series(1, $1) n").bind(4);
+/// session
+///     .for_each_row(query, |row| {
+///         sum += row.get::<i32, _>(0);
+///         ControlFlow::Continue(())
+///     })
+///     .await?;
+/// session.end().await?;
+/// assert_eq!(sum, 10);
+/// # Ok(()) }
+/// ```
+pub struct Session {
+    conn: Option<Conn>,
+    pool: PgPool,
+    canceller: Option<PgPool>,
+    pub(crate) pid: i32,
+    pub(crate) database: String,
+    pub(crate) postgis: PostgisOids,
+    pub(crate) access: Access,
+    pub(crate) deadline: Instant,
+    /// The deadline as the caller set it, for messages.
+    pub(crate) total: Duration,
+    statement_timeout: Duration,
+    /// The statements that began the transaction, to begin it again.
+    begin: String,
+    /// A statement was cut mid-flight: its backend may still be working, and the connection
+    /// waits for messages that will never come.
+    cut: bool,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("pid", &self.pid)
+            .field("access", &self.access)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    /// Opens a sandboxed transaction on a connection of `pool` (a pool that logged in as the
+    /// caller's role) with `options`' access, timeouts and deadline; the deadline starts now.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Busy`] when no connection of the pool came free in time,
+    /// [`Error::Unavailable`] when the database could not be asked, [`Error::Deadline`].
+    pub async fn begin(pool: &PgPool, options: &Options) -> Result<Self> {
+        let deadline = Instant::now() + options.deadline;
+        let st = options.statement_timeout;
+        let mut conn = match tokio::time::timeout_at(deadline.into(), pool.acquire()).await {
+            Ok(conn) => conn.map_err(|e| Error::from_sqlx(e, st))?,
+            Err(_) => return Err(Error::Deadline(options.deadline)),
+        };
+        let ms = |d: Duration| d.as_millis().clamp(1, i32::MAX as u128);
+        // Our own text, numbers only: one simple-protocol round trip.
+        let begin = format!(
+            "{} ISOLATION LEVEL READ COMMITTED;
+             SET LOCAL statement_timeout = {};
+             SET LOCAL lock_timeout = {};
+             SET LOCAL idle_in_transaction_session_timeout = {};
+             SET LOCAL jit = {};
+             SET LOCAL standard_conforming_strings = on;
+             SELECT pg_backend_pid(), current_database()::text,
+                    to_regtype('geometry')::oid::int8, to_regtype('geography')::oid::int8",
+            match options.access {
+                Access::ReadOnly => "BEGIN READ ONLY",
+                Access::ReadWrite => "BEGIN READ WRITE",
+            },
+            ms(options.statement_timeout),
+            ms(options.lock_timeout),
+            ms(options.idle_timeout),
+            // JIT compilation is off unless asked for: it costs tens of milliseconds per large
+            // plan, and a statement being compiled cannot be cancelled.
+            if options.jit { "on" } else { "off" },
+        );
+        let started = tokio::time::timeout_at(
+            deadline.into(),
+            sqlx::raw_sql(AssertSqlSafe(begin.clone())).fetch_one(&mut *conn),
+        )
+        .await;
+        let row = match started {
+            Ok(Ok(row)) => row,
+            Ok(Err(e)) => {
+                conn.close_on_drop();
+                return Err(Error::from_sqlx(e, st));
+            }
+            Err(_) => {
+                conn.close_on_drop();
+                return Err(Error::Deadline(options.deadline));
+            }
+        };
+        let read = |e| Error::from_sqlx(e, st);
+        let geometry: Option<i64> = row.try_get(2).map_err(read)?;
+        let geography: Option<i64> = row.try_get(3).map_err(read)?;
+        Ok(Self {
+            pid: row.try_get(0).map_err(read)?,
+            database: row.try_get(1).map_err(read)?,
+            postgis: PostgisOids {
+                geometry: geometry.and_then(|o| u32::try_from(o).ok()),
+                geography: geography.and_then(|o| u32::try_from(o).ok()),
+            },
+            conn: Some(conn),
+            pool: pool.clone(),
+            canceller: options.canceller.clone(),
+            access: options.access,
+            deadline,
+            total: options.deadline,
+            statement_timeout: st,
+            begin,
+            cut: false,
+        })
+    }
+
+    /// Runs `query` (built by trusted code around checked caller text: see
+    /// [`Statement`](crate::Statement)) as an unnamed statement and hands each row to `f` as it
+    /// arrives, until `f` breaks or the rows end. Returns how many rows `f` saw. A break or an
+    /// error cuts the statement: the session then ends by cancelling it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Query`] when PostgreSQL refuses or fails the statement,
+    /// [`Error::StatementTimeout`], [`Error::Deadline`] when the deadline passes first.
+    pub async fn for_each_row<F>(
+        &mut self,
+        query: Query<'_, Postgres, PgArguments>,
+        mut f: F,
+    ) -> Result<u64>
+    where
+        F: FnMut(PgRow) -> ControlFlow<()>,
+    {
+        let deadline = self.deadline;
+        let st = self.statement_timeout;
+        let total = self.total;
+        self.cut = true;
+        let conn = self.conn.as_mut().ok_or(Error::Ended)?;
+        let mut rows = query.persistent(false).fetch(&mut **conn);
+        let mut seen = 0;
+        loop {
+            match tokio::time::timeout_at(deadline.into(), rows.next()).await {
+                Err(_) => return Err(Error::Deadline(total)),
+                Ok(None) => break,
+                Ok(Some(Err(e))) => {
+                    drop(rows);
+                    // PostgreSQL ended the statement itself: the connection is in sync.
+                    self.cut = !matches!(e, sqlx::Error::Database(_));
+                    return Err(Error::from_sqlx(e, st));
+                }
+                Ok(Some(Ok(row))) => {
+                    seen += 1;
+                    if f(row).is_break() {
+                        return Ok(seen);
+                    }
+                }
+            }
+        }
+        drop(rows);
+        self.cut = false;
+        Ok(seen)
+    }
+
+    /// Rolls back and begins the transaction again, on the same connection, with the same
+    /// settings: after a statement failed for a reason of the client's own.
+    pub(crate) async fn restart(&mut self) -> Result<()> {
+        let st = self.statement_timeout;
+        let again = format!("ROLLBACK; {}", self.begin);
+        let conn = self.conn.as_mut().ok_or(Error::Ended)?;
+        sqlx::raw_sql(AssertSqlSafe(again))
+            .execute(&mut **conn)
+            .await
+            .map_err(|e| Error::from_sqlx(e, st))?;
+        Ok(())
+    }
+
+    /// The connection, for the crate's own statements.
+    pub(crate) fn conn_mut(&mut self) -> Result<&mut Conn> {
+        self.conn.as_mut().ok_or(Error::Ended)
+    }
+
+    /// Marks the session as cut mid-statement (or not).
+    pub(crate) fn set_cut(&mut self, cut: bool) {
+        self.cut = cut;
+    }
+
+    /// Rolls back and returns the connection to its pool when clean (closes it otherwise).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unavailable`] when the connection failed on the way (it is closed).
+    pub async fn end(mut self) -> Result<()> {
+        self.finish(false).await
+    }
+
+    /// Commits (a writer's session), then cleans up as [`Session::end`] does.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Query`] when the commit is refused (a deferred constraint, a serialization
+    /// failure): nothing was written.
+    pub async fn commit(mut self) -> Result<()> {
+        self.finish(true).await
+    }
+
+    /// Commits (a writer's, when `commit`) or rolls back, then cleans up; the session is over.
+    pub(crate) async fn finish(&mut self, commit: bool) -> Result<()> {
+        let Some(mut conn) = self.conn.take() else {
+            return Ok(());
+        };
+        if self.cut {
+            cancel(self.canceller.as_ref().unwrap_or(&self.pool), self.pid).await;
+            let _ = conn.detach().close_hard().await;
+            return Ok(());
+        }
+        let st = self.statement_timeout;
+        let work = async {
+            if commit && self.access == Access::ReadWrite {
+                sqlx::raw_sql("COMMIT")
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(|e| Error::from_sqlx(e, st))?;
+            }
+            // Statements sqlx prepared for itself on this connection (type look-ups) or for a
+            // writer's statement are closed: the caller's text is kept by no one.
+            if conn.cached_statements_size() > 0 {
+                conn.clear_cached_statements()
+                    .await
+                    .map_err(|e| Error::from_sqlx(e, st))?;
+            }
+            let row = sqlx::raw_sql(include_str!("sql/reset.sql"))
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(|e| Error::from_sqlx(e, st))?;
+            let clean: bool = row.try_get(0).map_err(|e| Error::from_sqlx(e, st))?;
+            Ok::<_, Error>(clean)
+        };
+        match tokio::time::timeout(Duration::from_secs(5), work).await {
+            Ok(Ok(true)) => Ok(()),
+            Ok(Ok(false)) => {
+                let _ = conn.detach().close().await;
+                Ok(())
+            }
+            Ok(Err(e)) => {
+                let _ = conn.detach().close().await;
+                Err(e)
+            }
+            Err(_) => {
+                let _ = conn.detach().close_hard().await;
+                Err(Error::Deadline(Duration::from_secs(5)))
+            }
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let Some(conn) = self.conn.take() else {
+            return;
+        };
+        let pool = self.canceller.clone().unwrap_or_else(|| self.pool.clone());
+        let (pid, cut) = (self.pid, self.cut);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if cut {
+                    cancel(&pool, pid).await;
+                }
+                let _ = conn.detach().close_hard().await;
+            });
+        }
+    }
+}
+
+/// Cancels whatever backend `pid` runs, from a connection of `pool`: the canceller (a role
+/// holding `pg_signal_backend` and `EXECUTE` on `pg_cancel_backend`), or the caller's own pool
+/// when none was given.
+pub(crate) async fn cancel(pool: &PgPool, pid: i32) {
+    const CANCEL: &str = "select pg_cancel_backend($1)";
+    // An idle connection of the pool, when there is one, saves connecting.
+    if let Some(mut idle) = pool.try_acquire() {
+        let sent = sqlx::query(CANCEL)
+            .bind(pid)
+            .persistent(false)
+            .execute(&mut *idle);
+        if matches!(
+            tokio::time::timeout(Duration::from_secs(2), sent).await,
+            Ok(Ok(_))
+        ) {
+            return;
+        }
+        idle.close_on_drop();
+    }
+    let options = pool.connect_options();
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let mut conn = sqlx::PgConnection::connect_with(&options).await?;
+        sqlx::query(CANCEL)
+            .bind(pid)
+            .persistent(false)
+            .execute(&mut conn)
+            .await?;
+        conn.close().await
+    })
+    .await;
+}

@@ -1,0 +1,14 @@
+-- Ends a sandboxed transaction (rolled back; a writer's was committed just before) and takes
+-- from the session whatever a caller could leave on it: cursors, listened channels, temporary
+-- tables, settings (RESET ALL leaves the role alone, SET SESSION AUTHORIZATION DEFAULT resets
+-- it), session advisory locks. The one row says whether the connection may be reused: the
+-- current user is the login role and no SQL-level prepared statement is left.
+ROLLBACK;
+CLOSE ALL;
+UNLISTEN *;
+DISCARD TEMP;
+RESET ALL;
+SET SESSION AUTHORIZATION DEFAULT;
+SELECT current_user = session_user
+   AND NOT EXISTS (SELECT FROM pg_prepared_statements WHERE from_sql)
+FROM (SELECT pg_advisory_unlock_all()) AS unlocked;

@@ -1,0 +1,403 @@
+//! One statement of untrusted SQL, checked on its own before anything wraps it.
+//!
+//! PostgreSQL's lexical rules, as far as they decide where a statement, a string, a comment or a
+//! parenthesis ends: quoted strings (`'…'` with `''`, `E'…'` with backslash escapes), quoted
+//! identifiers, dollar quotes, nested block comments, line comments. A statement that passes
+//! has every parenthesis closed in order and nothing after its one `;`, so
+//! `SELECT … FROM (\n<statement>\n) AS q` cannot be closed early or extended by its text: the
+//! wrapper's own parentheses stay the outermost.
+
+use crate::{Error, Result};
+
+/// A statement that passed [`Statement::new`]: exactly one, complete, with no trailing `;`.
+///
+/// ```
+/// use sqlpass::Statement;
+///
+/// let s = Statement::new("select 1 as a; -- done").unwrap();
+/// assert_eq!(s.as_str(), "select 1 as a");
+/// assert_eq!(s.keyword(), "select");
+/// for bad in ["select 1) AS q UNION SELECT 2 --", "select 1; select 2", "select '", ""] {
+///     assert!(Statement::new(bad).is_err(), "{bad}");
+/// }
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Statement {
+    text: String,
+    keyword: String,
+}
+
+/// Statements that would end, nest or escape the sandbox's transaction or outlive it in the
+/// session: refused whatever the key may do.
+const REFUSED: &[&str] = &[
+    "abort",
+    "begin",
+    "checkpoint",
+    "close",
+    "commit",
+    "copy",
+    "deallocate",
+    "declare",
+    "discard",
+    "end",
+    "execute",
+    "fetch",
+    "listen",
+    "load",
+    "move",
+    "notify",
+    "prepare",
+    "release",
+    "reset",
+    "rollback",
+    "savepoint",
+    "set",
+    "start",
+    "unlisten",
+    "vacuum",
+];
+
+impl Statement {
+    /// Checks `sql` as one statement on its own.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidStatement`] for an empty text, more than one statement, an unbalanced
+    /// parenthesis, an unterminated string, identifier or comment, a NUL character, or a
+    /// statement that controls the transaction or the session (`BEGIN`, `COMMIT`, `SET`,
+    /// `RESET`, `PREPARE`, `LISTEN`, `COPY`, …).
+    pub fn new(sql: &str) -> Result<Self> {
+        let end = scan(sql)?;
+        let text = sql[..end].trim().to_owned();
+        let keyword = first_keyword(&text);
+        if keyword.is_empty() {
+            return Err(invalid("the query is empty"));
+        }
+        if REFUSED.contains(&keyword.as_str()) {
+            return Err(Error::InvalidStatement(format!(
+                "{} statements are not allowed: the transaction and the session belong to the server",
+                keyword.to_ascii_uppercase()
+            )));
+        }
+        Ok(Self { text, keyword })
+    }
+
+    /// The statement, without a trailing `;`.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// Its first keyword, lower-cased (`select`, `with`, `insert`…).
+    pub fn keyword(&self) -> &str {
+        &self.keyword
+    }
+}
+
+fn invalid(reason: &str) -> Error {
+    Error::InvalidStatement(reason.to_owned())
+}
+
+/// Scans `sql` and returns where its one statement ends (before a top-level `;`, or the end).
+fn scan(sql: &str) -> Result<usize> {
+    let b = sql.as_bytes();
+    let mut i = 0;
+    let mut depth: u32 = 0;
+    let mut end = None;
+    while i < b.len() {
+        let c = b[i];
+        if c == 0 {
+            return Err(invalid("the query contains a NUL character"));
+        }
+        if end.is_some() && !is_space(c) && !starts_comment(b, i) {
+            return Err(invalid("only one statement is allowed"));
+        }
+        i = match c {
+            b'-' if b.get(i + 1) == Some(&b'-') => line_comment(b, i),
+            b'/' if b.get(i + 1) == Some(&b'*') => block_comment(b, i)?,
+            b'\'' => quoted(b, i + 1, b'\'', false)?,
+            b'"' => quoted(b, i + 1, b'"', false)?,
+            b'$' => dollar(b, i)?,
+            b'(' => {
+                depth += 1;
+                i + 1
+            }
+            b')' => {
+                depth = depth
+                    .checked_sub(1)
+                    .ok_or_else(|| invalid("a parenthesis is closed that was not opened"))?;
+                i + 1
+            }
+            b';' => {
+                if depth > 0 {
+                    return Err(invalid("only one statement is allowed"));
+                }
+                end = Some(i);
+                i + 1
+            }
+            c if is_ident_start(c) => {
+                let start = i;
+                let mut j = i + 1;
+                while j < b.len() && is_ident_char(b[j]) {
+                    j += 1;
+                }
+                // E'…': a string with backslash escapes.
+                if j == start + 1 && matches!(c, b'e' | b'E') && b.get(j) == Some(&b'\'') {
+                    quoted(b, j + 1, b'\'', true)?
+                } else {
+                    j
+                }
+            }
+            c if c.is_ascii_digit() => {
+                let mut j = i + 1;
+                while j < b.len() && (b[j].is_ascii_digit() || b[j] == b'.') {
+                    j += 1;
+                }
+                j
+            }
+            _ => i + 1,
+        };
+    }
+    if depth > 0 {
+        return Err(invalid("a parenthesis is not closed"));
+    }
+    Ok(end.unwrap_or(b.len()))
+}
+
+fn is_space(c: u8) -> bool {
+    matches!(c, b' ' | b'\t' | b'\n' | b'\r' | b'\x0b' | b'\x0c')
+}
+
+fn starts_comment(b: &[u8], i: usize) -> bool {
+    matches!(
+        (b[i], b.get(i + 1)),
+        (b'-', Some(b'-')) | (b'/', Some(b'*'))
+    )
+}
+
+/// PostgreSQL's identifier start: a letter, `_`, or any non-ASCII byte.
+fn is_ident_start(c: u8) -> bool {
+    c.is_ascii_alphabetic() || c == b'_' || c >= 0x80
+}
+
+fn is_ident_char(c: u8) -> bool {
+    is_ident_start(c) || c.is_ascii_digit() || c == b'$'
+}
+
+fn line_comment(b: &[u8], i: usize) -> usize {
+    let mut j = i + 2;
+    while j < b.len() && b[j] != b'\n' && b[j] != b'\r' {
+        j += 1;
+    }
+    j
+}
+
+/// A block comment from `i` (at `/*`); they nest.
+fn block_comment(b: &[u8], i: usize) -> Result<usize> {
+    let mut depth = 0_u32;
+    let mut j = i;
+    while j < b.len() {
+        match (b[j], b.get(j + 1)) {
+            (b'/', Some(b'*')) => {
+                depth += 1;
+                j += 2;
+            }
+            (b'*', Some(b'/')) => {
+                depth -= 1;
+                j += 2;
+                if depth == 0 {
+                    return Ok(j);
+                }
+            }
+            (0, _) => return Err(invalid("the query contains a NUL character")),
+            _ => j += 1,
+        }
+    }
+    Err(invalid("a comment is not closed"))
+}
+
+/// A string or identifier whose text starts at `i`, closed by `quote` (doubled to escape it);
+/// `backslash` for `E'…'`. Returns the position after the closing quote.
+fn quoted(b: &[u8], mut i: usize, quote: u8, backslash: bool) -> Result<usize> {
+    while i < b.len() {
+        let c = b[i];
+        if c == 0 {
+            return Err(invalid("the query contains a NUL character"));
+        }
+        if backslash && c == b'\\' {
+            i += 2;
+        } else if c == quote {
+            if b.get(i + 1) == Some(&quote) {
+                i += 2;
+            } else {
+                return Ok(i + 1);
+            }
+        } else {
+            i += 1;
+        }
+    }
+    Err(invalid(if quote == b'"' {
+        "a quoted identifier is not closed"
+    } else {
+        "a string is not closed"
+    }))
+}
+
+/// `$tag$…$tag$` from `i` (at `$`), or a parameter `$1`, or a lone `$`.
+fn dollar(b: &[u8], i: usize) -> Result<usize> {
+    let mut j = i + 1;
+    if j < b.len() && is_ident_start(b[j]) {
+        j += 1;
+        while j < b.len() && (is_ident_start(b[j]) || b[j].is_ascii_digit()) {
+            j += 1;
+        }
+    }
+    if b.get(j) != Some(&b'$') {
+        // A parameter or an operator character: no quote begins here.
+        return Ok(i + 1);
+    }
+    let tag = &b[i..=j];
+    let body = j + 1;
+    let close = b[body..]
+        .windows(tag.len())
+        .position(|w| w == tag)
+        .ok_or_else(|| invalid("a dollar-quoted string is not closed"))?;
+    if b[body..body + close].contains(&0) {
+        return Err(invalid("the query contains a NUL character"));
+    }
+    Ok(body + close + tag.len())
+}
+
+/// The first word outside comments and parentheses, lower-cased (`(select 1)` gives `select`).
+fn first_keyword(sql: &str) -> String {
+    let b = sql.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if is_space(b[i]) || b[i] == b'(' {
+            i += 1;
+        } else if starts_comment(b, i) {
+            i = if b[i] == b'-' {
+                line_comment(b, i)
+            } else {
+                block_comment(b, i).unwrap_or(b.len())
+            };
+        } else {
+            break;
+        }
+    }
+    let start = i;
+    while i < b.len() && b[i].is_ascii_alphabetic() {
+        i += 1;
+    }
+    sql[start..i].to_ascii_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(sql: &str) -> String {
+        Statement::new(sql).unwrap().as_str().to_owned()
+    }
+
+    fn reason(sql: &str) -> String {
+        Statement::new(sql).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn one_complete_statement_passes_without_its_semicolon() {
+        assert_eq!(ok("select 1"), "select 1");
+        assert_eq!(ok("  select 1 ;  \n"), "select 1");
+        assert_eq!(ok("select 1; -- the end"), "select 1");
+        assert_eq!(ok("select 1; /* the end */ "), "select 1");
+        assert_eq!(
+            ok("select ')' as p, \")\" from t"),
+            "select ')' as p, \")\" from t"
+        );
+        assert_eq!(ok("select 'it''s', E'\\')'"), "select 'it''s', E'\\')'");
+        assert_eq!(
+            ok("select $$ ) ; $$, $a$ $$ ) $a$"),
+            "select $$ ) ; $$, $a$ $$ ) $a$"
+        );
+        assert_eq!(ok("select a$b$ from t -- )"), "select a$b$ from t -- )");
+        assert_eq!(
+            ok("select $1 from t where x = (1)"),
+            "select $1 from t where x = (1)"
+        );
+        assert_eq!(
+            ok("select /* a /* nested ) */ comment */ 1"),
+            "select /* a /* nested ) */ comment */ 1"
+        );
+        assert_eq!(
+            ok("(select 1) union (select 2)"),
+            "(select 1) union (select 2)"
+        );
+        assert_eq!(Statement::new("(select 1)").unwrap().keyword(), "select");
+        assert_eq!(
+            Statement::new("/* x */ WITH a AS (select 1) select * from a")
+                .unwrap()
+                .keyword(),
+            "with"
+        );
+    }
+
+    #[test]
+    fn a_statement_that_could_rewrite_its_wrapper_is_refused() {
+        for sql in [
+            "select * from t) AS q UNION SELECT * FROM secrets --",
+            "select * from t) q, (select 1",
+            "select 1 /* ) */ ) --",
+            "select 1; select 2",
+            "select 1; drop table t",
+            "select (1; 2)",
+            "select ((1)",
+            "select 'open",
+            "select \"open",
+            "select E'\\'",
+            "select $x$ open",
+            "select /* open",
+            "select /* /* */ still open",
+            "select 1 \0",
+            "select '\0'",
+        ] {
+            assert!(Statement::new(sql).is_err(), "{sql}");
+        }
+        assert_eq!(
+            reason("select 1; select 2"),
+            "invalid statement: only one statement is allowed"
+        );
+        assert_eq!(
+            reason(") --"),
+            "invalid statement: a parenthesis is closed that was not opened"
+        );
+        assert_eq!(reason(" ; "), "invalid statement: the query is empty");
+        assert_eq!(
+            reason("-- nothing"),
+            "invalid statement: the query is empty"
+        );
+    }
+
+    #[test]
+    fn transaction_and_session_statements_are_refused() {
+        for sql in [
+            "COMMIT",
+            "begin",
+            "set role postgres",
+            "SET statement_timeout = 0",
+            "reset all",
+            "prepare p as select 1",
+            "listen x",
+            "copy t to stdout",
+            "  /* hi */ rollback",
+            "savepoint a",
+            "start transaction",
+        ] {
+            let e = reason(sql);
+            assert!(e.contains("are not allowed"), "{sql}: {e}");
+        }
+        assert_eq!(
+            ok("select set_config('x.y', '1', true)"),
+            "select set_config('x.y', '1', true)"
+        );
+        assert_eq!(ok("settings_table_select"), "settings_table_select");
+    }
+}
