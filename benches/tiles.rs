@@ -222,7 +222,10 @@ fn bench(c: &mut Criterion) {
             for t in &tiles {
                 let mut builder = TileBuilder::new(*t, &options);
                 let mut layer = builder.layer("countries");
-                source.fill(&pool, &mut layer).await.expect("fill");
+                source
+                    .fill(&pool, &sqlpass::Options::default(), &mut layer)
+                    .await
+                    .expect("fill");
                 layer.finish().expect("layer");
                 bytes += builder.into_bytes().expect("tile").len();
             }

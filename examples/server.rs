@@ -79,7 +79,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ),
         None => tracing::info!(%url, "geostack server listening"),
     }
-    axum::serve(listener, app)
+    axum::serve(geostack::server::nodelay(listener), app)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
         })

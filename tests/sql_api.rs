@@ -178,7 +178,7 @@ async fn refused_queries_answer_carto_s_error_shape() {
         (
             sql("select 1; select 2", ""),
             400,
-            "cannot insert multiple commands into a prepared statement",
+            "invalid statement: only one statement is allowed",
         ),
         (
             "/api/v2/sql".to_owned(),

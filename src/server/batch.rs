@@ -2,7 +2,7 @@
 //! sqlpass as the key's role, polled and cancelled by id.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Json;
 use axum::body::Bytes;
@@ -52,15 +52,15 @@ impl Job for BatchQuery {
 pub struct BatchHandler {
     keys: KeyStore,
     registry: Arc<PoolRegistry>,
-    timeout: Duration,
+    sandbox: Options,
 }
 
 impl BatchHandler {
-    pub(crate) fn new(keys: KeyStore, registry: Arc<PoolRegistry>, timeout: Duration) -> Self {
+    pub(crate) fn new(keys: KeyStore, registry: Arc<PoolRegistry>, sandbox: Options) -> Self {
         Self {
             keys,
             registry,
-            timeout,
+            sandbox,
         }
     }
 }
@@ -86,15 +86,12 @@ impl Handler<BatchQuery> for BatchHandler {
             .registry
             .pool(role.name(), role.password().expose())
             .map_err(|e| JobError::retry(e.to_string()))?;
-        let options = Options::default()
-            .access(if job.write {
-                Access::ReadWrite
-            } else {
-                Access::ReadOnly
-            })
-            .statement_timeout(self.timeout)
-            .deadline(self.timeout + Duration::from_secs(5))
-            .affected_tables(false);
+        // The same sandbox and statement policy as the SQL API's, with the batch timeout.
+        let options = self.sandbox.clone().access(if job.write {
+            Access::ReadWrite
+        } else {
+            Access::ReadOnly
+        });
         let mut body = sqlpass::run(&pool, &job.query, options)
             .await
             .map_err(|e| {
@@ -280,6 +277,7 @@ fn iso8601(t: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn times_print_as_iso_8601_in_utc() {

@@ -40,7 +40,11 @@ impl Default for ServerConfig {
             maps_quota: quota(400, 200),
             statement_timeout: Duration::from_secs(15),
             batch_timeout: Duration::from_secs(300),
-            tile_options: TileOptions::default(),
+            // Caps a hostile layer cannot lift: features per layer, the tile's byte budget
+            // (then degraded to fit), and what a layer may read (TileOptions' own defaults).
+            tile_options: TileOptions::default()
+                .max_features(100_000)
+                .max_bytes(2 << 20),
             key_prefix: KeyPrefix::default(),
             redis_prefix: "geostack:".into(),
             tile_cache_capacity: 10_000,
@@ -97,7 +101,9 @@ impl ServerConfig {
         self
     }
 
-    /// How tiles are made. Default [`TileOptions::default`] (extent 4096, buffer 64).
+    /// How tiles are made. Default [`TileOptions::default`] (extent 4096, buffer 64, source
+    /// limits of 200 000 rows and 64 MiB per layer) with at most 100 000 features per layer and
+    /// a budget of 2 MiB per tile.
     pub fn tile_options(mut self, options: TileOptions) -> Self {
         self.tile_options = options;
         self

@@ -84,6 +84,8 @@ fn tiles_status(e: &geostack_tiles::Error) -> u16 {
             Some("57014") => 429,
             _ => 400,
         },
+        T::Sql(e) => e.status(),
+        T::Limit(_) => 400,
         T::Database(_) | T::Cache(_) | T::Coalesced(_) => 503,
         _ => 500,
     }
@@ -121,6 +123,14 @@ impl IntoResponse for Error {
                         HeaderValue::from_static("Basic realm=\"geostack\""),
                     );
                 }
+                if let Some(after) = e.retry_after() {
+                    headers.insert(
+                        header::RETRY_AFTER,
+                        HeaderValue::from(after.as_secs().max(1)),
+                    );
+                }
+            }
+            Error::Sql(e) | Error::Tiles(geostack_tiles::Error::Sql(e)) => {
                 if let Some(after) = e.retry_after() {
                     headers.insert(
                         header::RETRY_AFTER,

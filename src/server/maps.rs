@@ -137,10 +137,10 @@ pub(super) async fn tile(State(server): State<Server>, req: ApiRequest) -> Respo
             };
             let pool = server.pool_of(&caller.principal)?;
             let options = server.inner.config.tile_options.clone();
-            let timeout = server.inner.config.statement_timeout;
+            let sandbox = server.sandbox();
             let tile = server
                 .render_tile(&key, &[], || async move {
-                    Ok(config.render(&pool, coord, &options, timeout).await?.bytes)
+                    Ok(config.render(&pool, coord, &options, &sandbox).await?.bytes)
                 })
                 .await?;
             Ok(tile_response(&caller, &req.headers, &tile))

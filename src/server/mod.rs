@@ -26,7 +26,7 @@
 //! let server = Server::new(conn, client, pg, ServerConfig::default().default_user("demo")).await;
 //! let worker = tokio::spawn(server.batch_worker(2).run(std::future::pending()));
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
-//! axum::serve(listener, server.router()).await?;
+//! axum::serve(geostack::server::nodelay(listener), server.router()).await?;
 //! # Ok(()) }
 //! ```
 
@@ -56,6 +56,27 @@ pub use batch::{BatchHandler, BatchQuery};
 pub use config::ServerConfig;
 pub use error::{Error, Result};
 
+/// `listener` with `TCP_NODELAY` on every accepted connection: a streamed response's small
+/// writes then leave at once instead of waiting on Nagle's algorithm and the client's delayed
+/// ACK (about 40 ms per request on a kept-alive connection).
+///
+/// ```no_run
+/// # async fn demo(router: axum::Router) -> std::io::Result<()> {
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+/// axum::serve(geostack::server::nodelay(listener), router).await
+/// # }
+/// ```
+pub fn nodelay(
+    listener: tokio::net::TcpListener,
+) -> impl axum::serve::Listener<Io = tokio::net::TcpStream, Addr = std::net::SocketAddr> {
+    use axum::serve::ListenerExt as _;
+    listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!(error = %e, "could not set TCP_NODELAY");
+        }
+    })
+}
+
 /// A role's readable tables and when they were looked up.
 type Discovered = (Instant, Arc<Vec<TableSource>>);
 
@@ -81,6 +102,9 @@ struct Inner {
     flights: SingleFlight,
     /// Per database role: the tables it may read, found when first asked.
     tables: Mutex<HashMap<String, Discovered>>,
+    /// Cancels callers' queries cut short: it connects as the base options' user, which holds
+    /// `pg_signal_backend` (caller roles may not signal backends).
+    canceller: sqlx::PgPool,
     config: ServerConfig,
 }
 
@@ -105,6 +129,11 @@ impl Server {
             &config.redis_prefix,
         );
         let cache = MemoryTileCache::new(config.tile_cache_capacity, config.tile_cache_ttl);
+        let canceller = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .min_connections(0)
+            .acquire_timeout(std::time::Duration::from_secs(2))
+            .connect_lazy_with(pg.clone());
         Self {
             inner: Arc::new(Inner {
                 verifier,
@@ -117,6 +146,7 @@ impl Server {
                 cache,
                 flights: SingleFlight::default(),
                 tables: Mutex::new(HashMap::new()),
+                canceller,
                 config,
             }),
         }
@@ -162,8 +192,20 @@ impl Server {
         BatchHandler::new(
             self.inner.keys.clone(),
             Arc::clone(&self.inner.registry),
-            self.inner.config.batch_timeout,
+            self.sandbox()
+                .statement_timeout(self.inner.config.batch_timeout)
+                .deadline(self.inner.config.batch_timeout + std::time::Duration::from_secs(5))
+                .affected_tables(false),
         )
+    }
+
+    /// The sandbox's options for a caller's SQL, from the settings: timeouts, limits and the
+    /// canceller. The SQL API, tiles and batch queries all start from these.
+    pub(crate) fn sandbox(&self) -> sqlpass::Options {
+        let config = &self.inner.config;
+        sqlpass::Options::default()
+            .statement_timeout(config.statement_timeout)
+            .canceller(self.inner.canceller.clone())
     }
 
     /// The batch queue.

@@ -7,7 +7,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use geoauth::Api;
-use sqlpass::{Access, Options};
+use sqlpass::Access;
 
 use super::request::{Caller, Params};
 use super::{Error, Result, Server};
@@ -39,13 +39,11 @@ async fn run(
         .get("q")
         .ok_or_else(|| Error::BadRequest("You must indicate a sql query".into()))?;
     let write = caller.principal.may_write();
-    let options = Options::from_params(params.pairs())?
-        .access(if write {
-            Access::ReadWrite
-        } else {
-            Access::ReadOnly
-        })
-        .statement_timeout(server.inner.config.statement_timeout);
+    let options = server.sandbox().params(params.pairs())?.access(if write {
+        Access::ReadWrite
+    } else {
+        Access::ReadOnly
+    });
     let pool = server.pool_of(&caller.principal)?;
     let response = sqlpass::run(&pool, sql, options).await;
     let response = match response {

@@ -78,6 +78,7 @@ pub(super) async fn tile(State(server): State<Server>, req: ApiRequest) -> Respo
                 coord,
             );
             let options = server.inner.config.tile_options.clone();
+            let sandbox = server.sandbox();
             server
                 .tile(
                     &caller,
@@ -87,7 +88,7 @@ pub(super) async fn tile(State(server): State<Server>, req: ApiRequest) -> Respo
                     || async move {
                         let mut tile = TileBuilder::new(coord, &options);
                         let mut layer = tile.layer(&source.table);
-                        source.fill(&pool, &mut layer).await?;
+                        source.fill(&pool, &sandbox, &mut layer).await?;
                         layer.finish()?;
                         tile.into_bytes()
                     },

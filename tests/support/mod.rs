@@ -141,7 +141,7 @@ pub async fn app_with(configure: impl FnOnce(ServerConfig) -> ServerConfig) -> A
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let router = server.router();
     let serve = tokio::spawn(async move {
-        let _ = axum::serve(listener, router).await;
+        let _ = axum::serve(geostack::server::nodelay(listener), router).await;
     });
     let worker = server.batch_worker(2);
     let work = tokio::spawn(async move {

@@ -166,7 +166,25 @@ impl Options {
     ///
     /// [`Error::InvalidOption`] for a value out of range.
     pub fn from_params<'a>(params: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Self> {
-        let mut options = Self::default();
+        Self::default().params(params)
+    }
+
+    /// These options with CARTO's parameters applied, as [`Options::from_params`] reads them:
+    /// a server sets its limits first, then the request's parameters.
+    ///
+    /// ```
+    /// let options = sqlpass::Options::default()
+    ///     .row_limit(1000)
+    ///     .params([("format", "geojson")])
+    ///     .unwrap();
+    /// assert_eq!(options.output_format(), sqlpass::Format::GeoJson);
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidOption`] for a value out of range.
+    pub fn params<'a>(self, params: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Self> {
+        let mut options = self;
         let mut rows_per_page = None;
         let mut page = None;
         let number = |name: &'static str, v: &str| -> Result<u64> {

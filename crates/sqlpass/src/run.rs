@@ -164,7 +164,10 @@ async fn prepare(
                     .fetch_one(&mut **session.conn_mut()?)
                     .await;
             }
-            let row: PgRow = row.map_err(err)?;
+            let row: PgRow = match row {
+                Ok(row) => row,
+                Err(e) => return Err(unwrapped_error(session, statement, e, st).await),
+            };
             row.columns()
                 .iter()
                 .map(|c| (c.name().to_owned(), c.type_info().clone()))
@@ -226,6 +229,67 @@ async fn prepare(
         tables,
         query: wrapped.0,
     })
+}
+
+/// The error to report when a reader's wrapped statement failed to describe: the statement's
+/// own, from preparing it alone (so messages and positions are those of the caller's text), or,
+/// when it is valid alone, that it is not a query a reader may run.
+async fn unwrapped_error(
+    session: &mut Session,
+    statement: &Statement,
+    wrapped: sqlx::Error,
+    st: Duration,
+) -> Error {
+    let wrapped = Error::from_sqlx(wrapped, st);
+    if wrapped.sqlstate() != Some("42601") {
+        return wrapped;
+    }
+    // The transaction is aborted by the failure: begin it again to ask.
+    if let Err(e) = session.restart().await {
+        return e;
+    }
+    let alone = match session.conn_mut() {
+        Ok(conn) => (&mut **conn)
+            .prepare(AssertSqlSafe(statement.as_str().to_owned()).into_sql_str())
+            .await
+            .map(|_| ()),
+        Err(e) => return e,
+    };
+    match alone {
+        Err(e) => Error::from_sqlx(e, st),
+        Ok(()) => match statement.keyword() {
+            keyword @ ("insert" | "update" | "delete" | "merge" | "create" | "drop" | "alter"
+            | "truncate" | "grant" | "revoke" | "comment" | "refresh" | "reindex"
+            | "cluster" | "security" | "import" | "call" | "do" | "lock") => {
+                // A write: PostgreSQL's own refusal when the role lacks the privilege (EXPLAIN
+                // checks privileges without running anything), else the read-only one.
+                let explain = format!("EXPLAIN\n{}", statement.as_str());
+                let checked = match session.conn_mut() {
+                    Ok(conn) => {
+                        sqlx::query(AssertSqlSafe(explain))
+                            .persistent(false)
+                            .execute(&mut **conn)
+                            .await
+                    }
+                    Err(e) => return e,
+                };
+                match checked {
+                    Err(e @ sqlx::Error::Database(_)) => Error::from_sqlx(e, st),
+                    _ => Error::Query {
+                        code: "25006".into(),
+                        message: format!(
+                            "cannot execute {} in a read-only transaction",
+                            keyword.to_ascii_uppercase()
+                        ),
+                    },
+                }
+            }
+            keyword => Error::InvalidStatement(format!(
+                "{} does not return rows: only queries (SELECT, VALUES, TABLE, WITH) can run here",
+                keyword.to_ascii_uppercase()
+            )),
+        },
+    }
 }
 
 /// The statement inside the query that runs: its rows limited (one more than the row limit,

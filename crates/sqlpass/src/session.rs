@@ -26,8 +26,8 @@ type Conn = PoolConnection<Postgres>;
 /// cursors closed, channels unlistened, advisory locks released, temporary tables dropped,
 /// settings and role reset — then returns the connection to its pool only when
 /// `current_user = session_user` and no SQL-level prepared statement is left. A session
-/// dropped without `end`, or cut mid-statement, cancels its backend's query and closes the
-/// connection.
+/// dropped without `end`, or ended after a statement was cut mid-way, cancels its backend's
+/// query and closes the connection.
 ///
 /// ```
 /// # async fn demo(pool: sqlx::PgPool) -> sqlpass::Result<()> {
@@ -295,12 +295,11 @@ impl Drop for Session {
             return;
         };
         let pool = self.canceller.clone().unwrap_or_else(|| self.pool.clone());
-        let (pid, cut) = (self.pid, self.cut);
+        let pid = self.pid;
+        // Dropped mid-way (the caller's future was dropped): whatever runs is cancelled.
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                if cut {
-                    cancel(&pool, pid).await;
-                }
+                cancel(&pool, pid).await;
                 let _ = conn.detach().close_hard().await;
             });
         }

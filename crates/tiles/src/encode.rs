@@ -130,6 +130,11 @@ pub struct LayerBuilder<'t> {
 }
 
 impl LayerBuilder<'_> {
+    /// The options of its tile.
+    pub fn tile_options(&self) -> &TileOptions {
+        &self.tile.options
+    }
+
     /// Adds a feature whose geometry is (E)WKB in EPSG:3857. Invalid and EMPTY input is
     /// skipped and counted, never a panic.
     ///

@@ -47,6 +47,14 @@ pub enum Error {
     #[cfg(feature = "postgis")]
     #[error("database error")]
     Database(#[source] sqlx::Error),
+    /// The sandbox refused or failed the layer's SQL (a refused statement, a timeout, a
+    /// permission, the database unavailable); [`sqlpass::Error::status`] classifies it.
+    #[cfg(feature = "postgis")]
+    #[error(transparent)]
+    Sql(#[from] sqlpass::Error),
+    /// A layer read more than [`crate::TileOptions::source_limits`] allow.
+    #[error("{0}")]
+    Limit(String),
     /// The cache's Redis could not be asked or refused.
     #[cfg(feature = "redis")]
     #[error("tile cache unavailable")]

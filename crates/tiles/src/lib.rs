@@ -28,7 +28,7 @@ pub use encode::{LayerBuilder, LayerStats, TileBuilder, Value};
 pub use error::{Error, Result};
 pub use mapconfig::{MAX_LAYERS, MapConfig, MapLayer};
 pub use memory::{AttributeValue, MemoryFeature, MemorySource};
-pub use options::TileOptions;
+pub use options::{DEFAULT_SOURCE_BYTES, DEFAULT_SOURCE_ROWS, TileOptions};
 pub use pipeline::{TileGeometry, TilePoint, tile_geometry};
 #[cfg(feature = "postgis")]
 pub use postgis::{AttributeKind, TableSource, discover};

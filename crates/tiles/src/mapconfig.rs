@@ -115,6 +115,15 @@ impl MapConfig {
             if l.options.sql.trim().is_empty() {
                 return Err(bad("empty sql"));
             }
+            // Checked on its own before anything wraps it: one complete statement whose
+            // parentheses close in order, so the tile's wrapper stays outermost.
+            #[cfg(feature = "postgis")]
+            let sql = sqlpass::Statement::new(&l.options.sql)
+                .map_err(|e| bad(&e.to_string()))?
+                .as_str()
+                .to_owned();
+            #[cfg(not(feature = "postgis"))]
+            let sql = l.options.sql;
             let minzoom = l.options.minzoom.unwrap_or(0);
             let maxzoom = l.options.maxzoom.unwrap_or(MAX_ZOOM);
             if maxzoom > MAX_ZOOM || minzoom > maxzoom {
@@ -145,7 +154,7 @@ impl MapConfig {
             }
             layers.push(MapLayer {
                 name,
-                sql: l.options.sql,
+                sql,
                 geom_column,
                 id_column: attributes.id,
                 columns: attributes.columns,

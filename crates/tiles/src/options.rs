@@ -15,7 +15,14 @@ pub struct TileOptions {
     pub(crate) tolerance: f64,
     pub(crate) max_features: Option<usize>,
     pub(crate) max_bytes: Option<usize>,
+    pub(crate) source_rows: u64,
+    pub(crate) source_bytes: u64,
 }
+
+/// The default of [`TileOptions::source_limits`]: rows a layer may read for one tile.
+pub const DEFAULT_SOURCE_ROWS: u64 = 200_000;
+/// The default of [`TileOptions::source_limits`]: bytes a layer may read for one tile (64 MiB).
+pub const DEFAULT_SOURCE_BYTES: u64 = 64 << 20;
 
 impl Default for TileOptions {
     fn default() -> Self {
@@ -25,11 +32,24 @@ impl Default for TileOptions {
             tolerance: 0.5,
             max_features: None,
             max_bytes: None,
+            source_rows: DEFAULT_SOURCE_ROWS,
+            source_bytes: DEFAULT_SOURCE_BYTES,
         }
     }
 }
 
 impl TileOptions {
+    /// The most rows and bytes (geometry and attributes) one layer of a PostGIS source (a
+    /// table, a map-config layer, a SQL function's tile) may read for one tile. The database
+    /// stops at `rows + 1`, and the value-size check runs there too, so memory stays bounded
+    /// whatever the layer's SQL returns; over either, the tile fails with [`Error::Limit`].
+    /// Default 200 000 rows and 64 MiB ([`DEFAULT_SOURCE_ROWS`], [`DEFAULT_SOURCE_BYTES`]).
+    pub fn source_limits(mut self, rows: u64, bytes: u64) -> Self {
+        self.source_rows = rows.max(1);
+        self.source_bytes = bytes.max(1);
+        self
+    }
+
     /// The tile's size in its own integer units. Default 4096.
     ///
     /// # Errors

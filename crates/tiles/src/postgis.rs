@@ -7,7 +7,9 @@ use sqlx::postgres::PgRow;
 use sqlx::{AssertSqlSafe, PgPool, Row as _};
 
 use crate::project::project_4326;
+use crate::sql_layers::SourceReader;
 use crate::{Error, LayerBuilder, Result, Value};
+use sqlpass::Session;
 
 /// The kind of an attribute column.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,8 +94,14 @@ impl TableSource {
         format!("{}.{}", self.schema, self.table)
     }
 
-    /// The query for one tile: `$1..$4` the buffered tile box in EPSG:3857.
-    fn query(&self) -> String {
+    /// The query for one tile: `$1..$4` the buffered tile box in EPSG:3857; at most one row
+    /// more than the source row limit, values over the source byte limit left out and flagged
+    /// in the last column.
+    fn query(&self, options: &crate::TileOptions) -> String {
+        let max = options.source_bytes;
+        let guarded = |column: &str, value: String| {
+            format!("CASE WHEN pg_column_size({column}) > {max} THEN NULL ELSE {value} END")
+        };
         let g = ident(&self.geometry_column);
         // 4326 and 3857 are projected here; other systems by PostGIS.
         let geom = match self.srid {
@@ -104,11 +112,12 @@ impl TableSource {
             3857 => "ST_MakeEnvelope($1, $2, $3, $4, 3857)".to_owned(),
             srid => format!("ST_Transform(ST_MakeEnvelope($1, $2, $3, $4, 3857), {srid})"),
         };
-        let mut select = vec![geom];
+        let mut select = vec![guarded(&g, geom)];
         select.push(match &self.id_column {
             Some(id) => format!("{}::int8", ident(id)),
             None => "null::int8".to_owned(),
         });
+        let mut sizes = vec![format!("pg_column_size({g}) > {max}")];
         for (name, kind) in &self.attributes {
             let cast = match kind {
                 AttributeKind::Text => "text",
@@ -116,23 +125,39 @@ impl TableSource {
                 AttributeKind::Float => "float8",
                 AttributeKind::Bool => "bool",
             };
-            select.push(format!("{}::{cast}", ident(name)));
+            let column = ident(name);
+            if *kind == AttributeKind::Text {
+                select.push(guarded(&column, format!("{column}::{cast}")));
+                sizes.push(format!("pg_column_size({column}) > {max}"));
+            } else {
+                select.push(format!("{column}::{cast}"));
+            }
         }
+        select.push(format!("coalesce({}, false)", sizes.join(" OR ")));
         format!(
-            "SELECT {} FROM {}.{} WHERE {g} && {envelope}",
+            "SELECT {} FROM {}.{} WHERE {g} && {envelope} LIMIT {}",
             select.join(", "),
             ident(&self.schema),
-            ident(&self.table)
+            ident(&self.table),
+            options.source_rows.saturating_add(1)
         )
     }
 
-    /// Adds this table's features near `coord` to `layer`. Ids come from the key column when
+    /// Adds this table's features near `coord` to `layer`, read in a read-only
+    /// [`sqlpass::Session`] on `pool` with `sandbox`'s timeouts, deadline and canceller, bounded
+    /// by the tile's [`crate::TileOptions::source_limits`]. Ids come from the key column when
     /// non-negative; attributes keep their names; NULLs are left out.
     ///
     /// # Errors
     ///
-    /// [`Error::Database`] when the query fails; [`Error::Encode`] from the encoder.
-    pub async fn fill(&self, pool: &PgPool, layer: &mut LayerBuilder<'_>) -> Result<()> {
+    /// [`Error::Sql`] when the query fails, [`Error::Limit`] over the source limits,
+    /// [`Error::Encode`] from the encoder.
+    pub async fn fill(
+        &self,
+        pool: &PgPool,
+        sandbox: &sqlpass::Options,
+        layer: &mut LayerBuilder<'_>,
+    ) -> Result<()> {
         // Clamped to the Web Mercator square: beyond x = ±180°, PROJ wraps the box to the other
         // side of the world and the filter would select the wrong hemisphere.
         let h = crate::WEB_MERCATOR_HALF;
@@ -143,40 +168,52 @@ impl TableSource {
             max_x: b.max_x.min(h),
             max_y: b.max_y.min(h),
         };
-        let rows: Vec<PgRow> = sqlx::query(AssertSqlSafe(self.query()))
+        let options = layer.tile_options().clone();
+        let query = self.query(&options);
+        let query = sqlx::query(AssertSqlSafe(query))
             .bind(b.min_x)
             .bind(b.min_y)
             .bind(b.max_x)
-            .bind(b.max_y)
-            .fetch_all(pool)
-            .await
-            .map_err(Error::Database)?;
-        for row in rows {
-            let wkb: Option<Vec<u8>> = row.try_get(0).map_err(Error::Database)?;
-            let id: Option<i64> = row.try_get(1).map_err(Error::Database)?;
-            let Some(wkb) = wkb else { continue };
-            let owned = self
-                .attributes
-                .iter()
-                .enumerate()
-                .map(|(i, (_, kind))| read_attribute(&row, i + 2, *kind))
-                .collect::<Result<Vec<_>>>()?;
-            let attributes: Vec<(&str, Value<'_>)> = self
-                .attributes
-                .iter()
-                .zip(&owned)
-                .map(|((name, _), v)| (name.as_str(), v.as_value()))
-                .collect();
-            let id = id.and_then(|i| u64::try_from(i).ok());
-            match (self.srid, decode_wkb(&wkb)) {
-                (4326, Some(mut g)) => {
-                    project_4326(&mut g);
-                    layer.add_geometry(&g, id, &attributes)?;
-                }
-                _ => layer.add_wkb(&wkb, id, &attributes)?,
+            .bind(b.max_y);
+        let sandbox = sandbox.clone().access(sqlpass::Access::ReadOnly);
+        let mut session = Session::begin(pool, &sandbox).await?;
+        let name = self.name();
+        let mut reader = SourceReader::new(&name, &options);
+        let read = session
+            .for_each_row(query, |row| {
+                reader.take(&row, |row| self.add_row(row, layer))
+            })
+            .await;
+        let ended = session.end().await;
+        read?;
+        ended?;
+        reader.finish()
+    }
+
+    fn add_row(&self, row: &PgRow, layer: &mut LayerBuilder<'_>) -> Result<()> {
+        let wkb: Option<Vec<u8>> = row.try_get(0).map_err(Error::Database)?;
+        let id: Option<i64> = row.try_get(1).map_err(Error::Database)?;
+        let Some(wkb) = wkb else { return Ok(()) };
+        let owned = self
+            .attributes
+            .iter()
+            .enumerate()
+            .map(|(i, (_, kind))| read_attribute(row, i + 2, *kind))
+            .collect::<Result<Vec<_>>>()?;
+        let attributes: Vec<(&str, Value<'_>)> = self
+            .attributes
+            .iter()
+            .zip(&owned)
+            .map(|((name, _), v)| (name.as_str(), v.as_value()))
+            .collect();
+        let id = id.and_then(|i| u64::try_from(i).ok());
+        match (self.srid, decode_wkb(&wkb)) {
+            (4326, Some(mut g)) => {
+                project_4326(&mut g);
+                layer.add_geometry(&g, id, &attributes)
             }
+            _ => layer.add_wkb(&wkb, id, &attributes),
         }
-        Ok(())
     }
 }
 

@@ -1,8 +1,9 @@
-//! Map-config layers and SQL functions as tile sources, run on the caller's pool in a
-//! read-only transaction with a statement timeout.
+//! Map-config layers and SQL functions as tile sources, run on the caller's pool in sqlpass's
+//! sandbox, read-only.
 
-use std::time::Duration;
+use std::ops::ControlFlow;
 
+use sqlpass::Session;
 use sqlx::postgres::PgRow;
 use sqlx::{AssertSqlSafe, PgPool, Row as _};
 
@@ -49,50 +50,63 @@ impl RenderedTile {
 
 impl MapConfig {
     /// Renders the layers visible at `coord`'s zoom, in order, on `pool` (a pool that logged in
-    /// as the caller's role) inside one `BEGIN READ ONLY` transaction with `statement_timeout`,
-    /// always rolled back. Each layer's SQL is wrapped as a subquery (one statement, extended
-    /// protocol) and filtered by the buffered tile box on its geometry column, which must be in
-    /// EPSG:3857. Attributes keep their JSON types (numbers, strings, booleans; nulls left out).
+    /// as the caller's role) in one read-only [`sqlpass::Session`] with `sandbox`'s timeouts,
+    /// deadline and canceller, always rolled back. Each layer's SQL — checked as one statement
+    /// on its own when the config was parsed — is wrapped as a subquery (one statement,
+    /// extended protocol) and filtered by the buffered tile box on its geometry column, which
+    /// must be in EPSG:3857; its rows stream in, bounded by [`TileOptions::source_limits`].
+    /// Attributes keep their JSON types (numbers, strings, booleans; nulls left out).
     ///
     /// # Errors
     ///
-    /// [`Error::Database`] when a layer's SQL fails (a syntax error, a write refused by the
-    /// read-only transaction, the statement timeout).
+    /// [`Error::Sql`] when a layer's SQL fails (a syntax error, a write refused by the
+    /// read-only transaction, the statement timeout), [`Error::Limit`] over the source limits.
     pub async fn render(
         &self,
         pool: &PgPool,
         coord: TileCoord,
         options: &TileOptions,
-        statement_timeout: Duration,
+        sandbox: &sqlpass::Options,
     ) -> Result<RenderedTile> {
-        let mut conn = begin_read_only(pool, statement_timeout).await?;
-        let result = async {
-            let visible: Vec<&MapLayer> = self
-                .layers()
-                .iter()
-                .filter(|l| l.visible_at(coord.z()))
-                .collect();
-            let frame = TileBuilder::new(coord, options);
-            let mut fetched = Vec::with_capacity(visible.len());
-            for layer in &visible {
-                fetched.push(fetch_layer(&mut conn, layer, &frame.buffered_bounds()).await?);
+        let sandbox = sandbox.clone().access(sqlpass::Access::ReadOnly);
+        let mut session = Session::begin(pool, &sandbox).await?;
+        let visible: Vec<&MapLayer> = self
+            .layers()
+            .iter()
+            .filter(|l| l.visible_at(coord.z()))
+            .collect();
+        let frame = TileBuilder::new(coord, options);
+        let mut fetched = Vec::with_capacity(visible.len());
+        for layer in &visible {
+            match fetch_layer(&mut session, layer, &frame.buffered_bounds(), options).await {
+                Ok(rows) => fetched.push(rows),
+                Err(e) => {
+                    let _ = session.end().await;
+                    return Err(e);
+                }
             }
-            encode_within_budget(coord, options, &visible, &fetched)
         }
-        .await;
         // Nothing of the caller's outlives the tile.
-        end_read_only(conn).await;
-        result
+        session.end().await?;
+        encode_within_budget(coord, options, &visible, &fetched)
     }
 }
 
 async fn fetch_layer(
-    conn: &mut sqlx::PgConnection,
+    session: &mut Session,
     layer: &MapLayer,
     b: &crate::Bounds,
+    options: &TileOptions,
 ) -> Result<Vec<Fetched>> {
     let q = |c: &str| format!("q.\"{c}\"");
-    let mut select = vec![format!("ST_AsBinary({})", q(layer.geom_column()))];
+    let max = options.source_bytes;
+    // Values over the byte limit are not sent: NULL in their place, and the last column says
+    // so (the database measures them; the client never holds them).
+    let guarded = |size: String, value: String| {
+        format!("CASE WHEN pg_column_size({size}) > {max} THEN NULL ELSE {value} END")
+    };
+    let g = q(layer.geom_column());
+    let mut select = vec![guarded(g.clone(), format!("ST_AsBinary({g})"))];
     select.push(
         layer
             .id_column()
@@ -102,41 +116,119 @@ async fn fetch_layer(
         layer
             .columns()
             .iter()
-            .map(|c| format!("to_jsonb({})::text", q(c))),
+            .map(|c| guarded(q(c), format!("to_jsonb({})::text", q(c)))),
     );
+    let sizes: Vec<String> = std::iter::once(&g)
+        .chain(&layer.columns().iter().map(|c| q(c)).collect::<Vec<_>>())
+        .map(|c| format!("pg_column_size({c}) > {max}"))
+        .collect();
+    select.push(format!("coalesce({}, false)", sizes.join(" OR ")));
     let sql = format!(
-        "SELECT {} FROM (\n{}\n) AS q WHERE {} && ST_MakeEnvelope($1, $2, $3, $4, 3857)",
+        "SELECT {} FROM (\n{}\n) AS q WHERE {g} && ST_MakeEnvelope($1, $2, $3, $4, 3857) LIMIT {}",
         select.join(", "),
         layer.sql(),
-        q(layer.geom_column())
+        options.source_rows.saturating_add(1)
     );
-    let rows: Vec<PgRow> = sqlx::query(AssertSqlSafe(sql))
-        .persistent(false)
+    let query = sqlx::query(AssertSqlSafe(sql))
         .bind(b.min_x)
         .bind(b.min_y)
         .bind(b.max_x)
-        .bind(b.max_y)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(Error::Database)?;
-    let mut out = Vec::with_capacity(rows.len());
-    for row in rows {
-        let wkb: Option<Vec<u8>> = row.try_get(0).map_err(Error::Database)?;
-        let id: Option<i64> = row.try_get(1).map_err(Error::Database)?;
-        let Some(wkb) = wkb else { continue };
-        let values = (0..layer.columns().len())
-            .map(|i| {
-                let text: Option<String> = row.try_get(i + 2).map_err(Error::Database)?;
-                Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
+        .bind(b.max_y);
+    let mut reader = SourceReader::new(layer.name(), options);
+    let mut out = Vec::new();
+    session
+        .for_each_row(query, |row| {
+            reader.take(&row, |row| {
+                let wkb: Option<Vec<u8>> = row.try_get(0).map_err(Error::Database)?;
+                let id: Option<i64> = row.try_get(1).map_err(Error::Database)?;
+                let Some(wkb) = wkb else { return Ok(()) };
+                let values = (0..layer.columns().len())
+                    .map(|i| {
+                        let text: Option<String> = row.try_get(i + 2).map_err(Error::Database)?;
+                        Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
+                    })
+                    .collect::<Result<_>>()?;
+                out.push(Fetched {
+                    wkb,
+                    id: id.and_then(|i| u64::try_from(i).ok()),
+                    values,
+                });
+                Ok(())
             })
-            .collect::<Result<_>>()?;
-        out.push(Fetched {
-            wkb,
-            id: id.and_then(|i| u64::try_from(i).ok()),
-            values,
-        });
-    }
+        })
+        .await?;
+    reader.finish()?;
     Ok(out)
+}
+
+/// Counts what a layer reads against [`TileOptions::source_limits`] and keeps the first
+/// error of the row handler, which stops the reading.
+pub(crate) struct SourceReader<'a> {
+    layer: &'a str,
+    rows: u64,
+    bytes: u64,
+    max_rows: u64,
+    max_bytes: u64,
+    error: Option<Error>,
+}
+
+impl<'a> SourceReader<'a> {
+    pub(crate) fn new(layer: &'a str, options: &TileOptions) -> Self {
+        Self {
+            layer,
+            rows: 0,
+            bytes: 0,
+            max_rows: options.source_rows,
+            max_bytes: options.source_bytes,
+            error: None,
+        }
+    }
+
+    /// Hands `row` to `f` unless a limit is passed; breaks on a limit or an error of `f`.
+    pub(crate) fn take(
+        &mut self,
+        row: &PgRow,
+        f: impl FnOnce(&PgRow) -> Result<()>,
+    ) -> ControlFlow<()> {
+        self.rows += 1;
+        self.bytes += (0..row.len())
+            .filter_map(|i| row.try_get_raw(i).ok())
+            .map(|v| v.as_bytes().map_or(0, |b| b.len() as u64))
+            .sum::<u64>();
+        let too_large = row
+            .try_get::<Option<bool>, _>(row.len().saturating_sub(1))
+            .ok()
+            .flatten()
+            == Some(true);
+        let over = if too_large {
+            Some(format!("a value of more than {} bytes", self.max_bytes))
+        } else if self.rows > self.max_rows {
+            Some(format!("more than {} rows", self.max_rows))
+        } else if self.bytes > self.max_bytes {
+            Some(format!("more than {} bytes", self.max_bytes))
+        } else {
+            None
+        };
+        let result = match over {
+            Some(what) => Err(Error::Limit(format!(
+                "layer {} reads {what} for this tile, over the source limits",
+                self.layer
+            ))),
+            None => f(row),
+        };
+        match result {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(e) => {
+                self.error = Some(e);
+                ControlFlow::Break(())
+            }
+        }
+    }
+
+    /// The error that stopped the reading, if any.
+    pub(crate) fn finish(self) -> Result<()> {
+        self.error.map_or(Ok(()), Err)
+    }
 }
 
 /// Encodes the fetched layers; over the byte budget, degrades as [`TileOptions::max_bytes`]
@@ -280,65 +372,55 @@ impl FunctionSource {
         })
     }
 
-    /// The tile `coord` with `params`, read-only and within `statement_timeout`; empty when the
-    /// function returns NULL or no bytes.
+    /// The tile `coord` with `params`, in a read-only [`sqlpass::Session`] with `sandbox`'s
+    /// limits; empty when the function returns NULL or no bytes. A tile larger than the
+    /// source byte limit of [`TileOptions::source_limits`] is refused by the database before it
+    /// is sent.
     ///
     /// # Errors
     ///
-    /// [`Error::Database`] when the function fails.
+    /// [`Error::Sql`] when the function fails, [`Error::Limit`] for a tile too large.
     pub async fn tile(
         &self,
         pool: &PgPool,
         coord: TileCoord,
         params: &serde_json::Value,
-        statement_timeout: Duration,
+        options: &TileOptions,
+        sandbox: &sqlpass::Options,
     ) -> Result<Vec<u8>> {
-        let mut conn = begin_read_only(pool, statement_timeout).await?;
+        let sandbox = sandbox.clone().access(sqlpass::Access::ReadOnly);
+        let mut session = Session::begin(pool, &sandbox).await?;
+        let max = options.source_bytes;
         let sql = format!(
-            "SELECT \"{}\".\"{}\"($1::int, $2::int, $3::int, $4::text::jsonb)",
+            "SELECT octet_length(t) > {max}, CASE WHEN octet_length(t) <= {max} THEN t END \
+             FROM (SELECT \"{}\".\"{}\"($1::int, $2::int, $3::int, $4::text::jsonb) AS t OFFSET 0) AS f",
             self.schema, self.name
         );
-        let result = sqlx::query_as::<_, (Option<Vec<u8>>,)>(AssertSqlSafe(sql))
-            .persistent(false)
+        let query = sqlx::query(AssertSqlSafe(sql))
             .bind(i32::from(coord.z()))
             .bind(coord.x() as i32)
             .bind(coord.y() as i32)
-            .bind(params.to_string())
-            .fetch_one(&mut *conn)
-            .await
-            .map(|(bytes,)| bytes.unwrap_or_default())
-            .map_err(Error::Database);
-        end_read_only(conn).await;
-        result
-    }
-}
-
-type Conn = sqlx::pool::PoolConnection<sqlx::Postgres>;
-
-/// A connection of `pool` inside `BEGIN READ ONLY` with `statement_timeout` set for the
-/// transaction only. A connection whose set-up fails is closed rather than reused.
-async fn begin_read_only(pool: &PgPool, statement_timeout: Duration) -> Result<Conn> {
-    let mut conn = pool.acquire().await.map_err(Error::Database)?;
-    let begun = async {
-        sqlx::raw_sql("BEGIN READ ONLY").execute(&mut *conn).await?;
-        sqlx::query("select set_config('statement_timeout', $1, true)")
-            .bind(format!("{}ms", statement_timeout.as_millis().max(1)))
-            .execute(&mut *conn)
-            .await
-    }
-    .await;
-    match begun {
-        Ok(_) => Ok(conn),
-        Err(e) => {
-            conn.close_on_drop();
-            Err(Error::Database(e))
-        }
-    }
-}
-
-/// Ends what [`begin_read_only`] began: ROLLBACK, or the connection is closed when that fails.
-async fn end_read_only(mut conn: Conn) {
-    if sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await.is_err() {
-        conn.close_on_drop();
+            .bind(params.to_string());
+        let mut tile: Result<Vec<u8>> = Ok(Vec::new());
+        let read = session
+            .for_each_row(query, |row| {
+                let over: Option<bool> = row.try_get(0).unwrap_or_default();
+                tile = if over == Some(true) {
+                    Err(Error::Limit(format!(
+                        "function {}.{} made a tile of more than {max} bytes",
+                        self.schema, self.name
+                    )))
+                } else {
+                    row.try_get::<Option<Vec<u8>>, _>(1)
+                        .map(Option::unwrap_or_default)
+                        .map_err(Error::Database)
+                };
+                ControlFlow::Continue(())
+            })
+            .await;
+        let ended = session.end().await;
+        read?;
+        ended?;
+        tile
     }
 }

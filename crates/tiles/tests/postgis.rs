@@ -92,7 +92,10 @@ async fn tiles_match_st_asmvt_feature_for_feature() {
     for coord in tiles {
         let mut builder = TileBuilder::new(coord, &TileOptions::default());
         let mut layer = builder.layer("countries");
-        countries.fill(db.pool(), &mut layer).await.unwrap();
+        countries
+            .fill(db.pool(), &sqlpass::Options::default(), &mut layer)
+            .await
+            .unwrap();
         layer.finish().unwrap();
         let ours = decode(&builder.into_bytes().unwrap()).unwrap();
 
@@ -208,7 +211,10 @@ async fn the_memory_source_makes_the_same_tiles_as_the_table_source() {
         let coord = TileCoord::new_checked(z, x, y).unwrap();
         let mut from_table = TileBuilder::new(coord, &TileOptions::default());
         let mut layer = from_table.layer("countries");
-        table.fill(db.pool(), &mut layer).await.unwrap();
+        table
+            .fill(db.pool(), &sqlpass::Options::default(), &mut layer)
+            .await
+            .unwrap();
         layer.finish().unwrap();
         let mut from_memory = TileBuilder::new(coord, &TileOptions::default());
         let mut layer = from_memory.layer("countries");

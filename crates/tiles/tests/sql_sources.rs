@@ -45,14 +45,14 @@ async fn layers_are_drawn_by_zoom_with_typed_attributes() {
     let (_db, _role, pool) = setup().await;
     let config = MapConfig::parse(CONFIG).unwrap();
     let options = TileOptions::default();
-    let timeout = Duration::from_secs(10);
+    let timeout = sandbox(Duration::from_secs(10));
 
     let z0 = config
         .render(
             &pool,
             TileCoord::new_checked(0, 0, 0).unwrap(),
             &options,
-            timeout,
+            &timeout,
         )
         .await
         .unwrap();
@@ -84,7 +84,7 @@ async fn layers_are_drawn_by_zoom_with_typed_attributes() {
             &pool,
             TileCoord::new_checked(2, 2, 1).unwrap(),
             &options,
-            timeout,
+            &timeout,
         )
         .await
         .unwrap();
@@ -117,7 +117,7 @@ async fn layers_are_drawn_by_zoom_with_typed_attributes() {
             &pool,
             TileCoord::new_checked(0, 0, 0).unwrap(),
             &options,
-            timeout,
+            &timeout,
         )
         .await
         .unwrap();
@@ -140,48 +140,56 @@ async fn layer_sql_runs_read_only_within_its_timeout() {
         "select nextval('s') as gid, ST_Transform(geom, 3857) as the_geom_webmercator from countries",
     );
     let err = writes
-        .render(&pool, coord, &options, Duration::from_secs(10))
+        .render(&pool, coord, &options, &sandbox(Duration::from_secs(10)))
         .await
         .unwrap_err();
-    let Error::Database(e) = &err else {
+    let Error::Sql(e) = &err else {
         panic!("{err:?}")
     };
-    assert_eq!(
-        e.as_database_error().unwrap().code().as_deref(),
-        Some("25006"),
-        "{e}"
-    );
+    assert_eq!((e.sqlstate(), e.status()), (Some("25006"), 403), "{e}");
     // A slow layer: the statement timeout ends it.
     let slow = layer(
         "select gid, ST_Transform(geom, 3857) as the_geom_webmercator from countries, (select count(*) from generate_series(1, 100000000000)) s",
     );
     let started = std::time::Instant::now();
     let err = slow
-        .render(&pool, coord, &options, Duration::from_millis(300))
+        .render(&pool, coord, &options, &sandbox(Duration::from_millis(300)))
         .await
         .unwrap_err();
-    let Error::Database(e) = &err else {
+    let Error::Sql(e) = &err else {
         panic!("{err:?}")
     };
-    assert_eq!(
-        e.as_database_error().unwrap().code().as_deref(),
-        Some("57014"),
-        "{e}"
-    );
+    assert!(matches!(e, sqlpass::Error::StatementTimeout(_)), "{e}");
     assert!(started.elapsed() < Duration::from_secs(5));
-    // Two statements cannot hide in a layer.
-    let two = layer(
-        "select 1 as gid, null::geometry as the_geom_webmercator) x; delete from countries; select (1",
-    );
-    assert!(
-        two.render(&pool, coord, &options, Duration::from_secs(10))
-            .await
-            .is_err()
-    );
+    // Two statements cannot hide in a layer, nor can a layer close the tile's wrapper: both
+    // are refused when the config is parsed, before any SQL runs.
+    for (sql, reason) in [
+        (
+            "select 1 as gid, null::geometry as the_geom_webmercator) x; delete from countries; select (1",
+            "invalid statement: a parenthesis is closed that was not opened",
+        ),
+        (
+            "select gid, geom as the_geom_webmercator from countries; delete from countries",
+            "invalid statement: only one statement is allowed",
+        ),
+        (
+            "select * from countries) AS q UNION ALL SELECT gid, geom FROM countries --",
+            "invalid statement: a parenthesis is closed that was not opened",
+        ),
+        ("select * from countries /* ) AS q WHERE true -- */", ""),
+    ] {
+        let config = format!(r#"{{"layers":[{{"id":"l","options":{{"sql":"{sql}"}}}}]}}"#);
+        match MapConfig::parse(&config) {
+            Err(Error::InvalidMapConfig { reason: r, .. }) => assert_eq!(r, reason, "{sql}"),
+            Err(e) => panic!("{sql}: {e}"),
+            // A comment hides nothing from the wrapper: it ends inside the layer's text.
+            Ok(_) => assert!(reason.is_empty(), "{sql}"),
+        }
+    }
     // The pool is still usable afterwards, and nothing was written.
     let ok = layer("select gid, ST_Transform(geom, 3857) as the_geom_webmercator from countries");
     assert_eq!(
-        ok.render(&pool, coord, &options, Duration::from_secs(10))
+        ok.render(&pool, coord, &options, &sandbox(Duration::from_secs(10)))
             .await
             .unwrap()
             .layers[0]
@@ -215,7 +223,8 @@ async fn a_sql_function_makes_whole_tiles() {
             &pool,
             TileCoord::new_checked(0, 0, 0).unwrap(),
             &serde_json::json!({"prefix": "Ma"}),
-            Duration::from_secs(10),
+            &TileOptions::default(),
+            &sandbox(Duration::from_secs(10)),
         )
         .await
         .unwrap();
@@ -245,7 +254,8 @@ async fn a_sql_function_makes_whole_tiles() {
             &pool,
             TileCoord::new_checked(0, 0, 0).unwrap(),
             &serde_json::json!({"prefix": "Zz"}),
-            Duration::from_secs(10),
+            &TileOptions::default(),
+            &sandbox(Duration::from_secs(10)),
         )
         .await
         .unwrap();
@@ -257,9 +267,9 @@ async fn a_tile_over_its_byte_budget_is_degraded_in_the_documented_order() {
     let (_db, _role, pool) = setup().await;
     let config = MapConfig::parse(CONFIG).unwrap();
     let coord = TileCoord::new_checked(0, 0, 0).unwrap();
-    let timeout = Duration::from_secs(10);
+    let timeout = sandbox(Duration::from_secs(10));
     let full = config
-        .render(&pool, coord, &TileOptions::default(), timeout)
+        .render(&pool, coord, &TileOptions::default(), &timeout)
         .await
         .unwrap();
     assert_eq!(full.degraded, None);
@@ -268,7 +278,7 @@ async fn a_tile_over_its_byte_budget_is_degraded_in_the_documented_order() {
     // A little under the full size: stronger simplification alone makes it fit.
     let options = TileOptions::default().max_bytes(size * 9 / 10);
     let tile = config
-        .render(&pool, coord, &options, timeout)
+        .render(&pool, coord, &options, &timeout)
         .await
         .unwrap();
     let d = tile.degraded.unwrap();
@@ -284,7 +294,7 @@ async fn a_tile_over_its_byte_budget_is_degraded_in_the_documented_order() {
     // Far under: features are dropped too, the first ones kept.
     let options = TileOptions::default().max_bytes(3000);
     let tile = config
-        .render(&pool, coord, &options, timeout)
+        .render(&pool, coord, &options, &timeout)
         .await
         .unwrap();
     let d = tile.degraded.unwrap();
@@ -301,9 +311,14 @@ async fn a_tile_over_its_byte_budget_is_degraded_in_the_documented_order() {
     // Impossible: one feature per layer is still too big; said so.
     let options = TileOptions::default().max_bytes(10);
     let tile = config
-        .render(&pool, coord, &options, timeout)
+        .render(&pool, coord, &options, &timeout)
         .await
         .unwrap();
     let d = tile.degraded.unwrap();
     assert_eq!((d.fits, d.kept_per_layer), (false, Some(1)));
+}
+
+/// The sandbox's options with a statement timeout.
+fn sandbox(timeout: Duration) -> sqlpass::Options {
+    sqlpass::Options::default().statement_timeout(timeout)
 }
