@@ -39,6 +39,37 @@ const DANGEROUS: &[&str] = &[
     "pg_stat_get_backend_activity(integer)",
 ];
 
+/// Installs in `admin`'s database what the sandbox uses there: `sqlpass.query_tables(text)`,
+/// which finds the tables a statement reads (for cache tags) inside PostgreSQL. Without it,
+/// [`run`](crate::run) reads the whole `EXPLAIN` output instead, whose size a hostile statement
+/// controls (a folded constant appears in it), so a server should install it. Idempotent;
+/// [`PublicRole::provision`] calls it.
+///
+/// ```no_run
+/// # async fn demo(admin: sqlx::PgPool) -> sqlpass::Result<()> {
+/// sqlpass::install(&admin).await?;
+/// # Ok(()) }
+/// ```
+///
+/// # Errors
+///
+/// [`Error::Query`] when PostgreSQL refuses (no right to create the schema).
+pub async fn install(admin: &PgPool) -> Result<()> {
+    let err = |e| Error::from_sqlx(e, std::time::Duration::from_secs(0));
+    // Two installs at once (the tests' parallel set-ups) would race on CREATE OR REPLACE: a
+    // transaction-level advisory lock orders them.
+    let mut tx = admin.begin().await.map_err(err)?;
+    sqlx::query("select pg_advisory_xact_lock(7345103221)")
+        .execute(&mut *tx)
+        .await
+        .map_err(err)?;
+    sqlx::raw_sql(include_str!("sql/install.sql"))
+        .execute(&mut *tx)
+        .await
+        .map_err(err)?;
+    tx.commit().await.map_err(err)
+}
+
 /// A public login role: `SELECT` on the chosen tables of one schema and nothing else.
 ///
 /// ```no_run
@@ -99,6 +130,7 @@ impl PublicRole {
     ///
     /// [`Error::Query`] when PostgreSQL refuses a step (a missing table, no right to grant).
     pub async fn provision(&self, admin: &PgPool, trusted: &[&str]) -> Result<()> {
+        install(admin).await?;
         let st = std::time::Duration::from_secs(0);
         let err = |e| Error::from_sqlx(e, st);
         let mut tx = admin.begin().await.map_err(err)?;

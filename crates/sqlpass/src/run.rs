@@ -142,36 +142,50 @@ async fn prepare(
     // running it under `LIMIT 0` beside a one-row relation, as an unnamed statement: one row
     // of NULLs whose columns are the statement's. A writer's cannot run twice, so it is
     // prepared (sqlx names it; the session closes it before the connection is reused).
+    // With `sqlpass.query_tables` installed, a reader's cache tags come in the same round trip.
+    let tables_in_describe = options.affected_tables && session.query_tables;
+    let mut tables = None;
     let described: Vec<(String, sqlx::postgres::PgTypeInfo)> = match access {
         Access::ReadOnly => {
+            let extra = if tables_in_describe {
+                ", sqlpass.query_tables($1) AS _tables"
+            } else {
+                ""
+            };
             let describe = format!(
-                "SELECT _q.* FROM (VALUES (1)) AS _one(_) LEFT JOIN \
+                "SELECT _q.*{extra} FROM (VALUES (1)) AS _one(_) LEFT JOIN \
                  (SELECT * FROM (\n{sql}\n) AS _i LIMIT 0) AS _q ON true"
             );
-            let mut row = sqlx::query(AssertSqlSafe(describe.clone()))
-                .persistent(false)
-                .fetch_one(&mut **session.conn_mut()?)
-                .await;
+            // The plan of the statement as a subquery whose columns nobody reads: PostgreSQL
+            // drops unread outputs (a huge folded constant among them) from the plan it explains.
+            let unread = format!("SELECT FROM (\n{sql}\n) AS _t");
+            let bind = tables_in_describe.then_some(unread.as_str());
+            let mut row = describe_once(session, &describe, bind).await;
             // sqlx looks up a type it does not know (PostGIS's, an enum) between parsing and
             // binding an unnamed statement, and that look-up replaces the statement. The
             // type is known the second time, in a transaction begun again.
-            if let Err(sqlx::Error::Database(db)) = &row
+            if let Err(Some(sqlx::Error::Database(db))) = &row
                 && db.code().as_deref() == Some("26000")
             {
                 session.restart().await?;
-                row = sqlx::query(AssertSqlSafe(describe))
-                    .persistent(false)
-                    .fetch_one(&mut **session.conn_mut()?)
-                    .await;
+                row = describe_once(session, &describe, bind).await;
             }
             let row: PgRow = match row {
                 Ok(row) => row,
-                Err(e) => return Err(unwrapped_error(session, statement, e, st).await),
+                Err(Some(e)) => return Err(unwrapped_error(session, statement, e, st).await),
+                Err(None) => return Err(Error::Ended),
             };
-            row.columns()
+            let mut described: Vec<_> = row
+                .columns()
                 .iter()
                 .map(|c| (c.name().to_owned(), c.type_info().clone()))
-                .collect()
+                .collect();
+            if tables_in_describe {
+                described.pop();
+                let found: Vec<String> = row.try_get(described.len()).map_err(err)?;
+                tables = Some(found);
+            }
+            described
         }
         Access::ReadWrite => {
             let prepared = (&mut **session.conn_mut()?)
@@ -195,23 +209,36 @@ async fn prepare(
         })
         .collect();
 
+    let query_tables = session.query_tables;
     let conn: &mut sqlx::PgConnection = session.conn_mut()?;
-    let tables = if options.affected_tables {
-        let explain = format!("EXPLAIN (FORMAT JSON, VERBOSE)\n{sql}");
-        let row: PgRow = sqlx::query(AssertSqlSafe(explain))
-            .persistent(false)
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(err)?;
-        let raw = row.try_get_raw(0).map_err(err)?;
-        let plan: serde_json::Value = raw
-            .as_bytes()
-            .ok()
-            .and_then(|b| serde_json::from_slice(b).ok())
-            .ok_or_else(|| Error::Internal("unreadable EXPLAIN output".into()))?;
-        tables::from_plan(&plan)
-    } else {
-        Vec::new()
+    let tables = match tables {
+        Some(tables) => tables,
+        None if !options.affected_tables => Vec::new(),
+        None if query_tables => {
+            let (found,): (Vec<String>,) = sqlx::query_as("select sqlpass.query_tables($1)")
+                .bind(sql)
+                .persistent(false)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(err)?;
+            found
+        }
+        // Without the installed function, the plan is read here.
+        None => {
+            let explain = format!("EXPLAIN (FORMAT JSON, VERBOSE)\n{sql}");
+            let row: PgRow = sqlx::query(AssertSqlSafe(explain))
+                .persistent(false)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(err)?;
+            let raw = row.try_get_raw(0).map_err(err)?;
+            let plan: serde_json::Value = raw
+                .as_bytes()
+                .ok()
+                .and_then(|b| serde_json::from_slice(b).ok())
+                .ok_or_else(|| Error::Internal("unreadable EXPLAIN output".into()))?;
+            tables::from_plan(&plan)
+        }
     };
 
     if columns.is_empty() && access == Access::ReadWrite {
@@ -229,6 +256,21 @@ async fn prepare(
         tables,
         query: wrapped.0,
     })
+}
+
+/// One try of a reader's describe statement; `None` when the session has ended.
+async fn describe_once(
+    session: &mut Session,
+    describe: &str,
+    bind: Option<&str>,
+) -> Result<PgRow, Option<sqlx::Error>> {
+    let query = sqlx::query(AssertSqlSafe(describe.to_owned())).persistent(false);
+    let query = match bind {
+        Some(text) => query.bind(text.to_owned()),
+        None => query,
+    };
+    let conn = session.conn_mut().map_err(|_| None)?;
+    query.fetch_one(&mut **conn).await.map_err(Some)
 }
 
 /// The error to report when a reader's wrapped statement failed to describe: the statement's

@@ -55,6 +55,8 @@ pub struct Session {
     pub(crate) database: String,
     pub(crate) postgis: PostgisOids,
     pub(crate) access: Access,
+    /// Whether `sqlpass.query_tables` is installed ([`install`](crate::install)).
+    pub(crate) query_tables: bool,
     pub(crate) deadline: Instant,
     /// The deadline as the caller set it, for messages.
     pub(crate) total: Duration,
@@ -100,7 +102,8 @@ impl Session {
              SET LOCAL jit = {};
              SET LOCAL standard_conforming_strings = on;
              SELECT pg_backend_pid(), current_database()::text,
-                    to_regtype('geometry')::oid::int8, to_regtype('geography')::oid::int8",
+                    to_regtype('geometry')::oid::int8, to_regtype('geography')::oid::int8,
+                    to_regprocedure('sqlpass.query_tables(text)') IS NOT NULL",
             match options.access {
                 Access::ReadOnly => "BEGIN READ ONLY",
                 Access::ReadWrite => "BEGIN READ WRITE",
@@ -142,6 +145,7 @@ impl Session {
             pool: pool.clone(),
             canceller: options.canceller.clone(),
             access: options.access,
+            query_tables: row.try_get(4).map_err(read)?,
             deadline,
             total: options.deadline,
             statement_timeout: st,

@@ -70,3 +70,27 @@ pub async fn json(pool: &PgPool, sql: &str) -> serde_json::Value {
     assert!(time.as_f64().unwrap() >= 0.0);
     v
 }
+
+/// The pid of the role's backend whose query is like `pattern` once it is active (at most 5 s).
+pub async fn until_active(env: &Env, pattern: &str) -> i32 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let found: Option<(i32,)> = sqlx::query_as(
+            "select pid from pg_stat_activity
+             where usename = $1 and query like $2 and state = 'active' and pid <> pg_backend_pid()",
+        )
+        .bind(env.role.name())
+        .bind(pattern)
+        .fetch_optional(env.db.pool())
+        .await
+        .unwrap();
+        if let Some((pid,)) = found {
+            return pid;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no active query like {pattern}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}

@@ -1,0 +1,289 @@
+//! The sandbox against callers who share a role or a connection, against real PostgreSQL: no
+//! signalling or watching each other, nothing kept of one for the next, limits that hold.
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers fail the test by panicking"
+)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{env, json, text};
+use futures_util::StreamExt;
+use sqlpass::{Access, Error, Options, Statement};
+
+/// The body's JSON `error` member, if any.
+fn error_of(doc: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(doc).unwrap();
+    v["error"][0].as_str().map(str::to_owned)
+}
+
+#[tokio::test]
+async fn callers_of_one_role_can_neither_signal_nor_watch_each_other() {
+    let env = env().await;
+    // Caller B: a long query of the same role, on a pool of its own.
+    let other = env.role.pool(1).await;
+    let long = "select count(*) from generate_series(1, 100000000000) as b_secret_text";
+    let running = sqlpass::run(
+        &other,
+        long,
+        Options::default().statement_timeout(Duration::from_secs(30)),
+    )
+    .await
+    .unwrap();
+    let b_pid: i32 = common::until_active(&env, "%b_secret_text%").await;
+
+    // Caller A tries to terminate, cancel and read B.
+    for sql in [
+        "select count(pg_terminate_backend(pid)) from pg_stat_activity where usename = current_user and pid <> pg_backend_pid()",
+        &format!("select pg_terminate_backend({b_pid})"),
+        &format!("select pg_cancel_backend({b_pid})"),
+        "select query from pg_stat_activity where query like '%b_secret%'",
+        "select pg_stat_get_backend_activity(s) from pg_stat_get_backend_idset() s",
+    ] {
+        let e = sqlpass::run(&env.pool, sql, Options::default())
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{sql} ran"));
+        assert_eq!(
+            (e.status(), e.sqlstate()),
+            (403, Some("42501")),
+            "{sql}: {e}"
+        );
+    }
+    // B still runs, untouched.
+    assert_eq!(common::until_active(&env, "%b_secret_text%").await, b_pid);
+    drop(running);
+}
+
+#[tokio::test]
+async fn a_wide_value_is_refused_by_the_database_and_memory_stays_flat() {
+    let env = env().await;
+    let before = peak_rss_kb();
+    let doc = text(
+        &env.pool,
+        "select 1 as id, repeat('x', 300000000) as wide",
+        Options::default(),
+    )
+    .await;
+    assert_eq!(
+        error_of(&doc).as_deref(),
+        Some("a value of column wide is larger than the value-size limit of 16777216 bytes")
+    );
+    assert!(doc.len() < 1000, "{} bytes came", doc.len());
+    // The value never crossed the wire: this process grew by far less than its 300 MB.
+    let grown = peak_rss_kb().saturating_sub(before);
+    assert!(grown < 64 * 1024, "peak RSS grew by {grown} kB");
+    // A value cast to text (not decoded here) is measured as text.
+    let doc = text(
+        &env.pool,
+        "select repeat('y', 2000)::xml as x",
+        Options::default().value_limit(1000),
+    )
+    .await;
+    assert_eq!(
+        error_of(&doc).as_deref(),
+        Some("a value of column x is larger than the value-size limit of 1000 bytes")
+    );
+    // Under the limit, values pass whole.
+    let doc = json(&env.pool, "select repeat('z', 5) as z").await;
+    assert_eq!(doc["rows"], serde_json::json!([{"z": "zzzzz"}]));
+}
+
+/// This process's peak resident memory, in kB (nextest runs each test in its own process).
+fn peak_rss_kb() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_caller_s_text_is_not_kept_and_metadata_is_always_current() {
+    let env = env().await;
+    // env.pool has one connection: every run below uses the same backend.
+    let _ = text(
+        &env.pool,
+        "select 'caller-a-secret' as a, id from places",
+        Options::default(),
+    )
+    .await;
+    let seen = json(&env.pool, "select statement from pg_prepared_statements").await;
+    assert_eq!(seen["rows"], serde_json::json!([]), "{seen}");
+    // A writer's statement, prepared to be described, is closed too.
+    let writer = env.db.create_role().await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "grant select, update on places to \"{}\"",
+        writer.name()
+    )))
+    .execute(env.db.pool())
+    .await
+    .unwrap();
+    let wpool = writer.pool(1).await;
+    let rw = || Options::default().access(Access::ReadWrite);
+    let _ = text(
+        &wpool,
+        "update places set pop = pop where id = 1 returning 'writer-secret' as s",
+        rw(),
+    )
+    .await;
+    let seen = text(
+        &wpool,
+        "select count(*) as n from pg_prepared_statements",
+        Options::default(),
+    )
+    .await;
+    assert!(seen.contains("\"rows\":[{\"n\":0}]"), "{seen}");
+
+    // The same text after ALTER TABLE … TYPE: the new type, not a cached one.
+    let q = "select id, score from places where id = 1";
+    let before = json(&env.pool, q).await;
+    assert_eq!(before["fields"]["score"]["pgtype"], "float8");
+    sqlx::raw_sql("alter table places alter column score type text using score::text")
+        .execute(env.db.pool())
+        .await
+        .unwrap();
+    let after = json(&env.pool, q).await;
+    assert_eq!(after["fields"]["score"]["pgtype"], "text");
+    assert_eq!(
+        after["rows"],
+        serde_json::json!([{"id": 1, "score": "0.5"}])
+    );
+}
+
+#[tokio::test]
+async fn a_statement_cannot_lift_its_own_timeouts() {
+    let env = env().await;
+    let options = Options::default().statement_timeout(Duration::from_millis(300));
+    let started = Instant::now();
+    let doc = text(
+        &env.pool,
+        "select set_config('statement_timeout', '0', true) as lifted, g
+         from generate_series(1, 3000000000) g where g % 1000000000 = 0",
+        options,
+    )
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        error_of(&doc).as_deref(),
+        Some("statement timeout: the query ran longer than 300ms"),
+        "{doc}"
+    );
+    // And the next caller has the defaults back.
+    let next = json(
+        &env.pool,
+        "select current_setting('statement_timeout') as t",
+    )
+    .await;
+    assert_eq!(next["rows"][0]["t"], "15s");
+}
+
+#[tokio::test]
+async fn text_that_would_rewrite_the_wrapper_is_refused_before_it_runs() {
+    let env = env().await;
+    for sql in [
+        "select id from places) AS _i LIMIT 0) AS _q ON true UNION ALL SELECT secret FROM secrets --",
+        "select id from places) _i OFFSET 0) _q(c1) UNION SELECT 1 --",
+        "select 1; select secret from secrets",
+        "select 1 /* ) */ ) union select 2 --",
+        "select '\0'",
+    ] {
+        let e = sqlpass::run(&env.pool, sql, Options::default())
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{sql} ran"));
+        assert!(matches!(e, Error::InvalidStatement(_)), "{sql}: {e:?}");
+        assert_eq!(e.status(), 400);
+    }
+    // A comment or a parenthesis inside the statement's own strings hides nothing.
+    let doc = json(&env.pool, "select ')' as p, $$ ) $$ as d -- ) AS _q").await;
+    assert_eq!(doc["rows"], serde_json::json!([{"p": ")", "d": " ) "}]));
+    assert!(Statement::new("select ')' -- )").is_ok());
+}
+
+#[tokio::test]
+async fn a_writer_cannot_keep_another_role_on_the_connection() {
+    let env = env().await;
+    let writer = env.db.create_role().await;
+    let other = env.db.create_role().await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "grant select, insert on places to \"{w}\"; grant \"{o}\" to \"{w}\"",
+        w = writer.name(),
+        o = other.name()
+    )))
+    .execute(env.db.pool())
+    .await
+    .unwrap();
+    let pool = writer.pool(1).await;
+    let rw = || Options::default().access(Access::ReadWrite);
+    let doc = text(
+        &pool,
+        &format!("select set_config('role', '{}', false) as r", other.name()),
+        rw(),
+    )
+    .await;
+    assert!(doc.contains(other.name()), "{doc}");
+    let next = text(&pool, "select current_user::text as who", rw()).await;
+    assert!(
+        next.contains(&format!("\"who\":\"{}\"", writer.name())),
+        "{next}"
+    );
+    // SET ROLE and transaction control are refused outright.
+    for sql in [
+        format!("set role \"{}\"", other.name()),
+        "commit".to_owned(),
+        "savepoint s".to_owned(),
+    ] {
+        let e = sqlpass::run(&pool, &sql, rw()).await.err().unwrap();
+        assert!(matches!(e, Error::InvalidStatement(_)), "{sql}: {e:?}");
+    }
+}
+
+#[tokio::test]
+async fn pages_and_row_limits_are_applied_by_the_database_for_readers_and_writers() {
+    let env = env().await;
+    let q = "select g from generate_series(1, 10) g order by g";
+    let page = json_with(&env.pool, q, Options::default().page(3, 1)).await;
+    assert_eq!(
+        page["rows"],
+        serde_json::json!([{"g": 4}, {"g": 5}, {"g": 6}])
+    );
+    let writer = env.db.create_role().await;
+    let pool = writer.pool(1).await;
+    let page = json_with(
+        &pool,
+        q,
+        Options::default().access(Access::ReadWrite).page(4, 2),
+    )
+    .await;
+    assert_eq!(page["rows"], serde_json::json!([{"g": 9}, {"g": 10}]));
+    // A reader past its row limit is stopped by the database, not after reading everything.
+    let started = Instant::now();
+    let mut body = sqlpass::run(
+        &env.pool,
+        // Set-returning functions materialise their rows: a join of two small ones is read
+        // lazily, as a table would be.
+        "select a.g from generate_series(1, 100000) a(g), generate_series(1, 100000) b(g)",
+        Options::default().row_limit(5),
+    )
+    .await
+    .unwrap()
+    .body;
+    while body.next().await.is_some() {}
+    assert_eq!(
+        body.outcome().and_then(|o| o.error.as_deref()),
+        Some("row limit of 5 exceeded")
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+async fn json_with(pool: &sqlx::PgPool, sql: &str, options: Options) -> serde_json::Value {
+    serde_json::from_str(&text(pool, sql, options).await).unwrap()
+}
