@@ -22,7 +22,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
-use geostack::auth::{Api, DbRole, Grants, KeyStore, NewKey, Secret, UserName};
+use geostack::auth::{Api, DbRole, Grants, KeyStore, NewKey, Privilege, Secret, UserName};
 use geostack::server::{Server, ServerConfig};
 use serde_json::{Value, json};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -151,7 +151,13 @@ async fn provision_demo(
     }
     keys.create(
         &name,
-        NewKey::default_public(DbRole::new("demo_public", Secret::new(public_password))),
+        NewKey::default_public(DbRole::new("demo_public", Secret::new(public_password))).grants(
+            Grants::new()
+                .api(Api::Sql)
+                .api(Api::Maps)
+                .table("public.countries".parse()?, [Privilege::Select])
+                .table("public.places".parse()?, [Privilege::Select]),
+        ),
     )
     .await?;
     let grants = Grants::new()

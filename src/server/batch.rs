@@ -87,7 +87,7 @@ impl Handler<BatchQuery> for BatchHandler {
             .pool(role.name(), role.password().expose())
             .map_err(|e| JobError::retry(e.to_string()))?;
         // The same sandbox and statement policy as the SQL API's, with the batch timeout.
-        let options = self.sandbox.clone().access(if job.write {
+        let options = super::with_key_tables(self.sandbox.clone(), &key).access(if job.write {
             Access::ReadWrite
         } else {
             Access::ReadOnly

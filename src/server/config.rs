@@ -29,6 +29,7 @@ pub struct ServerConfig {
     pub(crate) redis_prefix: String,
     pub(crate) tile_cache_capacity: usize,
     pub(crate) tile_cache_ttl: Duration,
+    pub(crate) role_prefix: String,
 }
 
 impl Default for ServerConfig {
@@ -49,6 +50,7 @@ impl Default for ServerConfig {
             redis_prefix: "geostack:".into(),
             tile_cache_capacity: 10_000,
             tile_cache_ttl: Duration::from_secs(300),
+            role_prefix: "geostack_key_".into(),
         }
     }
 }
@@ -119,6 +121,20 @@ impl ServerConfig {
     /// queue). Default `geostack:`.
     pub fn redis_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.redis_prefix = prefix.into();
+        self
+    }
+
+    /// The start of the names of the login roles made for keys ([`Server::create_key`]
+    /// appends 16 random hex digits); revoking a key drops only roles named so. At most 47
+    /// bytes. Default `geostack_key_`.
+    ///
+    /// [`Server::create_key`]: crate::server::Server::create_key
+    pub fn role_prefix(mut self, prefix: impl Into<String>) -> Self {
+        let mut prefix: String = prefix.into();
+        while prefix.len() > 47 {
+            prefix.pop();
+        }
+        self.role_prefix = prefix;
         self
     }
 

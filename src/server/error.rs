@@ -43,6 +43,9 @@ pub enum Error {
     /// Nothing is there.
     #[error("{0}")]
     NotFound(String),
+    /// Something the server itself could not do (no randomness for a new key).
+    #[error("internal error: {0}")]
+    Internal(String),
     /// Over the rate limit; the headers carry the limit and `Retry-After`.
     #[error("{message}")]
     RateLimited {
@@ -71,6 +74,7 @@ impl Error {
             Self::Unauthorized(_) => 401,
             Self::NotFound(_) => 404,
             Self::RateLimited { .. } => 429,
+            Self::Internal(_) => 500,
         }
     }
 }

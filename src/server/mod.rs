@@ -33,6 +33,7 @@
 mod batch;
 mod config;
 mod error;
+mod keys;
 mod maps;
 mod page;
 mod request;
@@ -55,6 +56,21 @@ use sqlpass::{PoolRegistry, RegistryConfig};
 pub use batch::{BatchHandler, BatchQuery};
 pub use config::ServerConfig;
 pub use error::{Error, Result};
+pub use keys::KeyRequest;
+
+/// `options` limited to the tables `key` lists, when it lists them (a master key, or one whose
+/// tables are left to its database role, is bounded by the role alone).
+pub(crate) fn with_key_tables(
+    options: sqlpass::Options,
+    key: &geoauth::ApiKey,
+) -> sqlpass::Options {
+    match key.grants.tables() {
+        geoauth::TableGrants::Listed(tables) if key.kind != geoauth::KeyKind::Master => {
+            options.allowed_tables(tables.keys().map(ToString::to_string))
+        }
+        _ => options,
+    }
+}
 
 /// `listener` with `TCP_NODELAY` on every accepted connection: a streamed response's small
 /// writes then leave at once instead of waiting on Nagle's algorithm and the client's delayed
@@ -102,9 +118,9 @@ struct Inner {
     flights: SingleFlight,
     /// Per database role: the tables it may read, found when first asked.
     tables: Mutex<HashMap<String, Discovered>>,
-    /// Cancels callers' queries cut short: it connects as the base options' user, which holds
-    /// `pg_signal_backend` (caller roles may not signal backends).
-    canceller: sqlx::PgPool,
+    /// The base options' user: provisions keys' roles, and cancels callers' queries cut short
+    /// (it holds `pg_signal_backend`; caller roles may not signal backends).
+    admin: sqlx::PgPool,
     config: ServerConfig,
 }
 
@@ -129,7 +145,7 @@ impl Server {
             &config.redis_prefix,
         );
         let cache = MemoryTileCache::new(config.tile_cache_capacity, config.tile_cache_ttl);
-        let canceller = sqlx::postgres::PgPoolOptions::new()
+        let admin = sqlx::postgres::PgPoolOptions::new()
             .max_connections(2)
             .min_connections(0)
             .acquire_timeout(std::time::Duration::from_secs(2))
@@ -146,7 +162,7 @@ impl Server {
                 cache,
                 flights: SingleFlight::default(),
                 tables: Mutex::new(HashMap::new()),
-                canceller,
+                admin,
                 config,
             }),
         }
@@ -199,13 +215,19 @@ impl Server {
         )
     }
 
+    /// The sandbox's options for `key`'s SQL: [`Server::sandbox`] with, for a key that lists
+    /// its tables, those tables as the only ones its statements may touch.
+    pub(crate) fn sandbox_for(&self, key: &geoauth::ApiKey) -> sqlpass::Options {
+        with_key_tables(self.sandbox(), key)
+    }
+
     /// The sandbox's options for a caller's SQL, from the settings: timeouts, limits and the
     /// canceller. The SQL API, tiles and batch queries all start from these.
     pub(crate) fn sandbox(&self) -> sqlpass::Options {
         let config = &self.inner.config;
         sqlpass::Options::default()
             .statement_timeout(config.statement_timeout)
-            .canceller(self.inner.canceller.clone())
+            .canceller(self.inner.admin.clone())
     }
 
     /// The batch queue.

@@ -39,11 +39,14 @@ async fn run(
         .get("q")
         .ok_or_else(|| Error::BadRequest("You must indicate a sql query".into()))?;
     let write = caller.principal.may_write();
-    let options = server.sandbox().params(params.pairs())?.access(if write {
-        Access::ReadWrite
-    } else {
-        Access::ReadOnly
-    });
+    let options = server
+        .sandbox_for(caller.principal.key())
+        .params(params.pairs())?
+        .access(if write {
+            Access::ReadWrite
+        } else {
+            Access::ReadOnly
+        });
     let pool = server.pool_of(&caller.principal)?;
     let response = sqlpass::run(&pool, sql, options).await;
     let response = match response {

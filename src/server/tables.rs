@@ -68,6 +68,15 @@ pub(super) async fn tile(State(server): State<Server>, req: ApiRequest) -> Respo
             let source = server
                 .table(&caller.principal, table_name(&req.path))
                 .await?;
+            // The key's grants as well as its role's: a key that lists its tables reads no
+            // other, whatever its role could.
+            let table: geoauth::TableName = source
+                .name()
+                .parse()
+                .map_err(|_| Error::NotFound(format!("no table {}", source.name())))?;
+            caller
+                .principal
+                .authorize_table(&table, geoauth::Privilege::Select)?;
             let pool = server.pool_of(&caller.principal)?;
             let key = TileKey::new(
                 format!(

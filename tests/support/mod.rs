@@ -17,7 +17,9 @@ pub mod cdp;
 
 use std::time::Duration;
 
-use geostack::auth::{Api, DbRole, Grants, KeyPrefix, KeyStore, NewKey, Secret, UserName};
+use geostack::auth::{
+    Api, DbRole, Grants, KeyPrefix, KeyStore, NewKey, Privilege, Secret, UserName,
+};
 use geostack::server::{Server, ServerConfig};
 use geostack::sql::PublicRole;
 use geostack_testkit::{TestDb, TestRedis, TestRole};
@@ -35,6 +37,8 @@ pub struct App {
     pub sql_only: String,
     /// bob's regular key (bob has no public key).
     pub bob: String,
+    /// The server behind `addr`, for what the tests do through its API.
+    pub server: Server,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -93,9 +97,18 @@ pub async fn app_with(configure: impl FnOnce(ServerConfig) -> ServerConfig) -> A
     let keys = KeyStore::with_prefix(redis.connection(), prefix.clone());
     let alice = UserName::new("alice").unwrap();
     let role = |r: &TestRole| DbRole::new(r.name(), Secret::new(r.password()));
-    keys.create(&alice, NewKey::default_public(role(&public_role)))
-        .await
-        .unwrap();
+    // The public key lists the tables it reads: a key's grants bound it as well as its role.
+    let public = Grants::new()
+        .api(Api::Sql)
+        .api(Api::Maps)
+        .table("public.countries".parse().unwrap(), [Privilege::Select])
+        .table("public.places".parse().unwrap(), [Privilege::Select]);
+    keys.create(
+        &alice,
+        NewKey::default_public(role(&public_role)).grants(public),
+    )
+    .await
+    .unwrap();
     let both = Grants::new()
         .api(Api::Sql)
         .api(Api::Maps)
@@ -127,7 +140,9 @@ pub async fn app_with(configure: impl FnOnce(ServerConfig) -> ServerConfig) -> A
         ServerConfig::default()
             .default_user("alice")
             .key_prefix(prefix)
-            .redis_prefix(redis.prefix()),
+            .redis_prefix(redis.prefix())
+            // Roles the keys get are dropped by the test runner's clean-up if a test dies.
+            .role_prefix("gs_test_role_key_"),
     );
     let server = Server::new(
         redis.connection(),
@@ -140,6 +155,7 @@ pub async fn app_with(configure: impl FnOnce(ServerConfig) -> ServerConfig) -> A
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let router = server.router();
+    let server = server.clone();
     let serve = tokio::spawn(async move {
         let _ = axum::serve(geostack::server::nodelay(listener), router).await;
     });
@@ -160,6 +176,7 @@ pub async fn app_with(configure: impl FnOnce(ServerConfig) -> ServerConfig) -> A
         regular: regular.expose().to_owned(),
         sql_only: sql_only.expose().to_owned(),
         bob: bob.expose().to_owned(),
+        server,
         stop: Some(stop),
         tasks: vec![serve, work],
     }

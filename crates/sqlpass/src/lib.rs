@@ -20,7 +20,7 @@ pub use options::{
     Access, CsvGeometry, DEFAULT_BYTE_LIMIT, DEFAULT_ROW_LIMIT, DEFAULT_VALUE_LIMIT, Format,
     Options,
 };
-pub use provision::{PublicRole, install};
+pub use provision::{CallerRole, PublicRole, install};
 pub use registry::{PoolRegistry, RegistryConfig};
 pub use run::{Meta, Response, run};
 pub use session::Session;

@@ -123,6 +123,7 @@ pub struct Options {
     pub(crate) jit: bool,
     pub(crate) value_limit: Option<u64>,
     pub(crate) canceller: Option<sqlx::PgPool>,
+    pub(crate) allowed_tables: Option<Vec<String>>,
 }
 
 /// The default row limit of [`Options`].
@@ -154,6 +155,7 @@ impl Default for Options {
             jit: false,
             value_limit: Some(DEFAULT_VALUE_LIMIT),
             canceller: None,
+            allowed_tables: None,
         }
     }
 }
@@ -285,6 +287,21 @@ impl Options {
     /// `None` for no limit. Default 16 MiB ([`DEFAULT_VALUE_LIMIT`]).
     pub fn value_limit(mut self, bytes: impl Into<Option<u64>>) -> Self {
         self.value_limit = bytes.into();
+        self
+    }
+
+    /// The only tables (`schema.table`) the statement may read or write: checked against the
+    /// tables of its plan before it runs, as a second line behind the role's own grants (a
+    /// key's grants, say). Turns on [`Options::affected_tables`]. Default none: the role alone
+    /// decides.
+    ///
+    /// ```
+    /// let options = sqlpass::Options::default().allowed_tables(["public.counties"]);
+    /// # let _ = options;
+    /// ```
+    pub fn allowed_tables(mut self, tables: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.allowed_tables = Some(tables.into_iter().map(Into::into).collect());
+        self.affected_tables = true;
         self
     }
 

@@ -70,7 +70,243 @@ pub async fn install(admin: &PgPool) -> Result<()> {
     tx.commit().await.map_err(err)
 }
 
-/// A public login role: `SELECT` on the chosen tables of one schema and nothing else.
+/// A caller's login role — one per API key, as CARTO makes them — with exactly the table
+/// privileges it is given and nothing else: `USAGE` on the schemas of its tables, the listed
+/// privileges on the listed tables (and `USAGE` on the serial sequences of tables it may
+/// insert into), no `EXECUTE` on the dangerous functions ([`CallerRole::provision`]).
+///
+/// ```no_run
+/// # async fn demo(admin: sqlx::PgPool) -> sqlpass::Result<()> {
+/// let role = sqlpass::CallerRole::new("key_role_1", "its password")
+///     .grant("public", "counties", ["select"])
+///     .grant("public", "notes", ["select", "insert"]);
+/// role.provision(&admin, &[]).await?;
+/// sqlpass::CallerRole::drop_role(&admin, "key_role_1").await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct CallerRole {
+    name: String,
+    password: String,
+    grants: Vec<(String, String, Vec<String>)>,
+}
+
+impl std::fmt::Debug for CallerRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallerRole")
+            .field("name", &self.name)
+            .field("password", &"[redacted]")
+            .field("grants", &self.grants)
+            .finish()
+    }
+}
+
+/// The table privileges a caller role may be given.
+const PRIVILEGES: &[&str] = &["select", "insert", "update", "delete"];
+
+impl CallerRole {
+    /// A role `name` logging in with `password`, with no privilege yet.
+    pub fn new(name: impl Into<String>, password: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            password: password.into(),
+            grants: Vec::new(),
+        }
+    }
+
+    /// Adds `privileges` (`select`, `insert`, `update`, `delete`) on `schema.table`.
+    pub fn grant<P: AsRef<str>>(
+        mut self,
+        schema: impl Into<String>,
+        table: impl Into<String>,
+        privileges: impl IntoIterator<Item = P>,
+    ) -> Self {
+        let privileges = privileges
+            .into_iter()
+            .map(|p| p.as_ref().to_ascii_lowercase())
+            .collect();
+        self.grants.push((schema.into(), table.into(), privileges));
+        self
+    }
+
+    /// Creates the role (or, when it exists, resets its password and takes every table
+    /// privilege it had) and grants exactly what it was given, through `admin`, a pool with
+    /// the right to create roles and grant on the tables. Also [`install`]s the sandbox's
+    /// function and revokes the dangerous functions from `PUBLIC`, granting them back to
+    /// `trusted` roles. Idempotent; one transaction.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidOption`] for an unknown privilege, [`Error::Query`] when PostgreSQL
+    /// refuses a step (a missing table, no right to grant).
+    pub async fn provision(&self, admin: &PgPool, trusted: &[&str]) -> Result<()> {
+        if let Some(bad) = self
+            .grants
+            .iter()
+            .flat_map(|(_, _, ps)| ps)
+            .find(|p| !PRIVILEGES.contains(&p.as_str()))
+        {
+            return Err(Error::InvalidOption {
+                name: "privilege",
+                reason: format!("{bad} is not one of select, insert, update, delete"),
+            });
+        }
+        install(admin).await?;
+        let err = |e| Error::from_sqlx(e, std::time::Duration::from_secs(0));
+        let mut tx = admin.begin().await.map_err(err)?;
+        // Every statement is built by PostgreSQL's format() from bound values: identifiers
+        // with %I, the password with %L.
+        let mut statements: Vec<String> = Vec::new();
+        let (create,): (String,) = sqlx::query_as(include_str!("sql/public_role.sql"))
+            .bind(&self.name)
+            .bind(&self.password)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(err)?;
+        statements.push(create);
+        statements.extend(revoke_tables(&mut tx, &self.name).await?);
+        for (schema, table, privileges) in &self.grants {
+            let (usage, grant): (String, String) = sqlx::query_as(
+                "select format('GRANT USAGE ON SCHEMA %I TO %I', $1::text, $3::text),
+                        format('GRANT %s ON %I.%I TO %I', upper(array_to_string($4::text[], ', ')),
+                               $1::text, $2::text, $3::text)",
+            )
+            .bind(schema)
+            .bind(table)
+            .bind(&self.name)
+            .bind(privileges)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(err)?;
+            statements.push(usage);
+            // An empty table name grants the schema alone (a public role with no table yet).
+            if table.is_empty() {
+                continue;
+            }
+            statements.push(grant);
+            if privileges.iter().any(|p| p == "insert") {
+                let sequences: Vec<(String,)> = sqlx::query_as(
+                    "select format('GRANT USAGE ON SEQUENCE %s TO %I', s, $3::text)
+                     from pg_attribute a,
+                          pg_get_serial_sequence(format('%I.%I', $1::text, $2::text), a.attname) s
+                     where a.attrelid = format('%I.%I', $1::text, $2::text)::regclass
+                       and a.attnum > 0 and not a.attisdropped and s is not null",
+                )
+                .bind(schema)
+                .bind(table)
+                .bind(&self.name)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(err)?;
+                statements.extend(sequences.into_iter().map(|(g,)| g));
+            }
+        }
+        statements.extend(revoke_dangerous(&mut tx, trusted).await?);
+        for statement in statements {
+            (&mut *tx)
+                .execute(AssertSqlSafe(statement))
+                .await
+                .map_err(err)?;
+        }
+        tx.commit().await.map_err(err)
+    }
+
+    /// Drops the login role `name` through `admin`: its sessions are ended, its privileges
+    /// taken, then the role dropped. Nothing happens when there is no such role.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Query`] when PostgreSQL refuses (the role owns objects, no right to drop it).
+    pub async fn drop_role(admin: &PgPool, name: &str) -> Result<()> {
+        let err = |e| Error::from_sqlx(e, std::time::Duration::from_secs(0));
+        sqlx::query("select pg_terminate_backend(pid) from pg_stat_activity where usename = $1")
+            .bind(name)
+            .execute(admin)
+            .await
+            .map_err(err)?;
+        let mut tx = admin.begin().await.map_err(err)?;
+        let (exists,): (bool,) =
+            sqlx::query_as("select exists (select from pg_roles where rolname = $1)")
+                .bind(name)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(err)?;
+        if !exists {
+            return Ok(());
+        }
+        let (owned, drop): (String, String) = sqlx::query_as(
+            "select format('DROP OWNED BY %I', $1::text), format('DROP ROLE %I', $1::text)",
+        )
+        .bind(name)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(err)?;
+        for statement in [owned, drop] {
+            (&mut *tx)
+                .execute(AssertSqlSafe(statement))
+                .await
+                .map_err(err)?;
+        }
+        tx.commit().await.map_err(err)
+    }
+}
+
+/// The statements that take every table and sequence privilege `role` has in this database.
+async fn revoke_tables(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    role: &str,
+) -> Result<Vec<String>> {
+    let err = |e| Error::from_sqlx(e, std::time::Duration::from_secs(0));
+    let rows: Vec<(String,)> = sqlx::query_as(
+        "select format('REVOKE ALL ON %s %s FROM %I',
+                       case when c.relkind = 'S' then 'SEQUENCE' else 'TABLE' end,
+                       c.oid::regclass, $1::text)
+         from pg_class c, aclexplode(c.relacl) a, pg_roles r
+         where r.rolname = $1 and a.grantee = r.oid
+         group by c.oid, c.relkind",
+    )
+    .bind(role)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(err)?;
+    Ok(rows.into_iter().map(|(s,)| s).collect())
+}
+
+/// The statements that revoke the dangerous functions from `PUBLIC` and grant them back to
+/// `trusted` roles.
+async fn revoke_dangerous(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    trusted: &[&str],
+) -> Result<Vec<String>> {
+    let err = |e| Error::from_sqlx(e, std::time::Duration::from_secs(0));
+    let functions: Vec<(String,)> = sqlx::query_as(
+        "select to_regprocedure(f)::text from unnest($1::text[]) f where to_regprocedure(f) is not null",
+    )
+    .bind(DANGEROUS)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(err)?;
+    let mut statements = Vec::new();
+    for (function,) in functions {
+        // A regprocedure's text is already a valid, quoted signature.
+        statements.push(format!("REVOKE EXECUTE ON FUNCTION {function} FROM PUBLIC"));
+        for role in trusted {
+            let (grant,): (String,) = sqlx::query_as(
+                "select format('GRANT EXECUTE ON FUNCTION %s TO %I', $1::text, $2::text)",
+            )
+            .bind(&function)
+            .bind(*role)
+            .fetch_one(&mut **tx)
+            .await
+            .map_err(err)?;
+            statements.push(grant);
+        }
+    }
+    Ok(statements)
+}
+
+/// A public login role: `SELECT` on the chosen tables of one schema and nothing else (a
+/// [`CallerRole`] granted only `select`).
 ///
 /// ```no_run
 /// # async fn demo(admin: sqlx::PgPool) -> sqlpass::Result<()> {
@@ -119,79 +355,21 @@ impl PublicRole {
         self
     }
 
-    /// Creates the role (or resets its password and grants when it exists) through `admin`, a
-    /// pool with the right to create roles and grant on the schema. It gets `USAGE` on the
-    /// schema, `SELECT` on the listed tables only, no other privilege, and loses `EXECUTE` on
-    /// the dangerous functions: those are revoked from `PUBLIC` (the only way to deny a role
-    /// what `PUBLIC` may do) and granted back to `trusted` roles. Superusers and owners keep
-    /// them regardless. Idempotent; one transaction.
+    /// Creates the role (or resets its password and grants when it exists) as
+    /// [`CallerRole::provision`] does, with `SELECT` on the listed tables only.
     ///
     /// # Errors
     ///
     /// [`Error::Query`] when PostgreSQL refuses a step (a missing table, no right to grant).
     pub async fn provision(&self, admin: &PgPool, trusted: &[&str]) -> Result<()> {
-        install(admin).await?;
-        let st = std::time::Duration::from_secs(0);
-        let err = |e| Error::from_sqlx(e, st);
-        let mut tx = admin.begin().await.map_err(err)?;
-        // Every statement is built by PostgreSQL's format() from bound values: identifiers
-        // with %I, the password with %L.
-        let mut statements: Vec<String> = Vec::new();
-        let (create,): (String,) = sqlx::query_as(include_str!("sql/public_role.sql"))
-            .bind(&self.name)
-            .bind(&self.password)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(err)?;
-        statements.push(create);
-        let (usage,): (String,) =
-            sqlx::query_as("select format('GRANT USAGE ON SCHEMA %I TO %I', $1::text, $2::text)")
-                .bind(&self.schema)
-                .bind(&self.name)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(err)?;
-        statements.push(usage);
+        let mut role = CallerRole::new(self.name.clone(), self.password.clone());
+        if self.tables.is_empty() {
+            role.grants
+                .push((self.schema.clone(), String::new(), Vec::new()));
+        }
         for table in &self.tables {
-            let (grant,): (String,) = sqlx::query_as(
-                "select format('GRANT SELECT ON %I.%I TO %I', $1::text, $2::text, $3::text)",
-            )
-            .bind(&self.schema)
-            .bind(table)
-            .bind(&self.name)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(err)?;
-            statements.push(grant);
+            role = role.grant(self.schema.clone(), table.clone(), ["select"]);
         }
-        let functions: Vec<(String,)> = sqlx::query_as(
-            "select to_regprocedure(f)::text from unnest($1::text[]) f where to_regprocedure(f) is not null",
-        )
-        .bind(DANGEROUS)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(err)?;
-        for (function,) in functions {
-            // A regprocedure's text is already a valid, quoted signature.
-            statements.push(format!("REVOKE EXECUTE ON FUNCTION {function} FROM PUBLIC"));
-            for role in trusted {
-                let (grant,): (String,) = sqlx::query_as(
-                    "select format('GRANT EXECUTE ON FUNCTION %s TO %I', $1::text, $2::text)",
-                )
-                .bind(&function)
-                .bind(*role)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(err)?;
-                statements.push(grant);
-            }
-        }
-        for statement in statements {
-            (&mut *tx)
-                .execute(AssertSqlSafe(statement))
-                .await
-                .map_err(err)?;
-        }
-        tx.commit().await.map_err(err)
+        role.provision(admin, trusted).await
     }
 }

@@ -150,6 +150,18 @@ impl PoolRegistry {
         Ok(pool)
     }
 
+    /// Closes the pool of `role`, if one is open (its key was revoked, its role dropped).
+    pub fn forget(&self, role: &str) {
+        let removed = self
+            .pools
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(role);
+        if let Some(entry) = removed {
+            close(entry.pool);
+        }
+    }
+
     /// How many role pools are open.
     pub fn len(&self) -> usize {
         self.pools

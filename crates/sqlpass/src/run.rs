@@ -143,7 +143,8 @@ async fn prepare(
     // of NULLs whose columns are the statement's. A writer's cannot run twice, so it is
     // prepared (sqlx names it; the session closes it before the connection is reused).
     // With `sqlpass.query_tables` installed, a reader's cache tags come in the same round trip.
-    let tables_in_describe = options.affected_tables && session.query_tables;
+    let want_tables = options.affected_tables || options.allowed_tables.is_some();
+    let tables_in_describe = want_tables && session.query_tables;
     let mut tables = None;
     let described: Vec<(String, sqlx::postgres::PgTypeInfo)> = match access {
         Access::ReadOnly => {
@@ -156,10 +157,7 @@ async fn prepare(
                 "SELECT _q.*{extra} FROM (VALUES (1)) AS _one(_) LEFT JOIN \
                  (SELECT * FROM (\n{sql}\n) AS _i LIMIT 0) AS _q ON true"
             );
-            // The plan of the statement as a subquery whose columns nobody reads: PostgreSQL
-            // drops unread outputs (a huge folded constant among them) from the plan it explains.
-            let unread = format!("SELECT FROM (\n{sql}\n) AS _t");
-            let bind = tables_in_describe.then_some(unread.as_str());
+            let bind = tables_in_describe.then_some(sql);
             let mut row = describe_once(session, &describe, bind).await;
             // sqlx looks up a type it does not know (PostGIS's, an enum) between parsing and
             // binding an unnamed statement, and that look-up replaces the statement. The
@@ -213,7 +211,7 @@ async fn prepare(
     let conn: &mut sqlx::PgConnection = session.conn_mut()?;
     let tables = match tables {
         Some(tables) => tables,
-        None if !options.affected_tables => Vec::new(),
+        None if !want_tables => Vec::new(),
         None if query_tables => {
             let (found,): (Vec<String>,) = sqlx::query_as("select sqlpass.query_tables($1)")
                 .bind(sql)
@@ -241,6 +239,14 @@ async fn prepare(
         }
     };
 
+    if let Some(allowed) = &options.allowed_tables
+        && let Some(table) = tables.iter().find(|t| !allowed.contains(t))
+    {
+        return Err(Error::Query {
+            code: "42501".into(),
+            message: format!("permission denied for table {table}: the key does not grant it"),
+        });
+    }
     if columns.is_empty() && access == Access::ReadWrite {
         return Ok(Prepared {
             columns,

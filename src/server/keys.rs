@@ -1,0 +1,110 @@
+//! Keys with a login role each: creating a key provisions its role with exactly the key's table
+//! grants, revoking it drops the role, as CARTO does for every API key.
+
+use geoauth::{ApiKey, DbRole, Grants, KeyId, NewKey, Secret, TableGrants, Token, UserName};
+use sqlpass::CallerRole;
+
+use super::{Error, Result, Server};
+
+/// What kind of key [`Server::create_key`] makes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KeyRequest {
+    /// A regular key with this name.
+    Regular(String),
+    /// The user's `default_public` key (one per user: creating it again replaces it).
+    DefaultPublic,
+}
+
+impl Server {
+    /// Creates a key for `user` granting `grants`, with a login role of its own that holds
+    /// exactly the key's table privileges (and nothing else: no table it does not list, no
+    /// signalling or activity functions). The role is named from the configured role prefix
+    /// and a random suffix; its password is random and kept only in the key.
+    ///
+    /// ```no_run
+    /// # async fn demo(server: geostack::server::Server) -> geostack::server::Result<()> {
+    /// use geostack::auth::{Api, Grants, Privilege, UserName};
+    /// use geostack::server::KeyRequest;
+    ///
+    /// let grants = Grants::new()
+    ///     .api(Api::Sql)
+    ///     .table("public.counties".parse()?, [Privilege::Select]);
+    /// let alice = UserName::new("alice")?;
+    /// let (key, token) = server
+    ///     .create_key(&alice, KeyRequest::Regular("dashboard".into()), grants)
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BadRequest`] when the grants leave tables to the database role (a key made
+    /// here has its own role), [`Error::Sql`] when PostgreSQL refuses the role (a missing
+    /// table), [`Error::Auth`] when the key cannot be stored (the role is dropped again).
+    pub async fn create_key(
+        &self,
+        user: &UserName,
+        request: KeyRequest,
+        grants: Grants,
+    ) -> Result<(ApiKey, Token)> {
+        let TableGrants::Listed(tables) = grants.tables() else {
+            return Err(Error::BadRequest(
+                "a key made here lists its tables: its role holds exactly those grants".into(),
+            ));
+        };
+        let name = format!("{}{}", self.inner.config.role_prefix, random_hex(8)?);
+        let password = random_hex(16)?;
+        let mut role = CallerRole::new(name.clone(), password.clone());
+        for (table, privileges) in tables {
+            role = role.grant(
+                table.schema(),
+                table.table(),
+                privileges.iter().map(|p| p.as_str()),
+            );
+        }
+        role.provision(&self.inner.admin, &[]).await?;
+        let db_role = DbRole::new(name.clone(), Secret::new(password));
+        let new = match request {
+            KeyRequest::Regular(key_name) => NewKey::regular(key_name, db_role),
+            KeyRequest::DefaultPublic => NewKey::default_public(db_role),
+        }
+        .grants(grants);
+        match self.inner.keys.create(user, new).await {
+            Ok(made) => Ok(made),
+            Err(e) => {
+                let _ = CallerRole::drop_role(&self.inner.admin, &name).await;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Revokes key `id` of `user` (refused by every verifier from now on) and drops its role,
+    /// ending the role's sessions. Returns whether there was such a key. A role the server did
+    /// not make (its name lacks the role prefix) is left alone.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Auth`] when Redis cannot be asked, [`Error::Sql`] when the role cannot be
+    /// dropped (the key is revoked all the same).
+    pub async fn revoke_key(&self, user: &UserName, id: &KeyId) -> Result<bool> {
+        let Some(key) = self.inner.keys.get(user, id).await? else {
+            return Ok(false);
+        };
+        let revoked = self.inner.keys.revoke(user, id).await?;
+        let role = key.db_role.name();
+        if role.starts_with(self.inner.config.role_prefix.as_str()) {
+            self.inner.registry.forget(role);
+            CallerRole::drop_role(&self.inner.admin, role).await?;
+        }
+        Ok(revoked)
+    }
+}
+
+/// `bytes` random bytes from the operating system, as hex.
+fn random_hex(bytes: usize) -> Result<String> {
+    let mut buf = vec![0u8; bytes];
+    getrandom::fill(&mut buf)
+        .map_err(|_| Error::Internal("no randomness for a new key's role".into()))?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
