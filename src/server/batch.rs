@@ -131,6 +131,7 @@ pub(super) async fn create(State(server): State<Server>, req: ApiRequest, body: 
             let sql = params
                 .get("query")
                 .ok_or_else(|| Error::BadRequest("You must indicate a sql query".into()))?;
+            server.check_query_size(sql)?;
             let principal = &caller.principal;
             let job = BatchQuery {
                 user: principal.user().as_str().to_owned(),

@@ -30,6 +30,8 @@ pub struct ServerConfig {
     pub(crate) tile_cache_capacity: usize,
     pub(crate) tile_cache_ttl: Duration,
     pub(crate) role_prefix: String,
+    pub(crate) body_limit: usize,
+    pub(crate) query_limit: usize,
 }
 
 impl Default for ServerConfig {
@@ -51,6 +53,8 @@ impl Default for ServerConfig {
             tile_cache_capacity: 10_000,
             tile_cache_ttl: Duration::from_secs(300),
             role_prefix: "geostack_key_".into(),
+            body_limit: 2 << 20,
+            query_limit: 1 << 20,
         }
     }
 }
@@ -135,6 +139,21 @@ impl ServerConfig {
             prefix.pop();
         }
         self.role_prefix = prefix;
+        self
+    }
+
+    /// The largest request body (a POSTed query, a map config), in bytes; a larger one is
+    /// answered 413. Default 2 MiB.
+    pub fn body_limit(mut self, bytes: usize) -> Self {
+        self.body_limit = bytes;
+        self
+    }
+
+    /// The longest query text (`q` of the SQL API, `query` of a batch job), in bytes; a longer
+    /// one is answered 413 with the limit in the message. GET requests are also bounded by the
+    /// HTTP server's URI length (64 KiB): longer queries go in a POST body. Default 1 MiB.
+    pub fn query_limit(mut self, bytes: usize) -> Self {
+        self.query_limit = bytes;
         self
     }
 

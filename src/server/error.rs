@@ -43,6 +43,12 @@ pub enum Error {
     /// Nothing is there.
     #[error("{0}")]
     NotFound(String),
+    /// The route does not take this method.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// The request, or its query text, is larger than the server takes.
+    #[error("{0}")]
+    TooLarge(String),
     /// Something the server itself could not do (no randomness for a new key).
     #[error("internal error: {0}")]
     Internal(String),
@@ -75,6 +81,8 @@ impl Error {
             Self::NotFound(_) => 404,
             Self::RateLimited { .. } => 429,
             Self::Internal(_) => 500,
+            Self::MethodNotAllowed => 405,
+            Self::TooLarge(_) => 413,
         }
     }
 }

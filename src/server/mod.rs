@@ -32,6 +32,7 @@
 
 mod batch;
 mod config;
+mod edge;
 mod error;
 mod keys;
 mod maps;
@@ -170,14 +171,25 @@ impl Server {
 
     /// The routes, with this server as their state.
     pub fn router(&self) -> Router {
-        let api = Router::new()
-            .route("/api/v2/sql", get(sql::sql).post(sql::sql))
-            .route("/api/v2/sql/job", axum::routing::post(batch::create))
-            .route(
-                "/api/v2/sql/job/{id}",
-                get(batch::get).delete(batch::cancel),
-            )
-            .route("/api/v1/map", axum::routing::post(maps::create))
+        // CARTO's clients may add a trailing slash to these.
+        let mut api = Router::new();
+        for slash in ["", "/"] {
+            api = api
+                .route(&format!("/api/v2/sql{slash}"), get(sql::sql).post(sql::sql))
+                .route(
+                    &format!("/api/v2/sql/job{slash}"),
+                    axum::routing::post(batch::create),
+                )
+                .route(
+                    &format!("/api/v2/sql/job/{{id}}{slash}"),
+                    get(batch::get).delete(batch::cancel),
+                )
+                .route(
+                    &format!("/api/v1/map{slash}"),
+                    axum::routing::post(maps::create),
+                );
+        }
+        let api = api
             .route("/api/v1/map/{token}/tilejson.json", get(maps::tilejson))
             .route("/api/v1/map/{token}/{z}/{x}/{y}", get(maps::tile))
             .route("/api/v1/map/{token}/{layers}/{z}/{x}/{y}", get(maps::tile))
@@ -188,6 +200,12 @@ impl Server {
             .route("/assets/{file}", get(page::asset))
             .merge(api.clone())
             .nest("/user/{user}", api)
+            .fallback(edge::not_found)
+            .method_not_allowed_fallback(edge::method_not_allowed)
+            .layer(axum::extract::DefaultBodyLimit::max(
+                self.inner.config.body_limit,
+            ))
+            .layer(axum::middleware::from_fn(edge::carto_errors))
             .layer(axum::middleware::from_fn(cors))
             .layer(axum::middleware::from_fn(trace))
             .with_state(self.clone())

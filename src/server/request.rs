@@ -185,6 +185,18 @@ impl Server {
             .await
     }
 
+    /// Refuses query text over the configured limit.
+    pub(crate) fn check_query_size(&self, sql: &str) -> Result<()> {
+        let limit = self.inner.config.query_limit;
+        if sql.len() > limit {
+            return Err(Error::TooLarge(format!(
+                "the query is {} bytes long, over the limit of {limit} bytes",
+                sql.len()
+            )));
+        }
+        Ok(())
+    }
+
     /// The pool that logged in as the caller's role.
     pub(crate) fn pool_of(&self, principal: &Principal) -> Result<sqlx::PgPool> {
         let role = principal.db_role();

@@ -38,6 +38,7 @@ async fn run(
     let sql = params
         .get("q")
         .ok_or_else(|| Error::BadRequest("You must indicate a sql query".into()))?;
+    server.check_query_size(sql)?;
     let write = caller.principal.may_write();
     let options = server
         .sandbox_for(caller.principal.key())
