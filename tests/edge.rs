@@ -1,5 +1,9 @@
 //! The HTTP edge, over real TCP: every refusal in CARTO's `{"error":[…]}` shape with CORS
 //! headers, trailing slashes as CARTO takes them, and kept-alive connections without delay.
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers fail the test by panicking"
+)]
 
 mod support;
 
