@@ -137,6 +137,8 @@ impl PoolRegistry {
             .max_connections(self.config.per_role)
             .min_connections(0)
             .acquire_timeout(self.config.acquire_timeout)
+            // Every run ends with a round trip that checks its connection: no ping before.
+            .test_before_acquire(false)
             .idle_timeout(Some(self.config.idle))
             .connect_lazy_with(self.base.clone().username(role).password(password));
         pools.insert(

@@ -96,14 +96,14 @@ impl Session {
         // Our own text, numbers only: one simple-protocol round trip.
         let begin = format!(
             "{} ISOLATION LEVEL READ COMMITTED;
-             SET LOCAL statement_timeout = {};
-             SET LOCAL lock_timeout = {};
-             SET LOCAL idle_in_transaction_session_timeout = {};
-             SET LOCAL jit = {};
-             SET LOCAL standard_conforming_strings = on;
              SELECT pg_backend_pid(), current_database()::text,
                     to_regtype('geometry')::oid::int8, to_regtype('geography')::oid::int8,
-                    to_regprocedure('sqlpass.query_tables(text)') IS NOT NULL",
+                    to_regprocedure('sqlpass.query_tables(text)') IS NOT NULL,
+                    set_config('statement_timeout', '{}', true),
+                    set_config('lock_timeout', '{}', true),
+                    set_config('idle_in_transaction_session_timeout', '{}', true),
+                    set_config('jit', '{}', true),
+                    set_config('standard_conforming_strings', 'on', true)",
             match options.access {
                 Access::ReadOnly => "BEGIN READ ONLY",
                 Access::ReadWrite => "BEGIN READ WRITE",
@@ -268,7 +268,14 @@ impl Session {
                     .await
                     .map_err(|e| Error::from_sqlx(e, st))?;
             }
-            let row = sqlx::raw_sql(include_str!("sql/reset.sql"))
+            // A reader's rollback undoes settings, the role, listens, cursors and temporary
+            // tables made in the transaction; only what outlives a transaction is checked. A
+            // writer's commit keeps them: its session is reset.
+            let reset = match self.access {
+                Access::ReadOnly => include_str!("sql/end.sql"),
+                Access::ReadWrite => include_str!("sql/reset.sql"),
+            };
+            let row = sqlx::raw_sql(reset)
                 .fetch_one(&mut *conn)
                 .await
                 .map_err(|e| Error::from_sqlx(e, st))?;
