@@ -123,7 +123,7 @@ pub(super) async fn create(State(server): State<Server>, req: ApiRequest, body: 
         async {
             let params = Params::new(req.query.as_deref(), &req.headers, &body)?;
             let caller = server
-                .authenticate(&req.path, &req.headers, &params, Api::Sql)
+                .authenticate(&req.path, &req.headers, &params, Api::Sql, req.peer)
                 .await?;
             if caller.principal.is_anonymous() {
                 return Err(Error::Unauthorized("batch queries need an api key".into()));

@@ -31,6 +31,11 @@ pub struct ServerConfig {
     pub(crate) tile_cache_ttl: Duration,
     pub(crate) role_prefix: String,
     pub(crate) body_limit: usize,
+    pub(crate) anonymous_sql_quota: Quota,
+    pub(crate) anonymous_maps_quota: Quota,
+    pub(crate) trusted_proxies: Vec<std::net::IpAddr>,
+    pub(crate) max_running_per_caller: u32,
+    pub(crate) pools: sqlpass::RegistryConfig,
     pub(crate) query_limit: usize,
 }
 
@@ -54,6 +59,11 @@ impl Default for ServerConfig {
             tile_cache_ttl: Duration::from_secs(300),
             role_prefix: "geostack_key_".into(),
             body_limit: 2 << 20,
+            anonymous_sql_quota: quota(400, 200),
+            anonymous_maps_quota: quota(4000, 2000),
+            trusted_proxies: Vec::new(),
+            max_running_per_caller: 2,
+            pools: sqlpass::RegistryConfig::default().per_role(8),
             query_limit: 1 << 20,
         }
     }
@@ -139,6 +149,39 @@ impl ServerConfig {
             prefix.pop();
         }
         self.role_prefix = prefix;
+        self
+    }
+
+    /// The rate of all anonymous callers of a user together (each client address has
+    /// [`ServerConfig::sql_quota`] and [`ServerConfig::maps_quota`] of its own). Default
+    /// bursts of 400, 200 a second for SQL; 4000, 2000 a second for maps.
+    pub fn anonymous_quotas(mut self, sql: Quota, maps: Quota) -> Self {
+        self.anonymous_sql_quota = sql;
+        self.anonymous_maps_quota = maps;
+        self
+    }
+
+    /// Proxies whose `X-Forwarded-For` is believed: behind them, a client's address is the
+    /// last one of the header that is not a trusted proxy; from anyone else the header is
+    /// ignored. The client's address needs the server started with connect info
+    /// (`into_make_service_with_connect_info::<SocketAddr>()`). Default none.
+    pub fn trusted_proxies(mut self, proxies: impl IntoIterator<Item = std::net::IpAddr>) -> Self {
+        self.trusted_proxies = proxies.into_iter().collect();
+        self
+    }
+
+    /// How many SQL API requests and tile renders one caller (a key; an anonymous client
+    /// address) may have running at once; more are answered 429 with `Retry-After`. Default 2.
+    pub fn max_running_per_caller(mut self, n: u32) -> Self {
+        self.max_running_per_caller = n.max(1);
+        self
+    }
+
+    /// The pools of the callers' roles: connections per role and in all, how long a run waits
+    /// for one (then 429 with `Retry-After`). Default [`sqlpass::RegistryConfig`] with 8
+    /// connections per role (64 in all, 5 s).
+    pub fn pools(mut self, pools: sqlpass::RegistryConfig) -> Self {
+        self.pools = pools;
         self
     }
 

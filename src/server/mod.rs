@@ -26,7 +26,8 @@
 //! let server = Server::new(conn, client, pg, ServerConfig::default().default_user("demo")).await;
 //! let worker = tokio::spawn(server.batch_worker(2).run(std::future::pending()));
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
-//! axum::serve(geostack::server::nodelay(listener), server.router()).await?;
+//! let app = server.router().into_make_service_with_connect_info::<std::net::SocketAddr>();
+//! axum::serve(geostack::server::nodelay(listener), app).await?;
 //! # Ok(()) }
 //! ```
 
@@ -34,6 +35,7 @@ mod batch;
 mod config;
 mod edge;
 mod error;
+mod fair;
 mod keys;
 mod maps;
 mod page;
@@ -52,7 +54,7 @@ use geoauth::{KeyStore, RateLimiter, Verifier, VerifierConfig};
 use geostack_jobs::{Queue, QueueName, Worker, WorkerConfig};
 use geostack_tiles::{MemoryTileCache, SingleFlight, TableSource};
 use redis::aio::ConnectionManager;
-use sqlpass::{PoolRegistry, RegistryConfig};
+use sqlpass::PoolRegistry;
 
 pub use batch::{BatchHandler, BatchQuery};
 pub use config::ServerConfig;
@@ -85,13 +87,15 @@ pub(crate) fn with_key_tables(
 /// ```
 pub fn nodelay(
     listener: tokio::net::TcpListener,
-) -> impl axum::serve::Listener<Io = tokio::net::TcpStream, Addr = std::net::SocketAddr> {
+) -> axum::serve::TapIo<tokio::net::TcpListener, fn(&mut tokio::net::TcpStream)> {
     use axum::serve::ListenerExt as _;
-    listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::warn!(error = %e, "could not set TCP_NODELAY");
-        }
-    })
+    listener.tap_io(set_nodelay as fn(&mut tokio::net::TcpStream))
+}
+
+fn set_nodelay(tcp: &mut tokio::net::TcpStream) {
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::warn!(error = %e, "could not set TCP_NODELAY");
+    }
 }
 
 /// A role's readable tables and when they were looked up.
@@ -122,6 +126,8 @@ struct Inner {
     /// The base options' user: provisions keys' roles, and cancels callers' queries cut short
     /// (it holds `pg_signal_backend`; caller roles may not signal backends).
     admin: sqlx::PgPool,
+    /// Requests running per caller.
+    inflight: fair::Inflight,
     config: ServerConfig,
 }
 
@@ -156,7 +162,7 @@ impl Server {
                 verifier,
                 keys,
                 limiter,
-                registry: Arc::new(PoolRegistry::new(pg, RegistryConfig::default())),
+                registry: Arc::new(PoolRegistry::new(pg, config.pools.clone())),
                 redis: conn,
                 client,
                 batch,
@@ -164,6 +170,7 @@ impl Server {
                 flights: SingleFlight::default(),
                 tables: Mutex::new(HashMap::new()),
                 admin,
+                inflight: fair::Inflight::default(),
                 config,
             }),
         }

@@ -75,6 +75,15 @@ pub(crate) struct ApiRequest {
     pub(crate) path: HashMap<String, String>,
     pub(crate) query: Option<String>,
     pub(crate) headers: HeaderMap,
+    /// The TCP peer, when the server was started with connect info.
+    pub(crate) peer: Option<std::net::SocketAddr>,
+}
+
+/// The TCP peer of a request served with connect info (`into_make_service_with_connect_info`).
+pub(crate) fn peer_of(extensions: &axum::http::Extensions) -> Option<std::net::SocketAddr> {
+    extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0)
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for ApiRequest {
@@ -88,6 +97,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ApiRequest {
             path,
             query: parts.uri.query().map(str::to_owned),
             headers: parts.headers.clone(),
+            peer: peer_of(&parts.extensions),
         })
     }
 }
@@ -101,6 +111,9 @@ pub(crate) fn respond(result: Result<Response>) -> Response {
 pub(crate) struct Caller {
     pub(crate) principal: Principal,
     pub(crate) rate: RateDecision,
+    /// Who the caller is for fair share: its key, or for anonymous callers the user and the
+    /// client's address.
+    pub(crate) id: String,
 }
 
 impl Server {
@@ -144,6 +157,7 @@ impl Server {
         headers: &HeaderMap,
         params: &Params,
         api: Api,
+        peer: Option<std::net::SocketAddr>,
     ) -> Result<Caller> {
         let inner = &self.inner;
         let user = self.user_of(path, headers)?;
@@ -156,14 +170,48 @@ impl Server {
         )?;
         let principal = inner.verifier.verify(&user, &credentials).await?;
         principal.authorize(api)?;
-        let (group, quota) = match api {
-            Api::Sql => ("sql", inner.config.sql_quota),
-            _ => ("maps", inner.config.maps_quota),
+        let (group, quota, anonymous_quota) = match api {
+            Api::Sql => (
+                "sql",
+                inner.config.sql_quota,
+                inner.config.anonymous_sql_quota,
+            ),
+            _ => (
+                "maps",
+                inner.config.maps_quota,
+                inner.config.anonymous_maps_quota,
+            ),
         };
-        let rate = inner
-            .limiter
-            .check(&RateSubject::key(&principal, group)?, quota)
-            .await?;
+        let client = super::fair::client_addr(peer, headers, &inner.config.trusted_proxies);
+        // Anonymous callers share the user's public key: each client address has the key's
+        // quota, and all of them together a larger one.
+        let (rate, id) = match client.filter(|_| principal.is_anonymous()) {
+            Some(addr) => {
+                let total = inner
+                    .limiter
+                    .check(&RateSubject::key(&principal, group)?, anonymous_quota)
+                    .await?;
+                let own = inner
+                    .limiter
+                    .check(&RateSubject::client(&principal, group, addr)?, quota)
+                    .await?;
+                let rate = if total.allowed { own } else { total };
+                (
+                    rate,
+                    format!("{}:anonymous:{addr}", principal.user().as_str()),
+                )
+            }
+            None => {
+                let rate = inner
+                    .limiter
+                    .check(&RateSubject::key(&principal, group)?, quota)
+                    .await?;
+                (
+                    rate,
+                    format!("{}:key:{}", principal.user().as_str(), principal.key_id()),
+                )
+            }
+        };
         if !rate.allowed {
             let mut limits = HeaderMap::new();
             rate.write_headers(&mut limits);
@@ -175,13 +223,37 @@ impl Server {
                 headers: limits,
             });
         }
-        Ok(Caller { principal, rate })
+        Ok(Caller {
+            principal,
+            rate,
+            id,
+        })
+    }
+
+    /// Admits one more running request of `caller`, or refuses it (429) when the caller has
+    /// its share running already: one caller cannot hold a role's whole pool.
+    pub(crate) fn admit(&self, caller: &Caller) -> Result<super::fair::Admission> {
+        let max = self.inner.config.max_running_per_caller;
+        self.inner
+            .inflight
+            .admit(caller.id.clone(), max)
+            .ok_or_else(|| {
+                let mut headers = HeaderMap::new();
+                caller.rate.write_headers(&mut headers);
+                headers.insert(header::RETRY_AFTER, axum::http::HeaderValue::from(1));
+                Error::RateLimited {
+                    message: format!(
+                        "You are over platform's limits: at most {max} requests running at once; retry later"
+                    ),
+                    headers,
+                }
+            })
     }
 
     /// The verified caller of `req`, whose credentials are in its query string or headers.
     pub(crate) async fn caller(&self, req: &ApiRequest, api: Api) -> Result<Caller> {
         let params = Params::new(req.query.as_deref(), &HeaderMap::new(), &[])?;
-        self.authenticate(&req.path, &req.headers, &params, api)
+        self.authenticate(&req.path, &req.headers, &params, api, req.peer)
             .await
     }
 

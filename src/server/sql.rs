@@ -17,9 +17,11 @@ pub(super) async fn sql(
     Path(path): Path<HashMap<String, String>>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
+    extensions: axum::http::Extensions,
     body: Bytes,
 ) -> Response {
-    run(&server, &path, query.as_deref(), &headers, &body)
+    let peer = super::request::peer_of(&extensions);
+    run(&server, &path, query.as_deref(), &headers, peer, &body)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }
@@ -29,11 +31,12 @@ async fn run(
     path: &HashMap<String, String>,
     query: Option<&str>,
     headers: &HeaderMap,
+    peer: Option<std::net::SocketAddr>,
     body: &[u8],
 ) -> Result<Response> {
     let params = Params::new(query, headers, body)?;
     let caller = server
-        .authenticate(path, headers, &params, Api::Sql)
+        .authenticate(path, headers, &params, Api::Sql, peer)
         .await?;
     let sql = params
         .get("q")
@@ -48,6 +51,7 @@ async fn run(
         } else {
             Access::ReadOnly
         });
+    let admission = server.admit(&caller)?;
     let pool = server.pool_of(&caller.principal)?;
     let response = sqlpass::run(&pool, sql, options).await;
     let response = match response {
@@ -58,7 +62,11 @@ async fn run(
             return Ok(refused);
         }
     };
-    let mut out = Response::new(Body::from_stream(response.body));
+    // The caller's place is held until its rows have been sent.
+    let mut out = Response::new(Body::from_stream(super::fair::Admitted {
+        body: response.body,
+        _admission: admission,
+    }));
     *out.status_mut() = StatusCode::OK;
     let meta = response.meta;
     let h = out.headers_mut();

@@ -85,6 +85,27 @@ impl RateSubject {
         )
     }
 
+    /// The requests of the principal's key in `group` from one client address: anonymous
+    /// callers share the user's public key, so each address gets a bucket of its own.
+    ///
+    /// ```
+    /// # fn demo(principal: &geoauth::Principal) -> geoauth::Result<()> {
+    /// let addr: std::net::IpAddr = "192.0.2.7".parse().unwrap();
+    /// let per_client = geoauth::RateSubject::client(principal, "sql", addr)?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`RateSubject::key`].
+    pub fn client(principal: &Principal, group: &str, addr: std::net::IpAddr) -> Result<Self> {
+        Self::new(
+            principal.user(),
+            group,
+            format!("key:{}:client:{addr}", principal.key_id()),
+        )
+    }
+
     /// All requests to `user`'s data in `group`, whatever the key.
     ///
     /// # Errors
