@@ -292,8 +292,8 @@ impl Options {
 
     /// The only tables (`schema.table`) the statement may read or write: checked against the
     /// tables of its plan before it runs, as a second line behind the role's own grants (a
-    /// key's grants, say). Turns on [`Options::affected_tables`]. Default none: the role alone
-    /// decides.
+    /// key's grants, say). The tables are found whatever [`Options::affected_tables`] says.
+    /// Default none: the role alone decides.
     ///
     /// ```
     /// let options = sqlpass::Options::default().allowed_tables(["public.counties"]);
@@ -301,7 +301,6 @@ impl Options {
     /// ```
     pub fn allowed_tables(mut self, tables: impl IntoIterator<Item = impl Into<String>>) -> Self {
         self.allowed_tables = Some(tables.into_iter().map(Into::into).collect());
-        self.affected_tables = true;
         self
     }
 

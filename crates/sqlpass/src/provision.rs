@@ -55,7 +55,7 @@ const DANGEROUS: &[&str] = &[
 ///
 /// [`Error::Query`] when PostgreSQL refuses (no right to create the schema).
 pub async fn install(admin: &PgPool) -> Result<()> {
-    let err = |e| Error::from_sqlx(e, std::time::Duration::from_secs(0));
+    let err = refused;
     // Two installs at once (the tests' parallel set-ups) would race on CREATE OR REPLACE: a
     // transaction-level advisory lock orders them.
     let mut tx = admin.begin().await.map_err(err)?;
@@ -152,7 +152,7 @@ impl CallerRole {
             });
         }
         install(admin).await?;
-        let err = |e| Error::from_sqlx(e, std::time::Duration::from_secs(0));
+        let err = refused;
         let mut tx = admin.begin().await.map_err(err)?;
         // Every statement is built by PostgreSQL's format() from bound values: identifiers
         // with %I, the password with %L.
@@ -218,7 +218,7 @@ impl CallerRole {
     ///
     /// [`Error::Query`] when PostgreSQL refuses (the role owns objects, no right to drop it).
     pub async fn drop_role(admin: &PgPool, name: &str) -> Result<()> {
-        let err = |e| Error::from_sqlx(e, std::time::Duration::from_secs(0));
+        let err = refused;
         sqlx::query("select pg_terminate_backend(pid) from pg_stat_activity where usename = $1")
             .bind(name)
             .execute(admin)
@@ -251,12 +251,17 @@ impl CallerRole {
     }
 }
 
+/// An admin statement's failure (no statement timeout is set on these).
+fn refused(e: sqlx::Error) -> Error {
+    Error::from_sqlx(e, std::time::Duration::ZERO)
+}
+
 /// The statements that take every table and sequence privilege `role` has in this database.
 async fn revoke_tables(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     role: &str,
 ) -> Result<Vec<String>> {
-    let err = |e| Error::from_sqlx(e, std::time::Duration::from_secs(0));
+    let err = refused;
     let rows: Vec<(String,)> = sqlx::query_as(
         "select format('REVOKE ALL ON %s %s FROM %I',
                        case when c.relkind = 'S' then 'SEQUENCE' else 'TABLE' end,
@@ -278,7 +283,7 @@ async fn revoke_dangerous(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     trusted: &[&str],
 ) -> Result<Vec<String>> {
-    let err = |e| Error::from_sqlx(e, std::time::Duration::from_secs(0));
+    let err = refused;
     let functions: Vec<(String,)> = sqlx::query_as(
         "select to_regprocedure(f)::text from unnest($1::text[]) f where to_regprocedure(f) is not null",
     )

@@ -459,6 +459,20 @@ struct Ctx<'a> {
 }
 
 impl Producer {
+    /// The state, the columns (taken from the prepared run) and the encoder, with the
+    /// document's beginning written.
+    fn start(&mut self) -> (State, Vec<Column>, Box<dyn format::Encoder>) {
+        let mut state = self.state();
+        let columns = std::mem::take(&mut self.prepared.columns);
+        let mut encoder = format::encoder(
+            self.options.format,
+            self.options.dp,
+            self.options.csv_geometry,
+        );
+        encoder.begin(&mut state.out, &columns);
+        (state, columns, encoder)
+    }
+
     fn state(&self) -> State {
         let n = self.prepared.columns.len();
         State {
@@ -472,14 +486,7 @@ impl Producer {
 
     /// A reader's run: rows stream to the body as they come.
     async fn run(mut self) {
-        let mut state = self.state();
-        let columns = std::mem::take(&mut self.prepared.columns);
-        let mut encoder = format::encoder(
-            self.options.format,
-            self.options.dp,
-            self.options.csv_geometry,
-        );
-        encoder.begin(&mut state.out, &columns);
+        let (mut state, columns, mut encoder) = self.start();
         let sleep = tokio::time::sleep_until(self.session.deadline.into());
         tokio::pin!(sleep);
         let ctx = Ctx {
@@ -527,14 +534,7 @@ impl Producer {
     /// A writer's run: the statement runs to its end and commits, its output held until
     /// then; a failure is returned, and nothing is written.
     async fn write(mut self) -> Result<()> {
-        let mut state = self.state();
-        let columns = std::mem::take(&mut self.prepared.columns);
-        let mut encoder = format::encoder(
-            self.options.format,
-            self.options.dp,
-            self.options.csv_geometry,
-        );
-        encoder.begin(&mut state.out, &columns);
+        let (mut state, columns, mut encoder) = self.start();
         let sleep = tokio::time::sleep_until(self.session.deadline.into());
         tokio::pin!(sleep);
         let ctx = Ctx {

@@ -118,8 +118,8 @@ async fn fetch_layer(
             .iter()
             .map(|c| guarded(q(c), format!("to_jsonb({})::text", q(c)))),
     );
-    let sizes: Vec<String> = std::iter::once(&g)
-        .chain(&layer.columns().iter().map(|c| q(c)).collect::<Vec<_>>())
+    let sizes: Vec<String> = std::iter::once(g.clone())
+        .chain(layer.columns().iter().map(|c| q(c)))
         .map(|c| format!("pg_column_size({c}) > {max}"))
         .collect();
     select.push(format!("coalesce({}, false)", sizes.join(" OR ")));
