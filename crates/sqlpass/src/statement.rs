@@ -224,6 +224,10 @@ fn quoted(b: &[u8], mut i: usize, quote: u8, backslash: bool) -> Result<usize> {
             return Err(invalid("the query contains a NUL character"));
         }
         if backslash && c == b'\\' {
+            // The escaped byte is skipped, so it is checked here.
+            if b.get(i + 1) == Some(&0) {
+                return Err(invalid("the query contains a NUL character"));
+            }
             i += 2;
         } else if c == quote {
             if b.get(i + 1) == Some(&quote) {
@@ -358,6 +362,7 @@ mod tests {
             "select /* /* */ still open",
             "select 1 \0",
             "select '\0'",
+            "select E'\\\0'",
         ] {
             assert!(Statement::new(sql).is_err(), "{sql}");
         }
