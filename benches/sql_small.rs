@@ -37,21 +37,35 @@ analyze bench_small;
 #[derive(Clone, Copy, Debug)]
 enum Variant {
     Raw,
+    /// Every run describes its statement.
     Sandbox,
-    SandboxTags,
+    /// Descriptions kept in a plan cache, as the server runs.
+    Plans,
+    /// With the plan cache, and the tables the statement reads found for cache tags.
+    PlansTags,
 }
 
 impl Variant {
     fn name(self) -> &'static str {
         match self {
             Self::Raw => "raw_sqlx",
-            Self::Sandbox => "sqlpass",
-            Self::SandboxTags => "sqlpass_cache_tags",
+            Self::Sandbox => "sqlpass_uncached",
+            Self::Plans => "sqlpass",
+            Self::PlansTags => "sqlpass_cache_tags",
         }
     }
 }
 
-const VARIANTS: [Variant; 3] = [Variant::Raw, Variant::Sandbox, Variant::SandboxTags];
+const VARIANTS: [Variant; 4] = [
+    Variant::Raw,
+    Variant::Sandbox,
+    Variant::Plans,
+    Variant::PlansTags,
+];
+
+/// The plan cache of the cached variants, shared by all their runs.
+static PLANS: std::sync::LazyLock<geostack::sql::Plans> =
+    std::sync::LazyLock::new(geostack::sql::Plans::default);
 
 async fn one(pool: &sqlx::PgPool, variant: Variant) -> usize {
     match variant {
@@ -60,9 +74,12 @@ async fn one(pool: &sqlx::PgPool, variant: Variant) -> usize {
             .await
             .expect("the raw query")
             .len(),
-        Variant::Sandbox | Variant::SandboxTags => {
-            let options =
-                Options::default().affected_tables(matches!(variant, Variant::SandboxTags));
+        Variant::Sandbox | Variant::Plans | Variant::PlansTags => {
+            let mut options =
+                Options::default().affected_tables(matches!(variant, Variant::PlansTags));
+            if !matches!(variant, Variant::Sandbox) {
+                options = options.plans(PLANS.clone());
+            }
             let mut body = geostack::sql::run(pool, SQL, options)
                 .await
                 .expect("the sandboxed query")

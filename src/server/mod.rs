@@ -126,6 +126,8 @@ struct Inner {
     /// The base options' user: provisions keys' roles, and cancels callers' queries cut short
     /// (it holds `pg_signal_backend`; caller roles may not signal backends).
     admin: sqlx::PgPool,
+    /// Statement descriptions kept between runs, when sqlpass is installed.
+    plans: Option<sqlpass::Plans>,
     /// Requests running per caller.
     inflight: fair::Inflight,
     config: ServerConfig,
@@ -157,6 +159,15 @@ impl Server {
             .min_connections(0)
             .acquire_timeout(std::time::Duration::from_secs(2))
             .connect_lazy_with(pg.clone());
+        // Statement descriptions are kept between runs when the database has sqlpass's DDL
+        // generation; a server that may not install it describes every statement.
+        let plans = match sqlpass::install(&admin).await {
+            Ok(()) => Some(sqlpass::Plans::default()),
+            Err(e) => {
+                tracing::warn!(error = %e, "sqlpass could not be installed: no plan cache");
+                None
+            }
+        };
         Self {
             inner: Arc::new(Inner {
                 verifier,
@@ -170,6 +181,7 @@ impl Server {
                 flights: SingleFlight::default(),
                 tables: Mutex::new(HashMap::new()),
                 admin,
+                plans,
                 inflight: fair::Inflight::default(),
                 config,
             }),
@@ -250,9 +262,13 @@ impl Server {
     /// canceller. The SQL API, tiles and batch queries all start from these.
     pub(crate) fn sandbox(&self) -> sqlpass::Options {
         let config = &self.inner.config;
-        sqlpass::Options::default()
+        let options = sqlpass::Options::default()
             .statement_timeout(config.statement_timeout)
-            .canceller(self.inner.admin.clone())
+            .canceller(self.inner.admin.clone());
+        match &self.inner.plans {
+            Some(plans) => options.plans(plans.clone()),
+            None => options,
+        }
     }
 
     /// The batch queue.

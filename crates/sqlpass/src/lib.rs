@@ -6,6 +6,7 @@ mod format;
 mod geom;
 mod json;
 mod options;
+mod plans;
 mod provision;
 mod registry;
 mod run;
@@ -20,6 +21,7 @@ pub use options::{
     Access, CsvGeometry, DEFAULT_BYTE_LIMIT, DEFAULT_ROW_LIMIT, DEFAULT_VALUE_LIMIT, Format,
     Options,
 };
+pub use plans::Plans;
 pub use provision::{CallerRole, PublicRole, install};
 pub use registry::{PoolRegistry, RegistryConfig};
 pub use run::{Meta, Response, run};

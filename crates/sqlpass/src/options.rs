@@ -124,6 +124,7 @@ pub struct Options {
     pub(crate) value_limit: Option<u64>,
     pub(crate) canceller: Option<sqlx::PgPool>,
     pub(crate) allowed_tables: Option<Vec<String>>,
+    pub(crate) plans: Option<crate::Plans>,
 }
 
 /// The default row limit of [`Options`].
@@ -156,6 +157,7 @@ impl Default for Options {
             value_limit: Some(DEFAULT_VALUE_LIMIT),
             canceller: None,
             allowed_tables: None,
+            plans: None,
         }
     }
 }
@@ -310,6 +312,15 @@ impl Options {
     /// tries, which works only for roles that may still signal their own backends.
     pub fn canceller(mut self, pool: sqlx::PgPool) -> Self {
         self.canceller = Some(pool);
+        self
+    }
+
+    /// A cache of statement descriptions shared between runs ([`Plans`](crate::Plans)): a
+    /// reader's statement seen before in the same DDL generation is not described again.
+    /// Needs [`install`](crate::install) in the database. Default none: every run describes
+    /// its statement.
+    pub fn plans(mut self, plans: crate::Plans) -> Self {
+        self.plans = Some(plans);
         self
     }
 

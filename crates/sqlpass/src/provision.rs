@@ -42,7 +42,9 @@ const DANGEROUS: &[&str] = &[
 /// Installs in `admin`'s database what the sandbox uses there: `sqlpass.query_tables(text)`,
 /// which finds the tables a statement reads (for cache tags) inside PostgreSQL. Without it,
 /// [`run`](crate::run) reads the whole `EXPLAIN` output instead, whose size a hostile statement
-/// controls (a folded constant appears in it), so a server should install it. Idempotent;
+/// controls (a folded constant appears in it), so a server should install it. As a superuser,
+/// it also installs the DDL generation that [`Plans`](crate::Plans) reads: a one-row table
+/// and an event trigger bumping it in every transaction that runs DDL. Idempotent;
 /// [`PublicRole::provision`] calls it.
 ///
 /// ```no_run

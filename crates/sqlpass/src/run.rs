@@ -2,6 +2,7 @@
 //! rows arrive.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -17,6 +18,7 @@ use tokio::time::Sleep;
 use crate::body::End;
 use crate::format::{self, Column, Summary};
 use crate::geom::Header;
+use crate::plans::{Described, Key};
 use crate::tables;
 use crate::value::{self, Kind, PostgisOids, Value};
 use crate::{Access, Body, Error, Options, Outcome, Result, Session, Statement};
@@ -125,6 +127,17 @@ struct Prepared {
     query: String,
     /// Whether the query's last column is the value-size guard.
     guarded: bool,
+    /// The cached description it was built from, when it was.
+    reused: Option<Reused>,
+}
+
+/// A cached description used by a run: dropped from its cache when the run fails, and checked
+/// against the run's own columns, in case a DDL command committed between the two.
+struct Reused {
+    plans: crate::Plans,
+    key: Key,
+    /// The type of each column of the wrapped query.
+    oids: Vec<Option<u32>>,
 }
 
 /// Describes the statement, finds its tables, and builds what runs.
@@ -146,8 +159,22 @@ async fn prepare(
     let want_tables = options.affected_tables || options.allowed_tables.is_some();
     let tables_in_describe = want_tables && session.query_tables;
     let mut tables = None;
-    let described: Vec<(String, sqlx::postgres::PgTypeInfo)> = match access {
-        Access::ReadOnly => {
+    // A reader's statement described before, in this DDL generation, as this role.
+    let cached = match (&options.plans, session.generation, access) {
+        (Some(plans), Some(generation), Access::ReadOnly) => {
+            let key = Key::new(&session.database, &session.role, sql);
+            let hit = plans.get(&key, generation, tables_in_describe);
+            Some((plans, generation, key, hit))
+        }
+        _ => None,
+    };
+    let hit = cached.as_ref().and_then(|(_, _, _, hit)| hit.clone());
+    let described: Vec<(String, sqlx::postgres::PgTypeInfo)> = match (access, &hit) {
+        (_, Some(hit)) => {
+            tables = hit.tables.clone();
+            hit.columns.clone()
+        }
+        (Access::ReadOnly, None) => {
             let extra = if tables_in_describe {
                 ", sqlpass.query_tables($1) AS _tables"
             } else {
@@ -183,9 +210,17 @@ async fn prepare(
                 let found: Vec<String> = row.try_get(described.len()).map_err(err)?;
                 tables = Some(found);
             }
+            if let Some((plans, generation, key, None)) = &cached {
+                let entry = Described {
+                    columns: described.clone(),
+                    tables: tables.clone(),
+                };
+                plans.insert(key.clone(), *generation, Arc::new(entry));
+            }
             described
         }
-        Access::ReadWrite => {
+        (Access::ReadWrite, None) => {
+            session.caller_prepared();
             let prepared = (&mut **session.conn_mut()?)
                 .prepare(AssertSqlSafe(sql.to_owned()).into_sql_str())
                 .await
@@ -253,16 +288,43 @@ async fn prepare(
             tables,
             query: sql.to_owned(),
             guarded: false,
+            reused: None,
         });
     }
-    let wrapped = wrap(sql, access, &mut columns, options);
+    // What the wrapper makes of each column: types decoded here as they are, others as text.
+    let mut oids: Vec<Option<u32>> = columns
+        .iter()
+        .zip(&described)
+        .map(|(c, (_, ty))| match c.kind {
+            Some(_) => ty.oid().map(|o| o.0),
+            None => Some(TEXT_OID),
+        })
+        .collect();
+    let (query, guarded) = wrap(sql, access, &mut columns, options);
+    let guarded = options.value_limit.is_some() && guarded;
+    if guarded {
+        oids.push(Some(INT4_OID));
+    }
+    let reused = match (cached, hit) {
+        (Some((plans, _, key, _)), Some(_)) => Some(Reused {
+            plans: plans.clone(),
+            key,
+            oids,
+        }),
+        _ => None,
+    };
     Ok(Prepared {
-        guarded: options.value_limit.is_some() && wrapped.1,
+        guarded,
         columns,
         tables,
-        query: wrapped.0,
+        query,
+        reused,
     })
 }
+
+/// PostgreSQL's `text` and `int4` types.
+const TEXT_OID: u32 = 25;
+const INT4_OID: u32 = 23;
 
 /// One try of a reader's describe statement; `None` when the session has ended.
 async fn describe_once(
@@ -296,6 +358,7 @@ async fn unwrapped_error(
     if let Err(e) = session.restart().await {
         return e;
     }
+    session.caller_prepared();
     let alone = match session.conn_mut() {
         Ok(conn) => (&mut **conn)
             .prepare(AssertSqlSafe(statement.as_str().to_owned()).into_sql_str())
@@ -456,6 +519,8 @@ struct Ctx<'a> {
     guarded: bool,
     /// Rows are kept in memory until the end (a writer's), not sent as chunks.
     hold: bool,
+    /// The column types the first row must have (a run built from a cached description).
+    expect: Option<&'a [Option<u32>]>,
 }
 
 impl Producer {
@@ -497,12 +562,16 @@ impl Producer {
             columns: &columns,
             guarded: self.prepared.guarded,
             hold: false,
+            expect: self.prepared.reused.as_ref().map(|r| r.oids.as_slice()),
         };
         let query = std::mem::take(&mut self.prepared.query);
         let stop = match self.session.conn_mut() {
             Ok(conn) => pump(conn, query, &ctx, &mut sleep, encoder.as_mut(), &mut state).await,
             Err(e) => Stop::failed(e, false),
         };
+        if let (Stop::Done { error: Some(_), .. }, Some(reused)) = (&stop, &self.prepared.reused) {
+            reused.plans.remove(&reused.key);
+        }
         let (error, cut) = match stop {
             Stop::Done { error, cut } => (error.map(|e| e.to_string()), cut),
             Stop::Late => (
@@ -545,6 +614,7 @@ impl Producer {
             columns: &columns,
             guarded: self.prepared.guarded,
             hold: true,
+            expect: None,
         };
         let query = std::mem::take(&mut self.prepared.query);
         let st = self.options.statement_timeout;
@@ -693,6 +763,24 @@ async fn pump(
             Some(Err(e)) => return Stop::failed(Error::from_sqlx(e, st), true),
             Some(Ok(row)) => {
                 got += 1;
+                if got == 1
+                    && let Some(expect) = ctx.expect
+                    && !row
+                        .columns()
+                        .iter()
+                        .map(|c| c.type_info().oid().map(|o| o.0))
+                        .eq(expect.iter().copied())
+                {
+                    return Stop::failed(
+                        Error::Query {
+                            code: "40001".into(),
+                            message: "a table the statement reads changed while it ran: \
+                                      run it again"
+                                .into(),
+                        },
+                        true,
+                    );
+                }
                 // Rows that keep coming never wait on the timer: look at the clock instead. A
                 // dropped body shows at the next chunk sent.
                 if got.is_multiple_of(1024) && Instant::now() >= ctx.deadline {

@@ -8,12 +8,36 @@ use futures_util::StreamExt as _;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgArguments, PgPool, PgRow};
 use sqlx::query::Query;
-use sqlx::{AssertSqlSafe, Connection as _, Postgres, Row as _};
+use sqlx::{Connection as _, Postgres, Row as _};
 
 use crate::value::PostgisOids;
 use crate::{Access, Error, Options, Result};
 
 type Conn = PoolConnection<Postgres>;
+
+/// What begins a sandboxed transaction: `BEGIN`, then the setup (`sql/begin.sql`) with its
+/// settings, both our own text, prepared once per connection.
+#[derive(Debug)]
+struct Open {
+    begin: &'static str,
+    setup: &'static str,
+    /// `statement_timeout`, `lock_timeout`, `idle_in_transaction_session_timeout`, `jit`.
+    settings: [String; 4],
+}
+
+impl Open {
+    async fn run(&self, conn: &mut Conn) -> std::result::Result<PgRow, sqlx::Error> {
+        sqlx::query(self.begin).execute(&mut **conn).await?;
+        let [statement, lock, idle, jit] = &self.settings;
+        sqlx::query(self.setup)
+            .bind(statement)
+            .bind(lock)
+            .bind(idle)
+            .bind(jit)
+            .fetch_one(&mut **conn)
+            .await
+    }
+}
 
 /// One sandboxed transaction on a connection of a caller's pool: the single place where
 /// untrusted SQL runs ([`run`](crate::run) and the tile sources are built on it).
@@ -57,12 +81,20 @@ pub struct Session {
     pub(crate) access: Access,
     /// Whether `sqlpass.query_tables` is installed ([`install`](crate::install)).
     pub(crate) query_tables: bool,
+    /// The login role.
+    pub(crate) role: String,
+    /// The database's DDL generation, when the options have a [`Plans`](crate::Plans) and
+    /// the database has the generation.
+    pub(crate) generation: Option<i64>,
     pub(crate) deadline: Instant,
     /// The deadline as the caller set it, for messages.
     pub(crate) total: Duration,
     statement_timeout: Duration,
-    /// The statements that began the transaction, to begin it again.
-    begin: String,
+    /// What began the transaction, to begin it again.
+    open: Open,
+    /// A caller's statement was prepared named (a writer's, to describe it): sqlx's statement
+    /// cache is cleared before the connection is reused.
+    caller_prepared: bool,
     /// A statement was cut mid-flight: its backend may still be working, and the connection
     /// waits for messages that will never come.
     cut: bool,
@@ -92,39 +124,41 @@ impl Session {
             Ok(conn) => conn.map_err(|e| Error::from_sqlx(e, st))?,
             Err(_) => return Err(Error::Deadline(options.deadline)),
         };
-        let ms = |d: Duration| d.as_millis().clamp(1, i32::MAX as u128);
-        // Our own text, numbers only: one simple-protocol round trip.
-        let begin = format!(
-            "{} ISOLATION LEVEL READ COMMITTED;
-             SELECT pg_backend_pid(), current_database()::text,
-                    to_regtype('geometry')::oid::int8, to_regtype('geography')::oid::int8,
-                    to_regprocedure('sqlpass.query_tables(text)') IS NOT NULL,
-                    set_config('statement_timeout', '{}', true),
-                    set_config('lock_timeout', '{}', true),
-                    set_config('idle_in_transaction_session_timeout', '{}', true),
-                    set_config('jit', '{}', true),
-                    set_config('standard_conforming_strings', 'on', true)",
-            match options.access {
-                Access::ReadOnly => "BEGIN READ ONLY",
-                Access::ReadWrite => "BEGIN READ WRITE",
+        let ms = |d: Duration| d.as_millis().clamp(1, i32::MAX as u128).to_string();
+        let open = Open {
+            begin: match options.access {
+                Access::ReadOnly => "BEGIN READ ONLY ISOLATION LEVEL READ COMMITTED",
+                Access::ReadWrite => "BEGIN READ WRITE ISOLATION LEVEL READ COMMITTED",
             },
-            ms(options.statement_timeout),
-            ms(options.lock_timeout),
-            ms(options.idle_timeout),
-            // JIT compilation is off unless asked for: it costs tens of milliseconds per large
-            // plan, and a statement being compiled cannot be cancelled.
-            if options.jit { "on" } else { "off" },
-        );
-        let started = tokio::time::timeout_at(
-            deadline.into(),
-            sqlx::raw_sql(AssertSqlSafe(begin.clone())).fetch_one(&mut *conn),
-        )
-        .await;
+            setup: if options.plans.is_some() {
+                concat!(
+                    include_str!("sql/begin.sql"),
+                    include_str!("sql/generation.sql")
+                )
+            } else {
+                include_str!("sql/begin.sql")
+            },
+            settings: [
+                ms(options.statement_timeout),
+                ms(options.lock_timeout),
+                ms(options.idle_timeout),
+                // JIT compilation is off unless asked for: it costs tens of milliseconds per
+                // large plan, and a statement being compiled cannot be cancelled.
+                (if options.jit { "on" } else { "off" }).to_owned(),
+            ],
+        };
+        let started = tokio::time::timeout_at(deadline.into(), open.run(&mut conn)).await;
         let row = match started {
             Ok(Ok(row)) => row,
             Ok(Err(e)) => {
                 conn.close_on_drop();
-                return Err(Error::from_sqlx(e, st));
+                let e = Error::from_sqlx(e, st);
+                if options.plans.is_some() && matches!(e.sqlstate(), Some("42P01" | "3F000")) {
+                    return Err(Error::Internal(
+                        "a plan cache needs sqlpass::install in the database".into(),
+                    ));
+                }
+                return Err(e);
             }
             Err(_) => {
                 conn.close_on_drop();
@@ -146,10 +180,17 @@ impl Session {
             canceller: options.canceller.clone(),
             access: options.access,
             query_tables: row.try_get(4).map_err(read)?,
+            role: row.try_get(10).map_err(read)?,
+            generation: if options.plans.is_some() {
+                row.try_get(11).map_err(read)?
+            } else {
+                None
+            },
             deadline,
             total: options.deadline,
             statement_timeout: st,
-            begin,
+            open,
+            caller_prepared: false,
             cut: false,
         })
     }
@@ -205,13 +246,18 @@ impl Session {
     /// settings: after a statement failed for a reason of the client's own.
     pub(crate) async fn restart(&mut self) -> Result<()> {
         let st = self.statement_timeout;
-        let again = format!("ROLLBACK; {}", self.begin);
         let conn = self.conn.as_mut().ok_or(Error::Ended)?;
-        sqlx::raw_sql(AssertSqlSafe(again))
-            .execute(&mut **conn)
-            .await
-            .map_err(|e| Error::from_sqlx(e, st))?;
+        let again = async {
+            sqlx::query("ROLLBACK").execute(&mut **conn).await?;
+            self.open.run(conn).await
+        };
+        again.await.map_err(|e| Error::from_sqlx(e, st))?;
         Ok(())
+    }
+
+    /// Notes that a caller's statement was prepared named on the connection.
+    pub(crate) fn caller_prepared(&mut self) {
+        self.caller_prepared = true;
     }
 
     /// The connection, for the crate's own statements.
@@ -255,30 +301,38 @@ impl Session {
         }
         let st = self.statement_timeout;
         let work = async {
+            let err = |e| Error::from_sqlx(e, st);
             if commit && self.access == Access::ReadWrite {
-                sqlx::raw_sql("COMMIT")
+                sqlx::query("COMMIT")
                     .execute(&mut *conn)
                     .await
-                    .map_err(|e| Error::from_sqlx(e, st))?;
+                    .map_err(err)?;
             }
-            // Statements sqlx prepared for itself on this connection (type look-ups) or for a
-            // writer's statement are closed: the caller's text is kept by no one.
-            if conn.cached_statements_size() > 0 {
-                conn.clear_cached_statements()
-                    .await
-                    .map_err(|e| Error::from_sqlx(e, st))?;
+            // A writer's statement, prepared to be described, is closed (with the session's
+            // own statements): the caller's text is kept by no one.
+            if self.caller_prepared {
+                conn.clear_cached_statements().await.map_err(err)?;
             }
             // A reader's rollback undoes settings, the role, listens, cursors and temporary
             // tables made in the transaction; only what outlives a transaction is checked. A
             // writer's commit keeps them: its session is reset.
-            let reset = match self.access {
-                Access::ReadOnly => include_str!("sql/end.sql"),
-                Access::ReadWrite => include_str!("sql/reset.sql"),
-            };
-            let row = sqlx::raw_sql(reset)
-                .fetch_one(&mut *conn)
-                .await
-                .map_err(|e| Error::from_sqlx(e, st))?;
+            let row = match self.access {
+                Access::ReadOnly => {
+                    sqlx::query("ROLLBACK")
+                        .execute(&mut *conn)
+                        .await
+                        .map_err(err)?;
+                    sqlx::query(include_str!("sql/end.sql"))
+                        .fetch_one(&mut *conn)
+                        .await
+                }
+                Access::ReadWrite => {
+                    sqlx::raw_sql(include_str!("sql/reset.sql"))
+                        .fetch_one(&mut *conn)
+                        .await
+                }
+            }
+            .map_err(err)?;
             let clean: bool = row.try_get(0).map_err(|e| Error::from_sqlx(e, st))?;
             Ok::<_, Error>(clean)
         };

@@ -111,8 +111,23 @@ async fn a_caller_s_text_is_not_kept_and_metadata_is_always_current() {
         Options::default(),
     )
     .await;
+    // What the connection keeps prepared is the sandbox's own text, none of the caller's.
     let seen = json(&env.pool, "select statement from pg_prepared_statements").await;
-    assert_eq!(seen["rows"], serde_json::json!([]), "{seen}");
+    let kept: Vec<&str> = seen["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["statement"].as_str().unwrap())
+        .collect();
+    assert!(!kept.is_empty(), "{seen}");
+    for statement in kept {
+        assert!(
+            statement.starts_with("-- ")
+                || ["BEGIN READ ONLY ISOLATION LEVEL READ COMMITTED", "ROLLBACK"]
+                    .contains(&statement),
+            "{statement}"
+        );
+    }
     // A writer's statement, prepared to be described, is closed too.
     let writer = env.db.create_role().await;
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
@@ -132,7 +147,7 @@ async fn a_caller_s_text_is_not_kept_and_metadata_is_always_current() {
     .await;
     let seen = text(
         &wpool,
-        "select count(*) as n from pg_prepared_statements",
+        "select count(*) as n from pg_prepared_statements where statement like '%writer-' || 'secret%'",
         Options::default(),
     )
     .await;
@@ -282,6 +297,64 @@ async fn pages_and_row_limits_are_applied_by_the_database_for_readers_and_writer
         Some("row limit of 5 exceeded")
     );
     assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test]
+async fn kept_descriptions_follow_ddl_stay_with_their_role_and_a_change_mid_run_is_caught() {
+    let env = env().await;
+    let plans = sqlpass::Plans::default();
+    let with = || Options::default().plans(plans.clone());
+    let q = "select id, score from places where id = 1";
+    let first = json_with(&env.pool, q, with()).await;
+    assert_eq!(first["fields"]["score"]["pgtype"], "float8");
+    assert_eq!(plans.len(), 1);
+    let again = json_with(&env.pool, q, with()).await;
+    assert_eq!(again["rows"], first["rows"]);
+    assert_eq!(plans.len(), 1);
+
+    // Another role's run of the same text is its own: refused by its privileges.
+    let stranger = env.db.create_role().await;
+    sqlpass::PublicRole::new(stranger.name(), stranger.password(), "public")
+        .provision(env.db.pool(), &[])
+        .await
+        .unwrap();
+    let e = sqlpass::run(&stranger.pool(1).await, q, with())
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(e.sqlstate(), Some("42501"), "{e}");
+
+    // A DDL command: the next run describes again.
+    let admin = env.db.pool();
+    sqlx::raw_sql("alter table places alter column score type text using score::text")
+        .execute(admin)
+        .await
+        .unwrap();
+    let after = json_with(&env.pool, q, with()).await;
+    assert_eq!(after["fields"]["score"]["pgtype"], "text");
+    assert_eq!(
+        after["rows"],
+        serde_json::json!([{"id": 1, "score": "0.5"}])
+    );
+
+    // A DDL command committed between the generation's read and the run (made here by
+    // setting the generation back after it): the first row's types give it away, the kept
+    // description is dropped, and the next run is right.
+    sqlx::raw_sql(
+        "alter table places alter column score type float8 using score::float8;
+         update sqlpass.generation set n = n - 1",
+    )
+    .execute(admin)
+    .await
+    .unwrap();
+    let raced = text(&env.pool, q, with()).await;
+    assert_eq!(
+        error_of(&raced).as_deref(),
+        Some("a table the statement reads changed while it ran: run it again")
+    );
+    let next = json_with(&env.pool, q, with()).await;
+    assert_eq!(next["fields"]["score"]["pgtype"], "float8");
+    assert_eq!(next["rows"], serde_json::json!([{"id": 1, "score": 0.5}]));
 }
 
 async fn json_with(pool: &sqlx::PgPool, sql: &str, options: Options) -> serde_json::Value {

@@ -33,3 +33,29 @@ BEGIN
 END
 $fn$;
 GRANT EXECUTE ON FUNCTION sqlpass.query_tables(text) TO PUBLIC;
+
+-- The DDL generation: a counter bumped in every transaction that runs a DDL command, visible
+-- when that transaction commits (a row, not a sequence, whose next value would show before
+-- the change it stands for). Statement descriptions kept by `Plans` are valid for one
+-- generation. Creating the event trigger needs a superuser: without it, there is no
+-- generation to read, and every run describes its statement.
+CREATE TABLE IF NOT EXISTS sqlpass.generation (n bigint NOT NULL);
+INSERT INTO sqlpass.generation (n) SELECT 0 WHERE NOT EXISTS (SELECT FROM sqlpass.generation);
+REVOKE ALL ON sqlpass.generation FROM PUBLIC;
+GRANT SELECT ON sqlpass.generation TO PUBLIC;
+CREATE OR REPLACE FUNCTION sqlpass.next_generation() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $fn$
+BEGIN
+  UPDATE sqlpass.generation SET n = n + 1;
+END
+$fn$;
+REVOKE ALL ON FUNCTION sqlpass.next_generation() FROM PUBLIC;
+DO $do$
+BEGIN
+  IF (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN
+    DROP EVENT TRIGGER IF EXISTS sqlpass_generation;
+    CREATE EVENT TRIGGER sqlpass_generation ON ddl_command_end
+      EXECUTE FUNCTION sqlpass.next_generation();
+  END IF;
+END
+$do$;
