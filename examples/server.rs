@@ -79,9 +79,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ),
         None => tracing::info!(%url, "geostack server listening"),
     }
-    // Connect info: anonymous callers are rate-limited per client address.
-    let app = app.into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(geostack::server::nodelay(listener), app)
+    // Connect info: anonymous callers are rate-limited per client address, and a response
+    // whose client stops reading is cut at its deadline.
+    let app = app.into_make_service_with_connect_info::<geostack::server::Peer>();
+    axum::serve(geostack::server::GuardedListener::new(listener), app)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
         })

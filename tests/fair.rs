@@ -3,10 +3,11 @@
 //! pool, and an exhausted pool answers 429 with `Retry-After` and no driver words.
 mod support;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use geostack::auth::Quota;
-use support::{app_with, encode};
+use support::{app_with, encode, until};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 fn sql(q: &str) -> String {
     format!("/api/v2/sql?q={}", encode(q))
@@ -119,4 +120,54 @@ async fn an_exhausted_pool_answers_429_with_retry_after_and_no_driver_words() {
         serde_json::json!({"error": ["too many queries at once: retry later"]})
     );
     assert_eq!(slow.await.unwrap().status, 200);
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_at_the_deadline_and_its_query_ends() {
+    let app = app_with(|c| c.deadline(Duration::from_secs(2))).await;
+    // About 100 MB of JSON, read at 10 KB/s through a 4 KB receive buffer.
+    let q = "select g, repeat('x', 1000) as slow_reader_pad from generate_series(1, 100000) g";
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(app.addr).await.unwrap();
+    let request = format!("GET {} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", sql(q));
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    let mut read = 0;
+    let mut buf = [0; 1024];
+    let end = loop {
+        match stream.read(&mut buf).await {
+            Ok(0) => break "closed".to_owned(),
+            Ok(n) => read += n,
+            Err(e) => break format!("{:?}", e.kind()),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "still open after 20 s, {read} bytes read"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let took = started.elapsed();
+    // Cut a second after the 2 s deadline, not when the 100 MB would have been read.
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(8),
+        "{end} after {took:?}"
+    );
+    assert!(read < 200_000, "{read} bytes read");
+    // The query is gone from the database too.
+    until(
+        "the slow reader's query to end",
+        Duration::from_secs(5),
+        async || {
+            let running: i64 = sqlx::query_scalar(
+                "select count(*) from pg_stat_activity
+             where query like '%slow_reader_pad%' and pid <> pg_backend_pid()",
+            )
+            .fetch_one(app.db.pool())
+            .await
+            .unwrap();
+            (running == 0).then_some(())
+        },
+    )
+    .await;
 }

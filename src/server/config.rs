@@ -23,6 +23,7 @@ pub struct ServerConfig {
     pub(crate) sql_quota: Quota,
     pub(crate) maps_quota: Quota,
     pub(crate) statement_timeout: Duration,
+    pub(crate) deadline: Duration,
     pub(crate) batch_timeout: Duration,
     pub(crate) tile_options: TileOptions,
     pub(crate) key_prefix: KeyPrefix,
@@ -47,6 +48,7 @@ impl Default for ServerConfig {
             sql_quota: quota(40, 20),
             maps_quota: quota(400, 200),
             statement_timeout: Duration::from_secs(15),
+            deadline: Duration::from_secs(60),
             batch_timeout: Duration::from_secs(300),
             // Caps a hostile layer cannot lift: features per layer, the tile's byte budget
             // (then degraded to fit), and what a layer may read (TileOptions' own defaults).
@@ -108,6 +110,15 @@ impl ServerConfig {
     /// The statement timeout of SQL API queries and tiles. Default 15 s.
     pub fn statement_timeout(mut self, timeout: Duration) -> Self {
         self.statement_timeout = timeout;
+        self
+    }
+
+    /// The wall-clock deadline of an SQL API request and of a tile, from its start to its last
+    /// byte: the query is cut then, and a response whose client is not reading it is cut on a
+    /// [`GuardedListener`](super::GuardedListener) a second later (the connection is reset).
+    /// Default 60 s.
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
         self
     }
 

@@ -87,6 +87,8 @@ impl Drop for Admission {
 pub(crate) struct Admitted<S> {
     pub(crate) body: S,
     pub(crate) _admission: Admission,
+    /// The connection's cut, armed at the response's deadline while it is written.
+    pub(crate) _armed: Option<super::conn::Armed>,
 }
 
 impl<S: Stream + Unpin> Stream for Admitted<S> {

@@ -25,14 +25,15 @@
 //! let pg: sqlx::postgres::PgConnectOptions = "postgres://127.0.0.1/test".parse()?;
 //! let server = Server::new(conn, client, pg, ServerConfig::default().default_user("demo")).await;
 //! let worker = tokio::spawn(server.batch_worker(2).run(std::future::pending()));
-//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
-//! let app = server.router().into_make_service_with_connect_info::<std::net::SocketAddr>();
-//! axum::serve(geostack::server::nodelay(listener), app).await?;
+//! let listener = geostack::server::GuardedListener::bind("127.0.0.1:8080").await?;
+//! let app = server.router().into_make_service_with_connect_info::<geostack::server::Peer>();
+//! axum::serve(listener, app).await?;
 //! # Ok(()) }
 //! ```
 
 mod batch;
 mod config;
+mod conn;
 mod edge;
 mod error;
 mod fair;
@@ -58,6 +59,7 @@ use sqlpass::PoolRegistry;
 
 pub use batch::{BatchHandler, BatchQuery};
 pub use config::ServerConfig;
+pub use conn::{GuardedListener, GuardedStream, Peer};
 pub use error::{Error, Result};
 pub use keys::KeyRequest;
 
@@ -264,6 +266,7 @@ impl Server {
         let config = &self.inner.config;
         let options = sqlpass::Options::default()
             .statement_timeout(config.statement_timeout)
+            .deadline(config.deadline)
             .canceller(self.inner.admin.clone());
         match &self.inner.plans {
             Some(plans) => options.plans(plans.clone()),

@@ -81,9 +81,13 @@ pub(crate) struct ApiRequest {
 
 /// The TCP peer of a request served with connect info (`into_make_service_with_connect_info`).
 pub(crate) fn peer_of(extensions: &axum::http::Extensions) -> Option<std::net::SocketAddr> {
-    extensions
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0)
+    use axum::extract::ConnectInfo;
+    match extensions.get::<ConnectInfo<super::Peer>>() {
+        Some(peer) => Some(peer.0.addr()),
+        None => extensions
+            .get::<ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0),
+    }
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for ApiRequest {

@@ -12,6 +12,10 @@ use sqlpass::Access;
 use super::request::{Caller, Params};
 use super::{Error, Result, Server};
 
+/// How long after its deadline a response whose client is not reading it is cut: the time the
+/// deadline's own error needs to reach a client that keeps up.
+const CUT_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub(super) async fn sql(
     State(server): State<Server>,
     Path(path): Path<HashMap<String, String>>,
@@ -21,7 +25,10 @@ pub(super) async fn sql(
     body: Bytes,
 ) -> Response {
     let peer = super::request::peer_of(&extensions);
-    run(&server, &path, query.as_deref(), &headers, peer, &body)
+    let cut = extensions
+        .get::<axum::extract::ConnectInfo<super::Peer>>()
+        .map(|c| c.0.cut.clone());
+    run(&server, &path, query.as_deref(), &headers, peer, cut, &body)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }
@@ -32,6 +39,7 @@ async fn run(
     query: Option<&str>,
     headers: &HeaderMap,
     peer: Option<std::net::SocketAddr>,
+    cut: Option<super::conn::Cut>,
     body: &[u8],
 ) -> Result<Response> {
     let params = Params::new(query, headers, body)?;
@@ -53,6 +61,8 @@ async fn run(
         });
     let admission = server.admit(&caller)?;
     let pool = server.pool_of(&caller.principal)?;
+    // A client that stops reading loses the connection a second after the deadline.
+    let cut_at = std::time::Instant::now() + options.total_deadline() + CUT_GRACE;
     let response = sqlpass::run(&pool, sql, options).await;
     let response = match response {
         Ok(r) => r,
@@ -66,6 +76,7 @@ async fn run(
     let mut out = Response::new(Body::from_stream(super::fair::Admitted {
         body: response.body,
         _admission: admission,
+        _armed: cut.map(|c| c.arm(cut_at)),
     }));
     *out.status_mut() = StatusCode::OK;
     let meta = response.meta;

@@ -157,8 +157,8 @@ pub async fn app_with(configure: impl FnOnce(ServerConfig) -> ServerConfig) -> A
     let router = server.router();
     let server = server.clone();
     let serve = tokio::spawn(async move {
-        let app = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
-        let _ = axum::serve(geostack::server::nodelay(listener), app).await;
+        let app = router.into_make_service_with_connect_info::<geostack::server::Peer>();
+        let _ = axum::serve(geostack::server::GuardedListener::new(listener), app).await;
     });
     let worker = server.batch_worker(2);
     let work = tokio::spawn(async move {

@@ -324,6 +324,11 @@ impl Options {
         self
     }
 
+    /// The wall-clock deadline of a run ([`Options::deadline`]).
+    pub fn total_deadline(&self) -> Duration {
+        self.deadline
+    }
+
     /// Rows per `FETCH` from the cursor (rows stream as they come either way; this sets how
     /// often a round trip interrupts them). Default 10 000.
     pub fn batch_rows(mut self, rows: u32) -> Self {
