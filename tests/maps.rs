@@ -10,7 +10,7 @@ mod support;
 use std::collections::BTreeMap;
 
 use geostack::tiles::{DecodedValue, TileGeometry, decode};
-use support::{App, app};
+use support::{App, app, app_with};
 
 fn config() -> serde_json::Value {
     serde_json::json!({
@@ -248,4 +248,42 @@ async fn table_tiles_match_postgis_and_only_readable_tables_are_served() {
     assert_eq!(decode(&r.body).unwrap().layers[0].features.len(), 1);
     assert_eq!(r.header("cache-control"), Some("private, max-age=60"));
     assert_eq!(app.get("/tiles/notes/0/0/0.mvt").await.status, 404);
+}
+
+#[tokio::test]
+async fn stored_map_configs_are_bounded_in_size_and_per_user() {
+    let app = app_with(|c| c.map_limits(4096, 2)).await;
+    let map = |n: u32| {
+        serde_json::json!({"version": "1.3.0", "layers": [{"type": "mapnik", "options": {
+            "sql": format!("select gid, ST_Transform(geom, 3857) as the_geom_webmercator from places where gid = {n}")}}]})
+    };
+    // Too large: refused in CARTO's error shape, nothing stored.
+    let mut big = map(0);
+    big["padding"] = serde_json::Value::String("x".repeat(5000));
+    let r = app.post_json("/api/v1/map", &big).await;
+    assert_eq!(r.status, 413, "{}", r.text());
+    assert!(
+        r.json()["error"][0]
+            .as_str()
+            .unwrap()
+            .contains("4096 bytes"),
+        "{}",
+        r.text()
+    );
+    // Three maps for a user who may keep two: the first one is dropped.
+    let mut tokens = Vec::new();
+    for n in 1..=3 {
+        let r = app.post_json("/api/v1/map", &map(n)).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        tokens.push(r.json()["layergroupid"].as_str().unwrap().to_owned());
+    }
+    let mut statuses = Vec::new();
+    for t in &tokens {
+        statuses.push(
+            app.get(&format!("/api/v1/map/{t}/tilejson.json"))
+                .await
+                .status,
+        );
+    }
+    assert_eq!(statuses, [404, 200, 200]);
 }

@@ -38,6 +38,8 @@ pub struct ServerConfig {
     pub(crate) max_running_per_caller: u32,
     pub(crate) pools: sqlpass::RegistryConfig,
     pub(crate) query_limit: usize,
+    pub(crate) map_config_limit: usize,
+    pub(crate) maps_per_user: usize,
 }
 
 impl Default for ServerConfig {
@@ -67,6 +69,8 @@ impl Default for ServerConfig {
             max_running_per_caller: 2,
             pools: sqlpass::RegistryConfig::default().per_role(8),
             query_limit: 1 << 20,
+            map_config_limit: 256 << 10,
+            maps_per_user: 1000,
         }
     }
 }
@@ -200,6 +204,15 @@ impl ServerConfig {
     /// answered 413. Default 2 MiB.
     pub fn body_limit(mut self, bytes: usize) -> Self {
         self.body_limit = bytes;
+        self
+    }
+
+    /// Stored map configs (`POST /api/v1/map`): a config larger than `config_bytes` is answered
+    /// 413; a user keeps at most `per_user` of them, and instantiating one more drops the
+    /// least recently instantiated. Default 256 KiB and 1 000.
+    pub fn map_limits(mut self, config_bytes: usize, per_user: usize) -> Self {
+        self.map_config_limit = config_bytes;
+        self.maps_per_user = per_user.max(1);
         self
     }
 

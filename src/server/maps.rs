@@ -27,6 +27,45 @@ impl Server {
         )
     }
 
+    /// Stores a map config under its token, and drops the user's least recently stored ones
+    /// beyond `maps_per_user`.
+    async fn store_map(&self, user: &UserName, token: &str, json: &str) -> Result<()> {
+        let index = self.map_key(user, "index");
+        let mut redis = self.inner.redis.clone();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let (count,): (usize,) = redis::pipe()
+            .atomic()
+            .cmd("SET")
+            .arg(self.map_key(user, token))
+            .arg(json)
+            .arg("EX")
+            .arg(MAP_TTL.as_secs())
+            .ignore()
+            .zadd(&index, token, now.to_string())
+            .ignore()
+            .expire(&index, MAP_TTL.as_secs() as i64)
+            .ignore()
+            .zcard(&index)
+            .query_async(&mut redis)
+            .await?;
+        let max = self.inner.config.maps_per_user;
+        if count > max {
+            let dropped: Vec<(String, f64)> = redis::cmd("ZPOPMIN")
+                .arg(&index)
+                .arg(count - max)
+                .query_async(&mut redis)
+                .await?;
+            let keys: Vec<String> = dropped
+                .iter()
+                .map(|(old, _)| self.map_key(user, old))
+                .collect();
+            let _: () = redis::cmd("DEL").arg(keys).query_async(&mut redis).await?;
+        }
+        Ok(())
+    }
+
     async fn load_map(&self, user: &UserName, token: &str) -> Result<MapConfig> {
         let not_found = || Error::NotFound(format!("no map {token}"));
         if token.len() != 32 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -47,15 +86,15 @@ pub(super) async fn create(State(server): State<Server>, req: ApiRequest, body: 
         let caller = server.caller(&req, Api::Maps).await?;
         let json = std::str::from_utf8(&body)
             .map_err(|_| Error::BadRequest("the map config is not UTF-8".into()))?;
+        let limit = server.inner.config.map_config_limit;
+        if json.len() > limit {
+            return Err(Error::TooLarge(format!(
+                "the map config is larger than the limit of {limit} bytes"
+            )));
+        }
         let config = MapConfig::parse(json)?;
         let user = caller.principal.user().clone();
-        let _: () = redis::cmd("SET")
-            .arg(server.map_key(&user, config.token()))
-            .arg(json)
-            .arg("EX")
-            .arg(MAP_TTL.as_secs())
-            .query_async(&mut server.inner.redis.clone())
-            .await?;
+        server.store_map(&user, config.token(), json).await?;
         let base = format!("{}{}/api/v1/map/{}", origin(&req.headers), user_path(&req.path), config.token());
         let layers: Vec<_> = config
             .layers()
