@@ -18,7 +18,8 @@ async fn world(env: &common::Env) -> (i64, i64, i64, i64) {
     sqlx::query_as(
         "select (select count(*) from places),
                 (select count(*) from pg_largeobject_metadata),
-                (select count(*) from pg_locks where locktype = 'advisory'),
+                (select count(*) from pg_locks where locktype = 'advisory'
+                 and database = (select oid from pg_database where datname = current_database())),
                 (select count(*) from pg_class where relname = 'evil')",
     )
     .fetch_one(env.db.pool())
