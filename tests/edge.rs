@@ -67,6 +67,46 @@ async fn refusals_outside_the_handlers_are_carto_errors_with_cors() {
 }
 
 #[tokio::test]
+async fn heads_hyper_cannot_read_are_refused_in_carto_s_shape_with_cors() {
+    let app = app().await;
+    let uri = format!(
+        "/api/v2/sql?q={}",
+        encode(&format!("select '{}'", "y".repeat(70_000)))
+    );
+    let many: String = (0..150).map(|i| format!("x-h{i}: v\r\n")).collect();
+    let cases = [
+        (
+            format!("GET {uri} HTTP/1.1\r\nhost: a\r\n\r\n"),
+            414,
+            "the request URI is longer than 65534 bytes: send the parameters in a POST body",
+        ),
+        (
+            format!("GET /api/v2/sql?q=select+1 HTTP/1.1\r\nhost: a\r\n{many}\r\n"),
+            431,
+            "the request headers are larger than the server reads",
+        ),
+        (
+            "GET /api/v2/sql HTTP/1.1\r\nho st: a\r\n\r\n".to_owned(),
+            400,
+            "the request could not be read as HTTP",
+        ),
+    ];
+    for (request, status, message) in cases {
+        let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await.unwrap();
+        let text = String::from_utf8(raw).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with(&format!("HTTP/1.1 {status} ")), "{head}");
+        assert!(head.contains("access-control-allow-origin: *"), "{head}");
+        assert!(head.contains("content-type: application/json"), "{head}");
+        let body: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(body, serde_json::json!({ "error": [message] }), "{status}");
+    }
+}
+
+#[tokio::test]
 async fn trailing_slashes_are_taken_as_carto_takes_them() {
     let app = app().await;
     for path in [

@@ -8,6 +8,11 @@
 //! (`SO_LINGER` 0: what the kernel still holds for the client is dropped), and hyper closes it.
 //! A write that makes progress is never cut, so a client that keeps up reads the whole
 //! response, its end included.
+//!
+//! hyper also answers a request head it cannot read by itself, before any handler runs: 414 for
+//! a URI over its 64 KiB limit, 431 for headers beyond its buffer or count, 400 for a malformed
+//! head, each with an empty body. The stream replaces that answer with the same status in
+//! CARTO's error shape, with CORS headers, as every other refusal.
 
 use std::future::Future as _;
 use std::io;
@@ -70,6 +75,7 @@ impl Listener for GuardedListener {
                 tcp,
                 cut: Cut::default(),
                 timer: None,
+                replacing: None,
             },
             addr,
         )
@@ -86,9 +92,33 @@ pub struct GuardedStream {
     tcp: TcpStream,
     cut: Cut,
     timer: Option<Pin<Box<Sleep>>>,
+    /// hyper's own refusal being replaced: what is left to write of ours, and the length of
+    /// hyper's to report written.
+    replacing: Option<(Vec<u8>, usize)>,
 }
 
 impl GuardedStream {
+    /// Writes the rest of a replaced refusal; done, reports hyper's bytes as written.
+    fn poll_replace(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        loop {
+            let Some((rest, reported)) = &mut self.replacing else {
+                return Poll::Ready(Ok(0));
+            };
+            if rest.is_empty() {
+                let reported = *reported;
+                self.replacing = None;
+                return Poll::Ready(Ok(reported));
+            }
+            match Pin::new(&mut self.tcp).poll_write(cx, rest) {
+                Poll::Ready(Ok(n)) => {
+                    rest.drain(..n);
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return self.pending(cx),
+            }
+        }
+    }
+
     /// `Pending`, or the cut when the armed deadline has passed (then the socket is reset).
     fn pending<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
         let Some(deadline) = self.cut.deadline() else {
@@ -133,6 +163,14 @@ impl AsyncWrite for GuardedStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if self.replacing.is_none()
+            && let Some(ours) = carto_refusal(buf)
+        {
+            self.replacing = Some((ours, buf.len()));
+        }
+        if self.replacing.is_some() {
+            return self.poll_replace(cx);
+        }
         match Pin::new(&mut self.tcp).poll_write(cx, buf) {
             Poll::Pending => self.pending(cx),
             ready => ready,
@@ -144,6 +182,16 @@ impl AsyncWrite for GuardedStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        if self.replacing.is_none()
+            && let [head, rest @ ..] = bufs
+            && rest.iter().all(|b| b.is_empty())
+            && let Some(ours) = carto_refusal(head)
+        {
+            self.replacing = Some((ours, head.len()));
+        }
+        if self.replacing.is_some() {
+            return self.poll_replace(cx);
+        }
         match Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs) {
             Poll::Pending => self.pending(cx),
             ready => ready,
@@ -164,6 +212,50 @@ impl AsyncWrite for GuardedStream {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.tcp).poll_shutdown(cx)
     }
+}
+
+/// CARTO's shape of the answer hyper writes by itself to a request head it cannot read: a
+/// whole response head of one of its parse-error statuses, with an empty body.
+fn carto_refusal(written: &[u8]) -> Option<Vec<u8>> {
+    const REFUSALS: [(&[u8], &str); 3] = [
+        (
+            b"HTTP/1.1 400 Bad Request\r\n",
+            "the request could not be read as HTTP",
+        ),
+        (
+            b"HTTP/1.1 414 URI Too Long\r\n",
+            "the request URI is longer than 65534 bytes: send the parameters in a POST body",
+        ),
+        (
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\n",
+            "the request headers are larger than the server reads",
+        ),
+    ];
+    if written.len() > 512 || !written.ends_with(b"\r\n\r\n") {
+        return None;
+    }
+    let (head, message) = REFUSALS
+        .iter()
+        .find(|(head, _)| written.starts_with(head))?;
+    if !written
+        .windows(b"\r\ncontent-length: 0\r\n".len())
+        .any(|w| w == b"\r\ncontent-length: 0\r\n")
+    {
+        return None;
+    }
+    let body = serde_json::json!({ "error": [message] }).to_string();
+    let mut ours = head.to_vec();
+    ours.extend_from_slice(
+        format!(
+            "content-type: application/json; charset=utf-8\r\n\
+             access-control-allow-origin: *\r\n\
+             connection: close\r\n\
+             content-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    Some(ours)
 }
 
 /// The deadline a connection's pending writes must meet, shared by the connection and the
