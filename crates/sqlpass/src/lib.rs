@@ -6,6 +6,7 @@ mod format;
 mod geom;
 mod json;
 mod options;
+mod own;
 mod plans;
 mod provision;
 mod registry;

@@ -10,32 +10,36 @@ use sqlx::postgres::{PgArguments, PgPool, PgRow};
 use sqlx::query::Query;
 use sqlx::{Connection as _, Postgres, Row as _};
 
+use crate::own::{self, Own};
 use crate::value::PostgisOids;
 use crate::{Access, Error, Options, Result};
 
 type Conn = PoolConnection<Postgres>;
 
-/// What begins a sandboxed transaction: `BEGIN`, then the setup (`sql/begin.sql`) with its
-/// settings, both our own text, prepared once per connection.
+/// What begins a sandboxed transaction: `BEGIN`, then the setup (`sql/begin.sql`, prepared
+/// once per connection) with its settings, in one round trip.
 #[derive(Debug)]
 struct Open {
     begin: &'static str,
-    setup: &'static str,
-    /// `statement_timeout`, `lock_timeout`, `idle_in_transaction_session_timeout`, `jit`.
+    setup: Own,
+    /// `statement_timeout`, `lock_timeout`, `idle_in_transaction_session_timeout` (ms), `jit`:
+    /// numbers and `on`/`off` only.
     settings: [String; 4],
 }
 
 impl Open {
-    async fn run(&self, conn: &mut Conn) -> std::result::Result<PgRow, sqlx::Error> {
-        sqlx::query(self.begin).execute(&mut **conn).await?;
-        let [statement, lock, idle, jit] = &self.settings;
-        sqlx::query(self.setup)
-            .bind(statement)
-            .bind(lock)
-            .bind(idle)
-            .bind(jit)
-            .fetch_one(&mut **conn)
-            .await
+    async fn run(
+        &self,
+        conn: &mut Conn,
+        rollback_first: bool,
+    ) -> std::result::Result<PgRow, sqlx::Error> {
+        let before = if rollback_first {
+            format!("ROLLBACK; {}", self.begin)
+        } else {
+            self.begin.to_owned()
+        };
+        let args: Vec<&str> = self.settings.iter().map(String::as_str).collect();
+        own::execute(conn, &before, self.setup, &args).await
     }
 }
 
@@ -131,12 +135,9 @@ impl Session {
                 Access::ReadWrite => "BEGIN READ WRITE ISOLATION LEVEL READ COMMITTED",
             },
             setup: if options.plans.is_some() {
-                concat!(
-                    include_str!("sql/begin.sql"),
-                    include_str!("sql/generation.sql")
-                )
+                Own::OpenWithGeneration
             } else {
-                include_str!("sql/begin.sql")
+                Own::Open
             },
             settings: [
                 ms(options.statement_timeout),
@@ -147,7 +148,7 @@ impl Session {
                 (if options.jit { "on" } else { "off" }).to_owned(),
             ],
         };
-        let started = tokio::time::timeout_at(deadline.into(), open.run(&mut conn)).await;
+        let started = tokio::time::timeout_at(deadline.into(), open.run(&mut conn, false)).await;
         let row = match started {
             Ok(Ok(row)) => row,
             Ok(Err(e)) => {
@@ -247,11 +248,10 @@ impl Session {
     pub(crate) async fn restart(&mut self) -> Result<()> {
         let st = self.statement_timeout;
         let conn = self.conn.as_mut().ok_or(Error::Ended)?;
-        let again = async {
-            sqlx::query("ROLLBACK").execute(&mut **conn).await?;
-            self.open.run(conn).await
-        };
-        again.await.map_err(|e| Error::from_sqlx(e, st))?;
+        self.open
+            .run(conn, true)
+            .await
+            .map_err(|e| Error::from_sqlx(e, st))?;
         Ok(())
     }
 
@@ -303,7 +303,7 @@ impl Session {
         let work = async {
             let err = |e| Error::from_sqlx(e, st);
             if commit && self.access == Access::ReadWrite {
-                sqlx::query("COMMIT")
+                sqlx::raw_sql("COMMIT")
                     .execute(&mut *conn)
                     .await
                     .map_err(err)?;
@@ -317,15 +317,7 @@ impl Session {
             // tables made in the transaction; only what outlives a transaction is checked. A
             // writer's commit keeps them: its session is reset.
             let row = match self.access {
-                Access::ReadOnly => {
-                    sqlx::query("ROLLBACK")
-                        .execute(&mut *conn)
-                        .await
-                        .map_err(err)?;
-                    sqlx::query(include_str!("sql/end.sql"))
-                        .fetch_one(&mut *conn)
-                        .await
-                }
+                Access::ReadOnly => own::execute(&mut conn, "ROLLBACK", Own::End, &[]).await,
                 Access::ReadWrite => {
                     sqlx::raw_sql(include_str!("sql/reset.sql"))
                         .fetch_one(&mut *conn)

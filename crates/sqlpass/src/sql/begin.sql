@@ -1,5 +1,5 @@
 -- Sets up a sandboxed transaction just begun, and says what the session needs to know of its
--- connection. Prepared once per connection (our own text: no caller's text is ever kept).
+-- connection: prepared once per connection as sqlpass_open (our own text).
 -- $1 statement_timeout, $2 lock_timeout, $3 idle_in_transaction_session_timeout (ms), $4 jit.
 SELECT pg_backend_pid(), current_database()::text,
        to_regtype('geometry')::oid::int8, to_regtype('geography')::oid::int8,

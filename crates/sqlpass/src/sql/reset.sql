@@ -10,5 +10,6 @@ DISCARD TEMP;
 RESET ALL;
 SET SESSION AUTHORIZATION DEFAULT;
 SELECT current_user = session_user
-   AND NOT EXISTS (SELECT FROM pg_prepared_statements WHERE from_sql)
+   AND NOT EXISTS (SELECT FROM pg_prepared_statements
+                   WHERE from_sql AND name NOT LIKE 'sqlpass\_%')
 FROM (SELECT pg_advisory_unlock_all()) AS unlocked;

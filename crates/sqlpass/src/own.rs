@@ -1,0 +1,99 @@
+//! The sandbox's own statements, prepared once per connection at the SQL level under names of
+//! their own (`sqlpass_…`), and run with `EXECUTE` in the same simple-protocol message as the
+//! `BEGIN` or `ROLLBACK` they follow: one round trip each, parsed and planned once. Only our own
+//! text is ever prepared; callers may neither `PREPARE`, `EXECUTE` nor `DEALLOCATE`
+//! ([`Statement`](crate::Statement) refuses them).
+
+use sqlx::postgres::{PgConnection, PgRow};
+use sqlx::{AssertSqlSafe, Row as _};
+
+/// One of the sandbox's own prepared statements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Own {
+    /// The setup of a transaction just begun (`sql/begin.sql`).
+    Open,
+    /// The same, with the database's DDL generation (`sql/generation.sql`).
+    OpenWithGeneration,
+    /// The check after a reader's rollback (`sql/end.sql`).
+    End,
+}
+
+impl Own {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Open => "sqlpass_open",
+            Self::OpenWithGeneration => "sqlpass_open_generation",
+            Self::End => "sqlpass_end",
+        }
+    }
+
+    fn prepare(self) -> String {
+        let open = "(text, text, text, text) AS\n";
+        match self {
+            Self::Open => format!(
+                "PREPARE {}{open}{}",
+                self.name(),
+                include_str!("sql/begin.sql")
+            ),
+            Self::OpenWithGeneration => format!(
+                "PREPARE {}{open}{}{}",
+                self.name(),
+                include_str!("sql/begin.sql"),
+                include_str!("sql/generation.sql")
+            ),
+            Self::End => format!(
+                "PREPARE {} AS\n{}",
+                self.name(),
+                include_str!("sql/end.sql")
+            ),
+        }
+    }
+}
+
+/// Runs `before` (our own statements: `BEGIN …`, `ROLLBACK`) and then `EXECUTE`s `own` with
+/// `args` (our own literals), in one simple-protocol round trip; prepares what the connection
+/// lacks first, the first time.
+pub(crate) async fn execute(
+    conn: &mut PgConnection,
+    before: &str,
+    own: Own,
+    args: &[&str],
+) -> Result<PgRow, sqlx::Error> {
+    let args = if args.is_empty() {
+        String::new()
+    } else {
+        format!("('{}')", args.join("', '"))
+    };
+    let sql = format!("{before}; EXECUTE {}{args}", own.name());
+    match sqlx::raw_sql(AssertSqlSafe(sql.clone()))
+        .fetch_one(&mut *conn)
+        .await
+    {
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("26000") => {
+            // A new connection: the transaction `before` may have begun is aborted.
+            sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await?;
+            let have: Vec<String> = sqlx::raw_sql(
+                "SELECT name FROM pg_catalog.pg_prepared_statements WHERE name LIKE 'sqlpass\\_%'",
+            )
+            .fetch_all(&mut *conn)
+            .await?
+            .iter()
+            .map(|row| row.try_get(0))
+            .collect::<Result<_, _>>()?;
+            let missing: Vec<String> = [own, Own::End]
+                .iter()
+                .filter(|o| !have.iter().any(|h| h == o.name()))
+                .map(|o| o.prepare())
+                .collect();
+            if !missing.is_empty() {
+                sqlx::raw_sql(AssertSqlSafe(missing.join(";\n")))
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            sqlx::raw_sql(AssertSqlSafe(sql))
+                .fetch_one(&mut *conn)
+                .await
+        }
+        done => done,
+    }
+}
