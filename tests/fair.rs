@@ -171,3 +171,45 @@ async fn a_client_that_stops_reading_is_cut_at_the_deadline_and_its_query_ends()
     )
     .await;
 }
+
+#[tokio::test]
+async fn one_caller_s_tile_renders_are_bounded_and_cached_tiles_are_not_counted() {
+    let app = app_with(|c| c.max_renders_per_caller(1)).await;
+    // Each render takes about two seconds.
+    let sql = format!(
+        "select gid, ST_Transform(geom, 3857) as the_geom_webmercator from places where ({SLOW}) >= 0"
+    );
+    let config = serde_json::json!({"version": "1.3.0", "layers": [{"type": "mapnik", "options": {
+        "sql": sql}}]});
+    let r = app.post_json("/api/v1/map", &config).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let token = r.json()["layergroupid"].as_str().unwrap().to_owned();
+    let (z0, z1) = (
+        format!("/api/v1/map/{token}/0/0/0.mvt"),
+        format!("/api/v1/map/{token}/1/0/0.mvt"),
+    );
+    // Two renders at once: the second is refused while the first runs.
+    let (a, b) = tokio::join!(app.get(&z0), async {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        app.get(&z1).await
+    });
+    assert_eq!((a.status, b.status), (200, 429));
+    assert!(b.header("retry-after").is_some());
+    assert!(
+        b.json()["error"][0].as_str().unwrap().contains("at most 1"),
+        "{}",
+        b.text()
+    );
+    // A cached tile is answered while another render runs.
+    let (c, d) = tokio::join!(app.get(&z1), async {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        app.get(&z0).await
+    });
+    assert_eq!(
+        (c.status, d.status),
+        (200, 200),
+        "{} {}",
+        c.text(),
+        d.text()
+    );
+}

@@ -36,6 +36,7 @@ pub struct ServerConfig {
     pub(crate) anonymous_maps_quota: Quota,
     pub(crate) trusted_proxies: Vec<std::net::IpAddr>,
     pub(crate) max_running_per_caller: u32,
+    pub(crate) max_renders_per_caller: u32,
     pub(crate) pools: sqlpass::RegistryConfig,
     pub(crate) query_limit: usize,
     pub(crate) map_config_limit: usize,
@@ -67,6 +68,7 @@ impl Default for ServerConfig {
             anonymous_maps_quota: quota(4000, 2000),
             trusted_proxies: Vec::new(),
             max_running_per_caller: 2,
+            max_renders_per_caller: 8,
             pools: sqlpass::RegistryConfig::default().per_role(8),
             query_limit: 1 << 20,
             map_config_limit: 256 << 10,
@@ -189,6 +191,14 @@ impl ServerConfig {
     /// address) may have running at once; more are answered 429 with `Retry-After`. Default 2.
     pub fn max_running_per_caller(mut self, n: u32) -> Self {
         self.max_running_per_caller = n.max(1);
+        self
+    }
+
+    /// Tile renders a caller may have running at once (tiles answered from the cache are not
+    /// counted); one more is answered 429 with `Retry-After`. Default 8, as many as a browser
+    /// asks at once.
+    pub fn max_renders_per_caller(mut self, n: u32) -> Self {
+        self.max_renders_per_caller = n.max(1);
         self
     }
 

@@ -178,7 +178,7 @@ pub(super) async fn tile(State(server): State<Server>, req: ApiRequest) -> Respo
             let options = server.inner.config.tile_options.clone();
             let sandbox = server.sandbox();
             let tile = server
-                .render_tile(&key, &[], || async move {
+                .render_tile(&caller, &key, &[], || async move {
                     Ok(config.render(&pool, coord, &options, &sandbox).await?.bytes)
                 })
                 .await?;

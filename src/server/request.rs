@@ -238,9 +238,20 @@ impl Server {
     /// its share running already: one caller cannot hold a role's whole pool.
     pub(crate) fn admit(&self, caller: &Caller) -> Result<super::fair::Admission> {
         let max = self.inner.config.max_running_per_caller;
+        self.admit_as(caller, caller.id.clone(), max)
+    }
+
+    /// Admits one more tile render of `caller`, or refuses it (429) when it has
+    /// `max_renders_per_caller` running.
+    pub(crate) fn admit_renders(&self, caller: &Caller) -> Result<super::fair::Admission> {
+        let max = self.inner.config.max_renders_per_caller;
+        self.admit_as(caller, format!("{}\ttiles", caller.id), max)
+    }
+
+    fn admit_as(&self, caller: &Caller, id: String, max: u32) -> Result<super::fair::Admission> {
         self.inner
             .inflight
-            .admit(caller.id.clone(), max)
+            .admit(id, max)
             .ok_or_else(|| {
                 let mut headers = HeaderMap::new();
                 caller.rate.write_headers(&mut headers);

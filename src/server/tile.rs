@@ -47,7 +47,7 @@ impl Server {
     {
         let tile = match self.cached_tile(&key).await? {
             Some(tile) => tile,
-            None => self.render_tile(&key, &tables, render).await?,
+            None => self.render_tile(caller, &key, &tables, render).await?,
         };
         Ok(tile_response(caller, headers, &tile))
     }
@@ -58,9 +58,11 @@ impl Server {
     }
 
     /// Renders the tile under `key` once however many ask at the same time; the renderer
-    /// caches it with `tables` as its tags.
+    /// caches it with `tables` as its tags. A caller has at most `max_renders_per_caller`
+    /// renders running (a cached tile is not counted).
     pub(crate) async fn render_tile<F, Fut>(
         &self,
+        caller: &Caller,
         key: &TileKey,
         tables: &[String],
         render: F,
@@ -69,6 +71,7 @@ impl Server {
         F: FnOnce() -> Fut,
         Fut: Future<Output = geostack_tiles::Result<Vec<u8>>>,
     {
+        let _admission = self.admit_renders(caller)?;
         let cache = &self.inner.cache;
         Ok(self
             .inner
