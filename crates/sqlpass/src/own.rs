@@ -5,7 +5,7 @@
 //! ([`Statement`](crate::Statement) refuses them).
 
 use sqlx::postgres::{PgConnection, PgRow};
-use sqlx::{AssertSqlSafe, Row as _};
+use sqlx::AssertSqlSafe;
 
 /// One of the sandbox's own prepared statements.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,8 +51,11 @@ impl Own {
 }
 
 /// Runs `before` (our own statements: `BEGIN …`, `ROLLBACK`) and then `EXECUTE`s `own` with
-/// `args` (our own literals), in one simple-protocol round trip; prepares what the connection
-/// lacks first, the first time.
+/// `args` (our own literals), in one simple-protocol round trip. On a connection that lacks
+/// `own` (a new one, or behind a transaction-mode pooler, a server connection that has not run
+/// the sandbox yet), one more message deallocates what the connection holds, prepares `own` and
+/// the end check, and runs the same: one message is served by one server connection, so this
+/// holds whatever a pooler in between does.
 pub(crate) async fn execute(
     conn: &mut PgConnection,
     before: &str,
@@ -64,35 +67,19 @@ pub(crate) async fn execute(
     } else {
         format!("('{}')", args.join("', '"))
     };
-    let sql = format!("{before}; EXECUTE {}{args}", own.name());
-    match sqlx::raw_sql(AssertSqlSafe(sql.clone()))
+    let run = format!("{before}; EXECUTE {}{args}", own.name());
+    match sqlx::raw_sql(AssertSqlSafe(run.clone()))
         .fetch_one(&mut *conn)
         .await
     {
         Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("26000") => {
-            // A new connection: the transaction `before` may have begun is aborted.
-            sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await?;
-            let have: Vec<String> = sqlx::raw_sql(
-                "SELECT name FROM pg_catalog.pg_prepared_statements WHERE name LIKE 'sqlpass\\_%'",
-            )
-            .fetch_all(&mut *conn)
-            .await?
-            .iter()
-            .map(|row| row.try_get(0))
-            .collect::<Result<_, _>>()?;
-            let missing: Vec<String> = [own, Own::End]
-                .iter()
-                .filter(|o| !have.iter().any(|h| h == o.name()))
-                .map(|o| o.prepare())
-                .collect();
-            if !missing.is_empty() {
-                sqlx::raw_sql(AssertSqlSafe(missing.join(";\n")))
-                    .execute(&mut *conn)
-                    .await?;
+            let mut again = format!("ROLLBACK; DEALLOCATE ALL;\n{};\n", own.prepare());
+            if own != Own::End {
+                again.push_str(&Own::End.prepare());
+                again.push_str(";\n");
             }
-            sqlx::raw_sql(AssertSqlSafe(sql))
-                .fetch_one(&mut *conn)
-                .await
+            again.push_str(&run);
+            sqlx::raw_sql(AssertSqlSafe(again)).fetch_one(&mut *conn).await
         }
         done => done,
     }
