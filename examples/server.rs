@@ -13,18 +13,13 @@
 //! - `GEOSTACK_BATCH_WORKERS`, batch queries run at once in process (default 2; 0 leaves them
 //!   to `examples/worker.rs`)
 //!
-//! `GET /health` answers 200 with the PostGIS and Redis versions when both answer, 503 otherwise.
+//! `GET /health` and `GET /ready` are the router's own.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::routing::get;
-use axum::{Json, Router};
 use geostack::auth::{Api, DbRole, Grants, KeyStore, NewKey, Privilege, Secret, UserName};
 use geostack::server::{Server, ServerConfig};
-use serde_json::{Value, json};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 #[tokio::main]
@@ -60,11 +55,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         (stop, run)
     });
 
-    let app = server.router().merge(
-        Router::new()
-            .route("/health", get(health))
-            .with_state((admin, redis)),
-    );
+    let app = server.router();
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let url = format!("http://{}/", listener.local_addr()?);
     match &demo {
@@ -193,38 +184,4 @@ fn random_password() -> Result<String, getrandom::Error> {
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes)?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-async fn health(
-    State((pg, mut redis)): State<(PgPool, redis::aio::ConnectionManager)>,
-) -> (StatusCode, Json<Value>) {
-    let postgis = sqlx::query_scalar::<_, String>("select postgis_lib_version()")
-        .fetch_one(&pg)
-        .await;
-    let redis = redis::cmd("INFO")
-        .arg("server")
-        .query_async::<String>(&mut redis)
-        .await
-        .map(|info| {
-            info.lines()
-                .find_map(|l| l.strip_prefix("redis_version:"))
-                .unwrap_or("unknown")
-                .to_owned()
-        });
-    let status = if postgis.is_ok() && redis.is_ok() {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    let show = |r: Result<String, String>| match r {
-        Ok(v) => json!({ "ok": true, "version": v }),
-        Err(e) => json!({ "ok": false, "error": e }),
-    };
-    (
-        status,
-        Json(json!({
-            "postgis": show(postgis.map_err(|e| e.to_string())),
-            "redis": show(redis.map_err(|e| e.to_string())),
-        })),
-    )
 }

@@ -202,6 +202,11 @@ impl ServerConfig {
         self
     }
 
+    /// The pools' settings ([`ServerConfig::pools`]).
+    pub fn pool_config(&self) -> &sqlpass::RegistryConfig {
+        &self.pools
+    }
+
     /// The pools of the callers' roles: connections per role and in all, how long a run waits
     /// for one (then 429 with `Retry-After`). Default [`sqlpass::RegistryConfig`] with 8
     /// connections per role (64 in all, 5 s).

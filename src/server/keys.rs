@@ -1,7 +1,9 @@
 //! Keys with a login role each: creating a key provisions its role with exactly the key's table
 //! grants, revoking it drops the role, as CARTO does for every API key.
 
-use geoauth::{ApiKey, DbRole, Grants, KeyId, NewKey, Secret, TableGrants, Token, UserName};
+use geoauth::{
+    ApiKey, DbRole, Grants, KeyId, KeyStore, NewKey, Secret, TableGrants, Token, UserName,
+};
 use sqlpass::CallerRole;
 
 use super::{Error, Result, Server};
@@ -77,6 +79,13 @@ impl Server {
                 Err(e.into())
             }
         }
+    }
+
+    /// The store of the server's keys (list, show and regenerate them there; create and revoke
+    /// them through [`Server::create_key`] and [`Server::revoke_key`], which also manage their
+    /// roles).
+    pub fn key_store(&self) -> &KeyStore {
+        &self.inner.keys
     }
 
     /// Revokes key `id` of `user` (refused by every verifier from now on) and drops its role,

@@ -9,6 +9,7 @@
 //! | `GET /api/v1/map/{token}[/{layers}]/{z}/{x}/{y}.mvt`, `…/{token}/tilejson.json` | its tiles |
 //! | `GET /tiles/{table}/{z}/{x}/{y}.mvt`, `/tiles/{table}.json` | tiles of a table the caller may read |
 //! | `GET /` | a MapLibre page of the tables and a SQL box |
+//! | `GET /health`, `GET /ready` | the process answers; PostgreSQL and Redis answer too (503 otherwise) |
 //!
 //! Every API route also answers under `/user/{user}/…`; otherwise the user comes from the host
 //! name (`<user>.<host suffix>`) or is the configured default. Requests carry a key as CARTO's
@@ -37,6 +38,7 @@ mod conn;
 mod edge;
 mod error;
 mod fair;
+mod health;
 mod keys;
 mod maps;
 mod page;
@@ -218,6 +220,8 @@ impl Server {
             .route("/tiles/{table}/{z}/{x}/{y}", get(tables::tile));
         Router::new()
             .route("/", get(page::index))
+            .route("/health", get(health::health))
+            .route("/ready", get(health::ready))
             .route("/assets/{file}", get(page::asset))
             .merge(api.clone())
             .nest("/user/{user}", api)

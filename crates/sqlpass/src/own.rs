@@ -4,8 +4,8 @@
 //! text is ever prepared; callers may neither `PREPARE`, `EXECUTE` nor `DEALLOCATE`
 //! ([`Statement`](crate::Statement) refuses them).
 
-use sqlx::postgres::{PgConnection, PgRow};
 use sqlx::AssertSqlSafe;
+use sqlx::postgres::{PgConnection, PgRow};
 
 /// One of the sandbox's own prepared statements.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,7 +79,9 @@ pub(crate) async fn execute(
                 again.push_str(";\n");
             }
             again.push_str(&run);
-            sqlx::raw_sql(AssertSqlSafe(again)).fetch_one(&mut *conn).await
+            sqlx::raw_sql(AssertSqlSafe(again))
+                .fetch_one(&mut *conn)
+                .await
         }
         done => done,
     }

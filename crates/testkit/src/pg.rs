@@ -28,6 +28,8 @@ const DEFAULT_TEMPLATE: &str = "geostack_template";
 pub struct TestDb {
     name: String,
     admin: PgConnectOptions,
+    /// The admin URL this database was made through.
+    url: String,
     pool: PgPool,
 }
 
@@ -84,7 +86,12 @@ impl TestDb {
             .connect_with(admin.clone().database(&name))
             .await
             .map_err(unavailable)?;
-        Ok(Self { name, admin, pool })
+        Ok(Self {
+            name,
+            admin,
+            url: url.to_owned(),
+            pool,
+        })
     }
 
     /// The database's name.
@@ -95,6 +102,19 @@ impl TestDb {
     /// A pool connected to this database as the admin user.
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// A URL of this database, as the admin user (for a program the test starts): the admin
+    /// URL with this database's name as its path.
+    pub fn url(&self) -> String {
+        let authority = self.url.find("://").map_or(0, |i| i + 3);
+        let path = self.url[authority..]
+            .find('/')
+            .map_or(self.url.len(), |i| authority + i);
+        let query = self.url[path..]
+            .find('?')
+            .map_or("", |i| &self.url[path + i..]);
+        format!("{}/{}{query}", &self.url[..path], self.name)
     }
 
     /// Options to open more connections to this database, as the admin user.

@@ -1,0 +1,363 @@
+//! The operator's configuration: a TOML file, then `GEOSTACK_…` environment variables over it
+//! (`GEOSTACK_SQL__STATEMENT_TIMEOUT_SECS=5` sets `[sql] statement_timeout_secs`), and
+//! `DATABASE_URL` / `REDIS_URL` as the usual names of the two services. A setting left out keeps
+//! the library's default ([`ServerConfig`]'s, documented there and in
+//! `geostack.example.toml`). Unknown settings and wrong types are errors that name the setting.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format as _, Toml};
+use geostack::auth::{KeyPrefix, Quota};
+use geostack::server::ServerConfig;
+use serde::Deserialize;
+
+/// Everything `geostack` reads.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Config {
+    /// Where `serve` listens.
+    #[serde(default = "default_listen")]
+    pub(crate) listen: SocketAddr,
+    /// The admin connection: it provisions keys' roles and cancels callers' queries.
+    #[serde(default = "default_database")]
+    pub(crate) database_url: String,
+    #[serde(default = "default_redis")]
+    pub(crate) redis_url: String,
+    /// Batch queries `serve` runs at once in process (0: leave them to `geostack worker`).
+    #[serde(default = "default_workers")]
+    pub(crate) batch_workers: usize,
+    #[serde(default)]
+    pub(crate) log_format: LogFormat,
+    /// How long `serve` lets requests in flight finish after SIGTERM or Ctrl-C.
+    #[serde(default = "default_grace")]
+    pub(crate) shutdown_grace_secs: u64,
+    default_user: Option<String>,
+    host_suffix: Option<String>,
+    key_prefix: Option<String>,
+    redis_prefix: Option<String>,
+    role_prefix: Option<String>,
+    trusted_proxies: Option<Vec<IpAddr>>,
+    #[serde(default)]
+    sql: Sql,
+    #[serde(default)]
+    quotas: Quotas,
+    #[serde(default)]
+    pools: Pools,
+    #[serde(default)]
+    tiles: Tiles,
+    #[serde(default)]
+    maps: Maps,
+}
+
+impl std::fmt::Debug for Config {
+    /// Connection strings may hold passwords: they are left out.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("batch_workers", &self.batch_workers)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How logs are written.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum LogFormat {
+    /// Lines for people (colours only on a terminal).
+    #[default]
+    Text,
+    /// One JSON object a line.
+    Json,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Sql {
+    statement_timeout_secs: Option<u64>,
+    deadline_secs: Option<u64>,
+    batch_timeout_secs: Option<u64>,
+    query_limit: Option<usize>,
+    body_limit: Option<usize>,
+    max_running_per_caller: Option<u32>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Quotas {
+    sql: Option<QuotaSetting>,
+    maps: Option<QuotaSetting>,
+    anonymous_sql: Option<QuotaSetting>,
+    anonymous_maps: Option<QuotaSetting>,
+}
+
+/// A GCRA quota: `burst` at once, then `per_second` a second.
+#[derive(Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QuotaSetting {
+    burst: u32,
+    per_second: u32,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Pools {
+    per_role: Option<u32>,
+    max_total: Option<u32>,
+    acquire_timeout_secs: Option<u64>,
+    idle_secs: Option<u64>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Tiles {
+    cache_entries: Option<usize>,
+    cache_ttl_secs: Option<u64>,
+    max_renders_per_caller: Option<u32>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Maps {
+    config_limit: Option<usize>,
+    per_user: Option<usize>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_database() -> String {
+    "postgres://postgres@127.0.0.1:5432/test".into()
+}
+fn default_redis() -> String {
+    "redis://127.0.0.1:6379".into()
+}
+fn default_workers() -> usize {
+    2
+}
+fn default_grace() -> u64 {
+    30
+}
+
+/// A setting that is not valid, by its name.
+#[derive(Debug)]
+pub(crate) struct Invalid(pub(crate) String);
+
+impl std::fmt::Display for Invalid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "invalid configuration: {}", self.0)
+    }
+}
+
+impl std::error::Error for Invalid {}
+
+impl Config {
+    /// Reads `file` (when given) and the environment.
+    pub(crate) fn load(file: Option<&Path>) -> Result<Self, Invalid> {
+        let mut figment = Figment::new();
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(Invalid(format!("no configuration file {}", file.display())));
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        figment = figment
+            .merge(Env::raw().only(&["DATABASE_URL", "REDIS_URL"]))
+            .merge(Env::prefixed("GEOSTACK_").split("__"));
+        let config: Self = figment.extract().map_err(|e| Invalid(describe(&e)))?;
+        config.server()?;
+        Ok(config)
+    }
+
+    /// The server's settings, checked.
+    pub(crate) fn server(&self) -> Result<ServerConfig, Invalid> {
+        let mut c = ServerConfig::default();
+        if let Some(user) = &self.default_user {
+            c = c.default_user(user.as_str());
+        }
+        if let Some(suffix) = &self.host_suffix {
+            c = c.host_suffix(suffix.as_str());
+        }
+        if let Some(prefix) = &self.key_prefix {
+            let prefix =
+                KeyPrefix::new(prefix.as_str()).map_err(|e| Invalid(format!("key_prefix: {e}")))?;
+            c = c.key_prefix(prefix);
+        }
+        if let Some(prefix) = &self.redis_prefix {
+            c = c.redis_prefix(prefix.as_str());
+        }
+        if let Some(prefix) = &self.role_prefix {
+            c = c.role_prefix(prefix.as_str());
+        }
+        if let Some(proxies) = &self.trusted_proxies {
+            c = c.trusted_proxies(proxies.iter().copied());
+        }
+        let secs = Duration::from_secs;
+        let s = &self.sql;
+        if let Some(t) = s.statement_timeout_secs {
+            c = c.statement_timeout(secs(positive("sql.statement_timeout_secs", t)?));
+        }
+        if let Some(t) = s.deadline_secs {
+            c = c.deadline(secs(positive("sql.deadline_secs", t)?));
+        }
+        if let Some(t) = s.batch_timeout_secs {
+            c = c.batch_timeout(secs(positive("sql.batch_timeout_secs", t)?));
+        }
+        if let Some(n) = s.query_limit {
+            c = c.query_limit(n);
+        }
+        if let Some(n) = s.body_limit {
+            c = c.body_limit(n);
+        }
+        if let Some(n) = s.max_running_per_caller {
+            c = c.max_running_per_caller(n);
+        }
+        let q = &self.quotas;
+        if let Some(sql) = q.sql {
+            c = c.sql_quota(quota("quotas.sql", sql)?);
+        }
+        if let Some(maps) = q.maps {
+            c = c.maps_quota(quota("quotas.maps", maps)?);
+        }
+        if q.anonymous_sql.is_some() || q.anonymous_maps.is_some() {
+            let (Some(sql), Some(maps)) = (q.anonymous_sql, q.anonymous_maps) else {
+                return Err(Invalid(
+                    "quotas.anonymous_sql and quotas.anonymous_maps are set together".into(),
+                ));
+            };
+            c = c.anonymous_quotas(
+                quota("quotas.anonymous_sql", sql)?,
+                quota("quotas.anonymous_maps", maps)?,
+            );
+        }
+        let p = &self.pools;
+        let mut pools = c.pool_config().clone();
+        if let Some(n) = p.per_role {
+            pools = pools.per_role(positive("pools.per_role", n.into())? as u32);
+        }
+        if let Some(n) = p.max_total {
+            pools = pools.max_total(positive("pools.max_total", n.into())? as u32);
+        }
+        if let Some(t) = p.acquire_timeout_secs {
+            pools = pools.acquire_timeout(secs(positive("pools.acquire_timeout_secs", t)?));
+        }
+        if let Some(t) = p.idle_secs {
+            pools = pools.idle(secs(t));
+        }
+        c = c.pools(pools);
+        let t = &self.tiles;
+        if t.cache_entries.is_some() || t.cache_ttl_secs.is_some() {
+            let (Some(entries), Some(ttl)) = (t.cache_entries, t.cache_ttl_secs) else {
+                return Err(Invalid(
+                    "tiles.cache_entries and tiles.cache_ttl_secs are set together".into(),
+                ));
+            };
+            c = c.tile_cache(entries, secs(ttl));
+        }
+        if let Some(n) = t.max_renders_per_caller {
+            c = c.max_renders_per_caller(n);
+        }
+        let m = &self.maps;
+        if m.config_limit.is_some() || m.per_user.is_some() {
+            let (Some(bytes), Some(per_user)) = (m.config_limit, m.per_user) else {
+                return Err(Invalid(
+                    "maps.config_limit and maps.per_user are set together".into(),
+                ));
+            };
+            c = c.map_limits(bytes, per_user);
+        }
+        Ok(c)
+    }
+}
+
+fn positive(name: &str, n: u64) -> Result<u64, Invalid> {
+    if n == 0 {
+        return Err(Invalid(format!("{name}: must be at least 1")));
+    }
+    Ok(n)
+}
+
+fn quota(name: &str, q: QuotaSetting) -> Result<Quota, Invalid> {
+    Quota::new(q.burst, q.per_second, Duration::from_secs(1))
+        .map_err(|e| Invalid(format!("{name}: {e}")))
+}
+
+/// figment's error, naming the setting (`sql.statement_timeout_secs`) and where it came from.
+fn describe(e: &figment::Error) -> String {
+    e.clone()
+        .into_iter()
+        .map(|e| {
+            let path = e.path.join(".");
+            let from = e
+                .metadata
+                .as_ref()
+                .map(|m| format!(" (from {})", m.name))
+                .unwrap_or_default();
+            if path.is_empty() {
+                format!("{}{from}", e.kind)
+            } else {
+                format!("{path}: {}{from}", e.kind)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from_toml(text: &str) -> Result<Config, Invalid> {
+        let config: Config = Figment::new()
+            .merge(Toml::string(text))
+            .extract()
+            .map_err(|e| Invalid(describe(&e)))?;
+        config.server()?;
+        Ok(config)
+    }
+
+    #[test]
+    fn the_example_file_is_valid() {
+        let text = include_str!("../../../geostack.example.toml");
+        let config = from_toml(text).map_err(|e| e.to_string());
+        assert!(config.is_ok(), "{config:?}");
+    }
+
+    #[test]
+    fn errors_name_the_setting() {
+        let cases = [
+            ("listen = \"nowhere\"", "listen: "),
+            (
+                "[sql]\nstatement_timeout_secs = \"soon\"",
+                "sql.statement_timeout_secs: ",
+            ),
+            (
+                "[sql]\nstatement_timeout_secs = 0",
+                "sql.statement_timeout_secs: must be at least 1",
+            ),
+            (
+                "[sql]\nstatment_timeout_secs = 3",
+                "sql.statment_timeout_secs: unknown field",
+            ),
+            (
+                "[quotas]\nsql = { burst = 0, per_second = 1 }",
+                "quotas.sql: ",
+            ),
+            (
+                "[quotas]\nanonymous_sql = { burst = 1, per_second = 1 }",
+                "quotas.anonymous_sql and quotas.anonymous_maps",
+            ),
+            ("log_format = \"xml\"", "log_format: "),
+            ("key_prefix = \"{braces}\"", "key_prefix: "),
+        ];
+        for (text, expected) in cases {
+            let e = from_toml(text).err().map(|e| e.to_string());
+            assert!(
+                e.as_deref().is_some_and(|e| e.contains(expected)),
+                "{text:?}: {e:?}"
+            );
+        }
+    }
+}
