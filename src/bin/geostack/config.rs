@@ -14,6 +14,28 @@ use geostack::auth::{KeyPrefix, Quota};
 use geostack::server::ServerConfig;
 use serde::Deserialize;
 
+/// The top-level settings and sections, as named in the file (and, upper-cased, in
+/// `GEOSTACK_…` variables).
+const SETTINGS: [&str; 17] = [
+    "listen",
+    "database_url",
+    "redis_url",
+    "batch_workers",
+    "log_format",
+    "shutdown_grace_secs",
+    "default_user",
+    "host_suffix",
+    "key_prefix",
+    "redis_prefix",
+    "role_prefix",
+    "trusted_proxies",
+    "sql",
+    "quotas",
+    "pools",
+    "tiles",
+    "maps",
+];
+
 /// Everything `geostack` reads.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -165,7 +187,12 @@ impl Config {
         }
         figment = figment
             .merge(Env::raw().only(&["DATABASE_URL", "REDIS_URL"]))
-            .merge(Env::prefixed("GEOSTACK_").split("__"));
+            // Only the settings' own names: other GEOSTACK_ variables (the scripts', the
+            // tests') are not settings.
+            .merge(Env::prefixed("GEOSTACK_").split("__").filter(|key| {
+                let top = key.as_str().split('.').next().unwrap_or_default();
+                SETTINGS.iter().any(|s| s.eq_ignore_ascii_case(top))
+            }));
         let config: Self = figment.extract().map_err(|e| Invalid(describe(&e)))?;
         config.server()?;
         Ok(config)
@@ -323,6 +350,28 @@ mod tests {
         let text = include_str!("../../../geostack.example.toml");
         let config = from_toml(text).map_err(|e| e.to_string());
         assert!(config.is_ok(), "{config:?}");
+    }
+
+    #[test]
+    fn every_setting_is_in_the_example_file_and_read_from_the_environment() {
+        let text = include_str!("../../../geostack.example.toml");
+        // Top-level names, commented out or not, and sections.
+        let mut named: Vec<String> = text
+            .lines()
+            .map(|l| l.trim_start_matches("# "))
+            .take_while(|l| !l.starts_with('['))
+            .filter_map(|l| l.split_once(" = ").map(|(k, _)| k.trim().to_owned()))
+            .filter(|k| !k.contains(' '))
+            .chain(
+                text.lines()
+                    .filter_map(|l| l.strip_prefix('[')?.strip_suffix(']'))
+                    .map(str::to_owned),
+            )
+            .collect();
+        named.sort();
+        let mut settings: Vec<String> = SETTINGS.iter().map(|s| (*s).to_owned()).collect();
+        settings.sort();
+        assert_eq!(named, settings);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 -- finds the tables a statement reads from its plan, inside PostgreSQL, so that a plan's text
 -- never has to cross the wire. It runs as its caller (SECURITY INVOKER) with the caller's
 -- search_path, so names resolve as in the caller's query; everything it calls is qualified.
+SET LOCAL client_min_messages = warning;
 CREATE SCHEMA IF NOT EXISTS sqlpass;
 GRANT USAGE ON SCHEMA sqlpass TO PUBLIC;
 CREATE OR REPLACE FUNCTION sqlpass.query_tables(query text) RETURNS text[]
