@@ -59,15 +59,20 @@ async fn setup(extra: &str) -> Setup {
     }
 }
 
-fn geostack(setup: &Setup, args: &[&str]) -> Output {
-    Command::new(BIN)
+/// The command on `setup`'s configuration file alone (the services' variables of the test's
+/// environment, which would override it, left out).
+fn command(setup: &Setup) -> Command {
+    let mut command = Command::new(BIN);
+    command
         .arg("--config")
         .arg(&setup.config)
-        .args(args)
         .env_remove("DATABASE_URL")
-        .env_remove("REDIS_URL")
-        .output()
-        .unwrap()
+        .env_remove("REDIS_URL");
+    command
+}
+
+fn geostack(setup: &Setup, args: &[&str]) -> Output {
+    command(setup).args(args).output().unwrap()
 }
 
 /// The command's standard output as JSON, after checking that it succeeded.
@@ -185,9 +190,7 @@ async fn a_bad_setting_is_named_and_nothing_starts() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("sql.statement_timeout_secs"), "{stderr}");
     // The environment overrides the file, and is checked the same way.
-    let out = Command::new(BIN)
-        .arg("--config")
-        .arg(&setup.config)
+    let out = command(&setup)
         .arg("serve")
         .env("GEOSTACK_SQL__STATEMENT_TIMEOUT_SECS", "0")
         .output()
@@ -214,9 +217,7 @@ async fn serve_answers_with_its_keys_and_drains_a_request_in_flight_on_sigterm()
         &setup,
         &["user", "create", "alice", "--table", "places"],
     ));
-    let child = Command::new(BIN)
-        .arg("--config")
-        .arg(&setup.config)
+    let child = command(&setup)
         .arg("serve")
         .env("GEOSTACK_LOG_FORMAT", "json")
         .stdout(Stdio::null())
@@ -244,6 +245,30 @@ async fn serve_answers_with_its_keys_and_drains_a_request_in_flight_on_sigterm()
         (200, Some(2)),
         "{body}"
     );
+    // The metrics count that request, by its route's template, and read the gauges.
+    let metrics = client.text(&format!("{base}/metrics")).await.unwrap();
+    let sql_ok = metrics.lines().find(|l| {
+        l.starts_with("geostack_http_requests_total{")
+            && l.contains("route=\"/api/v2/sql\"")
+            && l.contains("status=\"200\"")
+    });
+    assert_eq!(
+        sql_ok.and_then(|l| l.rsplit(' ').next()),
+        Some("1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "geostack_http_request_duration_seconds_bucket{route=\"/api/v2/sql\",le=\"0.005\"}"
+        ),
+        "{metrics}"
+    );
+    assert!(metrics.contains("geostack_sql_rows_total 1"), "{metrics}");
+    assert!(
+        metrics.contains("geostack_batch_jobs{state=\"waiting\"} 0"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("geostack_pool_connections{"), "{metrics}");
     // A request of about two seconds, then SIGTERM while it runs.
     let slow = tokio::spawn({
         let client = client.clone();
@@ -291,6 +316,18 @@ impl Client {
     }
 
     async fn get(&self, url: &str) -> Option<(u16, serde_json::Value)> {
+        let (status, body) = self.fetch(url).await?;
+        Some((
+            status,
+            serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
+        ))
+    }
+
+    async fn text(&self, url: &str) -> Option<String> {
+        self.fetch(url).await.map(|(_, body)| body)
+    }
+
+    async fn fetch(&self, url: &str) -> Option<(u16, String)> {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         let rest = url.strip_prefix("http://")?;
         let (host, path) = rest.split_once('/')?;
@@ -310,10 +347,7 @@ impl Client {
         } else {
             body.to_owned()
         };
-        Some((
-            status,
-            serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
-        ))
+        Some((status, body))
     }
 }
 

@@ -89,13 +89,24 @@ pub(crate) struct Admitted<S> {
     pub(crate) _admission: Admission,
     /// The connection's cut, armed at the response's deadline while it is written.
     pub(crate) _armed: Option<super::conn::Armed>,
+    /// Bytes streamed so far, for the metrics.
+    pub(crate) bytes: u64,
 }
 
-impl<S: Stream + Unpin> Stream for Admitted<S> {
-    type Item = S::Item;
+impl Stream for Admitted<sqlpass::Body> {
+    type Item = <sqlpass::Body as Stream>::Item;
 
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
-        Pin::new(&mut self.body).poll_next(cx)
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let next = Pin::new(&mut self.body).poll_next(cx);
+        match &next {
+            Poll::Ready(Some(Ok(chunk))) => self.bytes += chunk.len() as u64,
+            Poll::Ready(None) => {
+                let rows = self.body.outcome().map_or(0, |o| o.rows);
+                super::metrics::streamed(rows, std::mem::take(&mut self.bytes));
+            }
+            _ => {}
+        }
+        next
     }
 }
 

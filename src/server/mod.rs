@@ -41,6 +41,7 @@ mod fair;
 mod health;
 mod keys;
 mod maps;
+mod metrics;
 mod page;
 mod request;
 mod sql;
@@ -339,14 +340,18 @@ async fn trace(
     use tracing::Instrument as _;
     let span =
         tracing::info_span!("request", method = %request.method(), path = %request.uri().path());
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
+    let method = request.method().clone();
     async move {
         let started = Instant::now();
         let response = next.run(request).await;
-        tracing::info!(
-            status = response.status().as_u16(),
-            ms = started.elapsed().as_millis() as u64,
-            "answered"
-        );
+        let elapsed = started.elapsed();
+        let status = response.status().as_u16();
+        tracing::info!(status, ms = elapsed.as_millis() as u64, "answered");
+        metrics::request(route, method.as_str(), status, elapsed.as_secs_f64());
         response
     }
     .instrument(span)

@@ -217,6 +217,7 @@ impl Server {
             }
         };
         if !rate.allowed {
+            super::metrics::refused("rate");
             let mut limits = HeaderMap::new();
             rate.write_headers(&mut limits);
             return Err(Error::RateLimited {
@@ -238,21 +239,28 @@ impl Server {
     /// its share running already: one caller cannot hold a role's whole pool.
     pub(crate) fn admit(&self, caller: &Caller) -> Result<super::fair::Admission> {
         let max = self.inner.config.max_running_per_caller;
-        self.admit_as(caller, caller.id.clone(), max)
+        self.admit_as(caller, caller.id.clone(), max, "running")
     }
 
     /// Admits one more tile render of `caller`, or refuses it (429) when it has
     /// `max_renders_per_caller` running.
     pub(crate) fn admit_renders(&self, caller: &Caller) -> Result<super::fair::Admission> {
         let max = self.inner.config.max_renders_per_caller;
-        self.admit_as(caller, format!("{}\ttiles", caller.id), max)
+        self.admit_as(caller, format!("{}\ttiles", caller.id), max, "renders")
     }
 
-    fn admit_as(&self, caller: &Caller, id: String, max: u32) -> Result<super::fair::Admission> {
+    fn admit_as(
+        &self,
+        caller: &Caller,
+        id: String,
+        max: u32,
+        reason: &'static str,
+    ) -> Result<super::fair::Admission> {
         self.inner
             .inflight
             .admit(id, max)
             .ok_or_else(|| {
+                super::metrics::refused(reason);
                 let mut headers = HeaderMap::new();
                 caller.rate.write_headers(&mut headers);
                 headers.insert(header::RETRY_AFTER, axum::http::HeaderValue::from(1));

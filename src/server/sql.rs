@@ -77,6 +77,7 @@ async fn run(
         body: response.body,
         _admission: admission,
         _armed: cut.map(|c| c.arm(cut_at)),
+        bytes: 0,
     }));
     *out.status_mut() = StatusCode::OK;
     let meta = response.meta;

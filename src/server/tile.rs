@@ -54,7 +54,9 @@ impl Server {
 
     /// The tile under `key` if the cache holds it.
     pub(crate) async fn cached_tile(&self, key: &TileKey) -> Result<Option<CachedTile>> {
-        Ok(self.inner.cache.get(key).await?)
+        let tile = self.inner.cache.get(key).await?;
+        super::metrics::tile_cache(tile.is_some());
+        Ok(tile)
     }
 
     /// Renders the tile under `key` once however many ask at the same time; the renderer

@@ -164,6 +164,28 @@ impl PoolRegistry {
         }
     }
 
+    /// Each open pool's role, connections open and connections in use, sorted by role (for
+    /// metrics).
+    pub fn stats(&self) -> Vec<(String, u32, u32)> {
+        let pools = self
+            .pools
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut stats: Vec<_> = pools
+            .iter()
+            .map(|(role, e)| {
+                let size = e.pool.size();
+                (
+                    role.clone(),
+                    size,
+                    size.saturating_sub(e.pool.num_idle() as u32),
+                )
+            })
+            .collect();
+        stats.sort();
+        stats
+    }
+
     /// How many role pools are open.
     pub fn len(&self) -> usize {
         self.pools

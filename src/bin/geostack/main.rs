@@ -394,6 +394,7 @@ async fn serve(server: Server, config: &Config) -> Result<(), Failure> {
     tracing::info!(addr = %config.listen, "geostack listening");
     let app = server
         .router()
+        .merge(metrics(server.clone())?)
         .into_make_service_with_connect_info::<Peer>();
     let (signalled, on_signal) = tokio::sync::oneshot::channel::<()>();
     let serving = axum::serve(listener, app).with_graceful_shutdown(async move {
@@ -421,6 +422,32 @@ async fn serve(server: Server, config: &Config) -> Result<(), Failure> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// `GET /metrics`: the server's metrics in Prometheus's text format (latencies as histograms).
+fn metrics(server: Server) -> Result<axum::Router, Failure> {
+    let buckets = [
+        0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 60.0,
+    ];
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets(&buckets)?
+        .install_recorder()?;
+    let scrape = move || {
+        let (server, handle) = (server.clone(), handle.clone());
+        async move {
+            if let Err(e) = server.record_gauges().await {
+                tracing::warn!(error = %e, "metrics: the gauges could not be read");
+            }
+            (
+                [(
+                    axum::http::header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )],
+                handle.render(),
+            )
+        }
+    };
+    Ok(axum::Router::new().route("/metrics", axum::routing::get(scrape)))
 }
 
 /// Resolves at SIGTERM or Ctrl-C.

@@ -1,0 +1,68 @@
+//! What the server reports through the [`metrics`] facade, for whichever recorder the
+//! application installs (the `geostack` command serves Prometheus's text format on
+//! `GET /metrics`):
+//!
+//! | metric | kind | labels |
+//! |---|---|---|
+//! | `geostack_http_requests_total` | counter | `route` (the matched template), `method`, `status` |
+//! | `geostack_http_request_duration_seconds` | histogram, to the response's head | `route` |
+//! | `geostack_sql_rows_total`, `geostack_sql_bytes_total` | counters, streamed by the SQL API | |
+//! | `geostack_tile_cache_total` | counter | `result`: `hit`, `miss` |
+//! | `geostack_refused_total` | counter | `reason`: `rate`, `running`, `renders` |
+//! | `geostack_pool_connections` | gauge, at [`Server::record_gauges`] | `role`, `state`: `open`, `in_use` |
+//! | `geostack_batch_jobs` | gauge, at [`Server::record_gauges`] | `state`: `waiting`, `delayed`, `active`, `completed`, `dead` |
+
+use super::Server;
+
+pub(crate) fn request(route: String, method: &str, status: u16, seconds: f64) {
+    metrics::counter!(
+        "geostack_http_requests_total",
+        "route" => route.clone(),
+        "method" => method.to_owned(),
+        "status" => status.to_string()
+    )
+    .increment(1);
+    metrics::histogram!("geostack_http_request_duration_seconds", "route" => route).record(seconds);
+}
+
+pub(crate) fn streamed(rows: u64, bytes: u64) {
+    metrics::counter!("geostack_sql_rows_total").increment(rows);
+    metrics::counter!("geostack_sql_bytes_total").increment(bytes);
+}
+
+pub(crate) fn tile_cache(hit: bool) {
+    let result = if hit { "hit" } else { "miss" };
+    metrics::counter!("geostack_tile_cache_total", "result" => result).increment(1);
+}
+
+pub(crate) fn refused(reason: &'static str) {
+    metrics::counter!("geostack_refused_total", "reason" => reason).increment(1);
+}
+
+impl Server {
+    /// Sets the gauges that are read rather than counted: each role pool's connections open and
+    /// in use, and the batch queue's jobs by state. Call it before rendering a scrape.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Jobs`](super::Error) when Redis does not answer for the queue's counts.
+    pub async fn record_gauges(&self) -> super::Result<()> {
+        for (role, open, in_use) in self.inner.registry.stats() {
+            metrics::gauge!("geostack_pool_connections", "role" => role.clone(), "state" => "open")
+                .set(f64::from(open));
+            metrics::gauge!("geostack_pool_connections", "role" => role, "state" => "in_use")
+                .set(f64::from(in_use));
+        }
+        let counts = self.inner.batch.counts().await?;
+        for (state, n) in [
+            ("waiting", counts.waiting),
+            ("delayed", counts.delayed),
+            ("active", counts.active),
+            ("completed", counts.completed),
+            ("dead", counts.dead),
+        ] {
+            metrics::gauge!("geostack_batch_jobs", "state" => state).set(n as f64);
+        }
+        Ok(())
+    }
+}
