@@ -52,10 +52,11 @@ impl Own {
 
 /// Runs `before` (our own statements: `BEGIN …`, `ROLLBACK`) and then `EXECUTE`s `own` with
 /// `args` (our own literals), in one simple-protocol round trip. On a connection that lacks
-/// `own` (a new one, or behind a transaction-mode pooler, a server connection that has not run
-/// the sandbox yet), one more message deallocates what the connection holds, prepares `own` and
-/// the end check, and runs the same: one message is served by one server connection, so this
-/// holds whatever a pooler in between does.
+/// `own` (a new one, or behind a transaction-mode pooler a server connection that has not run
+/// the sandbox yet), the same message is sent again with `own` prepared first. Other prepared
+/// statements of the connection (sqlx's own, on a pool shared with other code) are left alone;
+/// a pooler may hand the second message to a connection that has `own` already, which is then
+/// run as it is.
 pub(crate) async fn execute(
     conn: &mut PgConnection,
     before: &str,
@@ -68,21 +69,24 @@ pub(crate) async fn execute(
         format!("('{}')", args.join("', '"))
     };
     let run = format!("{before}; EXECUTE {}{args}", own.name());
-    match sqlx::raw_sql(AssertSqlSafe(run.clone()))
+    // A failed `EXECUTE` after `BEGIN` leaves the transaction aborted: it is rolled back first.
+    // The end check's message rolled back already.
+    let reset = if own == Own::End { "" } else { "ROLLBACK; " };
+    let prepare_and_run = format!("{reset}{};\n{run}", own.prepare());
+    let mut result = sqlx::raw_sql(AssertSqlSafe(run.clone()))
         .fetch_one(&mut *conn)
-        .await
-    {
-        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("26000") => {
-            let mut again = format!("ROLLBACK; DEALLOCATE ALL;\n{};\n", own.prepare());
-            if own != Own::End {
-                again.push_str(&Own::End.prepare());
-                again.push_str(";\n");
+        .await;
+    for _ in 0..2 {
+        let sql = match &result {
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("26000") => {
+                &prepare_and_run
             }
-            again.push_str(&run);
-            sqlx::raw_sql(AssertSqlSafe(again))
-                .fetch_one(&mut *conn)
-                .await
-        }
-        done => done,
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P05") => &run,
+            _ => break,
+        };
+        result = sqlx::raw_sql(AssertSqlSafe(sql.clone()))
+            .fetch_one(&mut *conn)
+            .await;
     }
+    result
 }
