@@ -10,6 +10,10 @@
     reason = "a benchmark stops, saying why, when its setup fails"
 )]
 
+#[path = "support/small.rs"]
+#[expect(dead_code, reason = "the table is made afresh here, never checked")]
+mod small;
+
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -28,16 +32,6 @@ const BATCH: usize = 800;
 const ROUND_SECS: u64 = 4;
 const ROUNDS: usize = 3;
 
-const SETUP: &str = "
-create table bench_small as
-select g::int8 as id, (g % 17)::int4 as cat, (g * 0.25)::float8 as val, 'label ' || g as label,
-       timestamptz '2026-01-01' + g * interval '1 minute' as ts,
-       ST_SetSRID(ST_MakePoint((g % 3600) * 0.1 - 180, (g % 1700) * 0.1 - 85), 4326) as geom
-from generate_series(1, 100000) g;
-alter table bench_small add primary key (id);
-analyze bench_small;
-";
-
 /// The served database, Redis and server; dropped at the end.
 struct Served {
     db: TestDb,
@@ -47,7 +41,7 @@ struct Served {
 
 async fn serve() -> Served {
     let db = TestDb::new().await;
-    sqlx::raw_sql(SETUP)
+    sqlx::raw_sql(small::SETUP)
         .execute(db.pool())
         .await
         .expect("the bench table");

@@ -9,6 +9,8 @@
     reason = "a benchmark stops, saying why, when its setup fails"
 )]
 
+#[path = "support/small.rs"]
+mod small;
 #[path = "support/mod.rs"]
 mod support;
 
@@ -22,17 +24,6 @@ use geostack::sql::Options;
 const SQL: &str = "SELECT id, cat, val, label, ts, geom FROM bench_small WHERE id = 4242";
 /// Queries per measured batch, spread over the callers.
 const BATCH: usize = 800;
-
-const CHECK: &str = "select count(*) from bench_small";
-const SETUP: &str = "
-create table bench_small as
-select g::int8 as id, (g % 17)::int4 as cat, (g * 0.25)::float8 as val, 'label ' || g as label,
-       timestamptz '2026-01-01' + g * interval '1 minute' as ts,
-       ST_SetSRID(ST_MakePoint((g % 3600) * 0.1 - 180, (g % 1700) * 0.1 - 85), 4326) as geom
-from generate_series(1, 100000) g;
-alter table bench_small add primary key (id);
-analyze bench_small;
-";
 
 #[derive(Clone, Copy, Debug)]
 enum Variant {
@@ -122,7 +113,7 @@ fn small(c: &mut Criterion) {
         .enable_all()
         .build()
         .expect("a tokio runtime");
-    let setup = rt.block_on(support::bench_pool(CHECK, SETUP));
+    let setup = rt.block_on(support::bench_pool(small::CHECK, small::SETUP));
     rt.block_on(geostack::sql::install(&setup))
         .expect("install sqlpass's function");
     let pool = rt.block_on(async {

@@ -248,12 +248,11 @@ impl Config {
         if let Some(maps) = q.maps {
             c = c.maps_quota(quota("quotas.maps", maps)?);
         }
-        if q.anonymous_sql.is_some() || q.anonymous_maps.is_some() {
-            let (Some(sql), Some(maps)) = (q.anonymous_sql, q.anonymous_maps) else {
-                return Err(Invalid(
-                    "quotas.anonymous_sql and quotas.anonymous_maps are set together".into(),
-                ));
-            };
+        if let Some((sql, maps)) = pair(
+            q.anonymous_sql,
+            q.anonymous_maps,
+            "quotas.anonymous_sql and quotas.anonymous_maps",
+        )? {
             c = c.anonymous_quotas(
                 quota("quotas.anonymous_sql", sql)?,
                 quota("quotas.anonymous_maps", maps)?,
@@ -275,27 +274,34 @@ impl Config {
         }
         c = c.pools(pools);
         let t = &self.tiles;
-        if t.cache_entries.is_some() || t.cache_ttl_secs.is_some() {
-            let (Some(entries), Some(ttl)) = (t.cache_entries, t.cache_ttl_secs) else {
-                return Err(Invalid(
-                    "tiles.cache_entries and tiles.cache_ttl_secs are set together".into(),
-                ));
-            };
+        if let Some((entries, ttl)) = pair(
+            t.cache_entries,
+            t.cache_ttl_secs,
+            "tiles.cache_entries and tiles.cache_ttl_secs",
+        )? {
             c = c.tile_cache(entries, secs(ttl));
         }
         if let Some(n) = t.max_renders_per_caller {
             c = c.max_renders_per_caller(n);
         }
         let m = &self.maps;
-        if m.config_limit.is_some() || m.per_user.is_some() {
-            let (Some(bytes), Some(per_user)) = (m.config_limit, m.per_user) else {
-                return Err(Invalid(
-                    "maps.config_limit and maps.per_user are set together".into(),
-                ));
-            };
+        if let Some((bytes, per_user)) = pair(
+            m.config_limit,
+            m.per_user,
+            "maps.config_limit and maps.per_user",
+        )? {
             c = c.map_limits(bytes, per_user);
         }
         Ok(c)
+    }
+}
+
+/// Two settings that go together: both, or neither.
+fn pair<A, B>(a: Option<A>, b: Option<B>, names: &str) -> Result<Option<(A, B)>, Invalid> {
+    match (a, b) {
+        (Some(a), Some(b)) => Ok(Some((a, b))),
+        (None, None) => Ok(None),
+        _ => Err(Invalid(format!("{names} are set together"))),
     }
 }
 
