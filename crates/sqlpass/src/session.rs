@@ -53,7 +53,9 @@ impl Open {
 /// deadline. [`Session::end`] rolls back (or commits) and resets the session in one round trip —
 /// cursors closed, channels unlistened, advisory locks released, temporary tables dropped,
 /// settings and role reset — then returns the connection to its pool only when
-/// `current_user = session_user` and no SQL-level prepared statement is left. A session
+/// `current_user = session_user` and no SQL-level prepared statement is left but the sandbox's
+/// own (its setup and end check, prepared once per connection under `sqlpass_…` names and run
+/// with `EXECUTE` in the same message as the `BEGIN` or `ROLLBACK` they follow). A session
 /// dropped without `end`, or ended after a statement was cut mid-way, cancels its backend's
 /// query and closes the connection.
 ///
