@@ -22,7 +22,7 @@ use geostack::auth::{
 };
 use geostack::server::{Server, ServerConfig};
 use geostack::sql::PublicRole;
-use geostack_testkit::{TestDb, TestRedis, TestRole};
+use geostack_testkit::{TestDb, TestPgBouncer, TestRedis, TestRole};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub struct App {
@@ -41,6 +41,8 @@ pub struct App {
     pub server: Server,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The pgbouncer the server connects through, and the admin role it logs in as.
+    _pgbouncer: Option<(TestPgBouncer, TestRole)>,
 }
 
 impl Drop for App {
@@ -61,6 +63,16 @@ pub async fn app() -> App {
 
 /// The server, its configuration changed by `configure`.
 pub async fn app_with(configure: impl FnOnce(ServerConfig) -> ServerConfig) -> App {
+    app_on(configure, false).await
+}
+
+/// The server with the default configuration, connecting to PostgreSQL (its admin pool and
+/// every key role's pool) through a pgbouncer in transaction mode.
+pub async fn app_behind_pgbouncer() -> App {
+    app_on(|c| c, true).await
+}
+
+async fn app_on(configure: impl FnOnce(ServerConfig) -> ServerConfig, pgbouncer: bool) -> App {
     let db = TestDb::new().await;
     geostack_testkit::natural_earth::load_countries(db.pool(), "countries").await;
     geostack_testkit::natural_earth::load_places(db.pool(), "places").await;
@@ -144,13 +156,28 @@ pub async fn app_with(configure: impl FnOnce(ServerConfig) -> ServerConfig) -> A
             // Roles the keys get are dropped by the test runner's clean-up if a test dies.
             .role_prefix("gs_test_role_key_"),
     );
-    let server = Server::new(
-        redis.connection(),
-        redis.client().clone(),
-        db.connect_options(),
-        config,
-    )
-    .await;
+    // Behind pgbouncer, every role logs in with its password: the admin is a superuser role
+    // of the test's own.
+    let (pg, pgbouncer) = if pgbouncer {
+        let admin = db.create_role().await;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "alter role \"{}\" superuser",
+            admin.name()
+        )))
+        .execute(db.pool())
+        .await
+        .unwrap();
+        let bouncer = TestPgBouncer::start(admin.name(), admin.password()).await;
+        let pg = bouncer
+            .connect_options()
+            .username(admin.name())
+            .password(admin.password())
+            .database(db.name());
+        (pg, Some((bouncer, admin)))
+    } else {
+        (db.connect_options(), None)
+    };
+    let server = Server::new(redis.connection(), redis.client().clone(), pg, config).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -180,6 +207,7 @@ pub async fn app_with(configure: impl FnOnce(ServerConfig) -> ServerConfig) -> A
         server,
         stop: Some(stop),
         tasks: vec![serve, work],
+        _pgbouncer: pgbouncer,
     }
 }
 

@@ -304,26 +304,24 @@ impl Session {
         let st = self.statement_timeout;
         let work = async {
             let err = |e| Error::from_sqlx(e, st);
-            if commit && self.access == Access::ReadWrite {
-                sqlx::raw_sql("COMMIT")
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(err)?;
-            }
-            // A writer's statement, prepared to be described, is closed (with the session's
-            // own statements): the caller's text is kept by no one.
+            // A writer's statement, prepared to be described, is closed inside its transaction
+            // (behind a transaction-mode pooler, on the server connection that has it): the
+            // caller's text is kept by no one.
             if self.caller_prepared {
                 conn.clear_cached_statements().await.map_err(err)?;
             }
             // A reader's rollback undoes settings, the role, listens, cursors and temporary
             // tables made in the transaction; only what outlives a transaction is checked. A
-            // writer's commit keeps them: its session is reset.
-            let row = match self.access {
-                Access::ReadOnly => own::execute(&mut conn, "ROLLBACK", Own::End, &[]).await,
-                Access::ReadWrite => {
-                    sqlx::raw_sql(include_str!("sql/reset.sql"))
-                        .fetch_one(&mut *conn)
-                        .await
+            // writer's session is reset inside its transaction, then committed (or rolled back
+            // first): every result is read, so a failed COMMIT is this session's error.
+            let reset = include_str!("sql/reset.sql");
+            let row = match (self.access, commit) {
+                (Access::ReadOnly, _) => own::execute(&mut conn, "ROLLBACK", Own::End, &[]).await,
+                (Access::ReadWrite, true) => {
+                    first_row(&mut conn, format!("{reset}\nCOMMIT;")).await
+                }
+                (Access::ReadWrite, false) => {
+                    first_row(&mut conn, format!("ROLLBACK;\n{reset}")).await
                 }
             }
             .map_err(err)?;
@@ -363,6 +361,17 @@ impl Drop for Session {
             });
         }
     }
+}
+
+/// Runs our own multi-statement `sql` to its end and returns the first row any statement
+/// gave.
+async fn first_row(conn: &mut Conn, sql: String) -> std::result::Result<PgRow, sqlx::Error> {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+        .fetch_all(&mut **conn)
+        .await?
+        .into_iter()
+        .next()
+        .ok_or(sqlx::Error::RowNotFound)
 }
 
 /// Cancels whatever backend `pid` runs, from a connection of `pool`: the canceller (a role

@@ -8,12 +8,14 @@
 mod names;
 pub mod natural_earth;
 mod pg;
+mod pgbouncer;
 mod redis_cluster;
 mod redis_prefix;
 mod redis_server;
 mod unavailable;
 
 pub use pg::{TestDb, TestRole};
+pub use pgbouncer::TestPgBouncer;
 pub use redis_cluster::RedisCluster;
 pub use redis_prefix::TestRedis;
 pub use redis_server::RedisServer;
