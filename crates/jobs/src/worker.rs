@@ -8,6 +8,7 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+use tracing::Instrument as _;
 
 use futures_util::FutureExt as _;
 use redis::aio::{ConnectionLike, ConnectionManager};
@@ -386,13 +387,24 @@ where
                     for job in jobs {
                         let inner = Arc::clone(&inner);
                         let mut hard_stop = hard_stop.clone();
-                        running.spawn(async move {
-                            let outcome = run_job(&inner, &job, &mut hard_stop).await;
-                            Ended {
-                                queue: job.queue,
-                                report: report(&job, outcome),
+                        // A job run's span: which job, never its payload.
+                        let span = tracing::info_span!(
+                            "job",
+                            queue = inner.queues[job.queue].name().as_str(),
+                            id = %job.id,
+                            name = %job.name,
+                            attempt = job.attempt,
+                        );
+                        running.spawn(
+                            async move {
+                                let outcome = run_job(&inner, &job, &mut hard_stop).await;
+                                Ended {
+                                    queue: job.queue,
+                                    report: report(&job, outcome),
+                                }
                             }
-                        });
+                            .instrument(span),
+                        );
                     }
                 }
                 Err(_) => {

@@ -140,7 +140,7 @@ impl PoolRegistry {
             // Every run ends with a round trip that checks its connection: no ping before.
             .test_before_acquire(false)
             .idle_timeout(Some(self.config.idle))
-            .connect_lazy_with(self.base.clone().username(role).password(password));
+            .connect_lazy_with(quiet(self.base.clone().username(role).password(password)));
         pools.insert(
             role.to_owned(),
             Entry {
@@ -198,6 +198,15 @@ impl PoolRegistry {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// `options` without sqlx's statement logs: they would write callers' SQL text (every
+/// statement at DEBUG, slow ones at WARN) into the application's logs.
+fn quiet(options: PgConnectOptions) -> PgConnectOptions {
+    use sqlx::ConnectOptions as _;
+    options
+        .log_statements(log::LevelFilter::Off)
+        .log_slow_statements(log::LevelFilter::Off, Duration::MAX)
 }
 
 fn in_use(pool: &PgPool) -> bool {

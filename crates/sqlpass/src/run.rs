@@ -14,6 +14,7 @@ use sqlx::{
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Sleep;
+use tracing::Instrument as _;
 
 use crate::body::End;
 use crate::format::{self, Column, Summary};
@@ -63,6 +64,17 @@ pub struct Response {
 /// [`Error::Unavailable`] when no connection could be had, [`Error::StatementTimeout`] /
 /// [`Error::Deadline`] for timeouts.
 pub async fn run(pool: &PgPool, sql: &str, options: Options) -> Result<Response> {
+    // The query's span: its shape, never its text (a caller's data may be in it).
+    let span = tracing::info_span!(
+        "sql",
+        format = ?options.format,
+        access = ?options.access,
+        text_bytes = sql.len(),
+    );
+    run_in(pool, sql, options).instrument(span).await
+}
+
+async fn run_in(pool: &PgPool, sql: &str, options: Options) -> Result<Response> {
     let started = Instant::now();
     let statement = Statement::new(sql)?;
     let mut session = Session::begin(pool, &options).await?;
@@ -108,7 +120,7 @@ pub async fn run(pool: &PgPool, sql: &str, options: Options) -> Result<Response>
     };
     match producer.options.access {
         Access::ReadOnly => {
-            tokio::spawn(producer.run());
+            tokio::spawn(producer.run().in_current_span());
         }
         Access::ReadWrite => producer.write().await?,
     }
@@ -592,6 +604,12 @@ impl Producer {
         };
         self.session.set_cut(cut);
         let _ = self.session.finish(false).await;
+        tracing::debug!(
+            rows = state.rows,
+            failed = error.is_some(),
+            ms = self.started.elapsed().as_millis() as u64,
+            "query streamed"
+        );
         if self
             .finish(encoder.as_mut(), &columns, &mut state, error.as_deref())
             .await

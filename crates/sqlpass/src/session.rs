@@ -331,6 +331,10 @@ impl Session {
         match tokio::time::timeout(Duration::from_secs(5), work).await {
             Ok(Ok(true)) => Ok(()),
             Ok(Ok(false)) => {
+                tracing::warn!(
+                    pid = self.pid,
+                    "a caller left its connection unclean: the connection is closed"
+                );
                 let _ = conn.detach().close().await;
                 Ok(())
             }

@@ -152,6 +152,7 @@ impl TableSource {
     ///
     /// [`Error::Sql`] when the query fails, [`Error::Limit`] over the source limits,
     /// [`Error::Encode`] from the encoder.
+    #[tracing::instrument(name = "tile", skip_all, fields(table = %self.table))]
     pub async fn fill(
         &self,
         pool: &PgPool,

@@ -61,6 +61,11 @@ impl MapConfig {
     ///
     /// [`Error::Sql`] when a layer's SQL fails (a syntax error, a write refused by the
     /// read-only transaction, the statement timeout), [`Error::Limit`] over the source limits.
+    #[tracing::instrument(
+        name = "tile",
+        skip_all,
+        fields(z = coord.z(), x = coord.x(), y = coord.y(), layers = self.layers().len())
+    )]
     pub async fn render(
         &self,
         pool: &PgPool,
