@@ -236,3 +236,29 @@ async fn other_origins_may_call_the_api() {
             .contains("X-Cache-Channel")
     );
 }
+
+#[tokio::test]
+async fn the_configured_limits_bound_every_request() {
+    let app = support::app_with(|c| c.sql_limits(5, 1 << 20, 64)).await;
+    let r = app
+        .get(&sql("select g from generate_series(1, 10) g", ""))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json()["error"],
+        serde_json::json!(["row limit of 5 exceeded"])
+    );
+    let r = app.get(&sql("select repeat('x', 100) as wide", "")).await;
+    assert_eq!(
+        r.json()["error"],
+        serde_json::json!([
+            "a value of column wide is larger than the value-size limit of 64 bytes"
+        ]),
+        "{}",
+        r.text()
+    );
+    let r = app
+        .get(&sql("select g from generate_series(1, 5) g", ""))
+        .await;
+    assert_eq!(r.json()["total_rows"], 5, "{}", r.text());
+}

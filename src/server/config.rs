@@ -24,6 +24,9 @@ pub struct ServerConfig {
     pub(crate) maps_quota: Quota,
     pub(crate) statement_timeout: Duration,
     pub(crate) deadline: Duration,
+    pub(crate) row_limit: u64,
+    pub(crate) byte_limit: u64,
+    pub(crate) value_limit: u64,
     pub(crate) batch_timeout: Duration,
     pub(crate) tile_options: TileOptions,
     pub(crate) key_prefix: KeyPrefix,
@@ -52,6 +55,9 @@ impl Default for ServerConfig {
             maps_quota: quota(400, 200),
             statement_timeout: Duration::from_secs(15),
             deadline: Duration::from_secs(60),
+            row_limit: sqlpass::DEFAULT_ROW_LIMIT,
+            byte_limit: sqlpass::DEFAULT_BYTE_LIMIT,
+            value_limit: sqlpass::DEFAULT_VALUE_LIMIT,
             batch_timeout: Duration::from_secs(300),
             // Caps a hostile layer cannot lift: features per layer, the tile's byte budget
             // (then degraded to fit), and what a layer may read (TileOptions' own defaults).
@@ -125,6 +131,16 @@ impl ServerConfig {
     /// Default 60 s.
     pub fn deadline(mut self, deadline: Duration) -> Self {
         self.deadline = deadline;
+        self
+    }
+
+    /// What one SQL API request or batch query may read: rows, bytes of output,
+    /// bytes of one value. Defaults [`sqlpass::DEFAULT_ROW_LIMIT`] (10 M),
+    /// [`sqlpass::DEFAULT_BYTE_LIMIT`] (1 GiB), [`sqlpass::DEFAULT_VALUE_LIMIT`] (16 MiB).
+    pub fn sql_limits(mut self, rows: u64, bytes: u64, value: u64) -> Self {
+        self.row_limit = rows.max(1);
+        self.byte_limit = bytes.max(1);
+        self.value_limit = value.max(1);
         self
     }
 

@@ -272,6 +272,9 @@ impl Server {
         let options = sqlpass::Options::default()
             .statement_timeout(config.statement_timeout)
             .deadline(config.deadline)
+            .row_limit(config.row_limit)
+            .byte_limit(config.byte_limit)
+            .value_limit(config.value_limit)
             .canceller(self.inner.admin.clone());
         match &self.inner.plans {
             Some(plans) => options.plans(plans.clone()),

@@ -104,6 +104,9 @@ struct Sql {
     query_limit: Option<usize>,
     body_limit: Option<usize>,
     max_running_per_caller: Option<u32>,
+    row_limit: Option<u64>,
+    byte_limit: Option<u64>,
+    value_limit: Option<u64>,
 }
 
 #[derive(Default, Deserialize)]
@@ -240,6 +243,22 @@ impl Config {
         }
         if let Some(n) = s.max_running_per_caller {
             c = c.max_running_per_caller(n);
+        }
+        if s.row_limit.is_some() || s.byte_limit.is_some() || s.value_limit.is_some() {
+            c = c.sql_limits(
+                positive(
+                    "sql.row_limit",
+                    s.row_limit.unwrap_or(geostack::sql::DEFAULT_ROW_LIMIT),
+                )?,
+                positive(
+                    "sql.byte_limit",
+                    s.byte_limit.unwrap_or(geostack::sql::DEFAULT_BYTE_LIMIT),
+                )?,
+                positive(
+                    "sql.value_limit",
+                    s.value_limit.unwrap_or(geostack::sql::DEFAULT_VALUE_LIMIT),
+                )?,
+            );
         }
         let q = &self.quotas;
         if let Some(sql) = q.sql {
@@ -405,6 +424,7 @@ mod tests {
                 "quotas.anonymous_sql and quotas.anonymous_maps",
             ),
             ("log_format = \"xml\"", "log_format: "),
+            ("[sql]\nrow_limit = 0", "sql.row_limit: must be at least 1"),
             ("key_prefix = \"{braces}\"", "key_prefix: "),
         ];
         for (text, expected) in cases {
