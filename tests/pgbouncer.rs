@@ -3,6 +3,10 @@
 //! (reads repeated and concurrent, so that server connections are shared between clients; a
 //! write with the regular key; hostile statements refused as without a pooler), a table tile, a
 //! map config's tile and a batch query work as they do when connected directly.
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers fail the test by panicking"
+)]
 
 mod support;
 
@@ -54,18 +58,7 @@ async fn the_apis_work_through_pgbouncer_in_transaction_mode() {
         ))
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
-    let r = app
-        .get(&sql(
-            &app,
-            "select count(*) as n from notes where note = 'through pgbouncer'",
-        ))
-        .await;
-    assert_eq!(
-        r.json()["rows"],
-        serde_json::json!([{"n": 1}]),
-        "{}",
-        r.text()
-    );
+    assert_eq!(notes(&app, "through pgbouncer").await, 1);
 
     // Hostile statements are refused here too, and leave no trace for the next caller.
     for hostile in [
@@ -129,16 +122,13 @@ async fn the_apis_work_through_pgbouncer_in_transaction_mode() {
         },
     )
     .await;
-    let r = app
-        .get(&sql(
-            &app,
-            "select count(*) as n from notes where note = 'from a batch'",
-        ))
-        .await;
-    assert_eq!(
-        r.json()["rows"],
-        serde_json::json!([{"n": 1}]),
-        "{}",
-        r.text()
-    );
+    assert_eq!(notes(&app, "from a batch").await, 1);
+}
+
+/// How many notes say `note`, read through the SQL API with the regular key.
+async fn notes(app: &App, note: &str) -> i64 {
+    let q = format!("select count(*) as n from notes where note = '{note}'");
+    let r = app.get(&sql(app, &q)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["rows"][0]["n"].as_i64().unwrap()
 }

@@ -172,15 +172,17 @@ async fn prepare(
     let tables_in_describe = want_tables && session.query_tables;
     let mut tables = None;
     // A reader's statement described before, in this DDL generation, as this role.
-    let cached = match (&options.plans, session.generation, access) {
-        (Some(plans), Some(generation), Access::ReadOnly) => {
-            let key = Key::new(&session.database, &session.role, sql);
-            let hit = plans.get(&key, generation, tables_in_describe);
-            Some((plans, generation, key, hit))
-        }
+    let cache = match (&options.plans, session.generation, access) {
+        (Some(plans), Some(generation), Access::ReadOnly) => Some((
+            plans,
+            generation,
+            Key::new(&session.database, &session.role, sql),
+        )),
         _ => None,
     };
-    let hit = cached.as_ref().and_then(|(_, _, _, hit)| hit.clone());
+    let hit = cache
+        .as_ref()
+        .and_then(|(plans, generation, key)| plans.get(key, *generation, tables_in_describe));
     let described: Vec<(String, sqlx::postgres::PgTypeInfo)> = match (access, &hit) {
         (_, Some(hit)) => {
             tables = hit.tables.clone();
@@ -222,7 +224,7 @@ async fn prepare(
                 let found: Vec<String> = row.try_get(described.len()).map_err(err)?;
                 tables = Some(found);
             }
-            if let Some((plans, generation, key, None)) = &cached {
+            if let Some((plans, generation, key)) = &cache {
                 let entry = Described {
                     columns: described.clone(),
                     tables: tables.clone(),
@@ -317,8 +319,8 @@ async fn prepare(
     if guarded {
         oids.push(Some(INT4_OID));
     }
-    let reused = match (cached, hit) {
-        (Some((plans, _, key, _)), Some(_)) => Some(Reused {
+    let reused = match (cache, hit) {
+        (Some((plans, _, key)), Some(_)) => Some(Reused {
             plans: plans.clone(),
             key,
             oids,
