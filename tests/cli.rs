@@ -213,10 +213,15 @@ async fn serve_answers_with_its_keys_and_drains_a_request_in_flight_on_sigterm()
         "listen = \"127.0.0.1:{port}\"\ndefault_user = \"alice\"\nbatch_workers = 0\nshutdown_grace_secs = 20\n"
     ))
     .await;
-    json(&geostack(
+    let user = json(&geostack(
         &setup,
         &["user", "create", "alice", "--table", "places"],
     ));
+    assert_eq!(user["default_public"]["type"], "default_public");
+    let master = user["master"]["token"].as_str().unwrap().to_owned();
+    // The master key's role holds every privilege on the user's tables.
+    let master_role = user["master"]["role"].as_str().unwrap().to_owned();
+    assert!(privilege(&setup, &master_role, "secrets", "delete").await);
     let child = command(&setup)
         .arg("serve")
         .env("GEOSTACK_LOG_FORMAT", "json")
@@ -245,6 +250,12 @@ async fn serve_answers_with_its_keys_and_drains_a_request_in_flight_on_sigterm()
         (200, Some(2)),
         "{body}"
     );
+    // The master key the command made manages keys through the Auth API.
+    let (status, keys) = client
+        .get(&format!("{base}/api/v3/api_keys?api_key={master}"))
+        .await
+        .unwrap();
+    assert_eq!((status, keys["total"].as_u64()), (200, Some(2)), "{keys}");
     // The metrics count that request, by its route's template, and read the gauges.
     let metrics = client.text(&format!("{base}/metrics")).await.unwrap();
     let sql_ok = metrics.lines().find(|l| {

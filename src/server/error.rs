@@ -40,9 +40,15 @@ pub enum Error {
     /// The request needs credentials it did not carry.
     #[error("{0}")]
     Unauthorized(String),
+    /// The caller's key may not do this (the Auth API without the master key).
+    #[error("{0}")]
+    Forbidden(String),
     /// Nothing is there.
     #[error("{0}")]
     NotFound(String),
+    /// The request is well formed but what it asks for is invalid (a key's name or grants).
+    #[error("{0}")]
+    Unprocessable(String),
     /// The route does not take this method.
     #[error("method not allowed")]
     MethodNotAllowed,
@@ -78,7 +84,9 @@ impl Error {
             Self::Jobs(_) | Self::Redis(_) => 503,
             Self::BadRequest(_) => 400,
             Self::Unauthorized(_) => 401,
+            Self::Forbidden(_) => 403,
             Self::NotFound(_) => 404,
+            Self::Unprocessable(_) => 422,
             Self::RateLimited { .. } => 429,
             Self::Internal(_) => 500,
             Self::MethodNotAllowed => 405,

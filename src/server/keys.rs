@@ -1,8 +1,10 @@
 //! Keys with a login role each: creating a key provisions its role with exactly the key's table
 //! grants, revoking it drops the role, as CARTO does for every API key.
 
+use geoauth::KeySource as _;
 use geoauth::{
-    ApiKey, DbRole, Grants, KeyId, KeyStore, NewKey, Secret, TableGrants, Token, UserName,
+    ApiKey, DbRole, Grants, KeyId, KeyStore, NewKey, Privilege, Secret, TableGrants, Token,
+    UserName,
 };
 use sqlpass::CallerRole;
 
@@ -16,6 +18,10 @@ pub enum KeyRequest {
     Regular(String),
     /// The user's `default_public` key (one per user: creating it again replaces it).
     DefaultPublic,
+    /// The user's master key: both APIs, and a role holding every table privilege on every
+    /// table of schema `public` that exists when it is made (extensions' tables excepted). It
+    /// may call the Auth API. The grants given are not used.
+    Master,
 }
 
 impl Server {
@@ -50,30 +56,49 @@ impl Server {
         request: KeyRequest,
         grants: Grants,
     ) -> Result<(ApiKey, Token)> {
-        let TableGrants::Listed(tables) = grants.tables() else {
-            return Err(Error::BadRequest(
-                "a key made here lists its tables: its role holds exactly those grants".into(),
-            ));
-        };
         let name = format!("{}{}", self.inner.config.role_prefix, random_hex(8)?);
         let password = random_hex(16)?;
         let mut role = CallerRole::new(name.clone(), password.clone());
-        for (table, privileges) in tables {
-            role = role.grant(
-                table.schema(),
-                table.table(),
-                privileges.iter().map(|p| p.as_str()),
-            );
+        if request == KeyRequest::Master {
+            role = role.grant_schema("public", Privilege::ALL.map(Privilege::as_str));
+        } else {
+            let TableGrants::Listed(tables) = grants.tables() else {
+                return Err(Error::BadRequest(
+                    "a key made here lists its tables: its role holds exactly those grants".into(),
+                ));
+            };
+            for (table, privileges) in tables {
+                role = role.grant(
+                    table.schema(),
+                    table.table(),
+                    privileges.iter().map(|p| p.as_str()),
+                );
+            }
         }
+        // The public key a new one replaces, whose role goes once the new key is stored.
+        let replaced = match request {
+            KeyRequest::DefaultPublic => {
+                self.inner
+                    .keys
+                    .lookup(user, &Token::default_public())
+                    .await?
+            }
+            _ => None,
+        };
         role.provision(&self.inner.admin, &[]).await?;
         let db_role = DbRole::new(name.clone(), Secret::new(password));
         let new = match request {
-            KeyRequest::Regular(key_name) => NewKey::regular(key_name, db_role),
-            KeyRequest::DefaultPublic => NewKey::default_public(db_role),
-        }
-        .grants(grants);
+            KeyRequest::Regular(key_name) => NewKey::regular(key_name, db_role).grants(grants),
+            KeyRequest::DefaultPublic => NewKey::default_public(db_role).grants(grants),
+            KeyRequest::Master => NewKey::master(db_role),
+        };
         match self.inner.keys.create(user, new).await {
-            Ok(made) => Ok(made),
+            Ok(made) => {
+                if let Some(old) = replaced {
+                    self.drop_key_role(old.db_role.name()).await?;
+                }
+                Ok(made)
+            }
             Err(e) => {
                 let _ = CallerRole::drop_role(&self.inner.admin, &name).await;
                 Err(e.into())
@@ -101,12 +126,18 @@ impl Server {
             return Ok(false);
         };
         let revoked = self.inner.keys.revoke(user, id).await?;
-        let role = key.db_role.name();
+        self.drop_key_role(key.db_role.name()).await?;
+        Ok(revoked)
+    }
+
+    /// Drops `role` and forgets its pool, when the server made it (its name has the role
+    /// prefix); a role the server did not make is left alone.
+    async fn drop_key_role(&self, role: &str) -> Result<()> {
         if role.starts_with(self.inner.config.role_prefix.as_str()) {
             self.inner.registry.forget(role);
             CallerRole::drop_role(&self.inner.admin, role).await?;
         }
-        Ok(revoked)
+        Ok(())
     }
 }
 

@@ -7,6 +7,7 @@
 //! | `POST /api/v2/sql/job`, `GET\|DELETE /api/v2/sql/job/{id}` | batch queries, run by a [`jobs`](geostack_jobs) worker |
 //! | `POST /api/v1/map` | a layergroup config → its token and TileJSON |
 //! | `GET /api/v1/map/{token}[/{layers}]/{z}/{x}/{y}.mvt`, `…/{token}/tilejson.json` | its tiles |
+//! | `GET\|POST /api/v3/api_keys`, `GET\|DELETE /api/v3/api_keys/{name}`, `POST …/{name}/token/regenerate` | CARTO's Auth API: keys listed, made, shown, deleted, given a new token (the master key manages them all) |
 //! | `GET /tiles/{table}/{z}/{x}/{y}.mvt`, `/tiles/{table}.json` | tiles of a table the caller may read |
 //! | `GET /` | a MapLibre page of the tables and a SQL box |
 //! | `GET /health`, `GET /ready` | the process answers; PostgreSQL and Redis answer too (503 otherwise) |
@@ -32,6 +33,7 @@
 //! # Ok(()) }
 //! ```
 
+mod api_keys;
 mod batch;
 mod config;
 mod conn;
@@ -211,6 +213,18 @@ impl Server {
                 .route(
                     &format!("/api/v1/map{slash}"),
                     axum::routing::post(maps::create),
+                )
+                .route(
+                    &format!("/api/v3/api_keys{slash}"),
+                    get(api_keys::list).post(api_keys::create),
+                )
+                .route(
+                    &format!("/api/v3/api_keys/{{name}}{slash}"),
+                    get(api_keys::show).delete(api_keys::delete),
+                )
+                .route(
+                    &format!("/api/v3/api_keys/{{name}}/token/regenerate{slash}"),
+                    axum::routing::post(api_keys::regenerate),
                 );
         }
         let api = api

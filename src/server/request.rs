@@ -163,6 +163,25 @@ impl Server {
         api: Api,
         peer: Option<std::net::SocketAddr>,
     ) -> Result<Caller> {
+        let principal = self.principal(path, headers, params).await?;
+        principal.authorize(api)?;
+        let config = &self.inner.config;
+        let (group, quota, anonymous_quota) = match api {
+            Api::Sql => ("sql", config.sql_quota, config.anonymous_sql_quota),
+            _ => ("maps", config.maps_quota, config.anonymous_maps_quota),
+        };
+        self.rate(principal, headers, peer, group, quota, anonymous_quota)
+            .await
+    }
+
+    /// The key the request's credentials name (a request without any uses the user's
+    /// `default_public` key), verified.
+    pub(crate) async fn principal(
+        &self,
+        path: &HashMap<String, String>,
+        headers: &HeaderMap,
+        params: &Params,
+    ) -> Result<Principal> {
         let inner = &self.inner;
         let user = self.user_of(path, headers)?;
         let query = params.encoded();
@@ -172,20 +191,22 @@ impl Server {
             &user,
             inner.verifier.token_format(),
         )?;
-        let principal = inner.verifier.verify(&user, &credentials).await?;
-        principal.authorize(api)?;
-        let (group, quota, anonymous_quota) = match api {
-            Api::Sql => (
-                "sql",
-                inner.config.sql_quota,
-                inner.config.anonymous_sql_quota,
-            ),
-            _ => (
-                "maps",
-                inner.config.maps_quota,
-                inner.config.anonymous_maps_quota,
-            ),
-        };
+        Ok(inner.verifier.verify(&user, &credentials).await?)
+    }
+
+    /// Counts the request against `principal`'s rate for `group` and refuses it (429) when
+    /// over `quota`; an anonymous caller has `quota` per client address, and all of them
+    /// together `anonymous_quota`.
+    pub(crate) async fn rate(
+        &self,
+        principal: Principal,
+        headers: &HeaderMap,
+        peer: Option<std::net::SocketAddr>,
+        group: &'static str,
+        quota: geoauth::Quota,
+        anonymous_quota: geoauth::Quota,
+    ) -> Result<Caller> {
+        let inner = &self.inner;
         let client = super::fair::client_addr(peer, headers, &inner.config.trusted_proxies);
         // Anonymous callers share the user's public key: each client address has the key's
         // quota, and all of them together a larger one.

@@ -2,6 +2,7 @@
 
 mod cache;
 mod carto;
+mod carto_grants;
 mod credentials;
 mod error;
 #[cfg(feature = "tower")]

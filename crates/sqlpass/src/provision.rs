@@ -91,6 +91,8 @@ pub struct CallerRole {
     name: String,
     password: String,
     grants: Vec<(String, String, Vec<String>)>,
+    /// Schemas whose every table gets these privileges when the role is provisioned.
+    schema_grants: Vec<(String, Vec<String>)>,
 }
 
 impl std::fmt::Debug for CallerRole {
@@ -99,6 +101,7 @@ impl std::fmt::Debug for CallerRole {
             .field("name", &self.name)
             .field("password", &"[redacted]")
             .field("grants", &self.grants)
+            .field("schema_grants", &self.schema_grants)
             .finish()
     }
 }
@@ -113,7 +116,24 @@ impl CallerRole {
             name: name.into(),
             password: password.into(),
             grants: Vec::new(),
+            schema_grants: Vec::new(),
         }
+    }
+
+    /// Adds `privileges` on every table, view and foreign table of `schema` that exists when
+    /// the role is provisioned, except those an extension owns (PostGIS's `spatial_ref_sys`):
+    /// the role of an owner's key. Tables made later are not included.
+    pub fn grant_schema<P: AsRef<str>>(
+        mut self,
+        schema: impl Into<String>,
+        privileges: impl IntoIterator<Item = P>,
+    ) -> Self {
+        let privileges = privileges
+            .into_iter()
+            .map(|p| p.as_ref().to_ascii_lowercase())
+            .collect();
+        self.schema_grants.push((schema.into(), privileges));
+        self
     }
 
     /// Adds `privileges` (`select`, `insert`, `update`, `delete`) on `schema.table`.
@@ -146,6 +166,7 @@ impl CallerRole {
             .grants
             .iter()
             .flat_map(|(_, _, ps)| ps)
+            .chain(self.schema_grants.iter().flat_map(|(_, ps)| ps))
             .find(|p| !PRIVILEGES.contains(&p.as_str()))
         {
             return Err(Error::InvalidOption {
@@ -167,7 +188,30 @@ impl CallerRole {
             .map_err(err)?;
         statements.push(create);
         statements.extend(revoke_tables(&mut tx, &self.name).await?);
-        for (schema, table, privileges) in &self.grants {
+        let mut grants = self.grants.clone();
+        for (schema, privileges) in &self.schema_grants {
+            let tables: Vec<(String,)> = sqlx::query_as(
+                "select c.relname::text
+                 from pg_class c join pg_namespace n on n.oid = c.relnamespace
+                 where n.nspname = $1 and c.relkind in ('r', 'p', 'v', 'm', 'f')
+                   and not exists (select from pg_depend d
+                                   where d.classid = 'pg_class'::regclass and d.objid = c.oid
+                                     and d.deptype = 'e')
+                 order by 1",
+            )
+            .bind(schema)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(err)?;
+            // The schema itself even when it holds no table yet.
+            grants.push((schema.clone(), String::new(), privileges.clone()));
+            grants.extend(
+                tables
+                    .into_iter()
+                    .map(|(t,)| (schema.clone(), t, privileges.clone())),
+            );
+        }
+        for (schema, table, privileges) in &grants {
             let (usage, grant): (String, String) = sqlx::query_as(
                 "select format('GRANT USAGE ON SCHEMA %I TO %I', $1::text, $3::text),
                         format('GRANT %s ON %I.%I TO %I', upper(array_to_string($4::text[], ', ')),

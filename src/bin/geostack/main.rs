@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use clap::{Args, Parser, Subcommand};
-use geostack::auth::{Api, ApiKey, Grants, KeyId, Privilege, TableName, UserName};
+use geostack::auth::{Api, ApiKey, Grants, KeyId, KeyKind, Privilege, TableName, UserName};
 use geostack::server::{GuardedListener, KeyRequest, Peer, Server};
 
 use config::{Config, LogFormat};
@@ -59,8 +59,10 @@ enum Command {
 
 #[derive(Subcommand)]
 enum UserCommand {
-    /// Makes (or makes anew) USER's default_public key: a login role of its own reading the
-    /// given tables. Prints the key as JSON.
+    /// Makes (or makes anew) USER's two standing keys, each with a login role of its own: the
+    /// default_public key, reading the given tables, and the master key, holding every
+    /// privilege on the tables of schema public (the key that may call the Auth API). Prints
+    /// both as JSON, the master key with its token: the only time it is shown.
     Create {
         /// The user.
         user: String,
@@ -184,10 +186,26 @@ async fn run(command: Command, config: Config) -> Result<(), Failure> {
         }
         Command::User(UserCommand::Create { user, grants }) => {
             let user = UserName::new(user)?;
-            let (key, token) = server
+            let (public, public_token) = server
                 .create_key(&user, KeyRequest::DefaultPublic, grants.parse()?)
                 .await?;
-            print_key(&key, Some(token.expose()));
+            // One master key a user: an earlier one is revoked with its role.
+            for old in server.key_store().list(&user).await? {
+                if old.kind == KeyKind::Master {
+                    server.revoke_key(&user, &old.id).await?;
+                }
+            }
+            let (master, master_token) = server
+                .create_key(&user, KeyRequest::Master, Grants::new())
+                .await?;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "user": user.as_str(),
+                    "default_public": key_json(&public, Some(public_token.expose())),
+                    "master": key_json(&master, Some(master_token.expose())),
+                })
+            );
             Ok(())
         }
         Command::User(UserCommand::Delete { user }) => {
@@ -329,42 +347,9 @@ fn qualified(table: &str) -> String {
 
 /// Grants in CARTO's JSON shape.
 fn carto_grants(json: &str) -> Result<Grants, Failure> {
-    let items: Vec<serde_json::Value> =
-        serde_json::from_str(json).map_err(|e| format!("--grants is not CARTO's JSON: {e}"))?;
-    let mut grants = Grants::new();
-    for item in &items {
-        match item["type"].as_str() {
-            Some("apis") => {
-                for api in item["apis"].as_array().into_iter().flatten() {
-                    let api = api.as_str().ok_or("--grants: an api is not a string")?;
-                    grants = grants.api(api.parse::<Api>()?);
-                }
-            }
-            Some("database") => {
-                for table in item["tables"].as_array().into_iter().flatten() {
-                    let schema = table["schema"].as_str().unwrap_or("public");
-                    let name = table["name"]
-                        .as_str()
-                        .ok_or("--grants: a table has no name")?;
-                    let privileges = table["permissions"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .map(|p| {
-                            p.as_str()
-                                .ok_or("--grants: a permission is not a string")
-                                .map_err(Failure::from)
-                                .and_then(|p| Ok(p.parse::<Privilege>()?))
-                        })
-                        .collect::<Result<Vec<_>, _>>()?;
-                    grants =
-                        grants.table(format!("{schema}.{name}").parse::<TableName>()?, privileges);
-                }
-            }
-            other => return Err(format!("--grants: unknown grant type {other:?}").into()),
-        }
-    }
-    Ok(grants)
+    let value: serde_json::Value =
+        serde_json::from_str(json).map_err(|e| format!("--grants is not JSON: {e}"))?;
+    Grants::from_carto_json(&value).map_err(|e| format!("--grants: {e}").into())
 }
 
 async fn server(config: &Config) -> Result<Server, Failure> {
