@@ -186,6 +186,7 @@ impl Server {
     /// quota, in a bucket of its own). A request without credentials is refused: the public
     /// key has no keys to manage.
     async fn keys_caller(&self, req: &ApiRequest, params: &Params) -> Result<Principal> {
+        self.native_keys()?;
         let principal = self.principal(&req.path, &req.headers, params).await?;
         if principal.is_anonymous() {
             return Err(Error::Unauthorized(

@@ -10,7 +10,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt as _;
-use geoauth::{Api, KeyId, KeyStore, UserName};
+use geoauth::{Api, KeyId, KeySource, UserName};
 use geostack_jobs::{Handler, Job, JobContext, JobError, JobId, JobOptions, JobState, JobStatus};
 use serde::{Deserialize, Serialize};
 use sqlpass::{Access, Options, PoolRegistry};
@@ -50,13 +50,17 @@ impl Job for BatchQuery {
 /// Runs [`BatchQuery`] jobs: one statement through sqlpass as the key's role, the rows read
 /// and dropped; the result is `{"total_rows": N, "time": seconds}`.
 pub struct BatchHandler {
-    keys: KeyStore,
+    keys: Arc<dyn KeySource>,
     registry: Arc<PoolRegistry>,
     sandbox: Options,
 }
 
 impl BatchHandler {
-    pub(crate) fn new(keys: KeyStore, registry: Arc<PoolRegistry>, sandbox: Options) -> Self {
+    pub(crate) fn new(
+        keys: Arc<dyn KeySource>,
+        registry: Arc<PoolRegistry>,
+        sandbox: Options,
+    ) -> Self {
         Self {
             keys,
             registry,

@@ -44,6 +44,34 @@ pub struct ServerConfig {
     pub(crate) query_limit: usize,
     pub(crate) map_config_limit: usize,
     pub(crate) maps_per_user: usize,
+    pub(crate) key_layout: KeyLayout,
+}
+
+/// Where the server reads API keys.
+///
+/// ```
+/// use geostack::server::{KeyLayout, ServerConfig};
+///
+/// // An existing CARTO installation's keys, in database 5 of the server's Redis.
+/// let config = ServerConfig::default().key_layout(KeyLayout::Carto { db: 5 });
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KeyLayout {
+    /// geoauth's own layout under [`ServerConfig::key_prefix`]: tokens kept as digests,
+    /// changes announced to every server; keys made and revoked by this server (its Auth API,
+    /// the `geostack` command).
+    #[default]
+    Native,
+    /// CARTO's layout ([`geoauth::CartoKeys`]): `api_keys:<user>:<token>` hashes as CARTO's
+    /// application writes them, read from Redis database `db` of the server's Redis (CARTO's
+    /// default is 5), tokens in CARTO's format. CARTO manages these keys: the Auth API and key
+    /// commands refuse, and a changed key is seen within the verifier's cache time (CARTO
+    /// announces nothing).
+    Carto {
+        /// The Redis database holding CARTO's keys.
+        db: i64,
+    },
 }
 
 impl Default for ServerConfig {
@@ -79,6 +107,7 @@ impl Default for ServerConfig {
             query_limit: 1 << 20,
             map_config_limit: 256 << 10,
             maps_per_user: 1000,
+            key_layout: KeyLayout::Native,
         }
     }
 }
@@ -259,6 +288,12 @@ impl ServerConfig {
     pub fn tile_cache(mut self, capacity: usize, ttl: Duration) -> Self {
         self.tile_cache_capacity = capacity;
         self.tile_cache_ttl = ttl;
+        self
+    }
+
+    /// Where API keys are read. Default [`KeyLayout::Native`].
+    pub fn key_layout(mut self, layout: KeyLayout) -> Self {
+        self.key_layout = layout;
         self
     }
 }

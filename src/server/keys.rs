@@ -8,7 +8,7 @@ use geoauth::{
 };
 use sqlpass::CallerRole;
 
-use super::{Error, Result, Server};
+use super::{Error, KeyLayout, Result, Server};
 
 /// What kind of key [`Server::create_key`] makes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,6 +47,7 @@ impl Server {
     ///
     /// # Errors
     ///
+    /// [`Error::NotFound`] when keys are read from CARTO's layout ([`KeyLayout::Carto`]),
     /// [`Error::BadRequest`] when the grants leave tables to the database role (a key made
     /// here has its own role), [`Error::Sql`] when PostgreSQL refuses the role (a missing
     /// table), [`Error::Auth`] when the key cannot be stored (the role is dropped again).
@@ -56,6 +57,7 @@ impl Server {
         request: KeyRequest,
         grants: Grants,
     ) -> Result<(ApiKey, Token)> {
+        self.native_keys()?;
         let name = format!("{}{}", self.inner.config.role_prefix, random_hex(8)?);
         let password = random_hex(16)?;
         let mut role = CallerRole::new(name.clone(), password.clone());
@@ -119,15 +121,26 @@ impl Server {
     ///
     /// # Errors
     ///
-    /// [`Error::Auth`] when Redis cannot be asked, [`Error::Sql`] when the role cannot be
-    /// dropped (the key is revoked all the same).
+    /// [`Error::NotFound`] with CARTO's layout, [`Error::Auth`] when Redis cannot be asked,
+    /// [`Error::Sql`] when the role cannot be dropped (the key is revoked all the same).
     pub async fn revoke_key(&self, user: &UserName, id: &KeyId) -> Result<bool> {
+        self.native_keys()?;
         let Some(key) = self.inner.keys.get(user, id).await? else {
             return Ok(false);
         };
         let revoked = self.inner.keys.revoke(user, id).await?;
         self.drop_key_role(key.db_role.name()).await?;
         Ok(revoked)
+    }
+
+    /// Refuses to manage keys when they are CARTO's ([`KeyLayout::Carto`]).
+    pub(crate) fn native_keys(&self) -> Result<()> {
+        match self.inner.config.key_layout {
+            KeyLayout::Native => Ok(()),
+            _ => Err(Error::NotFound(
+                "keys are read from CARTO's layout here: CARTO manages them".into(),
+            )),
+        }
     }
 
     /// Drops `role` and forgets its pool, when the server made it (its name has the role

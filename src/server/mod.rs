@@ -56,14 +56,14 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::routing::get;
-use geoauth::{KeyStore, RateLimiter, Verifier, VerifierConfig};
+use geoauth::{CartoKeys, KeySource, KeyStore, RateLimiter, TokenFormat, Verifier, VerifierConfig};
 use geostack_jobs::{Queue, QueueName, Worker, WorkerConfig};
 use geostack_tiles::{MemoryTileCache, SingleFlight, TableSource};
 use redis::aio::ConnectionManager;
 use sqlpass::PoolRegistry;
 
 pub use batch::{BatchHandler, BatchQuery};
-pub use config::ServerConfig;
+pub use config::{KeyLayout, ServerConfig};
 pub use conn::{GuardedListener, GuardedStream, Peer};
 pub use error::{Error, Result};
 pub use keys::KeyRequest;
@@ -119,7 +119,10 @@ pub struct Server {
 }
 
 struct Inner {
-    verifier: Verifier<KeyStore>,
+    verifier: Verifier<Arc<dyn KeySource>>,
+    /// Where keys are read: the native store, or CARTO's layout.
+    source: Arc<dyn KeySource>,
+    /// The native store, where this server makes and revokes keys.
     keys: KeyStore,
     limiter: RateLimiter,
     registry: Arc<PoolRegistry>,
@@ -151,8 +154,33 @@ impl Server {
         config: ServerConfig,
     ) -> Self {
         let keys = KeyStore::with_prefix(conn.clone(), config.key_prefix.clone());
-        let verifier =
-            Verifier::with_cache(keys.clone(), client.clone(), VerifierConfig::default()).await;
+        let (source, format): (Arc<dyn KeySource>, _) = match config.key_layout {
+            KeyLayout::Native => (Arc::new(keys.clone()), TokenFormat::Native),
+            KeyLayout::Carto { db } => {
+                let info = client.get_connection_info().clone();
+                let settings = info.redis_settings().clone().set_db(db);
+                let carto = redis::Client::open(info.set_redis_settings(settings))
+                    .and_then(|c| {
+                        ConnectionManager::new_lazy_with_config(
+                            c,
+                            redis::aio::ConnectionManagerConfig::new(),
+                        )
+                    })
+                    // The server's own client with another database number, and the default
+                    // manager settings: neither can be refused.
+                    .unwrap_or_else(|_| unreachable_carto());
+                (
+                    Arc::new(CartoKeys::new(carto)),
+                    TokenFormat::CartoCompatible,
+                )
+            }
+        };
+        let verifier = Verifier::with_cache(
+            Arc::clone(&source),
+            client.clone(),
+            VerifierConfig::default().token_format(format),
+        )
+        .await;
         let limiter = RateLimiter::with_prefix(conn.clone(), config.key_prefix.clone());
         let batch = Queue::with_prefix(
             conn.clone(),
@@ -178,6 +206,7 @@ impl Server {
         Self {
             inner: Arc::new(Inner {
                 verifier,
+                source,
                 keys,
                 limiter,
                 registry: Arc::new(PoolRegistry::new(pg, config.pools.clone())),
@@ -264,7 +293,7 @@ impl Server {
     /// The handler of batch queries, for a worker of its own (see `examples/worker.rs`).
     pub fn batch_handler(&self) -> BatchHandler {
         BatchHandler::new(
-            self.inner.keys.clone(),
+            Arc::clone(&self.inner.source),
             Arc::clone(&self.inner.registry),
             self.sandbox()
                 .statement_timeout(self.inner.config.batch_timeout)
@@ -300,6 +329,14 @@ impl Server {
     pub fn batch_queue(&self) -> &Queue {
         &self.inner.batch
     }
+}
+
+#[expect(
+    clippy::panic,
+    reason = "a Redis client for another database of a valid client's server is valid"
+)]
+fn unreachable_carto() -> ConnectionManager {
+    panic!("the connection to CARTO's key database was refused")
 }
 
 #[expect(clippy::panic, reason = "BATCH_QUEUE is a valid queue name")]

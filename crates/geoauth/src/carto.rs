@@ -7,7 +7,10 @@ use async_trait::async_trait;
 use redis::aio::{ConnectionLike, ConnectionManager};
 
 use crate::record::external_id;
-use crate::{Api, ApiKey, DbRole, Grants, KeyKind, KeySource, Result, Secret, Token, UserName};
+use crate::{
+    Api, ApiKey, DbRole, Grants, KeyId, KeyKind, KeySource, Result, Secret, Token, TokenFormat,
+    UserName,
+};
 
 /// Reads API keys from a CARTO Redis, exactly as CARTO writes them, so a service can
 /// authenticate an existing CARTO installation's users.
@@ -77,9 +80,49 @@ where
         Ok(Some(key))
     }
 
+    /// Finds the key by scanning `user`'s CARTO key names (`SCAN … MATCH api_keys:<user>:*`),
+    /// since CARTO indexes keys by token alone: a walk over the key space of the database,
+    /// meant for occasional lookups (a batch query starting), not for every request.
+    async fn get(&self, user: &UserName, id: &KeyId) -> Result<Option<ApiKey>> {
+        let prefix = format!("api_keys:{user}:");
+        let mut conn = self.conn.clone();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, names): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{prefix}*"))
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await?;
+            for name in &names {
+                let Some(token) = name
+                    .strip_prefix(&prefix)
+                    .and_then(|t| Token::parse(t, TokenFormat::CartoCompatible).ok())
+                else {
+                    continue;
+                };
+                if carto_id(&token) == *id {
+                    return self.lookup(user, &token).await;
+                }
+            }
+            if next == 0 {
+                return Ok(None);
+            }
+            cursor = next;
+        }
+    }
+
     fn invalidation_channel(&self) -> Option<String> {
         None
     }
+}
+
+/// A CARTO key's id: a short digest of its token, which is safe to show (CARTO keys have no
+/// id of their own).
+fn carto_id(token: &Token) -> KeyId {
+    external_id(&format!("carto_{}", &token.digest().to_hex()[..16]))
 }
 
 /// A key from CARTO's hash fields; `None` when a required field is missing, the type is
@@ -99,11 +142,8 @@ fn parse(user: &UserName, token: &Token, fields: &HashMap<String, String>) -> Op
     if granted("grants_maps") {
         grants = grants.api(Api::Maps);
     }
-    // CARTO keys have no id of their own: name them by a short digest of the token, which is
-    // safe to show.
-    let id = external_id(&format!("carto_{}", &token.digest().to_hex()[..16]));
     Some(ApiKey {
-        id,
+        id: carto_id(token),
         user: user.clone(),
         kind,
         name: kind.as_str().to_owned(),
@@ -121,7 +161,6 @@ fn parse(user: &UserName, token: &Token, fields: &HashMap<String, String>) -> Op
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::TokenFormat;
 
     fn fields(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs

@@ -354,6 +354,10 @@ where
         }
     }
 
+    async fn get(&self, user: &UserName, id: &KeyId) -> Result<Option<ApiKey>> {
+        KeyStore::get(self, user, id).await
+    }
+
     async fn touch(&self, user: &UserName, _key: &ApiKey, token: &Token) -> Result<()> {
         let _: i64 = TOUCH_KEY
             .key(self.prefix.key_record(user, &token.digest()))

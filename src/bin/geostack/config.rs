@@ -11,12 +11,12 @@ use std::time::Duration;
 use figment::Figment;
 use figment::providers::{Env, Format as _, Toml};
 use geostack::auth::{KeyPrefix, Quota};
-use geostack::server::ServerConfig;
+use geostack::server::{KeyLayout, ServerConfig};
 use serde::Deserialize;
 
 /// The top-level settings and sections, as named in the file (and, upper-cased, in
 /// `GEOSTACK_…` variables).
-const SETTINGS: [&str; 17] = [
+const SETTINGS: [&str; 19] = [
     "listen",
     "database_url",
     "redis_url",
@@ -28,6 +28,8 @@ const SETTINGS: [&str; 17] = [
     "key_prefix",
     "redis_prefix",
     "role_prefix",
+    "key_layout",
+    "carto_keys_db",
     "trusted_proxies",
     "sql",
     "quotas",
@@ -61,6 +63,9 @@ pub(crate) struct Config {
     key_prefix: Option<String>,
     redis_prefix: Option<String>,
     role_prefix: Option<String>,
+    #[serde(default)]
+    pub(crate) key_layout: Layout,
+    carto_keys_db: Option<i64>,
     trusted_proxies: Option<Vec<IpAddr>>,
     #[serde(default)]
     sql: Sql,
@@ -93,6 +98,17 @@ pub(crate) enum LogFormat {
     Text,
     /// One JSON object a line.
     Json,
+}
+
+/// Where keys are read.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Layout {
+    /// This server's own keys.
+    #[default]
+    Native,
+    /// An existing CARTO installation's.
+    Carto,
 }
 
 #[derive(Default, Deserialize)]
@@ -220,6 +236,21 @@ impl Config {
         }
         if let Some(prefix) = &self.role_prefix {
             c = c.role_prefix(prefix.as_str());
+        }
+        match (self.key_layout, self.carto_keys_db) {
+            (Layout::Native, None) => {}
+            (Layout::Native, Some(_)) => {
+                return Err(Invalid(
+                    "carto_keys_db: only read with key_layout = \"carto\"".into(),
+                ));
+            }
+            (Layout::Carto, db) => {
+                let db = db.unwrap_or(5);
+                if !(0..=15).contains(&db) {
+                    return Err(Invalid("carto_keys_db: expected 0 to 15".into()));
+                }
+                c = c.key_layout(KeyLayout::Carto { db });
+            }
         }
         if let Some(proxies) = &self.trusted_proxies {
             c = c.trusted_proxies(proxies.iter().copied());
@@ -426,6 +457,15 @@ mod tests {
             ("log_format = \"xml\"", "log_format: "),
             ("[sql]\nrow_limit = 0", "sql.row_limit: must be at least 1"),
             ("key_prefix = \"{braces}\"", "key_prefix: "),
+            ("key_layout = \"rails\"", "key_layout: "),
+            (
+                "carto_keys_db = 5",
+                "carto_keys_db: only read with key_layout",
+            ),
+            (
+                "key_layout = \"carto\"\ncarto_keys_db = 16",
+                "carto_keys_db: expected 0 to 15",
+            ),
         ];
         for (text, expected) in cases {
             let e = from_toml(text).err().map(|e| e.to_string());

@@ -177,6 +177,11 @@ fn logs(format: LogFormat) {
 }
 
 async fn run(command: Command, config: Config) -> Result<(), Failure> {
+    if matches!(command, Command::User(_) | Command::Keys(_))
+        && config.key_layout == config::Layout::Carto
+    {
+        return Err("key_layout is \"carto\": CARTO manages these users' keys".into());
+    }
     let server = server(&config).await?;
     match command {
         Command::Serve => serve(server, &config).await,
