@@ -12,6 +12,7 @@ mod pgbouncer;
 mod redis_cluster;
 mod redis_prefix;
 mod redis_server;
+mod tls;
 mod unavailable;
 
 pub use pg::{TestDb, TestRole};
@@ -19,6 +20,7 @@ pub use pgbouncer::TestPgBouncer;
 pub use redis_cluster::RedisCluster;
 pub use redis_prefix::TestRedis;
 pub use redis_server::RedisServer;
+pub use tls::{TlsPostgres, TlsRedis};
 pub use unavailable::Unavailable;
 
 /// The command that provisions every service the tests need.

@@ -16,10 +16,11 @@ use serde::Deserialize;
 
 /// The top-level settings and sections, as named in the file (and, upper-cased, in
 /// `GEOSTACK_…` variables).
-const SETTINGS: [&str; 19] = [
+const SETTINGS: [&str; 20] = [
     "listen",
     "database_url",
     "redis_url",
+    "redis_ca_file",
     "batch_workers",
     "log_format",
     "shutdown_grace_secs",
@@ -50,6 +51,9 @@ pub(crate) struct Config {
     pub(crate) database_url: String,
     #[serde(default = "default_redis")]
     pub(crate) redis_url: String,
+    /// The authority (PEM) a `rediss://` server's certificate is checked against, instead of
+    /// the system's roots.
+    pub(crate) redis_ca_file: Option<std::path::PathBuf>,
     /// Batch queries `serve` runs at once in process (0: leave them to `geostack worker`).
     #[serde(default = "default_workers")]
     pub(crate) batch_workers: usize,

@@ -362,8 +362,19 @@ async fn server(config: &Config) -> Result<Server, Failure> {
         .database_url
         .parse()
         .map_err(|_| "database_url: not a PostgreSQL URL")?;
-    let client =
-        redis::Client::open(config.redis_url.as_str()).map_err(|_| "redis_url: not a Redis URL")?;
+    let client = match &config.redis_ca_file {
+        None => redis::Client::open(config.redis_url.as_str()),
+        Some(file) => {
+            let pem = std::fs::read(file)
+                .map_err(|e| format!("redis_ca_file: cannot read {} ({e})", file.display()))?;
+            let certificates = redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem),
+            };
+            redis::Client::build_with_tls(config.redis_url.as_str(), certificates)
+        }
+    }
+    .map_err(|e| format!("redis_url: not a Redis URL ({:?})", e.kind()))?;
     let redis = redis::aio::ConnectionManager::new(client.clone())
         .await
         .map_err(|e| format!("redis_url: Redis did not answer ({:?})", e.kind()))?;

@@ -1,0 +1,172 @@
+//! TLS to both services, against real TLS servers the test starts: a PostgreSQL cluster with
+//! `ssl = on` that refuses plain connections, and a redis-server with a TLS port only, each
+//! with a certificate from an authority made for the test. The library's server, and the
+//! `geostack` command from its configuration file, serve the SQL API over them.
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers fail the test by panicking"
+)]
+
+use std::time::{Duration, Instant};
+
+use geostack::auth::{Api, Grants, Privilege, UserName};
+use geostack::server::{KeyRequest, Server, ServerConfig};
+use geostack_testkit::{TlsPostgres, TlsRedis};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+/// `GET path` on `addr`, the status and the body as JSON.
+async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, serde_json::Value) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    let status = text[9..12].parse().unwrap();
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    // Chunked or not, the JSON object is between the first `{` and the last `}`.
+    let json = match (body.find('{'), body.rfind('}')) {
+        (Some(a), Some(b)) => serde_json::from_str(&body[a..=b]).unwrap_or_default(),
+        _ => serde_json::Value::Null,
+    };
+    (status, json)
+}
+
+#[tokio::test]
+async fn the_server_reaches_postgres_and_redis_over_verified_tls() {
+    let pg = TlsPostgres::start().await;
+    let redis = TlsRedis::start();
+
+    // The cluster takes TLS only.
+    let plain = sqlx::PgPool::connect(&pg.plain_url("postgres")).await;
+    assert!(plain.is_err(), "a connection without TLS was accepted");
+    let admin = sqlx::PgPool::connect(&pg.url("postgres")).await.unwrap();
+    sqlx::raw_sql(
+        "create table places (id int primary key, name text);
+         insert into places values (1, 'Zürich'), (2, 'Lagos');",
+    )
+    .execute(&admin)
+    .await
+    .unwrap();
+
+    // Redis over TLS, checked against the test authority.
+    let client = redis::Client::build_with_tls(
+        redis.url(),
+        redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(redis.ca_pem()),
+        },
+    )
+    .unwrap();
+    let conn = redis::aio::ConnectionManager::new(client.clone())
+        .await
+        .unwrap();
+    // With the system's roots alone, the test authority's certificate is refused.
+    let untrusted = redis::Client::open(redis.url()).unwrap();
+    assert!(untrusted.get_multiplexed_async_connection().await.is_err());
+
+    let options: sqlx::postgres::PgConnectOptions = pg.url("postgres").parse().unwrap();
+    let server = Server::new(
+        conn,
+        client,
+        options,
+        ServerConfig::default()
+            .default_user("alice")
+            .role_prefix("gs_test_role_tls_"),
+    )
+    .await;
+    let alice = UserName::new("alice").unwrap();
+    let grants = Grants::new()
+        .api(Api::Sql)
+        .table("public.places".parse().unwrap(), [Privilege::Select]);
+    let (key, token) = server
+        .create_key(&alice, KeyRequest::Regular("tls".into()), grants)
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = server
+        .router()
+        .into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let serving = tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let (status, body) = get(
+        addr,
+        &format!(
+            "/api/v2/sql?q=select%20count(*)%20as%20n%20from%20places&api_key={}",
+            token.expose()
+        ),
+    )
+    .await;
+    assert_eq!(
+        (status, body["rows"][0]["n"].as_i64()),
+        (200, Some(2)),
+        "{body}"
+    );
+    // The key's role reached PostgreSQL over TLS (its pooled connection is still open).
+    let ssl: Vec<(bool,)> = sqlx::query_as(
+        "select s.ssl from pg_stat_ssl s join pg_stat_activity a using (pid) where a.usename = $1",
+    )
+    .bind(key.db_role.name())
+    .fetch_all(&admin)
+    .await
+    .unwrap();
+    assert!(!ssl.is_empty() && ssl.iter().all(|(on,)| *on), "{ssl:?}");
+    let (status, _) = get(addr, "/ready").await;
+    assert_eq!(status, 200);
+    serving.abort();
+
+    // The command, from its configuration file: database_url with sslmode=verify-full and
+    // sslrootcert, redis_url rediss:// with redis_ca_file.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = std::env::temp_dir().join(format!("gs_test_tls_{port}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\ndatabase_url = {:?}\nredis_url = {:?}\n\
+             redis_ca_file = {:?}\nbatch_workers = 0\nrole_prefix = \"gs_test_role_tls_\"\n",
+            pg.url("postgres"),
+            redis.url(),
+            redis.ca_file().display().to_string(),
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_geostack"))
+        .arg("--config")
+        .arg(&config)
+        .arg("serve")
+        .env_remove("DATABASE_URL")
+        .env_remove("REDIS_URL")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let started = Instant::now();
+    let mut ready = None;
+    while started.elapsed() < Duration::from_secs(20) {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            ready = Some(get(addr, "/ready").await);
+            if ready.as_ref().is_some_and(|(s, _)| *s == 200) {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_file(&config);
+    assert_eq!(
+        ready.map(|(s, _)| s),
+        Some(200),
+        "geostack serve never became ready over TLS"
+    );
+}
