@@ -19,7 +19,9 @@ pub(super) async fn ready(State(server): State<Server>) -> (StatusCode, Json<ser
     let limit = std::time::Duration::from_secs(2);
     let pg = tokio::time::timeout(
         limit,
-        sqlx::query_scalar::<_, i32>("select 1").fetch_one(&server.inner.admin),
+        sqlx::query_scalar::<_, i32>("select 1")
+            .persistent(false)
+            .fetch_one(&server.inner.admin),
     )
     .await;
     let postgres = matches!(pg, Ok(Ok(1)));

@@ -61,9 +61,12 @@ pub async fn app() -> App {
     app_with(|c| c).await
 }
 
-/// The server, its configuration changed by `configure`.
+/// The server, its configuration changed by `configure`; connected through a pgbouncer in
+/// transaction mode when `GEOSTACK_VIA_PGBOUNCER=1` (`scripts/test` runs the SQL API, tiles
+/// and batch suites once more so).
 pub async fn app_with(configure: impl FnOnce(ServerConfig) -> ServerConfig) -> App {
-    app_on(configure, false).await
+    let via = std::env::var("GEOSTACK_VIA_PGBOUNCER").is_ok_and(|v| v == "1");
+    app_on(configure, via).await
 }
 
 /// The server with the default configuration, connecting to PostgreSQL (its admin pool and

@@ -62,6 +62,7 @@ pub async fn install(admin: &PgPool) -> Result<()> {
     // transaction-level advisory lock orders them.
     let mut tx = admin.begin().await.map_err(err)?;
     sqlx::query("select pg_advisory_xact_lock(7345103221)")
+        .persistent(false)
         .execute(&mut *tx)
         .await
         .map_err(err)?;
@@ -183,6 +184,7 @@ impl CallerRole {
         let (create,): (String,) = sqlx::query_as(include_str!("sql/public_role.sql"))
             .bind(&self.name)
             .bind(&self.password)
+            .persistent(false)
             .fetch_one(&mut *tx)
             .await
             .map_err(err)?;
@@ -200,6 +202,7 @@ impl CallerRole {
                  order by 1",
             )
             .bind(schema)
+            .persistent(false)
             .fetch_all(&mut *tx)
             .await
             .map_err(err)?;
@@ -221,6 +224,7 @@ impl CallerRole {
             .bind(table)
             .bind(&self.name)
             .bind(privileges)
+            .persistent(false)
             .fetch_one(&mut *tx)
             .await
             .map_err(err)?;
@@ -241,6 +245,7 @@ impl CallerRole {
                 .bind(schema)
                 .bind(table)
                 .bind(&self.name)
+                .persistent(false)
                 .fetch_all(&mut *tx)
                 .await
                 .map_err(err)?;
@@ -267,6 +272,7 @@ impl CallerRole {
         let err = refused;
         sqlx::query("select pg_terminate_backend(pid) from pg_stat_activity where usename = $1")
             .bind(name)
+            .persistent(false)
             .execute(admin)
             .await
             .map_err(err)?;
@@ -274,6 +280,7 @@ impl CallerRole {
         let (exists,): (bool,) =
             sqlx::query_as("select exists (select from pg_roles where rolname = $1)")
                 .bind(name)
+                .persistent(false)
                 .fetch_one(&mut *tx)
                 .await
                 .map_err(err)?;
@@ -284,6 +291,7 @@ impl CallerRole {
             "select format('DROP OWNED BY %I', $1::text), format('DROP ROLE %I', $1::text)",
         )
         .bind(name)
+        .persistent(false)
         .fetch_one(&mut *tx)
         .await
         .map_err(err)?;
@@ -317,6 +325,7 @@ async fn revoke_tables(
          group by c.oid, c.relkind",
     )
     .bind(role)
+    .persistent(false)
     .fetch_all(&mut **tx)
     .await
     .map_err(err)?;
@@ -334,6 +343,7 @@ async fn revoke_dangerous(
         "select to_regprocedure(f)::text from unnest($1::text[]) f where to_regprocedure(f) is not null",
     )
     .bind(DANGEROUS)
+    .persistent(false)
     .fetch_all(&mut **tx)
     .await
     .map_err(err)?;
@@ -347,6 +357,7 @@ async fn revoke_dangerous(
             )
             .bind(&function)
             .bind(*role)
+            .persistent(false)
             .fetch_one(&mut **tx)
             .await
             .map_err(err)?;

@@ -51,6 +51,7 @@ pub struct TableSource {
 /// [`Error::Database`] when the query fails.
 pub async fn discover(pool: &PgPool) -> Result<Vec<TableSource>> {
     let rows: Vec<PgRow> = sqlx::query(include_str!("sql/discover.sql"))
+        .persistent(false)
         .fetch_all(pool)
         .await
         .map_err(Error::Database)?;
