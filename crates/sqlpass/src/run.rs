@@ -523,6 +523,15 @@ impl Stop {
     }
 }
 
+/// Whether the statement failed before its first row because its unnamed statement was
+/// replaced (26000): sqlx looks up a type the connection has not met yet (PostGIS's, an enum)
+/// between parsing and binding, and that look-up takes the unnamed statement's place. The type
+/// is known the second time: run it again in a transaction begun again.
+fn replaced(stop: &Stop, state: &State) -> bool {
+    state.rows == 0
+        && matches!(stop, Stop::Done { error: Some(e), .. } if e.sqlstate() == Some("26000"))
+}
+
 /// What writing a row needs, borrowed from the producer.
 struct Ctx<'a> {
     tx: &'a mpsc::Sender<Bytes>,
@@ -579,10 +588,24 @@ impl Producer {
             expect: self.prepared.reused.as_ref().map(|r| r.oids.as_slice()),
         };
         let query = std::mem::take(&mut self.prepared.query);
-        let stop = match self.session.conn_mut() {
-            Ok(conn) => pump(conn, query, &ctx, &mut sleep, encoder.as_mut(), &mut state).await,
+        let mut stop = match self.session.conn_mut() {
+            Ok(conn) => {
+                let sql = query.clone();
+                pump(conn, sql, &ctx, &mut sleep, encoder.as_mut(), &mut state).await
+            }
             Err(e) => Stop::failed(e, false),
         };
+        if replaced(&stop, &state) {
+            stop = match self
+                .session
+                .restart()
+                .await
+                .and_then(|()| self.session.conn_mut())
+            {
+                Ok(conn) => pump(conn, query, &ctx, &mut sleep, encoder.as_mut(), &mut state).await,
+                Err(e) => Stop::failed(e, false),
+            };
+        }
         if let (Stop::Done { error: Some(_), .. }, Some(reused)) = (&stop, &self.prepared.reused) {
             reused.plans.remove(&reused.key);
         }
@@ -644,7 +667,7 @@ impl Producer {
             // A statement without result columns (DML without RETURNING, DDL): report the
             // rows it affected as total_rows, as CARTO does.
             Ok(conn) if columns.is_empty() => {
-                let run = sqlx::query(AssertSqlSafe(query))
+                let run = sqlx::query(AssertSqlSafe(query.clone()))
                     .persistent(false)
                     .execute(&mut **conn);
                 match tokio::time::timeout_at(deadline.into(), run).await {
@@ -659,7 +682,23 @@ impl Producer {
                     Err(_) => Stop::Late,
                 }
             }
-            Ok(conn) => pump(conn, query, &ctx, &mut sleep, encoder.as_mut(), &mut state).await,
+            Ok(conn) => {
+                let sql = query.clone();
+                pump(conn, sql, &ctx, &mut sleep, encoder.as_mut(), &mut state).await
+            }
+        };
+        let stop = if replaced(&stop, &state) {
+            match self
+                .session
+                .restart()
+                .await
+                .and_then(|()| self.session.conn_mut())
+            {
+                Ok(conn) => pump(conn, query, &ctx, &mut sleep, encoder.as_mut(), &mut state).await,
+                Err(e) => Stop::failed(e, false),
+            }
+        } else {
+            stop
         };
         let failure = match stop {
             Stop::Done {

@@ -355,6 +355,23 @@ async fn kept_descriptions_follow_ddl_stay_with_their_role_and_a_change_mid_run_
     assert_eq!(next["rows"], serde_json::json!([{"id": 1, "score": 0.5}]));
 }
 
+#[tokio::test]
+async fn a_kept_description_runs_on_a_connection_that_has_not_met_its_types() {
+    let env = env().await;
+    let plans = sqlpass::Plans::default();
+    let with = || Options::default().plans(plans.clone());
+    let q = "select id, geom from places where id = 1";
+    let first = json_with(&env.pool, q, with()).await;
+    assert_eq!(first["fields"]["geom"]["type"], "geometry", "{first}");
+    assert_eq!(plans.len(), 1);
+    // A new connection of the same role: the description is reused, and sqlx has not looked
+    // PostGIS's types up on it yet when it runs the statement.
+    let fresh = env.role.pool(1).await;
+    let again = json_with(&fresh, q, with()).await;
+    assert_eq!(again["rows"], first["rows"], "{again}");
+    assert!(again.get("error").is_none(), "{again}");
+}
+
 async fn json_with(pool: &sqlx::PgPool, sql: &str, options: Options) -> serde_json::Value {
     serde_json::from_str(&text(pool, sql, options).await).unwrap()
 }
