@@ -133,6 +133,17 @@ impl TestPgBouncer {
 
 impl Drop for TestPgBouncer {
     fn drop(&mut self) {
+        // As root the child is runuser, whose own child is pgbouncer: stop pgbouncer by the
+        // pid it wrote, or it outlives the test.
+        if let Some(pid) = std::fs::read_to_string(self.dir.join("pgbouncer.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<u32>().ok())
+        {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .stderr(Stdio::null())
+                .status();
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
