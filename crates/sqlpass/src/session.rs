@@ -298,7 +298,7 @@ impl Session {
         };
         if self.cut {
             cancel(self.canceller.as_ref().unwrap_or(&self.pool), self.pid).await;
-            let _ = conn.detach().close_hard().await;
+            discard(conn);
             return Ok(());
         }
         let st = self.statement_timeout;
@@ -343,7 +343,7 @@ impl Session {
                 Err(e)
             }
             Err(_) => {
-                let _ = conn.detach().close_hard().await;
+                discard(conn);
                 Err(Error::Deadline(Duration::from_secs(5)))
             }
         }
@@ -361,10 +361,17 @@ impl Drop for Session {
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
                 cancel(&pool, pid).await;
-                let _ = conn.detach().close_hard().await;
+                discard(conn);
             });
         }
     }
+}
+
+/// Closes a connection that cannot be reused (its statement cut mid-flight) at once, by
+/// dropping its socket. Closing it politely would wait: over TLS, the shutdown waits on a
+/// server still blocked writing rows nobody reads (ten seconds, sqlx's limit).
+fn discard(conn: Conn) {
+    drop(conn.detach());
 }
 
 /// Runs our own multi-statement `sql` to its end and returns the first row any statement
