@@ -76,7 +76,12 @@ async fn the_server_reaches_postgres_and_redis_over_verified_tls() {
         options,
         ServerConfig::default()
             .default_user("alice")
-            .role_prefix("gs_test_role_tls_"),
+            .role_prefix("gs_test_role_tls_")
+            .sql_limits(
+                5,
+                geostack::sql::DEFAULT_BYTE_LIMIT,
+                geostack::sql::DEFAULT_VALUE_LIMIT,
+            ),
     )
     .await;
     let alice = UserName::new("alice").unwrap();
@@ -116,6 +121,29 @@ async fn the_server_reaches_postgres_and_redis_over_verified_tls() {
     .await
     .unwrap();
     assert!(!ssl.is_empty() && ssl.iter().all(|(on,)| *on), "{ssl:?}");
+    // A statement cut at its row limit ends at once: its connection, still receiving rows over
+    // TLS, is dropped rather than shut down politely (which waited ten seconds).
+    let started = Instant::now();
+    let (status, body) = get(
+        addr,
+        &format!(
+            "/api/v2/sql?q={}&api_key={}",
+            "select%20a.g%20from%20generate_series(1,100000)%20a(g),%20generate_series(1,100000)%20b(g)",
+            token.expose()
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["error"],
+        serde_json::json!(["row limit of 5 exceeded"]),
+        "{body}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
     let (status, _) = get(addr, "/ready").await;
     assert_eq!(status, 200);
     serving.abort();
