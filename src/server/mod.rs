@@ -9,7 +9,7 @@
 //! | `GET /api/v1/map/{token}[/{layers}]/{z}/{x}/{y}.mvt`, `…/{token}/tilejson.json` | its tiles |
 //! | `GET\|POST /api/v3/api_keys`, `GET\|DELETE /api/v3/api_keys/{name}`, `POST …/{name}/token/regenerate` | CARTO's Auth API: keys listed, made, shown, deleted, given a new token (the master key manages them all) |
 //! | `GET /tiles/{table}/{z}/{x}/{y}.mvt`, `/tiles/{table}.json` | tiles of a table the caller may read |
-//! | `GET /` | a MapLibre page of the tables and a SQL box |
+//! | `GET /` | a MapLibre page of the tables and a SQL box (feature `page`) |
 //! | `GET /health`, `GET /ready` | the process answers; PostgreSQL and Redis answer too (503 otherwise) |
 //!
 //! Every API route also answers under `/user/{user}/…`; otherwise the user comes from the host
@@ -44,6 +44,7 @@ mod health;
 mod keys;
 mod maps;
 mod metrics;
+#[cfg(feature = "page")]
 mod page;
 mod request;
 mod sql;
@@ -262,12 +263,15 @@ impl Server {
             .route("/api/v1/map/{token}/{layers}/{z}/{x}/{y}", get(maps::tile))
             .route("/tiles/{table}", get(tables::tilejson))
             .route("/tiles/{table}/{z}/{x}/{y}", get(tables::tile));
-        Router::new()
-            .route("/", get(page::index))
+        let root = Router::new()
             .route("/health", get(health::health))
-            .route("/ready", get(health::ready))
-            .route("/assets/{file}", get(page::asset))
-            .merge(api.clone())
+            .route("/ready", get(health::ready));
+        // The map page and MapLibre's files (about 800 KB) only when asked for.
+        #[cfg(feature = "page")]
+        let root = root
+            .route("/", get(page::index))
+            .route("/assets/{file}", get(page::asset));
+        root.merge(api.clone())
             .nest("/user/{user}", api)
             .fallback(edge::not_found)
             .method_not_allowed_fallback(edge::method_not_allowed)
