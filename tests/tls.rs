@@ -2,38 +2,19 @@
 //! `ssl = on` that refuses plain connections, and a redis-server with a TLS port only, each
 //! with a certificate from an authority made for the test. The library's server, and the
 //! `geostack` command from its configuration file, serve the SQL API over them.
-#![expect(
-    clippy::unwrap_used,
-    reason = "test helpers fail the test by panicking"
-)]
+mod support;
 
 use std::time::{Duration, Instant};
 
 use geostack::auth::{Api, Grants, Privilege, UserName};
 use geostack::server::{KeyRequest, Server, ServerConfig};
 use geostack_testkit::{TlsPostgres, TlsRedis};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-/// `GET path` on `addr`, the status and the body as JSON.
+/// `GET path` on `addr`, the status and the body as JSON (null when it is not JSON).
 async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, serde_json::Value) {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.unwrap();
-    let text = String::from_utf8_lossy(&raw);
-    let status = text[9..12].parse().unwrap();
-    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    // Chunked or not, the JSON object is between the first `{` and the last `}`.
-    let json = match (body.find('{'), body.rfind('}')) {
-        (Some(a), Some(b)) => serde_json::from_str(&body[a..=b]).unwrap_or_default(),
-        _ => serde_json::Value::Null,
-    };
-    (status, json)
+    let reply = support::request_to(addr, "GET", path, &[], b"").await;
+    let json = serde_json::from_slice(&reply.body).unwrap_or_default();
+    (reply.status, json)
 }
 
 #[tokio::test]

@@ -80,7 +80,7 @@ impl Error {
         match self {
             Self::Auth(e) => e.status().as_u16(),
             Self::Sql(e) => e.status(),
-            Self::Tiles(e) => tiles_status(e),
+            Self::Tiles(e) => e.status(),
             Self::Jobs(_) | Self::Redis(_) => 503,
             Self::BadRequest(_) => 400,
             Self::Unauthorized(_) => 401,
@@ -95,28 +95,10 @@ impl Error {
     }
 }
 
-fn tiles_status(e: &geostack_tiles::Error) -> u16 {
-    use geostack_tiles::Error as T;
-    match e {
-        T::TileOutOfRange { .. } | T::InvalidOption { .. } | T::InvalidMapConfig { .. } => 400,
-        T::Database(sqlx::Error::Database(db)) => match db.code().as_deref() {
-            Some("42501" | "25006") => 403,
-            Some("57014") => 429,
-            _ => 400,
-        },
-        T::Sql(e) => e.status(),
-        T::Limit(_) => 400,
-        T::Database(_) | T::Cache(_) | T::Coalesced(_) => 503,
-        _ => 500,
-    }
-}
-
 /// The message a client sees: the error, and for database errors PostgreSQL's own words.
 fn message(e: &Error) -> String {
     match e {
-        Error::Tiles(geostack_tiles::Error::Database(sqlx::Error::Database(db))) => {
-            db.message().to_owned()
-        }
+        Error::Tiles(e) => e.client_message(),
         other => other.to_string(),
     }
 }

@@ -80,29 +80,8 @@ async fn run(
         bytes: 0,
     }));
     *out.status_mut() = StatusCode::OK;
-    let meta = response.meta;
+    *out.headers_mut() = response.meta.headers();
     let h = out.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(meta.content_type),
-    );
-    if let Some(d) = meta
-        .content_disposition
-        .and_then(|d| HeaderValue::from_str(&d).ok())
-    {
-        h.insert(header::CONTENT_DISPOSITION, d);
-    }
-    if let Some(c) = meta
-        .cache_channel
-        .and_then(|c| HeaderValue::from_str(&c).ok())
-    {
-        h.insert("x-cache-channel", c);
-    }
-    if !meta.surrogate_keys.is_empty()
-        && let Ok(keys) = HeaderValue::from_str(&meta.surrogate_keys.join(" "))
-    {
-        h.insert("surrogate-key", keys);
-    }
     h.insert(header::CACHE_CONTROL, cache_control(&caller, write));
     h.insert(header::VARY, HeaderValue::from_static("Authorization"));
     caller.rate.write_headers(h);

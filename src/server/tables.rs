@@ -9,7 +9,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use geoauth::{Api, Principal};
-use geostack_tiles::{TableSource, TileBuilder, TileKey, discover};
+use geostack_tiles::{TableSource, TileKey, discover};
 
 use super::maps::user_path;
 use super::request::{ApiRequest, respond};
@@ -94,13 +94,7 @@ pub(super) async fn tile(State(server): State<Server>, req: ApiRequest) -> Respo
                     &req.headers,
                     key,
                     vec![source.name()],
-                    || async move {
-                        let mut tile = TileBuilder::new(coord, &options);
-                        let mut layer = tile.layer(&source.table);
-                        source.fill(&pool, &sandbox, &mut layer).await?;
-                        layer.finish()?;
-                        tile.into_bytes()
-                    },
+                    || async move { source.tile(&pool, &sandbox, coord, &options).await },
                 )
                 .await
         }

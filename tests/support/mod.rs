@@ -279,28 +279,40 @@ impl App {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> Reply {
-        let mut stream = tokio::net::TcpStream::connect(self.addr).await.unwrap();
-        let has_host = headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host"));
-        let mut head = format!("{method} {path} HTTP/1.1\r\n");
-        if !has_host {
-            head.push_str(&format!("host: {}\r\n", self.addr));
-        }
-        for (n, v) in headers {
-            head.push_str(&format!("{n}: {v}\r\n"));
-        }
-        head.push_str(&format!(
-            "content-length: {}\r\nconnection: close\r\n\r\n",
-            body.len()
-        ));
-        stream.write_all(head.as_bytes()).await.unwrap();
-        stream.write_all(body).await.unwrap();
-        let mut raw = Vec::new();
-        tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut raw))
-            .await
-            .expect("the server answered within 30 s")
-            .unwrap();
-        parse(&raw)
+        request_to(self.addr, method, path, headers, body).await
     }
+}
+
+/// One request to the server at `addr` on a connection of its own (`Connection: close`), read
+/// to its end.
+pub async fn request_to(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Reply {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let has_host = headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host"));
+    let mut head = format!("{method} {path} HTTP/1.1\r\n");
+    if !has_host {
+        head.push_str(&format!("host: {addr}\r\n"));
+    }
+    for (n, v) in headers {
+        head.push_str(&format!("{n}: {v}\r\n"));
+    }
+    head.push_str(&format!(
+        "content-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    ));
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(body).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut raw))
+        .await
+        .expect("the server answered within 30 s")
+        .unwrap();
+    parse(&raw)
 }
 
 pub fn form_encode(pairs: &[(&str, &str)]) -> String {

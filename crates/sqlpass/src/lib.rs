@@ -4,6 +4,8 @@ mod body;
 mod error;
 mod format;
 mod geom;
+#[cfg(feature = "axum")]
+mod http;
 mod json;
 mod options;
 mod own;

@@ -66,3 +66,64 @@ pub enum Error {
     #[error("not a valid vector tile: {0}")]
     InvalidTile(String),
 }
+
+impl Error {
+    /// The HTTP status this error answers: 400 for what the request got wrong (a coordinate,
+    /// an option, a map config, a layer over its limits, SQL the database refused), 403 for a
+    /// permission or a read-only violation, 429 for a timeout, 503 when the database or the
+    /// cache could not be asked; a sandbox error keeps [`sqlpass::Error::status`].
+    ///
+    /// ```
+    /// let e = geostack_tiles::TileCoord::new_checked(1, 5, 0).unwrap_err();
+    /// assert_eq!(e.status(), 400);
+    /// ```
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::TileOutOfRange { .. }
+            | Self::InvalidOption { .. }
+            | Self::InvalidMapConfig { .. }
+            | Self::Limit(_) => 400,
+            #[cfg(feature = "postgis")]
+            Self::Database(sqlx::Error::Database(db)) => match db.code().as_deref() {
+                Some("42501" | "25006") => 403,
+                Some("57014") => 429,
+                _ => 400,
+            },
+            #[cfg(feature = "postgis")]
+            Self::Database(_) => 503,
+            #[cfg(feature = "postgis")]
+            Self::Sql(e) => e.status(),
+            #[cfg(feature = "redis")]
+            Self::Cache(_) => 503,
+            Self::Coalesced(_) => 503,
+            Self::Encode(_) | Self::InvalidTile(_) => 500,
+        }
+    }
+
+    /// The message a client may see: the error, and for a database refusal PostgreSQL's own
+    /// words (never the driver's).
+    pub fn client_message(&self) -> String {
+        match self {
+            #[cfg(feature = "postgis")]
+            Self::Database(sqlx::Error::Database(db)) => db.message().to_owned(),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// [`Error::status`] with CARTO's body, `{"error": ["…"]}` ([`Error::client_message`]).
+#[cfg(feature = "axum")]
+impl axum_core::response::IntoResponse for Error {
+    fn into_response(self) -> axum_core::response::Response {
+        let status = http::StatusCode::from_u16(self.status())
+            .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+        let body = serde_json::json!({ "error": [self.client_message()] }).to_string();
+        let mut response = axum_core::response::Response::new(axum_core::body::Body::from(body));
+        *response.status_mut() = status;
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json; charset=utf-8"),
+        );
+        response
+    }
+}

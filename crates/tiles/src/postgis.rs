@@ -144,6 +144,26 @@ impl TableSource {
         )
     }
 
+    /// The tile `coord` of this table alone: one layer named after the table, filled by
+    /// [`TableSource::fill`], encoded with `options`.
+    ///
+    /// # Errors
+    ///
+    /// As [`TableSource::fill`].
+    pub async fn tile(
+        &self,
+        pool: &PgPool,
+        sandbox: &sqlpass::Options,
+        coord: crate::TileCoord,
+        options: &crate::TileOptions,
+    ) -> Result<Vec<u8>> {
+        let mut tile = crate::TileBuilder::new(coord, options);
+        let mut layer = tile.layer(&self.table);
+        self.fill(pool, sandbox, &mut layer).await?;
+        layer.finish()?;
+        tile.into_bytes()
+    }
+
     /// Adds this table's features near `coord` to `layer`, read in a read-only
     /// [`sqlpass::Session`] on `pool` with `sandbox`'s timeouts, deadline and canceller, bounded
     /// by the tile's [`crate::TileOptions::source_limits`]. Ids come from the key column when
