@@ -179,19 +179,20 @@ async fn sequential_requests_on_one_kept_alive_connection_are_not_delayed() {
         let (status, _) = read_response(&mut stream, &mut buf).await;
         assert_eq!(status, 200);
     }
-    let mut slowest = Duration::ZERO;
-    let started = Instant::now();
+    let mut times = Vec::new();
     for _ in 0..20 {
         let one = Instant::now();
         stream.write_all(request.as_bytes()).await.unwrap();
         let (status, body) = read_response(&mut stream, &mut buf).await;
         assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-        slowest = slowest.max(one.elapsed());
+        times.push(one.elapsed());
     }
-    // Nagle's algorithm against a delayed ACK costs 40 ms a request; a point query takes a few.
+    // Nagle's algorithm against a delayed ACK costs 40 ms on every request; a point query takes
+    // a few. The median, so that one request slowed by a busy machine does not decide.
+    times.sort();
+    let median = times[times.len() / 2];
     assert!(
-        slowest < Duration::from_millis(35),
-        "the slowest of 20 requests took {slowest:?} (all: {:?})",
-        started.elapsed()
+        median < Duration::from_millis(30),
+        "the median of 20 requests took {median:?} (all: {times:?})"
     );
 }

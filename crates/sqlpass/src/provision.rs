@@ -129,11 +129,8 @@ impl CallerRole {
         schema: impl Into<String>,
         privileges: impl IntoIterator<Item = P>,
     ) -> Self {
-        let privileges = privileges
-            .into_iter()
-            .map(|p| p.as_ref().to_ascii_lowercase())
-            .collect();
-        self.schema_grants.push((schema.into(), privileges));
+        self.schema_grants
+            .push((schema.into(), lowercase(privileges)));
         self
     }
 
@@ -144,11 +141,8 @@ impl CallerRole {
         table: impl Into<String>,
         privileges: impl IntoIterator<Item = P>,
     ) -> Self {
-        let privileges = privileges
-            .into_iter()
-            .map(|p| p.as_ref().to_ascii_lowercase())
-            .collect();
-        self.grants.push((schema.into(), table.into(), privileges));
+        self.grants
+            .push((schema.into(), table.into(), lowercase(privileges)));
         self
     }
 
@@ -303,6 +297,14 @@ impl CallerRole {
         }
         tx.commit().await.map_err(err)
     }
+}
+
+/// Privilege names, lower-cased (checked when the role is provisioned).
+fn lowercase<P: AsRef<str>>(privileges: impl IntoIterator<Item = P>) -> Vec<String> {
+    privileges
+        .into_iter()
+        .map(|p| p.as_ref().to_ascii_lowercase())
+        .collect()
 }
 
 /// An admin statement's failure (no statement timeout is set on these).

@@ -523,6 +523,29 @@ impl Stop {
     }
 }
 
+/// [`pump`] on the session's connection, and once more in a transaction begun again when the
+/// statement's unnamed statement was replaced before its first row ([`replaced`]).
+async fn pump_on(
+    session: &mut Session,
+    query: String,
+    ctx: &Ctx<'_>,
+    sleep: &mut Pin<&mut Sleep>,
+    encoder: &mut dyn format::Encoder,
+    state: &mut State,
+) -> Stop {
+    let stop = match session.conn_mut() {
+        Ok(conn) => pump(conn, query.clone(), ctx, sleep, encoder, state).await,
+        Err(e) => return Stop::failed(e, false),
+    };
+    if !replaced(&stop, state) {
+        return stop;
+    }
+    match session.restart().await.and_then(|()| session.conn_mut()) {
+        Ok(conn) => pump(conn, query, ctx, sleep, encoder, state).await,
+        Err(e) => Stop::failed(e, false),
+    }
+}
+
 /// Whether the statement failed before its first row because its unnamed statement was
 /// replaced (26000): sqlx looks up a type the connection has not met yet (PostGIS's, an enum)
 /// between parsing and binding, and that look-up takes the unnamed statement's place. The type
@@ -588,24 +611,15 @@ impl Producer {
             expect: self.prepared.reused.as_ref().map(|r| r.oids.as_slice()),
         };
         let query = std::mem::take(&mut self.prepared.query);
-        let mut stop = match self.session.conn_mut() {
-            Ok(conn) => {
-                let sql = query.clone();
-                pump(conn, sql, &ctx, &mut sleep, encoder.as_mut(), &mut state).await
-            }
-            Err(e) => Stop::failed(e, false),
-        };
-        if replaced(&stop, &state) {
-            stop = match self
-                .session
-                .restart()
-                .await
-                .and_then(|()| self.session.conn_mut())
-            {
-                Ok(conn) => pump(conn, query, &ctx, &mut sleep, encoder.as_mut(), &mut state).await,
-                Err(e) => Stop::failed(e, false),
-            };
-        }
+        let stop = pump_on(
+            &mut self.session,
+            query,
+            &ctx,
+            &mut sleep,
+            encoder.as_mut(),
+            &mut state,
+        )
+        .await;
         if let (Stop::Done { error: Some(_), .. }, Some(reused)) = (&stop, &self.prepared.reused) {
             reused.plans.remove(&reused.key);
         }
@@ -662,43 +676,38 @@ impl Producer {
         let query = std::mem::take(&mut self.prepared.query);
         let st = self.options.statement_timeout;
         let deadline = self.session.deadline;
-        let stop = match self.session.conn_mut() {
-            Err(e) => Stop::failed(e, false),
-            // A statement without result columns (DML without RETURNING, DDL): report the
-            // rows it affected as total_rows, as CARTO does.
-            Ok(conn) if columns.is_empty() => {
-                let run = sqlx::query(AssertSqlSafe(query.clone()))
-                    .persistent(false)
-                    .execute(&mut **conn);
-                match tokio::time::timeout_at(deadline.into(), run).await {
-                    Ok(Ok(done)) => {
-                        state.rows = done.rows_affected();
-                        Stop::Done {
-                            error: None,
-                            cut: false,
+        // A statement without result columns (DML without RETURNING, DDL): report the rows it
+        // affected as total_rows, as CARTO does.
+        let stop = if columns.is_empty() {
+            match self.session.conn_mut() {
+                Err(e) => Stop::failed(e, false),
+                Ok(conn) => {
+                    let run = sqlx::query(AssertSqlSafe(query))
+                        .persistent(false)
+                        .execute(&mut **conn);
+                    match tokio::time::timeout_at(deadline.into(), run).await {
+                        Ok(Ok(done)) => {
+                            state.rows = done.rows_affected();
+                            Stop::Done {
+                                error: None,
+                                cut: false,
+                            }
                         }
+                        Ok(Err(e)) => Stop::failed(Error::from_sqlx(e, st), false),
+                        Err(_) => Stop::Late,
                     }
-                    Ok(Err(e)) => Stop::failed(Error::from_sqlx(e, st), false),
-                    Err(_) => Stop::Late,
                 }
             }
-            Ok(conn) => {
-                let sql = query.clone();
-                pump(conn, sql, &ctx, &mut sleep, encoder.as_mut(), &mut state).await
-            }
-        };
-        let stop = if replaced(&stop, &state) {
-            match self
-                .session
-                .restart()
-                .await
-                .and_then(|()| self.session.conn_mut())
-            {
-                Ok(conn) => pump(conn, query, &ctx, &mut sleep, encoder.as_mut(), &mut state).await,
-                Err(e) => Stop::failed(e, false),
-            }
         } else {
-            stop
+            pump_on(
+                &mut self.session,
+                query,
+                &ctx,
+                &mut sleep,
+                encoder.as_mut(),
+                &mut state,
+            )
+            .await
         };
         let failure = match stop {
             Stop::Done {
