@@ -10,7 +10,10 @@ use http::{HeaderValue, Request, Response};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::{Api, Credentials, Error, KeySource, Principal, Result, UserName, Verifier};
+use crate::{
+    Api, Credentials, Error, KeySource, Principal, Quota, RateLimiter, RateSubject, Result,
+    UserName, Verifier,
+};
 
 /// Wraps a service so that each request is verified first: the principal goes into the
 /// request's extensions, and a refused request is answered here with its status (401, 403,
@@ -33,6 +36,15 @@ pub struct AuthLayer<S, F> {
     verifier: Verifier<S>,
     user_of: F,
     api: Option<Api>,
+    rate: Option<Rate>,
+}
+
+/// A layer's rate limit: the limiter, the group (one bucket per key and group) and the quota.
+#[derive(Clone)]
+struct Rate {
+    limiter: RateLimiter,
+    group: String,
+    quota: Quota,
 }
 
 impl<S, F: Clone> Clone for AuthLayer<S, F> {
@@ -41,6 +53,7 @@ impl<S, F: Clone> Clone for AuthLayer<S, F> {
             verifier: self.verifier.clone(),
             user_of: self.user_of.clone(),
             api: self.api,
+            rate: self.rate.clone(),
         }
     }
 }
@@ -56,12 +69,42 @@ where
             verifier,
             user_of,
             api: None,
+            rate: None,
         }
     }
 
     /// Also refuses (403) keys that do not grant `api`. Default: any API.
     pub fn require(mut self, api: Api) -> Self {
         self.api = Some(api);
+        self
+    }
+
+    /// Also limits each key's rate: `quota` per key in the bucket `group` (`sql`, `maps`, or a
+    /// group of the service's own), checked after the key is verified. A request over it is
+    /// answered 429 with `Retry-After`; every answer carries `RateLimit-*` and CARTO's
+    /// `Carto-Rate-Limit-*` headers. Default: no limit.
+    ///
+    /// ```no_run
+    /// # async fn demo(verifier: geoauth::Verifier<geoauth::KeyStore>, limiter: geoauth::RateLimiter) {
+    /// use std::time::Duration;
+    /// use geoauth::{Api, AuthLayer, Quota, UserName};
+    ///
+    /// let layer = AuthLayer::new(verifier, |_: &http::request::Parts| UserName::new("alice"))
+    ///     .require(Api::Sql)
+    ///     .rate_limit(limiter, "sql", Quota::new(40, 20, Duration::from_secs(1)).unwrap());
+    /// # }
+    /// ```
+    pub fn rate_limit(
+        mut self,
+        limiter: RateLimiter,
+        group: impl Into<String>,
+        quota: Quota,
+    ) -> Self {
+        self.rate = Some(Rate {
+            limiter,
+            group: group.into(),
+            quota,
+        });
         self
     }
 }
@@ -75,6 +118,7 @@ impl<Inner, S, F: Clone> Layer<Inner> for AuthLayer<S, F> {
             verifier: self.verifier.clone(),
             user_of: self.user_of.clone(),
             api: self.api,
+            rate: self.rate.clone(),
         }
     }
 }
@@ -85,6 +129,7 @@ pub struct Auth<Inner, S, F> {
     verifier: Verifier<S>,
     user_of: F,
     api: Option<Api>,
+    rate: Option<Rate>,
 }
 
 impl<Inner: Clone, S, F: Clone> Clone for Auth<Inner, S, F> {
@@ -94,6 +139,7 @@ impl<Inner: Clone, S, F: Clone> Clone for Auth<Inner, S, F> {
             verifier: self.verifier.clone(),
             user_of: self.user_of.clone(),
             api: self.api,
+            rate: self.rate.clone(),
         }
     }
 }
@@ -125,18 +171,51 @@ where
         let verifier = self.verifier.clone();
         let user_of = self.user_of.clone();
         let api = self.api;
+        let rate = self.rate.clone();
         Box::pin(async move {
             let (mut parts, body) = req.into_parts();
             let checked = authenticate(&verifier, &user_of, &parts)
                 .await
                 .and_then(|p| api.map_or(Ok(()), |api| p.authorize(api)).map(|()| p));
-            match checked {
-                Ok(principal) => {
-                    parts.extensions.insert(principal);
-                    inner.call(Request::from_parts(parts, body)).await
+            let principal = match checked {
+                Ok(principal) => principal,
+                Err(e) => return Ok(refusal(&e)),
+            };
+            let decision = match &rate {
+                None => None,
+                Some(rate) => {
+                    let checked = match RateSubject::key(&principal, &rate.group) {
+                        Ok(subject) => rate.limiter.check(&subject, rate.quota).await,
+                        Err(e) => Err(e),
+                    };
+                    match checked {
+                        Ok(decision) => Some(decision),
+                        Err(e) => return Ok(refusal(&e)),
+                    }
                 }
-                Err(e) => Ok(refusal(&e)),
+            };
+            if let Some(decision) = decision.filter(|d| !d.allowed) {
+                let body = serde_json::json!({
+                    "error": [format!(
+                        "You are over platform's limits: at most {} requests at once; retry later",
+                        decision.limit
+                    )]
+                })
+                .to_string();
+                let mut response = Response::new(ResBody::from(body));
+                *response.status_mut() = http::StatusCode::TOO_MANY_REQUESTS;
+                response
+                    .headers_mut()
+                    .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                decision.write_headers(response.headers_mut());
+                return Ok(response);
             }
+            parts.extensions.insert(principal);
+            let mut response = inner.call(Request::from_parts(parts, body)).await?;
+            if let Some(decision) = decision {
+                decision.write_headers(response.headers_mut());
+            }
+            Ok(response)
         })
     }
 }

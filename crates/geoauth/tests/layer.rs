@@ -128,3 +128,50 @@ async fn the_extractor_fails_loudly_without_the_layer() {
     assert_eq!(status, 500);
     assert!(body.contains("AuthLayer"), "{body}");
 }
+
+#[tokio::test]
+async fn the_layer_limits_each_key_s_rate_and_says_so_in_its_headers() {
+    let redis = TestRedis::new().await;
+    let prefix = KeyPrefix::new(redis.prefix()).unwrap();
+    let store = KeyStore::with_prefix(redis.connection(), prefix.clone());
+    let alice = UserName::new("alice").unwrap();
+    let (_, first) = store
+        .create(
+            &alice,
+            NewKey::master(DbRole::new("alice", Secret::new("pw"))),
+        )
+        .await
+        .unwrap();
+    let (_, second) = store
+        .create(
+            &alice,
+            NewKey::regular("other", DbRole::new("alice", Secret::new("pw")))
+                .grants(Grants::new().api(Api::Sql)),
+        )
+        .await
+        .unwrap();
+    let verifier =
+        Verifier::with_cache(store, redis.client().clone(), VerifierConfig::default()).await;
+    let limiter = geoauth::RateLimiter::with_prefix(redis.connection(), prefix);
+    // Two at once, then one a minute: the third request in a row is refused.
+    let quota = geoauth::Quota::new(2, 1, std::time::Duration::from_secs(60)).unwrap();
+    let mut router = Router::new()
+        .route("/user/{user}/api/v2/sql", get(whoami))
+        .layer(AuthLayer::new(verifier, user_of).rate_limit(limiter, "sql", quota));
+    let uri = |token: &str| format!("/user/alice/api/v2/sql?api_key={token}");
+
+    let (status, headers, _) = call(&mut router, &uri(first.expose()), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["ratelimit-limit"], "2");
+    assert_eq!(headers["carto-rate-limit-remaining"], "1");
+    let (status, _, _) = call(&mut router, &uri(first.expose()), None).await;
+    assert_eq!(status, 200);
+    let (status, headers, body) = call(&mut router, &uri(first.expose()), None).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("over platform's limits"), "{body}");
+    assert_eq!(headers["ratelimit-remaining"], "0");
+    assert!(headers.contains_key("retry-after"));
+    // Another key of the same user has a bucket of its own.
+    let (status, _, _) = call(&mut router, &uri(second.expose()), None).await;
+    assert_eq!(status, 200);
+}
