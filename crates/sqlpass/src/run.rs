@@ -527,14 +527,14 @@ impl Stop {
 /// statement's unnamed statement was replaced before its first row ([`replaced`]).
 async fn pump_on(
     session: &mut Session,
-    query: String,
+    query: &str,
     ctx: &Ctx<'_>,
     sleep: &mut Pin<&mut Sleep>,
     encoder: &mut dyn format::Encoder,
     state: &mut State,
 ) -> Stop {
     let stop = match session.conn_mut() {
-        Ok(conn) => pump(conn, query.clone(), ctx, sleep, encoder, state).await,
+        Ok(conn) => pump(conn, query, ctx, sleep, encoder, state).await,
         Err(e) => return Stop::failed(e, false),
     };
     if !replaced(&stop, state) {
@@ -613,7 +613,7 @@ impl Producer {
         let query = std::mem::take(&mut self.prepared.query);
         let stop = pump_on(
             &mut self.session,
-            query,
+            &query,
             &ctx,
             &mut sleep,
             encoder.as_mut(),
@@ -701,7 +701,7 @@ impl Producer {
         } else {
             pump_on(
                 &mut self.session,
-                query,
+                &query,
                 &ctx,
                 &mut sleep,
                 encoder.as_mut(),
@@ -795,7 +795,7 @@ fn send_outcome(
 /// overlaps with PostgreSQL producing the next rows.
 async fn pump(
     conn: &mut sqlx::PgConnection,
-    sql: String,
+    sql: &str,
     ctx: &Ctx<'_>,
     sleep: &mut Pin<&mut Sleep>,
     encoder: &mut dyn format::Encoder,

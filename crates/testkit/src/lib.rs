@@ -7,6 +7,7 @@
 
 mod names;
 pub mod natural_earth;
+mod os;
 mod pg;
 mod pgbouncer;
 mod redis_cluster;

@@ -54,10 +54,7 @@ impl TestPgBouncer {
         let url = std::env::var("DATABASE_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
         let server = PgConnectOptions::from_str(&url).map_err(|e| unavailable(&e))?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| unavailable(&e))?
-            .port();
+        let port = crate::os::free_port().map_err(|e| unavailable(&e))?;
         let dir = std::env::temp_dir().join(unique("gs_test_pgbouncer"));
         std::fs::create_dir_all(&dir).map_err(|e| unavailable(&e))?;
         let users = dir.join("users.txt");
@@ -83,11 +80,7 @@ impl TestPgBouncer {
         )
         .map_err(|e| unavailable(&e))?;
         // pgbouncer refuses to run as root: as root, it runs as the cluster's system user.
-        let root = Command::new("id")
-            .arg("-u")
-            .output()
-            .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
-        let mut command = if root {
+        let mut command = if crate::os::is_root() {
             set_owner(&dir, "postgres");
             let mut c = Command::new("runuser");
             c.args(["-u", "postgres", "--"]).arg(&bin);

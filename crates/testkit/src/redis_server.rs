@@ -1,12 +1,13 @@
 //! A private `redis-server` for tests that kill or restart Redis.
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::Unavailable;
 use crate::names::unique;
+use crate::os::free_port;
 
 /// A `redis-server` child process on a free port of 127.0.0.1, killed when dropped.
 ///
@@ -194,8 +195,4 @@ impl Drop for RedisServer {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn free_port() -> std::io::Result<u16> {
-    Ok(TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port())
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::Unavailable;
 use crate::names::unique;
+use crate::os::{free_port, is_root};
 
 /// A directory with `ca.pem` (a certificate authority made for the test) and `server.pem` /
 /// `server.key` (a certificate it signed for `localhost` and `127.0.0.1`). Removed when
@@ -372,19 +373,6 @@ fn postgres_bin() -> Option<PathBuf> {
         .collect();
     versions.sort();
     versions.pop().map(|(_, bin)| bin)
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
-}
-
-fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind(("127.0.0.1", 0))?
-        .local_addr()?
-        .port())
 }
 
 fn append(path: &Path, text: &str) -> std::io::Result<()> {
