@@ -68,6 +68,7 @@ async fn serve() -> Served {
         [Privilege::Select],
     );
     server
+        .auth()
         .create_key(
             &UserName::new("bench").expect("a user name"),
             KeyRequest::DefaultPublic,

@@ -35,10 +35,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(user) = &default_user {
         config = config.default_user(user.as_str());
     }
-    let server = Server::new(redis.clone(), client, pg_options, config).await;
+    let server = Server::new(redis.clone(), client.clone(), pg_options, config).await;
     let worker = (workers > 0).then(|| {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let run = tokio::spawn(server.batch_worker(workers).run(async {
+        let run = tokio::spawn(server.batch_worker(client, workers).run(async {
             let _ = stopped.await;
         }));
         (stop, run)

@@ -19,7 +19,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let redis = redis::aio::ConnectionManager::new(client.clone()).await?;
     let server = Server::new(
         redis,
-        client,
+        client.clone(),
         database_url.parse()?,
         ServerConfig::default(),
     )
@@ -30,7 +30,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "batch worker running"
     );
     server
-        .batch_worker(workers)
+        .batch_worker(client, workers)
         .run(async {
             let _ = tokio::signal::ctrl_c().await;
         })

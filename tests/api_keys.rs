@@ -18,6 +18,7 @@ async fn master(app: &App) -> String {
     let alice = UserName::new("alice").unwrap();
     let (key, token) = app
         .server
+        .auth()
         .create_key(&alice, KeyRequest::Master, Grants::new())
         .await
         .unwrap();
@@ -47,7 +48,7 @@ async fn roles_named(app: &App, role: &str) -> i64 {
 /// The role behind a key, as the server stored it.
 async fn role_of(app: &App, name: &str) -> String {
     let alice = UserName::new("alice").unwrap();
-    let keys = app.server.key_store().list(&alice).await.unwrap();
+    let keys = app.server.auth().key_store().list(&alice).await.unwrap();
     let key = keys.iter().find(|k| k.name == name).unwrap();
     key.db_role.name().to_owned()
 }
@@ -364,6 +365,7 @@ async fn without_the_master_key_nothing_changes_and_bad_definitions_are_named() 
     let alice = UserName::new("alice").unwrap();
     let names: Vec<String> = app
         .server
+        .auth()
         .key_store()
         .list(&alice)
         .await

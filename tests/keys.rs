@@ -16,6 +16,7 @@ async fn a_key_reads_only_the_tables_it_grants_and_its_role_holds_exactly_them()
         .table("public.countries".parse().unwrap(), [Privilege::Select]);
     let (key, token) = app
         .server
+        .auth()
         .create_key(&alice, KeyRequest::Regular("countries only".into()), grants)
         .await
         .unwrap();
@@ -70,7 +71,7 @@ async fn a_key_reads_only_the_tables_it_grants_and_its_role_holds_exactly_them()
     assert_eq!(r.status, 200, "{}", r.text());
 
     // Revoked: the token is refused and the role is gone.
-    assert!(app.server.revoke_key(&alice, &key.id).await.unwrap());
+    assert!(app.server.auth().revoke_key(&alice, &key.id).await.unwrap());
     let r = app.get(&sql("select 1")).await;
     assert_eq!(r.status, 401, "{}", r.text());
     let (left,): (i64,) = sqlx::query_as("select count(*) from pg_roles where rolname = $1")
@@ -90,6 +91,7 @@ async fn the_plan_is_checked_against_the_key_s_grants_too() {
         .table("public.countries".parse().unwrap(), [Privilege::Select]);
     let (key, token) = app
         .server
+        .auth()
         .create_key(&alice, KeyRequest::Regular("narrow".into()), grants)
         .await
         .unwrap();
@@ -114,5 +116,5 @@ async fn the_plan_is_checked_against_the_key_s_grants_too() {
         r.json(),
         serde_json::json!({"error": ["permission denied for table public.places: the key does not grant it"]})
     );
-    app.server.revoke_key(&alice, &key.id).await.unwrap();
+    app.server.auth().revoke_key(&alice, &key.id).await.unwrap();
 }

@@ -70,6 +70,7 @@ async fn the_server_reaches_postgres_and_redis_over_verified_tls() {
         .api(Api::Sql)
         .table("public.places".parse().unwrap(), [Privilege::Select]);
     let (key, token) = server
+        .auth()
         .create_key(&alice, KeyRequest::Regular("tls".into()), grants)
         .await
         .unwrap();

@@ -8,15 +8,33 @@
 
 use std::time::SystemTime;
 
+use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
 use geoauth::{ApiKey, Grants, KeyKind, Principal, Token, UserName};
 use serde_json::{Value, json};
 
-use super::request::{ApiRequest, Params, respond};
-use super::{Error, KeyRequest, Result, Server};
+use super::gate::{ApiRequest, Params, respond};
+use super::{AuthApi, Error, KeyRequest, RedisConnection, Result};
+
+impl<C: RedisConnection> AuthApi<C> {
+    /// The Auth API's routes, with and without a trailing slash, also under `/user/{user}`.
+    pub fn router(&self) -> Router {
+        let mut routes = super::with_slash("/api/v3/api_keys", get(list::<C>).post(create::<C>));
+        routes.extend(super::with_slash(
+            "/api/v3/api_keys/{name}",
+            get(show::<C>).delete(delete::<C>),
+        ));
+        routes.extend(super::with_slash(
+            "/api/v3/api_keys/{name}/token/regenerate",
+            post(regenerate::<C>),
+        ));
+        super::mount(routes, self.clone())
+    }
+}
 
 /// The most keys one page lists.
 const MAX_PER_PAGE: usize = 1000;
@@ -27,11 +45,11 @@ const MAX_NAME_LEN: usize = 255;
 /// `GET /api/v3/api_keys`: the caller's keys (the master key sees them all), paged as CARTO
 /// pages: `page`, `per_page` (default 20), `order` (`updated_at`, `name` or `type`),
 /// `order_direction` (`desc` by default).
-pub(super) async fn list(State(server): State<Server>, req: ApiRequest) -> Response {
+async fn list<C: RedisConnection>(State(server): State<AuthApi<C>>, req: ApiRequest) -> Response {
     respond(list_keys(&server, &req).await)
 }
 
-async fn list_keys(server: &Server, req: &ApiRequest) -> Result<Response> {
+async fn list_keys<C: RedisConnection>(server: &AuthApi<C>, req: &ApiRequest) -> Result<Response> {
     let params = Params::new(req.query.as_deref(), &HeaderMap::new(), &[])?;
     let principal = server.keys_caller(req, &params).await?;
     let page = number(&params, "page", 1, usize::MAX)?;
@@ -102,11 +120,19 @@ async fn list_keys(server: &Server, req: &ApiRequest) -> Result<Response> {
 /// `POST /api/v3/api_keys` with `{"name": …, "grants": [...]}` (CARTO's JSON grants): a
 /// regular key whose role holds exactly the listed table privileges. 201 with the key and its
 /// token. Master key only.
-pub(super) async fn create(State(server): State<Server>, req: ApiRequest, body: Bytes) -> Response {
+async fn create<C: RedisConnection>(
+    State(server): State<AuthApi<C>>,
+    req: ApiRequest,
+    body: Bytes,
+) -> Response {
     respond(create_key(&server, &req, &body).await)
 }
 
-async fn create_key(server: &Server, req: &ApiRequest, body: &[u8]) -> Result<Response> {
+async fn create_key<C: RedisConnection>(
+    server: &AuthApi<C>,
+    req: &ApiRequest,
+    body: &[u8],
+) -> Result<Response> {
     let params = Params::new(req.query.as_deref(), &req.headers, body)?;
     let principal = server.keys_caller(req, &params).await?;
     require_master(&principal)?;
@@ -124,7 +150,7 @@ async fn create_key(server: &Server, req: &ApiRequest, body: &[u8]) -> Result<Re
 }
 
 /// `GET /api/v3/api_keys/{name}`: one key (another key than the caller's needs the master key).
-pub(super) async fn show(State(server): State<Server>, req: ApiRequest) -> Response {
+async fn show<C: RedisConnection>(State(server): State<AuthApi<C>>, req: ApiRequest) -> Response {
     respond(
         async {
             let (_, key) = server.named_key(&req, &[]).await?;
@@ -136,8 +162,8 @@ pub(super) async fn show(State(server): State<Server>, req: ApiRequest) -> Respo
 
 /// `POST /api/v3/api_keys/{name}/token/regenerate`: a new token, the old one refused at once.
 /// Master key only; the default_public key's token cannot change.
-pub(super) async fn regenerate(
-    State(server): State<Server>,
+async fn regenerate<C: RedisConnection>(
+    State(server): State<AuthApi<C>>,
     req: ApiRequest,
     body: Bytes,
 ) -> Response {
@@ -163,7 +189,11 @@ pub(super) async fn regenerate(
 
 /// `DELETE /api/v3/api_keys/{name}`: the key is refused from now on and its role dropped.
 /// Master key only; the master and default_public keys cannot be deleted.
-pub(super) async fn delete(State(server): State<Server>, req: ApiRequest, body: Bytes) -> Response {
+async fn delete<C: RedisConnection>(
+    State(server): State<AuthApi<C>>,
+    req: ApiRequest,
+    body: Bytes,
+) -> Response {
     respond(
         async {
             let (principal, key) = server.named_key(&req, &body).await?;
@@ -181,21 +211,22 @@ pub(super) async fn delete(State(server): State<Server>, req: ApiRequest, body: 
     )
 }
 
-impl Server {
+impl<C: RedisConnection> AuthApi<C> {
     /// The verified key of an Auth API request, counted against its rate (the SQL API's
     /// quota, in a bucket of its own). A request without credentials is refused: the public
     /// key has no keys to manage.
     async fn keys_caller(&self, req: &ApiRequest, params: &Params) -> Result<Principal> {
         self.native_keys()?;
-        let principal = self.principal(&req.path, &req.headers, params).await?;
+        let gate = &self.inner.gate;
+        let principal = gate.principal(&req.path, &req.headers, params).await?;
         if principal.is_anonymous() {
             return Err(Error::Unauthorized(
                 "the Auth API needs an API key (api_key, or Basic or Bearer authorization)".into(),
             ));
         }
-        let config = &self.inner.config;
+        let config = gate.config();
         let (quota, anonymous) = (config.sql_quota, config.anonymous_sql_quota);
-        let caller = self
+        let caller = gate
             .rate(principal, &req.headers, req.peer, "auth", quota, anonymous)
             .await?;
         Ok(caller.principal)
@@ -219,7 +250,11 @@ impl Server {
 }
 
 /// `user`'s key named `name`.
-async fn find(server: &Server, user: &UserName, name: &str) -> Result<Option<ApiKey>> {
+async fn find<C: RedisConnection>(
+    server: &AuthApi<C>,
+    user: &UserName,
+    name: &str,
+) -> Result<Option<ApiKey>> {
     let keys = server.key_store().list(user).await?;
     Ok(keys.into_iter().find(|k| k.name == name))
 }

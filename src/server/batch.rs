@@ -2,21 +2,116 @@
 //! sqlpass as the key's role, polled and cancelled by id.
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
 use futures_util::StreamExt as _;
 use geoauth::{Api, KeyId, KeySource, UserName};
-use geostack_jobs::{Handler, Job, JobContext, JobError, JobId, JobOptions, JobState, JobStatus};
+use geostack_jobs::{
+    Connector, Handler, Job, JobContext, JobError, JobId, JobOptions, JobState, JobStatus, Queue,
+    Worker, WorkerConfig,
+};
 use serde::{Deserialize, Serialize};
-use sqlpass::{Access, Options, PoolRegistry};
+use sqlpass::{Access, Options};
 
-use super::request::{ApiRequest, Params, respond};
-use super::{Error, Result, Server};
+use super::gate::{ApiRequest, Gate, Params, respond};
+use super::{Error, RedisConnection, Result, Sandbox};
+
+/// CARTO's Batch API: `POST /api/v2/sql/job` queues a query, `GET|DELETE
+/// /api/v2/sql/job/{id}` polls and cancels it (with or without a trailing slash, also under
+/// `/user/{user}`). A worker ([`BatchApi::worker`]) runs the queue's queries in the sandbox as
+/// the key's role, with the settings' batch timeout.
+///
+/// ```no_run
+/// # async fn demo(gate: geostack::server::Gate, sandbox: geostack::server::Sandbox) -> Result<(), Box<dyn std::error::Error>> {
+/// use geostack::jobs::{Queue, QueueName};
+/// use geostack::server::BatchApi;
+///
+/// let client = redis::Client::open("redis://127.0.0.1:6379")?;
+/// let conn = redis::aio::ConnectionManager::new(client.clone()).await?;
+/// let batch = BatchApi::new(gate, sandbox, Queue::new(conn, QueueName::new("batch-sql")?));
+/// let worker = tokio::spawn(batch.worker(client, 2).run(std::future::pending()));
+/// let app = axum::Router::new().merge(batch.router());
+/// # let _ = (app, worker); Ok(()) }
+/// ```
+pub struct BatchApi<C = redis::aio::ConnectionManager> {
+    inner: Arc<Inner<C>>,
+}
+
+impl<C> Clone for BatchApi<C> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+struct Inner<C> {
+    gate: Gate<C>,
+    sandbox: Sandbox,
+    queue: Queue<C>,
+}
+
+impl<C: RedisConnection> BatchApi<C> {
+    /// The batch queries of callers passing `gate`, queued on `queue` and run in `sandbox`.
+    pub fn new(gate: Gate<C>, sandbox: Sandbox, queue: Queue<C>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                gate,
+                sandbox,
+                queue,
+            }),
+        }
+    }
+
+    /// Its routes, also under `/user/{user}`.
+    pub fn router(&self) -> Router {
+        let mut routes = super::with_slash("/api/v2/sql/job", post(create::<C>));
+        routes.extend(super::with_slash(
+            "/api/v2/sql/job/{id}",
+            get(status::<C>).delete(cancel::<C>),
+        ));
+        super::mount(routes, self.clone())
+    }
+
+    /// The queue.
+    pub fn queue(&self) -> &Queue<C> {
+        &self.inner.queue
+    }
+
+    /// The handler of batch queries, for a worker of one's own (see `examples/worker.rs`):
+    /// the sandbox's options with the settings' batch timeout as statement timeout, five
+    /// seconds more as deadline.
+    pub fn handler(&self) -> BatchHandler {
+        let sandbox = &self.inner.sandbox;
+        let timeout = sandbox.config().batch_timeout;
+        BatchHandler::new(
+            Arc::clone(self.inner.gate.verifier().source()),
+            sandbox.clone(),
+            sandbox
+                .options()
+                .statement_timeout(timeout)
+                .deadline(timeout + Duration::from_secs(5))
+                .affected_tables(false),
+        )
+    }
+
+    /// A worker for the queue, running `concurrency` queries at once; `connector` (a
+    /// [`redis::Client`], or a cluster client) opens its blocking connections.
+    pub fn worker<K: Connector>(&self, connector: K, concurrency: usize) -> Worker<C, K> {
+        Worker::new(
+            self.inner.queue.clone(),
+            connector,
+            WorkerConfig::default().concurrency(concurrency),
+        )
+        .handle::<BatchQuery, _>(self.handler())
+    }
+}
 
 /// A batch query as queued: whose, under which key, and the SQL. The key's database role is
 /// looked up when the query runs, so a key revoked meanwhile runs nothing.
@@ -51,20 +146,18 @@ impl Job for BatchQuery {
 /// and dropped; the result is `{"total_rows": N, "time": seconds}`.
 pub struct BatchHandler {
     keys: Arc<dyn KeySource>,
-    registry: Arc<PoolRegistry>,
-    sandbox: Options,
+    sandbox: Sandbox,
+    options: Options,
 }
 
 impl BatchHandler {
-    pub(crate) fn new(
-        keys: Arc<dyn KeySource>,
-        registry: Arc<PoolRegistry>,
-        sandbox: Options,
-    ) -> Self {
+    /// Runs each query as the role of its key, read from `keys`, in `sandbox` with `options`
+    /// (further limited to the tables the key lists).
+    pub fn new(keys: Arc<dyn KeySource>, sandbox: Sandbox, options: Options) -> Self {
         Self {
             keys,
-            registry,
             sandbox,
+            options,
         }
     }
 }
@@ -87,11 +180,12 @@ impl Handler<BatchQuery> for BatchHandler {
         };
         let role = &key.db_role;
         let pool = self
-            .registry
+            .sandbox
+            .registry()
             .pool(role.name(), role.password().expose())
             .map_err(|e| JobError::retry(e.to_string()))?;
         // The same sandbox and statement policy as the SQL API's, with the batch timeout.
-        let options = super::with_key_tables(self.sandbox.clone(), &key).access(if job.write {
+        let options = Sandbox::limit_to_key(self.options.clone(), &key).access(if job.write {
             Access::ReadWrite
         } else {
             Access::ReadOnly
@@ -122,11 +216,17 @@ impl Handler<BatchQuery> for BatchHandler {
     }
 }
 
-pub(super) async fn create(State(server): State<Server>, req: ApiRequest, body: Bytes) -> Response {
+async fn create<C: RedisConnection>(
+    State(api): State<BatchApi<C>>,
+    req: ApiRequest,
+    body: Bytes,
+) -> Response {
+    let inner = &*api.inner;
     respond(
         async {
             let params = Params::new(req.query.as_deref(), &req.headers, &body)?;
-            let caller = server
+            let caller = inner
+                .gate
                 .authenticate(&req.path, &req.headers, &params, Api::Sql, req.peer)
                 .await?;
             if caller.principal.is_anonymous() {
@@ -135,7 +235,7 @@ pub(super) async fn create(State(server): State<Server>, req: ApiRequest, body: 
             let sql = params
                 .get("query")
                 .ok_or_else(|| Error::BadRequest("You must indicate a sql query".into()))?;
-            server.check_query_size(sql)?;
+            inner.sandbox.check_query_size(sql)?;
             let principal = &caller.principal;
             let job = BatchQuery {
                 user: principal.user().as_str().to_owned(),
@@ -143,7 +243,7 @@ pub(super) async fn create(State(server): State<Server>, req: ApiRequest, body: 
                 query: sql.to_owned(),
                 write: principal.may_write(),
             };
-            let queue = server.batch_queue();
+            let queue = &inner.queue;
             let options = JobOptions::default()
                 .attempts(1)
                 .tenant(principal.user().as_str());
@@ -161,20 +261,20 @@ pub(super) async fn create(State(server): State<Server>, req: ApiRequest, body: 
     )
 }
 
-pub(super) async fn get(State(server): State<Server>, req: ApiRequest) -> Response {
+async fn status<C: RedisConnection>(State(api): State<BatchApi<C>>, req: ApiRequest) -> Response {
     respond(
         async {
-            let (id, job, status) = owned_job(&server, &req).await?;
+            let (id, job, status) = owned_job(&api, &req).await?;
             Ok::<_, Error>(Json(describe(&id, &job, Some(&status))).into_response())
         }
         .await,
     )
 }
 
-pub(super) async fn cancel(State(server): State<Server>, req: ApiRequest) -> Response {
+async fn cancel<C: RedisConnection>(State(api): State<BatchApi<C>>, req: ApiRequest) -> Response {
     respond(
         async {
-            let (id, job, status) = owned_job(&server, &req).await?;
+            let (id, job, status) = owned_job(&api, &req).await?;
             if matches!(
                 status.state,
                 JobState::Completed | JobState::Dead | JobState::Cancelled
@@ -184,7 +284,7 @@ pub(super) async fn cancel(State(server): State<Server>, req: ApiRequest) -> Res
                     carto_status(status.state)
                 )));
             }
-            let queue = server.batch_queue();
+            let queue = api.queue();
             queue.cancel(&id).await?;
             let status = queue.status(&id).await?;
             let mut body = describe(&id, &job, status.as_ref());
@@ -197,19 +297,18 @@ pub(super) async fn cancel(State(server): State<Server>, req: ApiRequest) -> Res
 }
 
 /// The job `id` of the request's user, authenticated with a key of that user.
-async fn owned_job(server: &Server, req: &ApiRequest) -> Result<(JobId, BatchQuery, JobStatus)> {
-    let caller = server.caller(req, Api::Sql).await?;
+async fn owned_job<C: RedisConnection>(
+    api: &BatchApi<C>,
+    req: &ApiRequest,
+) -> Result<(JobId, BatchQuery, JobStatus)> {
+    let caller = api.inner.gate.caller(req, Api::Sql).await?;
     if caller.principal.is_anonymous() {
         return Err(Error::Unauthorized("batch queries need an api key".into()));
     }
     let not_found = || Error::NotFound("no such batch query".into());
     let raw = req.path.get("id").map(String::as_str).unwrap_or_default();
     let id = JobId::new(raw).map_err(|_| not_found())?;
-    let status = server
-        .batch_queue()
-        .status(&id)
-        .await?
-        .ok_or_else(not_found)?;
+    let status = api.queue().status(&id).await?.ok_or_else(not_found)?;
     let job: BatchQuery = status
         .payload
         .clone()

@@ -63,7 +63,7 @@ impl Inflight {
 }
 
 /// One admitted request; dropping it (when the response has been sent) frees its place.
-pub(crate) struct Admission {
+pub struct Admission {
     running: Arc<Mutex<HashMap<String, u32>>>,
     caller: String,
 }

@@ -1,6 +1,8 @@
 //! Keys with a login role each: creating a key provisions its role with exactly the key's table
 //! grants, revoking it drops the role, as CARTO does for every API key.
 
+use std::sync::Arc;
+
 use geoauth::KeySource as _;
 use geoauth::{
     ApiKey, DbRole, Grants, KeyId, KeyStore, NewKey, Privilege, Secret, TableGrants, Token,
@@ -8,9 +10,10 @@ use geoauth::{
 };
 use sqlpass::CallerRole;
 
-use super::{Error, KeyLayout, Result, Server};
+use super::gate::Gate;
+use super::{Error, KeyLayout, RedisConnection, Result, Sandbox, ServerConfig};
 
-/// What kind of key [`Server::create_key`] makes.
+/// What kind of key [`AuthApi::create_key`] makes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum KeyRequest {
@@ -24,14 +27,65 @@ pub enum KeyRequest {
     Master,
 }
 
-impl Server {
+/// Keys and their roles: CARTO's Auth API (`/api/v3/api_keys`: keys listed, made, shown,
+/// deleted, given a new token; the master key manages them all; also under `/user/{user}`),
+/// and the same operations for a program ([`AuthApi::create_key`], [`AuthApi::revoke_key`],
+/// [`AuthApi::key_store`]). Keys live in a native [`KeyStore`]; with CARTO's layout
+/// ([`KeyLayout::Carto`]) CARTO manages them and every operation is refused.
+///
+/// ```no_run
+/// # async fn demo(gate: geostack::server::Gate, sandbox: geostack::server::Sandbox) -> Result<(), Box<dyn std::error::Error>> {
+/// use geoauth::KeyStore;
+/// use geostack::server::{AuthApi, ServerConfig};
+///
+/// let client = redis::Client::open("redis://127.0.0.1:6379")?;
+/// let conn = redis::aio::ConnectionManager::new(client).await?;
+/// let auth = AuthApi::new(gate, sandbox, KeyStore::new(conn), &ServerConfig::default());
+/// let app = axum::Router::new().merge(auth.router());
+/// # let _ = app; Ok(()) }
+/// ```
+pub struct AuthApi<C = redis::aio::ConnectionManager> {
+    pub(super) inner: Arc<Inner<C>>,
+}
+
+impl<C> Clone for AuthApi<C> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+pub(super) struct Inner<C> {
+    pub(super) gate: Gate<C>,
+    sandbox: Sandbox,
+    keys: KeyStore<C>,
+    role_prefix: String,
+    layout: KeyLayout,
+}
+
+impl<C: RedisConnection> AuthApi<C> {
+    /// The keys of `keys`, for callers passing `gate`, their roles made and dropped through
+    /// `sandbox`'s administrative pool and named with `config`'s role prefix.
+    pub fn new(gate: Gate<C>, sandbox: Sandbox, keys: KeyStore<C>, config: &ServerConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                gate,
+                sandbox,
+                keys,
+                role_prefix: config.role_prefix.clone(),
+                layout: config.key_layout,
+            }),
+        }
+    }
+
     /// Creates a key for `user` granting `grants`, with a login role of its own that holds
     /// exactly the key's table privileges (and nothing else: no table it does not list, no
     /// signalling or activity functions). The role is named from the configured role prefix
     /// and a random suffix; its password is random and kept only in the key.
     ///
     /// ```no_run
-    /// # async fn demo(server: geostack::server::Server) -> geostack::server::Result<()> {
+    /// # async fn demo(auth: geostack::server::AuthApi) -> geostack::server::Result<()> {
     /// use geostack::auth::{Api, Grants, Privilege, UserName};
     /// use geostack::server::KeyRequest;
     ///
@@ -39,7 +93,7 @@ impl Server {
     ///     .api(Api::Sql)
     ///     .table("public.counties".parse()?, [Privilege::Select]);
     /// let alice = UserName::new("alice")?;
-    /// let (key, token) = server
+    /// let (key, token) = auth
     ///     .create_key(&alice, KeyRequest::Regular("dashboard".into()), grants)
     ///     .await?;
     /// # Ok(()) }
@@ -58,7 +112,7 @@ impl Server {
         grants: Grants,
     ) -> Result<(ApiKey, Token)> {
         self.native_keys()?;
-        let name = format!("{}{}", self.inner.config.role_prefix, random_hex(8)?);
+        let name = format!("{}{}", self.inner.role_prefix, random_hex(8)?);
         let password = random_hex(16)?;
         let mut role = CallerRole::new(name.clone(), password.clone());
         if request == KeyRequest::Master {
@@ -87,7 +141,8 @@ impl Server {
             }
             _ => None,
         };
-        role.provision(&self.inner.admin, &[]).await?;
+        let admin = self.inner.sandbox.admin();
+        role.provision(admin, &[]).await?;
         let db_role = DbRole::new(name.clone(), Secret::new(password));
         let new = match request {
             KeyRequest::Regular(key_name) => NewKey::regular(key_name, db_role).grants(grants),
@@ -102,16 +157,16 @@ impl Server {
                 Ok(made)
             }
             Err(e) => {
-                let _ = CallerRole::drop_role(&self.inner.admin, &name).await;
+                let _ = CallerRole::drop_role(admin, &name).await;
                 Err(e.into())
             }
         }
     }
 
     /// The store of the server's keys (list, show and regenerate them there; create and revoke
-    /// them through [`Server::create_key`] and [`Server::revoke_key`], which also manage their
-    /// roles).
-    pub fn key_store(&self) -> &KeyStore {
+    /// them through [`AuthApi::create_key`] and [`AuthApi::revoke_key`], which also manage
+    /// their roles).
+    pub fn key_store(&self) -> &KeyStore<C> {
         &self.inner.keys
     }
 
@@ -135,7 +190,7 @@ impl Server {
 
     /// Refuses to manage keys when they are CARTO's ([`KeyLayout::Carto`]).
     pub(crate) fn native_keys(&self) -> Result<()> {
-        match self.inner.config.key_layout {
+        match self.inner.layout {
             KeyLayout::Native => Ok(()),
             _ => Err(Error::NotFound(
                 "keys are read from CARTO's layout here: CARTO manages them".into(),
@@ -146,9 +201,9 @@ impl Server {
     /// Drops `role` and forgets its pool, when the server made it (its name has the role
     /// prefix); a role the server did not make is left alone.
     async fn drop_key_role(&self, role: &str) -> Result<()> {
-        if role.starts_with(self.inner.config.role_prefix.as_str()) {
-            self.inner.registry.forget(role);
-            CallerRole::drop_role(&self.inner.admin, role).await?;
+        if role.starts_with(self.inner.role_prefix.as_str()) {
+            self.inner.sandbox.registry().forget(role);
+            CallerRole::drop_role(self.inner.sandbox.admin(), role).await?;
         }
         Ok(())
     }

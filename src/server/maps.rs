@@ -2,29 +2,108 @@
 //! tiles are rendered on the tile caller's own pool.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
 use geoauth::{Api, UserName};
 use geostack_tiles::{MapConfig, TileKey};
 
-use super::request::{ApiRequest, respond};
+use super::gate::{ApiRequest, Gate, respond};
 use super::tile::{coord, origin, tile_response, tilejson as tilejson_of};
-use super::{Error, Result, Server};
+use super::{Error, RedisConnection, Result, Sandbox, ServerConfig, Tiles};
 
 /// How long a stored map config lives after its last instantiation.
 const MAP_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
-impl Server {
+/// Windshaft's Maps API: `POST /api/v1/map` stores a layergroup config and answers its token
+/// and TileJSON; `GET /api/v1/map/{token}[/{layers}]/{z}/{x}/{y}.mvt` and
+/// `…/{token}/tilejson.json` serve it (also under `/user/{user}`). Configs live in Redis under
+/// the settings' prefix, bounded in size and per user; tiles are rendered on the tile caller's
+/// own pool.
+///
+/// ```no_run
+/// # async fn demo(gate: geostack::server::Gate, sandbox: geostack::server::Sandbox) -> Result<(), Box<dyn std::error::Error>> {
+/// use geostack::server::{MapsApi, ServerConfig, Tiles};
+///
+/// let client = redis::Client::open("redis://127.0.0.1:6379")?;
+/// let conn = redis::aio::ConnectionManager::new(client).await?;
+/// let config = ServerConfig::default().map_limits(64 << 10, 100);
+/// let maps = MapsApi::new(gate, sandbox, Tiles::new(&config), conn, &config);
+/// let app = axum::Router::new().merge(maps.router());
+/// # let _ = app; Ok(()) }
+/// ```
+pub struct MapsApi<C = redis::aio::ConnectionManager> {
+    inner: Arc<Inner<C>>,
+}
+
+impl<C> Clone for MapsApi<C> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+struct Inner<C> {
+    gate: Gate<C>,
+    sandbox: Sandbox,
+    tiles: Tiles,
+    /// Where configs are stored.
+    redis: C,
+    prefix: String,
+    config_limit: usize,
+    per_user: usize,
+}
+
+impl<C: RedisConnection> MapsApi<C> {
+    /// The maps of callers passing `gate`: configs stored on `redis` under `config`'s Redis
+    /// prefix and within its map limits, tiles read in `sandbox` and kept in `tiles`.
+    pub fn new(
+        gate: Gate<C>,
+        sandbox: Sandbox,
+        tiles: Tiles,
+        redis: C,
+        config: &ServerConfig,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                gate,
+                sandbox,
+                tiles,
+                redis,
+                prefix: config.redis_prefix.clone(),
+                config_limit: config.map_config_limit,
+                per_user: config.maps_per_user,
+            }),
+        }
+    }
+
+    /// Its routes, also under `/user/{user}`.
+    pub fn router(&self) -> Router {
+        let mut routes = super::with_slash("/api/v1/map", post(create::<C>));
+        routes.extend([
+            (
+                "/api/v1/map/{token}/tilejson.json".to_owned(),
+                get(tilejson::<C>),
+            ),
+            ("/api/v1/map/{token}/{z}/{x}/{y}".to_owned(), get(tile::<C>)),
+            (
+                "/api/v1/map/{token}/{layers}/{z}/{x}/{y}".to_owned(),
+                get(tile::<C>),
+            ),
+        ]);
+        super::mount(routes, self.clone())
+    }
+
+    /// A config's Redis key; a user's keys share a cluster slot (`{user}`), so that a config
+    /// and the user's index change in one transaction.
     fn map_key(&self, user: &UserName, token: &str) -> String {
-        format!(
-            "{}map:{}:{token}",
-            self.inner.config.redis_prefix,
-            user.as_str()
-        )
+        format!("{}map:{{{}}}:{token}", self.inner.prefix, user.as_str())
     }
 
     /// Stores a map config under its token, and drops the user's least recently stored ones
@@ -50,7 +129,7 @@ impl Server {
             .zcard(&index)
             .query_async(&mut redis)
             .await?;
-        let max = self.inner.config.maps_per_user;
+        let max = self.inner.per_user;
         if count > max {
             let dropped: Vec<(String, f64)> = redis::cmd("ZPOPMIN")
                 .arg(&index)
@@ -79,14 +158,18 @@ impl Server {
     }
 }
 
-pub(super) async fn create(State(server): State<Server>, req: ApiRequest, body: Bytes) -> Response {
+async fn create<C: RedisConnection>(
+    State(api): State<MapsApi<C>>,
+    req: ApiRequest,
+    body: Bytes,
+) -> Response {
     respond(
         async {
         // The body is the config; credentials come from the query string and headers.
-        let caller = server.caller(&req, Api::Maps).await?;
+        let caller = api.inner.gate.caller(&req, Api::Maps).await?;
         let json = std::str::from_utf8(&body)
             .map_err(|_| Error::BadRequest("the map config is not UTF-8".into()))?;
-        let limit = server.inner.config.map_config_limit;
+        let limit = api.inner.config_limit;
         if json.len() > limit {
             return Err(Error::TooLarge(format!(
                 "the map config is larger than the limit of {limit} bytes"
@@ -94,7 +177,7 @@ pub(super) async fn create(State(server): State<Server>, req: ApiRequest, body: 
         }
         let config = MapConfig::parse(json)?;
         let user = caller.principal.user().clone();
-        server.store_map(&user, config.token(), json).await?;
+        api.store_map(&user, config.token(), json).await?;
         let base = format!("{}{}/api/v1/map/{}", origin(&req.headers), user_path(&req.path), config.token());
         let layers: Vec<_> = config
             .layers()
@@ -117,16 +200,16 @@ pub(super) async fn create(State(server): State<Server>, req: ApiRequest, body: 
     )
 }
 
-pub(super) async fn tilejson(State(server): State<Server>, req: ApiRequest) -> Response {
+async fn tilejson<C: RedisConnection>(State(api): State<MapsApi<C>>, req: ApiRequest) -> Response {
     respond(
         async {
-            let caller = server.caller(&req, Api::Maps).await?;
+            let caller = api.inner.gate.caller(&req, Api::Maps).await?;
             let token = req
                 .path
                 .get("token")
                 .map(String::as_str)
                 .unwrap_or_default();
-            let config = server.load_map(caller.principal.user(), token).await?;
+            let config = api.load_map(caller.principal.user(), token).await?;
             let url = format!(
                 "{}{}/api/v1/map/{token}/{{z}}/{{x}}/{{y}}.mvt",
                 origin(&req.headers),
@@ -138,10 +221,11 @@ pub(super) async fn tilejson(State(server): State<Server>, req: ApiRequest) -> R
     )
 }
 
-pub(super) async fn tile(State(server): State<Server>, req: ApiRequest) -> Response {
+async fn tile<C: RedisConnection>(State(api): State<MapsApi<C>>, req: ApiRequest) -> Response {
+    let inner = &*api.inner;
     respond(
         async {
-            let caller = server.caller(&req, Api::Maps).await?;
+            let caller = inner.gate.caller(&req, Api::Maps).await?;
             let coord = coord(&req.path)?;
             let token = req
                 .path
@@ -155,10 +239,10 @@ pub(super) async fn tile(State(server): State<Server>, req: ApiRequest) -> Respo
                 coord,
             );
             // A cached tile needs neither the config nor a connection.
-            if let Some(tile) = server.cached_tile(&key).await? {
+            if let Some(tile) = inner.tiles.cached(&key).await? {
                 return Ok(tile_response(&caller, &req.headers, &tile));
             }
-            let config = server.load_map(caller.principal.user(), token).await?;
+            let config = api.load_map(caller.principal.user(), token).await?;
             let config = match layers {
                 "all" => config,
                 list => {
@@ -174,11 +258,12 @@ pub(super) async fn tile(State(server): State<Server>, req: ApiRequest) -> Respo
                     config.select(&indexes)?
                 }
             };
-            let pool = server.pool_of(&caller.principal)?;
-            let options = server.inner.config.tile_options.clone();
-            let sandbox = server.sandbox();
-            let tile = server
-                .render_tile(&caller, &key, &[], || async move {
+            let pool = inner.sandbox.pool_of(&caller.principal)?;
+            let options = inner.tiles.options().clone();
+            let sandbox = inner.sandbox.options();
+            let tile = inner
+                .tiles
+                .render(&inner.gate, &caller, &key, &[], || async move {
                     Ok(config.render(&pool, coord, &options, &sandbox).await?.bytes)
                 })
                 .await?;

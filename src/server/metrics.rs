@@ -12,7 +12,7 @@
 //! | `geostack_pool_connections` | gauge, at [`Server::record_gauges`] | `role`, `state`: `open`, `in_use` |
 //! | `geostack_batch_jobs` | gauge, at [`Server::record_gauges`] | `state`: `waiting`, `delayed`, `active`, `completed`, `dead` |
 
-use super::Server;
+use super::{RedisConnection, Server};
 
 pub(crate) fn request(route: String, method: &str, status: u16, seconds: f64) {
     metrics::counter!(
@@ -39,7 +39,7 @@ pub(crate) fn refused(reason: &'static str) {
     metrics::counter!("geostack_refused_total", "reason" => reason).increment(1);
 }
 
-impl Server {
+impl<C: RedisConnection> Server<C> {
     /// Sets the gauges that are read rather than counted: each role pool's connections open and
     /// in use, and the batch queue's jobs by state. Call it before rendering a scrape.
     ///
@@ -47,13 +47,13 @@ impl Server {
     ///
     /// [`Error::Jobs`](super::Error) when Redis does not answer for the queue's counts.
     pub async fn record_gauges(&self) -> super::Result<()> {
-        for (role, open, in_use) in self.inner.registry.stats() {
+        for (role, open, in_use) in self.sandbox().registry().stats() {
             metrics::gauge!("geostack_pool_connections", "role" => role.clone(), "state" => "open")
                 .set(f64::from(open));
             metrics::gauge!("geostack_pool_connections", "role" => role, "state" => "in_use")
                 .set(f64::from(in_use));
         }
-        let counts = self.inner.batch.counts().await?;
+        let counts = self.batch().queue().counts().await?;
         for (state, n) in [
             ("waiting", counts.waiting),
             ("delayed", counts.delayed),

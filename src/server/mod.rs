@@ -18,6 +18,14 @@
 //! `default_public` key. Refusals answer CARTO's `{"error":["…"]}` with 400, 401, 403, 404,
 //! 429 (with `RateLimit-*`, `Carto-Rate-Limit-*` and `Retry-After`) or 503.
 //!
+//! [`Server`] composes them all. Each API is also a router of its own, to mount beside one's
+//! own routes: [`SqlApi`], [`BatchApi`], [`MapsApi`], [`TablesApi`], [`AuthApi`],
+//! [`Health`] and [`page`], built from the pieces they share — the [`Gate`] every request
+//! passes (user, key, rate, fair share), the [`Sandbox`] every caller's SQL runs in and the
+//! [`Tiles`] cache — and wrapped, if one likes, in the same [`edge`]. Every piece is generic
+//! over its Redis connection ([`RedisConnection`]): a `ConnectionManager` for one Redis, a
+//! cluster connection for a Redis Cluster.
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use geostack::server::{Server, ServerConfig};
@@ -25,8 +33,8 @@
 //! let client = redis::Client::open("redis://127.0.0.1:6379")?;
 //! let conn = redis::aio::ConnectionManager::new(client.clone()).await?;
 //! let pg: sqlx::postgres::PgConnectOptions = "postgres://127.0.0.1/test".parse()?;
-//! let server = Server::new(conn, client, pg, ServerConfig::default().default_user("demo")).await;
-//! let worker = tokio::spawn(server.batch_worker(2).run(std::future::pending()));
+//! let server = Server::new(conn, client.clone(), pg, ServerConfig::default().default_user("demo")).await;
+//! let worker = tokio::spawn(server.batch().worker(client, 2).run(std::future::pending()));
 //! let listener = geostack::server::GuardedListener::bind("127.0.0.1:8080").await?;
 //! let app = server.router().into_make_service_with_connect_info::<geostack::server::Peer>();
 //! axum::serve(listener, app).await?;
@@ -40,48 +48,48 @@ mod conn;
 mod edge;
 mod error;
 mod fair;
+mod gate;
 mod health;
 mod keys;
 mod maps;
 mod metrics;
 #[cfg(feature = "page")]
 mod page;
-mod request;
+mod sandbox;
 mod sql;
 mod tables;
 mod tile;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::Arc;
 
 use axum::Router;
-use axum::routing::get;
+use axum::routing::MethodRouter;
 use geoauth::{CartoKeys, KeySource, KeyStore, RateLimiter, TokenFormat, Verifier, VerifierConfig};
-use geostack_jobs::{Queue, QueueName, Worker, WorkerConfig};
-use geostack_tiles::{MemoryTileCache, SingleFlight, TableSource};
+use geostack_jobs::{Connector, Queue, QueueName, Worker};
 use redis::aio::ConnectionManager;
-use sqlpass::PoolRegistry;
 
-pub use batch::{BatchHandler, BatchQuery};
+pub use batch::{BatchApi, BatchHandler, BatchQuery};
 pub use config::{KeyLayout, ServerConfig};
 pub use conn::{GuardedListener, GuardedStream, Peer};
+pub use edge::edge;
 pub use error::{Error, Result};
-pub use keys::KeyRequest;
+pub use fair::Admission;
+pub use gate::{ApiRequest, Caller, Gate, Params, peer_of};
+pub use health::Health;
+pub use keys::{AuthApi, KeyRequest};
+pub use maps::MapsApi;
+#[cfg(feature = "page")]
+pub use page::page;
+pub use sandbox::Sandbox;
+pub use sql::SqlApi;
+pub use tables::TablesApi;
+pub use tile::{Tiles, tile_response};
 
-/// `options` limited to the tables `key` lists, when it lists them (a master key, or one whose
-/// tables are left to its database role, is bounded by the role alone).
-pub(crate) fn with_key_tables(
-    options: sqlpass::Options,
-    key: &geoauth::ApiKey,
-) -> sqlpass::Options {
-    match key.grants.tables() {
-        geoauth::TableGrants::Listed(tables) if key.kind != geoauth::KeyKind::Master => {
-            options.allowed_tables(tables.keys().map(ToString::to_string))
-        }
-        _ => options,
-    }
-}
+/// A Redis connection the server's pieces share: [`ConnectionManager`] for one Redis,
+/// `redis::cluster_async::ClusterConnection` for a Redis Cluster. Every such connection is one.
+pub trait RedisConnection: redis::aio::ConnectionLike + Clone + Send + Sync + 'static {}
+
+impl<T: redis::aio::ConnectionLike + Clone + Send + Sync + 'static> RedisConnection for T {}
 
 /// `listener` with `TCP_NODELAY` on every accepted connection: a streamed response's small
 /// writes then leave at once instead of waiting on Nagle's algorithm and the client's delayed
@@ -106,57 +114,81 @@ fn set_nodelay(tcp: &mut tokio::net::TcpStream) {
     }
 }
 
-/// A role's readable tables and when they were looked up.
-type Discovered = (Instant, Arc<Vec<TableSource>>);
+/// `path` and `path/`: CARTO's clients may add a trailing slash.
+fn with_slash<S>(path: &str, method: MethodRouter<S>) -> Vec<(String, MethodRouter<S>)>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    vec![
+        (path.to_owned(), method.clone()),
+        (format!("{path}/"), method),
+    ]
+}
+
+/// `routes` at their paths and again under `/user/{user}`, with `state`.
+fn mount<S>(routes: Vec<(String, MethodRouter<S>)>, state: S) -> Router
+where
+    S: Clone + Send + Sync + 'static,
+{
+    let mut router = Router::new();
+    for (path, method) in routes {
+        router = router
+            .route(&format!("/user/{{user}}{path}"), method.clone())
+            .route(&path, method);
+    }
+    router.with_state(state)
+}
 
 /// The name of the batch-query queue.
 pub const BATCH_QUEUE: &str = "batch-sql";
 
-/// The state behind the router: key verification, rate limits, one pool per database role,
-/// the batch queue, the tile cache. Cheap to clone.
-#[derive(Clone)]
-pub struct Server {
-    inner: Arc<Inner>,
+/// Every API of the composed server, on one Redis connection (`C`) and one PostgreSQL: SQL,
+/// Batch, Maps, table tiles, Auth, health and (feature `page`) the map page, sharing one
+/// [`Gate`], one [`Sandbox`] and one [`Tiles`] cache. Cheap to clone.
+pub struct Server<C = ConnectionManager> {
+    inner: Arc<Inner<C>>,
 }
 
-struct Inner {
-    verifier: Verifier<Arc<dyn KeySource>>,
-    /// Where keys are read: the native store, or CARTO's layout.
-    source: Arc<dyn KeySource>,
-    /// The native store, where this server makes and revokes keys.
-    keys: KeyStore,
-    limiter: RateLimiter,
-    registry: Arc<PoolRegistry>,
-    redis: ConnectionManager,
-    client: redis::Client,
-    batch: Queue,
-    cache: MemoryTileCache,
-    flights: SingleFlight,
-    /// Per database role: the tables it may read, found when first asked.
-    tables: Mutex<HashMap<String, Discovered>>,
-    /// The base options' user: provisions keys' roles, and cancels callers' queries cut short
-    /// (it holds `pg_signal_backend`; caller roles may not signal backends).
-    admin: sqlx::PgPool,
-    /// Statement descriptions kept between runs, when sqlpass is installed.
-    plans: Option<sqlpass::Plans>,
-    /// Requests running per caller.
-    inflight: fair::Inflight,
+impl<C> Clone for Server<C> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+struct Inner<C> {
+    gate: Gate<C>,
+    sandbox: Sandbox,
+    tiles: Tiles,
+    sql: SqlApi<C>,
+    batch: BatchApi<C>,
+    maps: MapsApi<C>,
+    tables: TablesApi<C>,
+    auth: AuthApi<C>,
+    health: Health<C>,
     config: ServerConfig,
 }
 
-impl Server {
-    /// A server on `conn` (and `client`, for the key invalidations and the batch worker's
-    /// blocking connection) whose SQL runs on PostgreSQL at `pg` — host, port and database;
-    /// each caller logs in as its key's role.
+impl Server<ConnectionManager> {
+    /// A server on one Redis: `conn` for its commands, `client` for the key verifier's
+    /// invalidations; its SQL runs on PostgreSQL at `pg` — host, port, database and the
+    /// administrative user; each caller logs in as its key's role. Keys are read as
+    /// [`ServerConfig::key_layout`] says.
     pub async fn new(
         conn: ConnectionManager,
         client: redis::Client,
         pg: sqlx::postgres::PgConnectOptions,
         config: ServerConfig,
     ) -> Self {
-        let keys = KeyStore::with_prefix(conn.clone(), config.key_prefix.clone());
         let (source, format): (Arc<dyn KeySource>, _) = match config.key_layout {
-            KeyLayout::Native => (Arc::new(keys.clone()), TokenFormat::Native),
+            KeyLayout::Native => (
+                Arc::new(KeyStore::with_prefix(
+                    conn.clone(),
+                    config.key_prefix.clone(),
+                )),
+                TokenFormat::Native,
+            ),
             KeyLayout::Carto { db } => {
                 let info = client.get_connection_info().clone();
                 let settings = info.redis_settings().clone().set_db(db);
@@ -177,161 +209,132 @@ impl Server {
             }
         };
         let verifier = Verifier::with_cache(
-            Arc::clone(&source),
-            client.clone(),
+            source,
+            client,
             VerifierConfig::default().token_format(format),
         )
         .await;
+        Self::with_verifier(conn, verifier, pg, config).await
+    }
+}
+
+impl<C: RedisConnection> Server<C> {
+    /// A server on `conn` (any [`RedisConnection`]: a Redis Cluster's too) whose keys are
+    /// verified by `verifier`; its SQL runs on PostgreSQL at `pg`. The Auth API manages keys
+    /// in the native store on `conn` under the configured key prefix.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::sync::Arc;
+    /// use geoauth::{KeySource, KeyStore, Verifier, VerifierConfig};
+    /// use geostack::server::{Server, ServerConfig};
+    ///
+    /// let client = redis::Client::open("redis://127.0.0.1:6379")?;
+    /// let conn = client.get_multiplexed_async_connection().await?;
+    /// let keys: Arc<dyn KeySource> = Arc::new(KeyStore::new(conn.clone()));
+    /// let verifier = Verifier::with_cache(keys, client, VerifierConfig::default()).await;
+    /// let pg: sqlx::postgres::PgConnectOptions = "postgres://127.0.0.1/test".parse()?;
+    /// let server = Server::with_verifier(conn, verifier, pg, ServerConfig::default()).await;
+    /// # let _ = server; Ok(()) }
+    /// ```
+    pub async fn with_verifier(
+        conn: C,
+        verifier: Verifier<Arc<dyn KeySource>>,
+        pg: sqlx::postgres::PgConnectOptions,
+        config: ServerConfig,
+    ) -> Self {
         let limiter = RateLimiter::with_prefix(conn.clone(), config.key_prefix.clone());
-        let batch = Queue::with_prefix(
+        let gate = Gate::new(verifier, limiter, config.clone());
+        let sandbox = Sandbox::new(pg, config.clone()).await;
+        let tiles = Tiles::new(&config);
+        let queue = Queue::with_prefix(
             conn.clone(),
             // A constant, valid name.
             QueueName::new(BATCH_QUEUE).unwrap_or_else(|_| unreachable_name()),
             &config.redis_prefix,
         );
-        let cache = MemoryTileCache::new(config.tile_cache_capacity, config.tile_cache_ttl);
-        let admin = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(2)
-            .min_connections(0)
-            .acquire_timeout(std::time::Duration::from_secs(2))
-            .connect_lazy_with(pg.clone());
-        // Statement descriptions are kept between runs when the database has sqlpass's DDL
-        // generation; a server that may not install it describes every statement.
-        let plans = match sqlpass::install(&admin).await {
-            Ok(()) => Some(sqlpass::Plans::default()),
-            Err(e) => {
-                tracing::warn!(error = %e, "sqlpass could not be installed: no plan cache");
-                None
-            }
-        };
+        let keys = KeyStore::with_prefix(conn.clone(), config.key_prefix.clone());
         Self {
             inner: Arc::new(Inner {
-                verifier,
-                source,
-                keys,
-                limiter,
-                registry: Arc::new(PoolRegistry::new(pg, config.pools.clone())),
-                redis: conn,
-                client,
-                batch,
-                cache,
-                flights: SingleFlight::default(),
-                tables: Mutex::new(HashMap::new()),
-                admin,
-                plans,
-                inflight: fair::Inflight::default(),
+                sql: SqlApi::new(gate.clone(), sandbox.clone()),
+                batch: BatchApi::new(gate.clone(), sandbox.clone(), queue),
+                maps: MapsApi::new(
+                    gate.clone(),
+                    sandbox.clone(),
+                    tiles.clone(),
+                    conn.clone(),
+                    &config,
+                ),
+                tables: TablesApi::new(gate.clone(), sandbox.clone(), tiles.clone()),
+                auth: AuthApi::new(gate.clone(), sandbox.clone(), keys, &config),
+                health: Health::new(conn, sandbox.admin().clone()),
+                gate,
+                sandbox,
+                tiles,
                 config,
             }),
         }
     }
 
-    /// The routes, with this server as their state.
+    /// Every API's routes behind the [`edge`].
     pub fn router(&self) -> Router {
-        // CARTO's clients may add a trailing slash to these.
-        let mut api = Router::new();
-        for slash in ["", "/"] {
-            api = api
-                .route(&format!("/api/v2/sql{slash}"), get(sql::sql).post(sql::sql))
-                .route(
-                    &format!("/api/v2/sql/job{slash}"),
-                    axum::routing::post(batch::create),
-                )
-                .route(
-                    &format!("/api/v2/sql/job/{{id}}{slash}"),
-                    get(batch::get).delete(batch::cancel),
-                )
-                .route(
-                    &format!("/api/v1/map{slash}"),
-                    axum::routing::post(maps::create),
-                )
-                .route(
-                    &format!("/api/v3/api_keys{slash}"),
-                    get(api_keys::list).post(api_keys::create),
-                )
-                .route(
-                    &format!("/api/v3/api_keys/{{name}}{slash}"),
-                    get(api_keys::show).delete(api_keys::delete),
-                )
-                .route(
-                    &format!("/api/v3/api_keys/{{name}}/token/regenerate{slash}"),
-                    axum::routing::post(api_keys::regenerate),
-                );
-        }
-        let api = api
-            .route("/api/v1/map/{token}/tilejson.json", get(maps::tilejson))
-            .route("/api/v1/map/{token}/{z}/{x}/{y}", get(maps::tile))
-            .route("/api/v1/map/{token}/{layers}/{z}/{x}/{y}", get(maps::tile))
-            .route("/tiles/{table}", get(tables::tilejson))
-            .route("/tiles/{table}/{z}/{x}/{y}", get(tables::tile));
-        let root = Router::new()
-            .route("/health", get(health::health))
-            .route("/ready", get(health::ready));
+        let inner = &*self.inner;
+        let router = Router::new()
+            .merge(inner.health.router())
+            .merge(inner.sql.router())
+            .merge(inner.batch.router())
+            .merge(inner.maps.router())
+            .merge(inner.tables.router())
+            .merge(inner.auth.router());
         // The map page and MapLibre's files (about 800 KB) only when asked for.
         #[cfg(feature = "page")]
-        let root = root
-            .route("/", get(page::index))
-            .route("/assets/{file}", get(page::asset));
-        root.merge(api.clone())
-            .nest("/user/{user}", api)
-            .fallback(edge::not_found)
-            .method_not_allowed_fallback(edge::method_not_allowed)
-            .layer(axum::extract::DefaultBodyLimit::max(
-                self.inner.config.body_limit,
-            ))
-            .layer(axum::middleware::from_fn(edge::carto_errors))
-            .layer(axum::middleware::from_fn(cors))
-            .layer(axum::middleware::from_fn(trace))
-            .with_state(self.clone())
+        let router = router.merge(page());
+        edge(router, &inner.config)
     }
 
-    /// A worker for the batch queue, running `concurrency` queries at once.
-    pub fn batch_worker(&self, concurrency: usize) -> Worker {
-        Worker::new(
-            self.inner.batch.clone(),
-            self.inner.client.clone(),
-            WorkerConfig::default().concurrency(concurrency),
-        )
-        .handle::<BatchQuery, _>(self.batch_handler())
+    /// The gate the APIs share.
+    pub fn gate(&self) -> &Gate<C> {
+        &self.inner.gate
     }
 
-    /// The handler of batch queries, for a worker of its own (see `examples/worker.rs`).
-    pub fn batch_handler(&self) -> BatchHandler {
-        BatchHandler::new(
-            Arc::clone(&self.inner.source),
-            Arc::clone(&self.inner.registry),
-            self.sandbox()
-                .statement_timeout(self.inner.config.batch_timeout)
-                .deadline(self.inner.config.batch_timeout + std::time::Duration::from_secs(5))
-                .affected_tables(false),
-        )
+    /// The sandbox the APIs share.
+    pub fn sandbox(&self) -> &Sandbox {
+        &self.inner.sandbox
     }
 
-    /// The sandbox's options for `key`'s SQL: [`Server::sandbox`] with, for a key that lists
-    /// its tables, those tables as the only ones its statements may touch.
-    pub(crate) fn sandbox_for(&self, key: &geoauth::ApiKey) -> sqlpass::Options {
-        with_key_tables(self.sandbox(), key)
+    /// The tiles the maps and table APIs share.
+    pub fn tiles(&self) -> &Tiles {
+        &self.inner.tiles
     }
 
-    /// The sandbox's options for a caller's SQL, from the settings: timeouts, limits and the
-    /// canceller. The SQL API, tiles and batch queries all start from these.
-    pub(crate) fn sandbox(&self) -> sqlpass::Options {
-        let config = &self.inner.config;
-        let options = sqlpass::Options::default()
-            .statement_timeout(config.statement_timeout)
-            .deadline(config.deadline)
-            .row_limit(config.row_limit)
-            .byte_limit(config.byte_limit)
-            .value_limit(config.value_limit)
-            .canceller(self.inner.admin.clone());
-        match &self.inner.plans {
-            Some(plans) => options.plans(plans.clone()),
-            None => options,
-        }
+    /// The SQL API.
+    pub fn sql(&self) -> &SqlApi<C> {
+        &self.inner.sql
     }
 
-    /// The batch queue.
-    pub fn batch_queue(&self) -> &Queue {
+    /// The Batch API, its queue and its workers.
+    pub fn batch(&self) -> &BatchApi<C> {
         &self.inner.batch
+    }
+
+    /// The Maps API.
+    pub fn maps(&self) -> &MapsApi<C> {
+        &self.inner.maps
+    }
+
+    /// The table tiles.
+    pub fn tables(&self) -> &TablesApi<C> {
+        &self.inner.tables
+    }
+
+    /// The Auth API, and keys made and revoked by a program.
+    pub fn auth(&self) -> &AuthApi<C> {
+        &self.inner.auth
+    }
+
+    /// A worker for the batch queue: [`BatchApi::worker`].
+    pub fn batch_worker<K: Connector>(&self, connector: K, concurrency: usize) -> Worker<C, K> {
+        self.inner.batch.worker(connector, concurrency)
     }
 }
 
@@ -346,72 +349,4 @@ fn unreachable_carto() -> ConnectionManager {
 #[expect(clippy::panic, reason = "BATCH_QUEUE is a valid queue name")]
 fn unreachable_name() -> QueueName {
     panic!("the batch queue's name was refused")
-}
-
-/// Cross-origin access, as CARTO's APIs allow it: any origin may call them (credentials travel
-/// as keys, not cookies); a preflight `OPTIONS` is answered here with what a request may send.
-async fn cors(
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    use axum::http::{HeaderValue, Method, StatusCode, header};
-    let mut response = if request.method() == Method::OPTIONS {
-        let mut preflight = axum::response::Response::new(axum::body::Body::empty());
-        *preflight.status_mut() = StatusCode::NO_CONTENT;
-        let h = preflight.headers_mut();
-        h.insert(
-            header::ACCESS_CONTROL_ALLOW_METHODS,
-            HeaderValue::from_static("GET, POST, DELETE, OPTIONS"),
-        );
-        h.insert(
-            header::ACCESS_CONTROL_ALLOW_HEADERS,
-            HeaderValue::from_static("Authorization, Content-Type, X-Api-Key, If-None-Match"),
-        );
-        h.insert(
-            header::ACCESS_CONTROL_MAX_AGE,
-            HeaderValue::from_static("3600"),
-        );
-        preflight
-    } else {
-        next.run(request).await
-    };
-    let h = response.headers_mut();
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        HeaderValue::from_static("*"),
-    );
-    h.insert(
-        header::ACCESS_CONTROL_EXPOSE_HEADERS,
-        HeaderValue::from_static(
-            "ETag, X-Cache-Channel, Surrogate-Key, Retry-After, RateLimit-Limit, RateLimit-Remaining, \
-             RateLimit-Reset, Carto-Rate-Limit-Limit, Carto-Rate-Limit-Remaining, Carto-Rate-Limit-Reset",
-        ),
-    );
-    response
-}
-
-/// A span per request, and one line when it is answered.
-async fn trace(
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    use tracing::Instrument as _;
-    let span =
-        tracing::info_span!("request", method = %request.method(), path = %request.uri().path());
-    let route = request
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
-    let method = request.method().clone();
-    async move {
-        let started = Instant::now();
-        let response = next.run(request).await;
-        let elapsed = started.elapsed();
-        let status = response.status().as_u16();
-        tracing::info!(status, ms = elapsed.as_millis() as u64, "answered");
-        metrics::request(route, method.as_str(), status, elapsed.as_secs_f64());
-        response
-    }
-    .instrument(span)
-    .await
 }

@@ -1,18 +1,33 @@
 //! `GET /`: the map page (MapLibre GL JS, served from here, never from a CDN) and its assets.
 
+use axum::Router;
 use axum::extract::Path;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
 
 const INDEX: &str = include_str!("index.html");
 const MAPLIBRE_JS: &[u8] = include_bytes!("../../assets/maplibre-gl/maplibre-gl.js");
 const MAPLIBRE_CSS: &[u8] = include_bytes!("../../assets/maplibre-gl/maplibre-gl.css");
 
-pub(super) async fn index() -> Html<&'static str> {
+/// `GET /`: a MapLibre page of the caller's tables with a SQL box, and `GET /assets/{file}`:
+/// MapLibre GL JS and its style sheet (about 800 KB, compiled in with the `page` feature).
+///
+/// ```
+/// let app = axum::Router::new().merge(geostack::server::page());
+/// # let _ = app;
+/// ```
+pub fn page() -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/assets/{file}", get(asset))
+}
+
+async fn index() -> Html<&'static str> {
     Html(INDEX)
 }
 
-pub(super) async fn asset(Path(file): Path<String>) -> Response {
+async fn asset(Path(file): Path<String>) -> Response {
     let (body, content_type) = match file.as_str() {
         "maplibre-gl.js" => (MAPLIBRE_JS, "text/javascript; charset=utf-8"),
         "maplibre-gl.css" => (MAPLIBRE_CSS, "text/css; charset=utf-8"),

@@ -2,39 +2,83 @@
 
 use std::collections::HashMap;
 
+use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::routing::get;
 use geoauth::Api;
 use sqlpass::Access;
 
-use super::request::{Caller, Params};
-use super::{Error, Result, Server};
+use super::gate::{Caller, Gate, Params};
+use super::{Error, RedisConnection, Result, Sandbox};
+
+/// CARTO's SQL API, `GET|POST /api/v2/sql` (and under `/user/{user}`): `q`, `format`,
+/// `api_key`, `filename`, `skipfields`, `dp`, `rows_per_page`, `page`. Each query runs in the
+/// sandbox as the caller's key's role, streamed as it is read.
+///
+/// ```no_run
+/// # async fn demo(gate: geostack::server::Gate, sandbox: geostack::server::Sandbox) {
+/// use geostack::server::SqlApi;
+///
+/// let app = axum::Router::new()
+///     .route("/hello", axum::routing::get(|| async { "hello" }))
+///     .merge(SqlApi::new(gate, sandbox).router());
+/// # let _ = app; }
+/// ```
+pub struct SqlApi<C = redis::aio::ConnectionManager> {
+    gate: Gate<C>,
+    sandbox: Sandbox,
+}
+
+impl<C> Clone for SqlApi<C> {
+    fn clone(&self) -> Self {
+        Self {
+            gate: self.gate.clone(),
+            sandbox: self.sandbox.clone(),
+        }
+    }
+}
+
+impl<C: RedisConnection> SqlApi<C> {
+    /// The SQL API of callers passing `gate`, their queries run in `sandbox`.
+    pub fn new(gate: Gate<C>, sandbox: Sandbox) -> Self {
+        Self { gate, sandbox }
+    }
+
+    /// Its routes, with and without a trailing slash, also under `/user/{user}`.
+    pub fn router(&self) -> Router {
+        super::mount(
+            super::with_slash("/api/v2/sql", get(sql::<C>).post(sql::<C>)),
+            self.clone(),
+        )
+    }
+}
 
 /// How long after its deadline a response whose client is not reading it is cut: the time the
 /// deadline's own error needs to reach a client that keeps up.
 const CUT_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
-pub(super) async fn sql(
-    State(server): State<Server>,
+pub(super) async fn sql<C: RedisConnection>(
+    State(api): State<SqlApi<C>>,
     Path(path): Path<HashMap<String, String>>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     extensions: axum::http::Extensions,
     body: Bytes,
 ) -> Response {
-    let peer = super::request::peer_of(&extensions);
+    let peer = super::gate::peer_of(&extensions);
     let cut = extensions
         .get::<axum::extract::ConnectInfo<super::Peer>>()
         .map(|c| c.0.cut.clone());
-    run(&server, &path, query.as_deref(), &headers, peer, cut, &body)
+    run(&api, &path, query.as_deref(), &headers, peer, cut, &body)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn run(
-    server: &Server,
+async fn run<C: RedisConnection>(
+    api: &SqlApi<C>,
     path: &HashMap<String, String>,
     query: Option<&str>,
     headers: &HeaderMap,
@@ -43,24 +87,26 @@ async fn run(
     body: &[u8],
 ) -> Result<Response> {
     let params = Params::new(query, headers, body)?;
-    let caller = server
+    let caller = api
+        .gate
         .authenticate(path, headers, &params, Api::Sql, peer)
         .await?;
     let sql = params
         .get("q")
         .ok_or_else(|| Error::BadRequest("You must indicate a sql query".into()))?;
-    server.check_query_size(sql)?;
+    api.sandbox.check_query_size(sql)?;
     let write = caller.principal.may_write();
-    let options = server
-        .sandbox_for(caller.principal.key())
+    let options = api
+        .sandbox
+        .options_for(caller.principal.key())
         .params(params.pairs())?
         .access(if write {
             Access::ReadWrite
         } else {
             Access::ReadOnly
         });
-    let admission = server.admit(&caller)?;
-    let pool = server.pool_of(&caller.principal)?;
+    let admission = api.gate.admit(&caller)?;
+    let pool = api.sandbox.pool_of(&caller.principal)?;
     // A client that stops reading loses the connection a second after the deadline.
     let cut_at = std::time::Instant::now() + options.total_deadline() + CUT_GRACE;
     let response = sqlpass::run(&pool, sql, options).await;

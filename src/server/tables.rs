@@ -2,24 +2,84 @@
 //! geometry column the caller's role may read, and `/tiles/{table}` as TileJSON.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
 use geoauth::{Api, Principal};
 use geostack_tiles::{TableSource, TileKey, discover};
 
+use super::gate::{ApiRequest, Gate, respond};
 use super::maps::user_path;
-use super::request::{ApiRequest, respond};
 use super::tile::{coord, origin, tilejson as tilejson_of};
-use super::{Error, Result, Server};
+use super::{Error, RedisConnection, Result, Sandbox, Tiles};
 
 /// How long a role's list of tables is kept before it is looked up again.
 const TABLES_TTL: Duration = Duration::from_secs(60);
 
-impl Server {
+/// A role's readable tables and when they were looked up.
+type Discovered = (Instant, Arc<Vec<TableSource>>);
+
+/// Tiles of the tables a caller may read, as Martin serves them:
+/// `GET /tiles/{table}/{z}/{x}/{y}.mvt` and `GET /tiles/{table}` (TileJSON), also under
+/// `/user/{user}`. The caller's role must be able to read the table, and a key that lists its
+/// tables must list it.
+///
+/// ```no_run
+/// # fn demo(gate: geostack::server::Gate, sandbox: geostack::server::Sandbox) {
+/// use geostack::server::{ServerConfig, TablesApi, Tiles};
+///
+/// let tiles = Tiles::new(&ServerConfig::default());
+/// let app = axum::Router::new().merge(TablesApi::new(gate, sandbox, tiles).router());
+/// # let _ = app; }
+/// ```
+pub struct TablesApi<C = redis::aio::ConnectionManager> {
+    inner: Arc<Inner<C>>,
+}
+
+impl<C> Clone for TablesApi<C> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+struct Inner<C> {
+    gate: Gate<C>,
+    sandbox: Sandbox,
+    tiles: Tiles,
+    /// Per database role: the tables it may read, found when first asked.
+    tables: Mutex<HashMap<String, Discovered>>,
+}
+
+impl<C: RedisConnection> TablesApi<C> {
+    /// The table tiles of callers passing `gate`, read in `sandbox`, kept in `tiles`.
+    pub fn new(gate: Gate<C>, sandbox: Sandbox, tiles: Tiles) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                gate,
+                sandbox,
+                tiles,
+                tables: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Its routes, also under `/user/{user}`.
+    pub fn router(&self) -> Router {
+        super::mount(
+            vec![
+                ("/tiles/{table}".to_owned(), get(tilejson::<C>)),
+                ("/tiles/{table}/{z}/{x}/{y}".to_owned(), get(tile::<C>)),
+            ],
+            self.clone(),
+        )
+    }
+
     /// The table `name` (`table` or `schema.table`) among those the caller's role may read.
     async fn table(&self, principal: &Principal, name: &str) -> Result<TableSource> {
         let role = principal.db_role().name().to_owned();
@@ -37,7 +97,7 @@ impl Server {
         let tables = match cached {
             Some(t) => t,
             None => {
-                let found = Arc::new(discover(&self.pool_of(principal)?).await?);
+                let found = Arc::new(discover(&self.inner.sandbox.pool_of(principal)?).await?);
                 self.inner
                     .tables
                     .lock()
@@ -60,14 +120,13 @@ fn table_name(path: &HashMap<String, String>) -> &str {
     raw.strip_suffix(".json").unwrap_or(raw)
 }
 
-pub(super) async fn tile(State(server): State<Server>, req: ApiRequest) -> Response {
+async fn tile<C: RedisConnection>(State(api): State<TablesApi<C>>, req: ApiRequest) -> Response {
+    let inner = &*api.inner;
     respond(
         async {
-            let caller = server.caller(&req, Api::Maps).await?;
+            let caller = inner.gate.caller(&req, Api::Maps).await?;
             let coord = coord(&req.path)?;
-            let source = server
-                .table(&caller.principal, table_name(&req.path))
-                .await?;
+            let source = api.table(&caller.principal, table_name(&req.path)).await?;
             // The key's grants as well as its role's: a key that lists its tables reads no
             // other, whatever its role could.
             let table: geoauth::TableName = source
@@ -77,7 +136,7 @@ pub(super) async fn tile(State(server): State<Server>, req: ApiRequest) -> Respo
             caller
                 .principal
                 .authorize_table(&table, geoauth::Privilege::Select)?;
-            let pool = server.pool_of(&caller.principal)?;
+            let pool = inner.sandbox.pool_of(&caller.principal)?;
             let key = TileKey::new(
                 format!(
                     "table:{}:{}",
@@ -86,10 +145,12 @@ pub(super) async fn tile(State(server): State<Server>, req: ApiRequest) -> Respo
                 ),
                 coord,
             );
-            let options = server.inner.config.tile_options.clone();
-            let sandbox = server.sandbox();
-            server
+            let options = inner.tiles.options().clone();
+            let sandbox = inner.sandbox.options();
+            inner
+                .tiles
                 .tile(
+                    &inner.gate,
                     &caller,
                     &req.headers,
                     key,
@@ -102,13 +163,14 @@ pub(super) async fn tile(State(server): State<Server>, req: ApiRequest) -> Respo
     )
 }
 
-pub(super) async fn tilejson(State(server): State<Server>, req: ApiRequest) -> Response {
+async fn tilejson<C: RedisConnection>(
+    State(api): State<TablesApi<C>>,
+    req: ApiRequest,
+) -> Response {
     respond(
         async {
-            let caller = server.caller(&req, Api::Maps).await?;
-            let source = server
-                .table(&caller.principal, table_name(&req.path))
-                .await?;
+            let caller = api.inner.gate.caller(&req, Api::Maps).await?;
+            let source = api.table(&caller.principal, table_name(&req.path)).await?;
             let url = format!(
                 "{}{}/tiles/{}/{{z}}/{{x}}/{{y}}.mvt",
                 origin(&req.headers),

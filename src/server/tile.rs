@@ -1,16 +1,19 @@
-//! What both tile routes share: the coordinate from the path, the cache, single-flight, and
+//! What the tile routes share: the coordinate from the path, the cache, single-flight, and
 //! the answer (200 with an ETag, 304 when it matches, 204 for an empty tile).
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
-use geostack_tiles::{CachedTile, TileCache as _, TileCoord, TileKey};
+use geostack_tiles::{
+    CachedTile, MemoryTileCache, SingleFlight, TileCache as _, TileCoord, TileKey, TileOptions,
+};
 
-use super::request::Caller;
-use super::{Error, Result, Server};
+use super::gate::{Caller, Gate};
+use super::{Error, RedisConnection, Result, ServerConfig};
 
 /// The MVT media type.
 const MVT: &str = "application/vnd.mapbox-vector-tile";
@@ -30,11 +33,60 @@ pub(crate) fn coord(path: &HashMap<String, String>) -> Result<TileCoord> {
     Ok(TileCoord::new_checked(z, x, y)?)
 }
 
-impl Server {
+/// The tiles of a server's tile APIs: how they are made (the settings' [`TileOptions`]),
+/// the cache they are kept in, and the renders in flight (a tile asked for by many at once is
+/// rendered once). Shared by the maps and table APIs; cheap to clone.
+///
+/// ```
+/// use geostack::server::{ServerConfig, Tiles};
+///
+/// let tiles = Tiles::new(&ServerConfig::default());
+/// assert_eq!(tiles.options().extent_units(), 4096);
+/// ```
+#[derive(Clone)]
+pub struct Tiles {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cache: MemoryTileCache,
+    flights: SingleFlight,
+    options: TileOptions,
+}
+
+impl Tiles {
+    /// The tiles of `config`: its tile options and cache size.
+    pub fn new(config: &ServerConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                cache: MemoryTileCache::new(config.tile_cache_capacity, config.tile_cache_ttl),
+                flights: SingleFlight::default(),
+                options: config.tile_options.clone(),
+            }),
+        }
+    }
+
+    /// How tiles are made.
+    pub fn options(&self) -> &TileOptions {
+        &self.inner.options
+    }
+
+    /// The cache (to invalidate a table's tiles).
+    pub fn cache(&self) -> &MemoryTileCache {
+        &self.inner.cache
+    }
+
     /// The tile under `key`: from the cache, else rendered once however many ask at the same
-    /// time, then cached with `tables` as its tags; answered for `caller`.
-    pub(crate) async fn tile<F, Fut>(
+    /// time, then cached with `tables` as its tags; answered for `caller`, whose renders `gate`
+    /// bounds.
+    ///
+    /// # Errors
+    ///
+    /// What the cache or the render failed with; [`Error::RateLimited`] when the caller has
+    /// its share of renders running.
+    pub async fn tile<C, F, Fut>(
         &self,
+        gate: &Gate<C>,
         caller: &Caller,
         headers: &HeaderMap,
         key: TileKey,
@@ -42,18 +94,23 @@ impl Server {
         render: F,
     ) -> Result<Response>
     where
+        C: RedisConnection,
         F: FnOnce() -> Fut,
         Fut: Future<Output = geostack_tiles::Result<Vec<u8>>>,
     {
-        let tile = match self.cached_tile(&key).await? {
+        let tile = match self.cached(&key).await? {
             Some(tile) => tile,
-            None => self.render_tile(caller, &key, &tables, render).await?,
+            None => self.render(gate, caller, &key, &tables, render).await?,
         };
         Ok(tile_response(caller, headers, &tile))
     }
 
     /// The tile under `key` if the cache holds it.
-    pub(crate) async fn cached_tile(&self, key: &TileKey) -> Result<Option<CachedTile>> {
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Tiles`] when the cache cannot be read.
+    pub async fn cached(&self, key: &TileKey) -> Result<Option<CachedTile>> {
         let tile = self.inner.cache.get(key).await?;
         super::metrics::tile_cache(tile.is_some());
         Ok(tile)
@@ -62,18 +119,25 @@ impl Server {
     /// Renders the tile under `key` once however many ask at the same time; the renderer
     /// caches it with `tables` as its tags. A caller has at most `max_renders_per_caller`
     /// renders running (a cached tile is not counted).
-    pub(crate) async fn render_tile<F, Fut>(
+    ///
+    /// # Errors
+    ///
+    /// What the render failed with; [`Error::RateLimited`] when the caller has its share of
+    /// renders running.
+    pub async fn render<C, F, Fut>(
         &self,
+        gate: &Gate<C>,
         caller: &Caller,
         key: &TileKey,
         tables: &[String],
         render: F,
     ) -> Result<CachedTile>
     where
+        C: RedisConnection,
         F: FnOnce() -> Fut,
         Fut: Future<Output = geostack_tiles::Result<Vec<u8>>>,
     {
-        let _admission = self.admit_renders(caller)?;
+        let _admission = gate.admit_renders(caller)?;
         let cache = &self.inner.cache;
         Ok(self
             .inner
@@ -88,8 +152,8 @@ impl Server {
 }
 
 /// The answer for a tile: 200 with its bytes and ETag, 304 when `If-None-Match` names it, 204
-/// when it is empty.
-pub(crate) fn tile_response(caller: &Caller, headers: &HeaderMap, tile: &CachedTile) -> Response {
+/// when it is empty; publicly cacheable for a minute when the caller is anonymous.
+pub fn tile_response(caller: &Caller, headers: &HeaderMap, tile: &CachedTile) -> Response {
     let mut response = Response::new(Body::empty());
     let h = response.headers_mut();
     if let Ok(etag) = HeaderValue::from_str(tile.etag()) {

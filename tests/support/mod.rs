@@ -190,7 +190,7 @@ async fn app_on(configure: impl FnOnce(ServerConfig) -> ServerConfig, pgbouncer:
         let app = router.into_make_service_with_connect_info::<geostack::server::Peer>();
         let _ = axum::serve(geostack::server::GuardedListener::new(listener), app).await;
     });
-    let worker = server.batch_worker(2);
+    let worker = server.batch_worker(redis.client().clone(), 2);
     let work = tokio::spawn(async move {
         let _ = worker
             .run(async {

@@ -182,25 +182,30 @@ async fn run(command: Command, config: Config) -> Result<(), Failure> {
     {
         return Err("key_layout is \"carto\": CARTO manages these users' keys".into());
     }
-    let server = server(&config).await?;
+    let (server, client) = server(&config).await?;
     match command {
-        Command::Serve => serve(server, &config).await,
+        Command::Serve => serve(server, client, &config).await,
         Command::Worker { concurrency } => {
-            server.batch_worker(concurrency).run(shutdown()).await?;
+            server
+                .batch_worker(client, concurrency)
+                .run(shutdown())
+                .await?;
             Ok(())
         }
         Command::User(UserCommand::Create { user, grants }) => {
             let user = UserName::new(user)?;
             let (public, public_token) = server
+                .auth()
                 .create_key(&user, KeyRequest::DefaultPublic, grants.parse()?)
                 .await?;
             // One master key a user: an earlier one is revoked with its role.
-            for old in server.key_store().list(&user).await? {
+            for old in server.auth().key_store().list(&user).await? {
                 if old.kind == KeyKind::Master {
-                    server.revoke_key(&user, &old.id).await?;
+                    server.auth().revoke_key(&user, &old.id).await?;
                 }
             }
             let (master, master_token) = server
+                .auth()
                 .create_key(&user, KeyRequest::Master, Grants::new())
                 .await?;
             println!(
@@ -215,9 +220,9 @@ async fn run(command: Command, config: Config) -> Result<(), Failure> {
         }
         Command::User(UserCommand::Delete { user }) => {
             let user = UserName::new(user)?;
-            let keys = server.key_store().list(&user).await?;
+            let keys = server.auth().key_store().list(&user).await?;
             for key in &keys {
-                server.revoke_key(&user, &key.id).await?;
+                server.auth().revoke_key(&user, &key.id).await?;
             }
             println!(
                 "{}",
@@ -234,6 +239,7 @@ async fn keys(server: &Server, command: KeysCommand) -> Result<(), Failure> {
         KeysCommand::Create { user, name, grants } => {
             let user = UserName::new(user)?;
             let (key, token) = server
+                .auth()
                 .create_key(&user, KeyRequest::Regular(name), grants.parse()?)
                 .await?;
             print_key(&key, Some(token.expose()));
@@ -241,6 +247,7 @@ async fn keys(server: &Server, command: KeysCommand) -> Result<(), Failure> {
         KeysCommand::List { user } => {
             let user = UserName::new(user)?;
             let keys: Vec<_> = server
+                .auth()
                 .key_store()
                 .list(&user)
                 .await?
@@ -252,6 +259,7 @@ async fn keys(server: &Server, command: KeysCommand) -> Result<(), Failure> {
         KeysCommand::Show { user, id } => {
             let (user, id) = (UserName::new(user)?, id.parse::<KeyId>()?);
             let key = server
+                .auth()
                 .key_store()
                 .get(&user, &id)
                 .await?
@@ -261,6 +269,7 @@ async fn keys(server: &Server, command: KeysCommand) -> Result<(), Failure> {
         KeysCommand::Regenerate { user, id } => {
             let (user, id) = (UserName::new(user)?, id.parse::<KeyId>()?);
             let token = server
+                .auth()
                 .key_store()
                 .regenerate(&user, &id, SystemTime::now())
                 .await?
@@ -272,7 +281,7 @@ async fn keys(server: &Server, command: KeysCommand) -> Result<(), Failure> {
         }
         KeysCommand::Revoke { user, id } => {
             let (user, id) = (UserName::new(user)?, id.parse::<KeyId>()?);
-            if !server.revoke_key(&user, &id).await? {
+            if !server.auth().revoke_key(&user, &id).await? {
                 return Err(format!("{user} has no key {id}").into());
             }
             println!(
@@ -357,7 +366,8 @@ fn carto_grants(json: &str) -> Result<Grants, Failure> {
     Grants::from_carto_json(&value).map_err(|e| format!("--grants: {e}").into())
 }
 
-async fn server(config: &Config) -> Result<Server, Failure> {
+/// The server of `config`, and the Redis client its batch workers open connections with.
+async fn server(config: &Config) -> Result<(Server, redis::Client), Failure> {
     let pg: sqlx::postgres::PgConnectOptions = config
         .database_url
         .parse()
@@ -378,15 +388,20 @@ async fn server(config: &Config) -> Result<Server, Failure> {
     let redis = redis::aio::ConnectionManager::new(client.clone())
         .await
         .map_err(|e| format!("redis_url: Redis did not answer ({:?})", e.kind()))?;
-    Ok(Server::new(redis, client, pg, config.server()?).await)
+    let server = Server::new(redis, client.clone(), pg, config.server()?).await;
+    Ok((server, client))
 }
 
-async fn serve(server: Server, config: &Config) -> Result<(), Failure> {
+async fn serve(server: Server, client: redis::Client, config: &Config) -> Result<(), Failure> {
     let worker = (config.batch_workers > 0).then(|| {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let run = tokio::spawn(server.batch_worker(config.batch_workers).run(async {
-            let _ = stopped.await;
-        }));
+        let run = tokio::spawn(
+            server
+                .batch_worker(client, config.batch_workers)
+                .run(async {
+                    let _ = stopped.await;
+                }),
+        );
         (stop, run)
     });
     let listener = GuardedListener::bind(config.listen)

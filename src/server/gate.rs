@@ -1,23 +1,46 @@
-//! What every API request goes through: its parameters (query string and body), its user, its
-//! credentials, its grant and its rate.
+//! What every API request passes: its parameters (query string and body), its user, its
+//! credentials, its grant, its rate and its share of the running requests.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use axum::extract::{FromRequestParts, Path};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
-use geoauth::{Api, Credentials, Principal, RateDecision, RateSubject, UserName};
+use geoauth::{
+    Api, Credentials, KeySource, Principal, RateDecision, RateLimiter, RateSubject, UserName,
+    Verifier,
+};
 
-use super::{Error, Result, Server};
+use super::fair::{Admission, Inflight};
+use super::{Error, RedisConnection, Result, ServerConfig};
 
-/// The request's parameters: the query string, then a form or JSON body (later ones do not
-/// replace earlier ones of the same name).
+/// A request's parameters: the query string, then a form or JSON body (later ones do not
+/// replace earlier ones of the same name), as CARTO's APIs read them.
+///
+/// ```
+/// use axum::http::{HeaderMap, HeaderValue, header};
+/// use geostack::server::Params;
+///
+/// let mut headers = HeaderMap::new();
+/// headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+/// let params = Params::new(Some("q=select+1"), &headers, br#"{"q": "ignored", "format": "csv"}"#)?;
+/// assert_eq!(params.get("q"), Some("select 1"));
+/// assert_eq!(params.get("format"), Some("csv"));
+/// # Ok::<(), geostack::server::Error>(())
+/// ```
 #[derive(Debug, Default)]
-pub(crate) struct Params(Vec<(String, String)>);
+pub struct Params(Vec<(String, String)>);
 
 impl Params {
-    pub(crate) fn new(query: Option<&str>, headers: &HeaderMap, body: &[u8]) -> Result<Self> {
+    /// The parameters of `query` (the raw query string) and `body` (JSON when `headers` say
+    /// so, else a form).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BadRequest`] when a JSON body is not a JSON object.
+    pub fn new(query: Option<&str>, headers: &HeaderMap, body: &[u8]) -> Result<Self> {
         let mut pairs: Vec<(String, String)> = query
             .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
             .unwrap_or_default();
@@ -48,14 +71,15 @@ impl Params {
     }
 
     /// The first value of `name`, if not empty.
-    pub(crate) fn get(&self, name: &str) -> Option<&str> {
+    pub fn get(&self, name: &str) -> Option<&str> {
         self.0
             .iter()
             .find(|(n, v)| n == name && !v.is_empty())
             .map(|(_, v)| v.as_str())
     }
 
-    pub(crate) fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+    /// Every parameter, in order.
+    pub fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
         self.0.iter().map(|(n, v)| (n.as_str(), v.as_str()))
     }
 
@@ -69,18 +93,23 @@ impl Params {
     }
 }
 
-/// What an API handler starts from: the path's parameters (`user` among them under
-/// `/user/{user}/…`), the raw query string and the headers.
-pub(crate) struct ApiRequest {
-    pub(crate) path: HashMap<String, String>,
-    pub(crate) query: Option<String>,
-    pub(crate) headers: HeaderMap,
+/// What an API handler starts from (an extractor): the path's parameters (`user` among them
+/// under `/user/{user}/…`), the raw query string, the headers and the client's address.
+#[derive(Debug)]
+pub struct ApiRequest {
+    /// The path's parameters.
+    pub path: HashMap<String, String>,
+    /// The raw query string.
+    pub query: Option<String>,
+    /// The headers.
+    pub headers: HeaderMap,
     /// The TCP peer, when the server was started with connect info.
-    pub(crate) peer: Option<std::net::SocketAddr>,
+    pub peer: Option<std::net::SocketAddr>,
 }
 
-/// The TCP peer of a request served with connect info (`into_make_service_with_connect_info`).
-pub(crate) fn peer_of(extensions: &axum::http::Extensions) -> Option<std::net::SocketAddr> {
+/// The TCP peer of a request served with connect info (`into_make_service_with_connect_info`
+/// with [`Peer`](super::Peer) or [`SocketAddr`](std::net::SocketAddr)).
+pub fn peer_of(extensions: &axum::http::Extensions) -> Option<std::net::SocketAddr> {
     use axum::extract::ConnectInfo;
     match extensions.get::<ConnectInfo<super::Peer>>() {
         Some(peer) => Some(peer.0.addr()),
@@ -112,22 +141,85 @@ pub(crate) fn respond(result: Result<Response>) -> Response {
 }
 
 /// An authenticated request: who, and the rate decision for its response headers.
-pub(crate) struct Caller {
-    pub(crate) principal: Principal,
-    pub(crate) rate: RateDecision,
+#[derive(Debug)]
+pub struct Caller {
+    /// The verified key.
+    pub principal: Principal,
+    /// The rate decision, whose headers every answer carries.
+    pub rate: RateDecision,
     /// Who the caller is for fair share: its key, or for anonymous callers the user and the
     /// client's address.
-    pub(crate) id: String,
+    pub id: String,
 }
 
-impl Server {
+/// The gate every API request passes: the user it is for, its verified key, the key's rate and
+/// the caller's share of the requests running. One gate is shared by the APIs of a server, so
+/// that a caller's share counts across them. Cheap to clone.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::sync::Arc;
+/// use geoauth::{KeySource, KeyStore, RateLimiter, Verifier, VerifierConfig};
+/// use geostack::server::{Gate, ServerConfig};
+///
+/// let client = redis::Client::open("redis://127.0.0.1:6379")?;
+/// let conn = redis::aio::ConnectionManager::new(client.clone()).await?;
+/// let keys: Arc<dyn KeySource> = Arc::new(KeyStore::new(conn.clone()));
+/// let verifier = Verifier::with_cache(keys, client, VerifierConfig::default()).await;
+/// let gate = Gate::new(verifier, RateLimiter::new(conn), ServerConfig::default());
+/// # let _ = gate; Ok(()) }
+/// ```
+pub struct Gate<C = redis::aio::ConnectionManager> {
+    inner: Arc<GateInner<C>>,
+}
+
+impl<C> Clone for Gate<C> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+struct GateInner<C> {
+    verifier: Verifier<Arc<dyn KeySource>>,
+    limiter: RateLimiter<C>,
+    /// Requests running per caller.
+    inflight: Inflight,
+    config: ServerConfig,
+}
+
+impl<C: RedisConnection> Gate<C> {
+    /// A gate verifying keys with `verifier`, counting rates with `limiter`, with `config`'s
+    /// users (default user, host suffix), quotas, trusted proxies and shares.
+    pub fn new(
+        verifier: Verifier<Arc<dyn KeySource>>,
+        limiter: RateLimiter<C>,
+        config: ServerConfig,
+    ) -> Self {
+        Self {
+            inner: Arc::new(GateInner {
+                verifier,
+                limiter,
+                inflight: Inflight::default(),
+                config,
+            }),
+        }
+    }
+
+    /// The verifier, and through it the source of keys.
+    pub fn verifier(&self) -> &Verifier<Arc<dyn KeySource>> {
+        &self.inner.verifier
+    }
+
+    /// The settings the gate was made with.
+    pub fn config(&self) -> &ServerConfig {
+        &self.inner.config
+    }
+
     /// The user a request is for: `/user/<name>/…` in the path, else `<name>.<host suffix>`,
     /// else the configured default user.
-    pub(crate) fn user_of(
-        &self,
-        path: &HashMap<String, String>,
-        headers: &HeaderMap,
-    ) -> Result<UserName> {
+    pub fn user_of(&self, path: &HashMap<String, String>, headers: &HeaderMap) -> Result<UserName> {
         if let Some(user) = path.get("user") {
             return Ok(UserName::new(user.as_str())?);
         }
@@ -155,7 +247,7 @@ impl Server {
 
     /// Verifies the request's credentials (a request without any uses the user's
     /// `default_public` key), requires `api` and checks the key's rate for `group`.
-    pub(crate) async fn authenticate(
+    pub async fn authenticate(
         &self,
         path: &HashMap<String, String>,
         headers: &HeaderMap,
@@ -176,7 +268,7 @@ impl Server {
 
     /// The key the request's credentials name (a request without any uses the user's
     /// `default_public` key), verified.
-    pub(crate) async fn principal(
+    pub async fn principal(
         &self,
         path: &HashMap<String, String>,
         headers: &HeaderMap,
@@ -197,7 +289,7 @@ impl Server {
     /// Counts the request against `principal`'s rate for `group` and refuses it (429) when
     /// over `quota`; an anonymous caller has `quota` per client address, and all of them
     /// together `anonymous_quota`.
-    pub(crate) async fn rate(
+    pub async fn rate(
         &self,
         principal: Principal,
         headers: &HeaderMap,
@@ -258,14 +350,14 @@ impl Server {
 
     /// Admits one more running request of `caller`, or refuses it (429) when the caller has
     /// its share running already: one caller cannot hold a role's whole pool.
-    pub(crate) fn admit(&self, caller: &Caller) -> Result<super::fair::Admission> {
+    pub fn admit(&self, caller: &Caller) -> Result<Admission> {
         let max = self.inner.config.max_running_per_caller;
         self.admit_as(caller, caller.id.clone(), max, "running")
     }
 
     /// Admits one more tile render of `caller`, or refuses it (429) when it has
     /// `max_renders_per_caller` running.
-    pub(crate) fn admit_renders(&self, caller: &Caller) -> Result<super::fair::Admission> {
+    pub fn admit_renders(&self, caller: &Caller) -> Result<Admission> {
         let max = self.inner.config.max_renders_per_caller;
         self.admit_as(caller, format!("{}\ttiles", caller.id), max, "renders")
     }
@@ -276,7 +368,7 @@ impl Server {
         id: String,
         max: u32,
         reason: &'static str,
-    ) -> Result<super::fair::Admission> {
+    ) -> Result<Admission> {
         self.inner
             .inflight
             .admit(id, max)
@@ -295,30 +387,9 @@ impl Server {
     }
 
     /// The verified caller of `req`, whose credentials are in its query string or headers.
-    pub(crate) async fn caller(&self, req: &ApiRequest, api: Api) -> Result<Caller> {
+    pub async fn caller(&self, req: &ApiRequest, api: Api) -> Result<Caller> {
         let params = Params::new(req.query.as_deref(), &HeaderMap::new(), &[])?;
         self.authenticate(&req.path, &req.headers, &params, api, req.peer)
             .await
-    }
-
-    /// Refuses query text over the configured limit.
-    pub(crate) fn check_query_size(&self, sql: &str) -> Result<()> {
-        let limit = self.inner.config.query_limit;
-        if sql.len() > limit {
-            return Err(Error::TooLarge(format!(
-                "the query is {} bytes long, over the limit of {limit} bytes",
-                sql.len()
-            )));
-        }
-        Ok(())
-    }
-
-    /// The pool that logged in as the caller's role.
-    pub(crate) fn pool_of(&self, principal: &Principal) -> Result<sqlx::PgPool> {
-        let role = principal.db_role();
-        Ok(self
-            .inner
-            .registry
-            .pool(role.name(), role.password().expose())?)
     }
 }
