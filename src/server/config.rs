@@ -200,11 +200,11 @@ impl ServerConfig {
         self
     }
 
-    /// The start of the names of the login roles made for keys ([`Server::create_key`]
+    /// The start of the names of the login roles made for keys ([`AuthApi::create_key`]
     /// appends 16 random hex digits); revoking a key drops only roles named so. At most 47
     /// bytes. Default `geostack_key_`.
     ///
-    /// [`Server::create_key`]: crate::server::Server::create_key
+    /// [`AuthApi::create_key`]: crate::server::AuthApi::create_key
     pub fn role_prefix(mut self, prefix: impl Into<String>) -> Self {
         let mut prefix: String = prefix.into();
         while prefix.len() > 47 {
