@@ -1,16 +1,6 @@
 //! Vector tiles of one PostGIS table (`TILES_TABLE`) at `/{z}/{x}/{y}`: no Redis, no keys.
-use std::sync::Arc;
-
-use axum::{Router, extract::Path, extract::State, routing::get};
-use geostack::tiles::{Error, TableSource, TileCoord};
-
-type Source = State<(sqlx::PgPool, Arc<TableSource>)>;
-type Zxy = Path<(u8, u32, u32)>;
-
-async fn tile(State((pool, src)): Source, Path((z, x, y)): Zxy) -> Result<Vec<u8>, Error> {
-    let coord = TileCoord::new_checked(z, x, y)?;
-    TableSource::tile(&src, &pool, &Default::default(), coord, &Default::default()).await
-}
+use axum::{Router, extract::Request, routing::get};
+use geostack::tiles::TableTiles;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -21,10 +11,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?
         .into_iter()
         .find(|t| t.table == table);
-    let source = Arc::new(found.ok_or("no such table with a geometry column")?);
-    let app = Router::new()
-        .route("/{z}/{x}/{y}", get(tile))
-        .with_state((pool, source));
+    let tiles = TableTiles::new(pool, found.ok_or("no such table with a geometry column")?);
+    // The tile, its ETag (304 when asked again with it), 204 when empty, errors as JSON.
+    let tile = move |request: Request| async move {
+        tiles.answer(request.uri().path(), request.headers()).await
+    };
+    let app = Router::new().route("/{z}/{x}/{y}", get(tile));
     let listener = tokio::net::TcpListener::bind(env("GEOSTACK_ADDR", "127.0.0.1:8080")).await?;
     Ok(axum::serve(listener, app).await?)
 }

@@ -158,6 +158,25 @@ async fn tiles_only_serves_one_table_s_tiles_without_redis_or_keys() {
     let tile = geostack::tiles::decode(&r.body).unwrap();
     let layer = tile.layers.iter().find(|l| l.name == "countries").unwrap();
     assert_eq!(layer.features.len(), 177);
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/vnd.mapbox-vector-tile")
+    );
+    // Asked again with its ETag: 304 and no body.
+    let etag = r.header("etag").unwrap().to_owned();
+    let r = request_to(
+        example.addr,
+        "GET",
+        "/0/0/0.mvt",
+        &[("if-none-match", &etag)],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 304, "{}", r.text());
+    assert!(r.body.is_empty());
+    // A tile with no feature: 204 (the middle of the Pacific).
+    let r = request_to(example.addr, "GET", "/8/5/120", &[], b"").await;
+    assert_eq!(r.status, 204, "{}", r.text());
     // Outside the pyramid: the tiles crate's own error, in CARTO's shape.
     let r = request_to(example.addr, "GET", "/1/5/0", &[], b"").await;
     assert_eq!(r.status, 400, "{}", r.text());

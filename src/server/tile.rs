@@ -5,32 +5,20 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 
-use axum::body::Body;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::Response;
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
 use geostack_tiles::{
     CachedTile, MemoryTileCache, SingleFlight, TileCache as _, TileCoord, TileKey, TileOptions,
+    TileResponse,
 };
 
 use super::gate::{Caller, Gate};
-use super::{Error, RedisConnection, Result, ServerConfig};
-
-/// The MVT media type.
-const MVT: &str = "application/vnd.mapbox-vector-tile";
+use super::{RedisConnection, Result, ServerConfig};
 
 /// `z`, `x` and `y` from the path, `y` with or without `.mvt`.
 pub(crate) fn coord(path: &HashMap<String, String>) -> Result<TileCoord> {
     let part = |name: &str| path.get(name).map(String::as_str).unwrap_or_default();
-    let y = part("y");
-    let y = y
-        .strip_suffix(".mvt")
-        .or_else(|| y.strip_suffix(".pbf"))
-        .unwrap_or(y);
-    let bad = |what: &str| Error::BadRequest(format!("invalid tile coordinate {what}"));
-    let z: u8 = part("z").parse().map_err(|_| bad("z"))?;
-    let x: u32 = part("x").parse().map_err(|_| bad("x"))?;
-    let y: u32 = y.parse().map_err(|_| bad("y"))?;
-    Ok(TileCoord::new_checked(z, x, y)?)
+    Ok(TileCoord::parse(part("z"), part("x"), part("y"))?)
 }
 
 /// The tiles of a server's tile APIs: how they are made (the settings' [`TileOptions`]),
@@ -82,7 +70,7 @@ impl Tiles {
     ///
     /// # Errors
     ///
-    /// What the cache or the render failed with; [`Error::RateLimited`] when the caller has
+    /// What the cache or the render failed with; [`Error::RateLimited`](super::Error::RateLimited) when the caller has
     /// its share of renders running.
     pub async fn tile<C, F, Fut>(
         &self,
@@ -109,7 +97,7 @@ impl Tiles {
     ///
     /// # Errors
     ///
-    /// [`Error::Tiles`] when the cache cannot be read.
+    /// [`Error::Tiles`](super::Error::Tiles) when the cache cannot be read.
     pub async fn cached(&self, key: &TileKey) -> Result<Option<CachedTile>> {
         let tile = self.inner.cache.get(key).await?;
         super::metrics::tile_cache(tile.is_some());
@@ -122,7 +110,7 @@ impl Tiles {
     ///
     /// # Errors
     ///
-    /// What the render failed with; [`Error::RateLimited`] when the caller has its share of
+    /// What the render failed with; [`Error::RateLimited`](super::Error::RateLimited) when the caller has its share of
     /// renders running.
     pub async fn render<C, F, Fut>(
         &self,
@@ -151,39 +139,22 @@ impl Tiles {
     }
 }
 
-/// The answer for a tile: 200 with its bytes and ETag, 304 when `If-None-Match` names it, 204
-/// when it is empty; publicly cacheable for a minute when the caller is anonymous.
+/// The answer for a tile: [`TileResponse`] (200 with its bytes and ETag, 304 when
+/// `If-None-Match` names it, 204 when it is empty), publicly cacheable for a minute when the
+/// caller is anonymous, with the caller's rate headers.
 pub fn tile_response(caller: &Caller, headers: &HeaderMap, tile: &CachedTile) -> Response {
-    let mut response = Response::new(Body::empty());
+    let cache_control = HeaderValue::from_static(if caller.principal.is_anonymous() {
+        "public, max-age=60"
+    } else {
+        "private, max-age=60"
+    });
+    let mut response = TileResponse::new(tile.clone())
+        .cache_control(cache_control)
+        .if_none_match(headers)
+        .into_response();
     let h = response.headers_mut();
-    if let Ok(etag) = HeaderValue::from_str(tile.etag()) {
-        h.insert(header::ETAG, etag);
-    }
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static(if caller.principal.is_anonymous() {
-            "public, max-age=60"
-        } else {
-            "private, max-age=60"
-        }),
-    );
     h.insert(header::VARY, HeaderValue::from_static("Authorization"));
     caller.rate.write_headers(h);
-    let matches = headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| tile.matches(v));
-    *response.status_mut() = if matches {
-        StatusCode::NOT_MODIFIED
-    } else if tile.is_empty() {
-        StatusCode::NO_CONTENT
-    } else {
-        response
-            .headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static(MVT));
-        *response.body_mut() = Body::from(tile.bytes().to_vec());
-        StatusCode::OK
-    };
     response
 }
 

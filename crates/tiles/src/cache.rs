@@ -38,6 +38,7 @@ impl CachedTile {
         }
     }
 
+    #[cfg(feature = "redis")]
     pub(crate) fn with_etag(bytes: Vec<u8>, etag: String) -> Self {
         Self {
             bytes: bytes.into(),

@@ -79,6 +79,32 @@ impl TileCoord {
         Ok(Self { z, x, y })
     }
 
+    /// A tile coordinate from a URL's path segments; `y` may end in `.mvt` or `.pbf`.
+    ///
+    /// ```
+    /// use geostack_tiles::TileCoord;
+    ///
+    /// assert_eq!(TileCoord::parse("3", "4", "2.mvt")?, TileCoord::new_checked(3, 4, 2)?);
+    /// assert_eq!(TileCoord::parse("3", "4", "2.png").unwrap_err().status(), 400);
+    /// assert_eq!(TileCoord::parse("3", "8", "0").unwrap_err().status(), 400);
+    /// # Ok::<(), geostack_tiles::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidCoordinate`] naming a part that is not a number,
+    /// [`Error::TileOutOfRange`] as [`TileCoord::new_checked`].
+    pub fn parse(z: &str, x: &str, y: &str) -> Result<Self> {
+        let y = y
+            .strip_suffix(".mvt")
+            .or_else(|| y.strip_suffix(".pbf"))
+            .unwrap_or(y);
+        let z: u8 = z.parse().map_err(|_| Error::InvalidCoordinate("z"))?;
+        let x: u32 = x.parse().map_err(|_| Error::InvalidCoordinate("x"))?;
+        let y: u32 = y.parse().map_err(|_| Error::InvalidCoordinate("y"))?;
+        Self::new_checked(z, x, y)
+    }
+
     /// Zoom.
     pub fn z(&self) -> u8 {
         self.z

@@ -24,6 +24,9 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// A tile coordinate that is not a number (`z`, `x` or `y`, named).
+    #[error("invalid tile coordinate {0}")]
+    InvalidCoordinate(&'static str),
     /// An option has a value it cannot take.
     #[error("invalid option {name}: {reason}")]
     InvalidOption {
@@ -80,6 +83,7 @@ impl Error {
     pub fn status(&self) -> u16 {
         match self {
             Self::TileOutOfRange { .. }
+            | Self::InvalidCoordinate(_)
             | Self::InvalidOption { .. }
             | Self::InvalidMapConfig { .. }
             | Self::Limit(_) => 400,

@@ -15,6 +15,8 @@ mod pipeline;
 #[cfg(feature = "postgis")]
 mod postgis;
 mod project;
+#[cfg(feature = "axum")]
+mod response;
 #[cfg(feature = "postgis")]
 mod sql_layers;
 
@@ -32,5 +34,9 @@ pub use options::{DEFAULT_SOURCE_BYTES, DEFAULT_SOURCE_ROWS, TileOptions};
 pub use pipeline::{TileGeometry, TilePoint, tile_geometry};
 #[cfg(feature = "postgis")]
 pub use postgis::{AttributeKind, TableSource, discover};
+#[cfg(all(feature = "axum", feature = "postgis"))]
+pub use response::TableTiles;
+#[cfg(feature = "axum")]
+pub use response::{MVT_CONTENT_TYPE, TileResponse};
 #[cfg(feature = "postgis")]
 pub use sql_layers::{Degradation, FunctionSource, RenderedTile};
