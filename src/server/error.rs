@@ -81,7 +81,8 @@ impl Error {
             Self::Auth(e) => e.status().as_u16(),
             Self::Sql(e) => e.status(),
             Self::Tiles(e) => e.status(),
-            Self::Jobs(_) | Self::Redis(_) => 503,
+            Self::Jobs(e) => e.status(),
+            Self::Redis(_) => 503,
             Self::BadRequest(_) => 400,
             Self::Unauthorized(_) => 401,
             Self::Forbidden(_) => 403,
@@ -95,14 +96,8 @@ impl Error {
     }
 }
 
-/// The message a client sees: the error, and for database errors PostgreSQL's own words.
-fn message(e: &Error) -> String {
-    match e {
-        Error::Tiles(e) => e.client_message(),
-        other => other.to_string(),
-    }
-}
-
+/// CARTO's error shape, `{"error":["…"]}`: the SQL, tiles and jobs errors answer as their
+/// crates do (with `Retry-After` where waiting helps); the others are answered here.
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let status =
@@ -110,7 +105,13 @@ impl IntoResponse for Error {
         if status.is_server_error() {
             tracing::warn!(error = %self, status = status.as_u16(), "request failed");
         }
-        let body = serde_json::json!({ "error": [message(&self)] }).to_string();
+        let message = match self {
+            Error::Sql(e) => return e.into_response(),
+            Error::Tiles(e) => return e.into_response(),
+            Error::Jobs(e) => return e.into_response(),
+            ref other => other.to_string(),
+        };
+        let body = serde_json::json!({ "error": [message] }).to_string();
         let mut response = (status, body).into_response();
         let headers = response.headers_mut();
         headers.insert(
@@ -125,14 +126,6 @@ impl IntoResponse for Error {
                         HeaderValue::from_static("Basic realm=\"geostack\""),
                     );
                 }
-                if let Some(after) = e.retry_after() {
-                    headers.insert(
-                        header::RETRY_AFTER,
-                        HeaderValue::from(after.as_secs().max(1)),
-                    );
-                }
-            }
-            Error::Sql(e) | Error::Tiles(geostack_tiles::Error::Sql(e)) => {
                 if let Some(after) = e.retry_after() {
                     headers.insert(
                         header::RETRY_AFTER,

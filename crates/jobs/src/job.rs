@@ -63,7 +63,8 @@ impl QueueName {
 
 /// A job's id: 32 hex characters when generated, or the caller's own (1 to 64 of
 /// `A-Z a-z 0-9 - _`).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(transparent)]
 pub struct JobId(String);
 
 impl JobId {

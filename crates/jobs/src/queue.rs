@@ -8,8 +8,9 @@ use redis::aio::{ConnectionLike, ConnectionManager};
 use crate::scripts::{CANCEL, ENQUEUE, REDRIVE, SWEEP};
 use crate::{Error, Job, JobId, JobOptions, QueueName, Result};
 
-/// The state of a job.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The state of a job; serialized as its lower-case name (`"waiting"`, `"dead"`…).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 #[non_exhaustive]
 pub enum JobState {
     /// Waiting for a worker.
@@ -39,8 +40,19 @@ impl JobState {
     }
 }
 
-/// What [`Queue::status`] tells of a job.
-#[derive(Clone, Debug, PartialEq)]
+/// What [`Queue::status`] tells of a job. Serializes for a status endpoint: times as
+/// milliseconds since the Unix epoch (as BullMQ's), absent values as `null`.
+///
+/// ```no_run
+/// # async fn demo(queue: geostack_jobs::Queue, id: geostack_jobs::JobId) -> Result<(), Box<dyn std::error::Error>> {
+/// if let Some(status) = queue.status(&id).await? {
+///     let json = serde_json::to_value(&status)?;
+///     assert_eq!(json["state"], "completed");
+///     assert!(json["finished"].is_u64());
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 #[non_exhaustive]
 pub struct JobStatus {
     /// Its id.
@@ -58,10 +70,13 @@ pub struct JobStatus {
     /// The payload, as enqueued.
     pub payload: Option<serde_json::Value>,
     /// When it was enqueued.
+    #[serde(serialize_with = "epoch_millis")]
     pub created: Option<SystemTime>,
     /// When its last attempt started.
+    #[serde(serialize_with = "epoch_millis")]
     pub started: Option<SystemTime>,
     /// When it completed, died or was cancelled.
+    #[serde(serialize_with = "epoch_millis")]
     pub finished: Option<SystemTime>,
     /// The last progress its handler reported ([`crate::JobContext::progress`]).
     pub progress: Option<serde_json::Value>,
@@ -70,7 +85,7 @@ pub struct JobStatus {
 }
 
 /// One entry of a queue's event stream.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct QueueEvent {
     /// The stream entry's id (`<ms>-<seq>`), for [`Queue::events`]' `after`; shared by the
@@ -86,7 +101,7 @@ pub struct QueueEvent {
 }
 
 /// How many jobs a queue holds in each state.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct QueueCounts {
     /// Waiting.
     pub waiting: u64,
@@ -98,6 +113,17 @@ pub struct QueueCounts {
     pub completed: u64,
     /// In the dead letter.
     pub dead: u64,
+}
+
+/// `t` as milliseconds since the Unix epoch (`null` when absent or before it).
+fn epoch_millis<S: serde::Serializer>(
+    t: &Option<SystemTime>,
+    out: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    let ms = t
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    serde::Serialize::serialize(&ms, out)
 }
 
 /// A named queue in Redis. Every key of a queue is under `<prefix>{<name>}:`, one hash tag, so
@@ -505,4 +531,40 @@ pub(crate) fn now_ms() -> u64 {
 /// Whole milliseconds of `d`, as Redis takes them (saturating).
 pub(crate) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_status_serializes_for_an_endpoint_with_times_in_epoch_milliseconds() {
+        let status = JobStatus {
+            id: JobId::new("j1").unwrap(),
+            name: "import".into(),
+            state: JobState::Dead,
+            attempts: 3,
+            error: Some("no such file".into()),
+            result: None,
+            payload: Some(serde_json::json!({"url": "a.csv"})),
+            created: Some(UNIX_EPOCH + Duration::from_millis(1_796_146_813_123)),
+            started: None,
+            finished: Some(UNIX_EPOCH - Duration::from_secs(1)),
+            progress: None,
+            tenant: None,
+        };
+        let json = serde_json::to_value(&status).unwrap();
+        assert_eq!(json["id"], "j1");
+        assert_eq!(json["state"], "dead");
+        assert_eq!(json["attempts"], 3);
+        assert_eq!(json["created"], 1_796_146_813_123_u64);
+        assert!(json["started"].is_null());
+        // A time before the epoch cannot be told in its unit: null, not a wrong number.
+        assert!(json["finished"].is_null());
+        let counts = QueueCounts {
+            waiting: 2,
+            ..QueueCounts::default()
+        };
+        assert_eq!(serde_json::to_value(counts).unwrap()["waiting"], 2);
+    }
 }

@@ -115,7 +115,8 @@ impl Error {
     }
 }
 
-/// [`Error::status`] with CARTO's body, `{"error": ["…"]}` ([`Error::client_message`]).
+/// [`Error::status`] with CARTO's body, `{"error": ["…"]}` ([`Error::client_message`]), and
+/// `Retry-After` when the sandbox says waiting helps.
 #[cfg(feature = "axum")]
 impl axum_core::response::IntoResponse for Error {
     fn into_response(self) -> axum_core::response::Response {
@@ -128,6 +129,15 @@ impl axum_core::response::IntoResponse for Error {
             http::header::CONTENT_TYPE,
             http::HeaderValue::from_static("application/json; charset=utf-8"),
         );
+        #[cfg(feature = "postgis")]
+        if let Self::Sql(e) = &self
+            && let Some(after) = e.retry_after()
+        {
+            response.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from(after.as_secs().max(1)),
+            );
+        }
         response
     }
 }
