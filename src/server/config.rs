@@ -31,7 +31,7 @@ pub struct ServerConfig {
     pub(crate) tile_options: TileOptions,
     pub(crate) key_prefix: KeyPrefix,
     pub(crate) redis_prefix: String,
-    pub(crate) tile_cache_capacity: usize,
+    pub(crate) tile_cache_bytes: u64,
     pub(crate) tile_cache_ttl: Duration,
     pub(crate) role_prefix: String,
     pub(crate) body_limit: usize,
@@ -94,7 +94,7 @@ impl Default for ServerConfig {
                 .max_bytes(2 << 20),
             key_prefix: KeyPrefix::default(),
             redis_prefix: "geostack:".into(),
-            tile_cache_capacity: 10_000,
+            tile_cache_bytes: 64 << 20,
             tile_cache_ttl: Duration::from_secs(300),
             role_prefix: "geostack_key_".into(),
             body_limit: 2 << 20,
@@ -284,9 +284,10 @@ impl ServerConfig {
         self
     }
 
-    /// How many tiles the in-process cache keeps, and for how long. Default 10 000, 300 s.
-    pub fn tile_cache(mut self, capacity: usize, ttl: Duration) -> Self {
-        self.tile_cache_capacity = capacity;
+    /// How many bytes of tiles the in-process cache keeps, and for how long. Default 64 MiB,
+    /// 300 s.
+    pub fn tile_cache(mut self, bytes: u64, ttl: Duration) -> Self {
+        self.tile_cache_bytes = bytes;
         self.tile_cache_ttl = ttl;
         self
     }

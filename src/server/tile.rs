@@ -47,7 +47,7 @@ impl Tiles {
     pub fn new(config: &ServerConfig) -> Self {
         Self {
             inner: Arc::new(Inner {
-                cache: MemoryTileCache::new(config.tile_cache_capacity, config.tile_cache_ttl),
+                cache: MemoryTileCache::new(config.tile_cache_bytes, config.tile_cache_ttl),
                 flights: SingleFlight::default(),
                 options: config.tile_options.clone(),
             }),

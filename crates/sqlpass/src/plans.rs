@@ -3,8 +3,7 @@
 
 use std::sync::Arc;
 
-use quick_cache::Weighter;
-use quick_cache::sync::Cache;
+use moka::sync::Cache;
 use sqlx::postgres::PgTypeInfo;
 
 /// A bounded cache of what describing a reader's statement found — its result columns and,
@@ -19,8 +18,8 @@ use sqlx::postgres::PgTypeInfo;
 /// anew. A run that used an entry checks the types of its first row against it, and an entry
 /// whose run failed is dropped, so that a DDL committed between the two is caught.
 ///
-/// The cache is weighed in bytes (texts, names and a fixed cost per entry); least recently
-/// used entries leave first. Clones share the cache.
+/// The cache is weighed in bytes (texts, names and a fixed cost per entry); entries seldom
+/// used leave first (moka's TinyLFU). Clones share the cache.
 ///
 /// It needs [`install`](crate::install) in the database: a run with a cache on a database
 /// without it fails with [`Error::Internal`](crate::Error::Internal) saying so.
@@ -33,14 +32,14 @@ use sqlx::postgres::PgTypeInfo;
 /// ```
 #[derive(Clone)]
 pub struct Plans {
-    cache: Arc<Cache<Key, Entry, Weight>>,
+    cache: Cache<Key, Entry>,
 }
 
 impl std::fmt::Debug for Plans {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Plans")
-            .field("entries", &self.cache.len())
-            .field("bytes", &self.cache.weight())
+            .field("entries", &self.cache.entry_count())
+            .field("bytes", &self.cache.weighted_size())
             .finish()
     }
 }
@@ -84,17 +83,13 @@ pub(crate) struct Described {
     pub(crate) tables: Option<Vec<String>>,
 }
 
-#[derive(Clone)]
-struct Weight;
-
-impl Weighter<Key, Entry> for Weight {
-    fn weight(&self, key: &Key, entry: &Entry) -> u64 {
-        let d = &entry.described;
-        let texts = key.database.len() + key.role.len() + key.statement.len();
-        let columns: usize = d.columns.iter().map(|(name, _)| name.len() + 48).sum();
-        let tables: usize = d.tables.iter().flatten().map(|t| t.len() + 24).sum();
-        (texts + columns + tables + 128) as u64
-    }
+/// An entry's weight: its texts and names, and a fixed cost per entry, column and table.
+fn weight(key: &Key, entry: &Entry) -> u32 {
+    let d = &entry.described;
+    let texts = key.database.len() + key.role.len() + key.statement.len();
+    let columns: usize = d.columns.iter().map(|(name, _)| name.len() + 48).sum();
+    let tables: usize = d.tables.iter().flatten().map(|t| t.len() + 24).sum();
+    u32::try_from(texts + columns + tables + 128).unwrap_or(u32::MAX)
 }
 
 impl Plans {
@@ -103,20 +98,20 @@ impl Plans {
 
     /// A cache holding at most `bytes` of descriptions (keys included).
     pub fn new(bytes: u64) -> Self {
-        let items = usize::try_from(bytes / 1024).unwrap_or(usize::MAX).max(16);
         Self {
-            cache: Arc::new(Cache::with_weighter(items, bytes, Weight)),
+            cache: Cache::builder().max_capacity(bytes).weigher(weight).build(),
         }
     }
 
-    /// How many statements are described in the cache.
+    /// How many statements are described in the cache (after its pending evictions).
     pub fn len(&self) -> usize {
-        self.cache.len()
+        self.cache.run_pending_tasks();
+        usize::try_from(self.cache.entry_count()).unwrap_or(usize::MAX)
     }
 
     /// Whether the cache is empty.
     pub fn is_empty(&self) -> bool {
-        self.cache.is_empty()
+        self.len() == 0
     }
 
     /// The description of `key` in `generation`, when it has one; `with_tables`: only when it
@@ -143,6 +138,6 @@ impl Plans {
     }
 
     pub(crate) fn remove(&self, key: &Key) {
-        self.cache.remove(key);
+        self.cache.invalidate(key);
     }
 }

@@ -59,6 +59,11 @@ impl RegistryConfig {
 /// any role the login role is a member of). The registry bounds the connections of all pools
 /// together and closes pools that go unused.
 ///
+/// It is not a cache: a pool with a connection in use is never closed to make room (that would
+/// cut a caller's query); when every pool is in use, a new role is refused instead. General
+/// caches (moka, used for the crate's [`Plans`](crate::Plans)) evict by their own policy, so
+/// this bookkeeping stays here.
+///
 /// ```no_run
 /// # async fn demo() -> sqlpass::Result<()> {
 /// use sqlpass::{PoolRegistry, RegistryConfig};

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
@@ -120,14 +120,16 @@ pub trait TileCache: Send + Sync {
     async fn invalidate_table(&self, table: &str) -> Result<u64>;
 }
 
-/// An in-process cache, bounded in tiles and time.
+/// An in-process cache, bounded in bytes and time: tiles weigh their bytes (and their key's and
+/// tags'), each is kept `ttl`, and when the cache is full the tiles seldom asked for leave first
+/// (moka's TinyLFU: a crawl through every tile once does not push out the tiles in demand).
 ///
 /// ```
 /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
 /// use geostack_tiles::{CachedTile, MemoryTileCache, TileCache, TileCoord, TileKey};
 /// use std::time::Duration;
 ///
-/// let cache = MemoryTileCache::new(10_000, Duration::from_secs(300));
+/// let cache = MemoryTileCache::new(64 << 20, Duration::from_secs(300));
 /// let key = TileKey::new("public.countries", TileCoord::new_checked(0, 0, 0).unwrap());
 /// cache.put(&key, &CachedTile::new(vec![1, 2]), &["public.countries".into()]).await.unwrap();
 /// assert!(cache.get(&key).await.unwrap().is_some());
@@ -136,30 +138,54 @@ pub trait TileCache: Send + Sync {
 /// # });
 /// ```
 pub struct MemoryTileCache {
-    inner: Mutex<MemoryInner>,
-    capacity: usize,
-    ttl: Duration,
+    tiles: moka::sync::Cache<TileKey, Kept>,
+    /// Per table, the keys of the tiles made from it, for [`TileCache::invalidate_table`].
+    by_table: Arc<Mutex<HashMap<String, HashSet<TileKey>>>>,
 }
 
-#[derive(Default)]
-struct MemoryInner {
-    tiles: HashMap<TileKey, (CachedTile, Instant, Vec<String>)>,
-    by_table: HashMap<String, HashSet<TileKey>>,
+/// A kept tile and the tables it was made from.
+#[derive(Clone)]
+struct Kept {
+    tile: CachedTile,
+    tables: Arc<[String]>,
 }
 
 impl MemoryTileCache {
-    /// At most `capacity` tiles, each kept `ttl`.
-    pub fn new(capacity: usize, ttl: Duration) -> Self {
-        Self {
-            inner: Mutex::new(MemoryInner::default()),
-            capacity: capacity.max(1),
-            ttl,
-        }
+    /// At most `bytes` of tiles, each kept `ttl`.
+    pub fn new(bytes: u64, ttl: Duration) -> Self {
+        let by_table: Arc<Mutex<HashMap<String, HashSet<TileKey>>>> = Arc::default();
+        let index = Arc::clone(&by_table);
+        let tiles = moka::sync::Cache::builder()
+            .max_capacity(bytes)
+            .weigher(|key: &TileKey, kept: &Kept| {
+                let tags: usize = kept.tables.iter().map(|t| t.len() + 16).sum();
+                let weight = kept.tile.bytes().len() + key.source.len() + tags + 96;
+                u32::try_from(weight).unwrap_or(u32::MAX)
+            })
+            .time_to_live(ttl)
+            .eviction_listener(move |key: Arc<TileKey>, kept: Kept, cause| {
+                // A replaced tile's key is left indexed under its old tables (its put indexes
+                // the new ones after): invalidation checks a key's tables before removing.
+                if cause != moka::notification::RemovalCause::Replaced {
+                    let mut index = lock(&index);
+                    for t in kept.tables.iter() {
+                        if let Some(keys) = index.get_mut(t) {
+                            keys.remove(&*key);
+                            if keys.is_empty() {
+                                index.remove(t);
+                            }
+                        }
+                    }
+                }
+            })
+            .build();
+        Self { tiles, by_table }
     }
 
-    /// The number of tiles held.
+    /// The number of tiles held (after pending evictions).
     pub fn len(&self) -> usize {
-        self.lock().tiles.len()
+        self.tiles.run_pending_tasks();
+        usize::try_from(self.tiles.entry_count()).unwrap_or(usize::MAX)
     }
 
     /// Whether it holds none.
@@ -167,91 +193,53 @@ impl MemoryTileCache {
         self.len() == 0
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, MemoryInner> {
-        self.inner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// The bytes the tiles held weigh (after pending evictions).
+    pub fn weight(&self) -> u64 {
+        self.tiles.run_pending_tasks();
+        self.tiles.weighted_size()
     }
 }
 
-impl MemoryInner {
-    fn remove(&mut self, key: &TileKey) -> bool {
-        match self.tiles.remove(key) {
-            Some((_, _, tables)) => {
-                for t in tables {
-                    if let Some(keys) = self.by_table.get_mut(&t) {
-                        keys.remove(key);
-                    }
-                }
-                true
-            }
-            None => false,
-        }
-    }
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[async_trait]
 impl TileCache for MemoryTileCache {
     async fn get(&self, key: &TileKey) -> Result<Option<CachedTile>> {
-        let mut inner = self.lock();
-        match inner.tiles.get(key) {
-            Some((tile, at, _)) if at.elapsed() < self.ttl => Ok(Some(tile.clone())),
-            Some(_) => {
-                inner.remove(key);
-                Ok(None)
-            }
-            None => Ok(None),
-        }
+        Ok(self.tiles.get(key).map(|kept| kept.tile))
     }
 
     async fn put(&self, key: &TileKey, tile: &CachedTile, tables: &[String]) -> Result<()> {
-        let mut inner = self.lock();
-        inner.remove(key);
-        if inner.tiles.len() >= self.capacity {
-            // Expired first; then the oldest.
-            let ttl = self.ttl;
-            let stale: Vec<TileKey> = inner
-                .tiles
-                .iter()
-                .filter(|(_, (_, at, _))| at.elapsed() >= ttl)
-                .map(|(k, _)| k.clone())
-                .collect();
-            for k in stale {
-                inner.remove(&k);
-            }
-            while inner.tiles.len() >= self.capacity {
-                let Some(oldest) = inner
-                    .tiles
-                    .iter()
-                    .min_by_key(|(_, (_, at, _))| *at)
-                    .map(|(k, _)| k.clone())
-                else {
-                    break;
-                };
-                inner.remove(&oldest);
-            }
-        }
+        self.tiles.insert(
+            key.clone(),
+            Kept {
+                tile: tile.clone(),
+                tables: tables.into(),
+            },
+        );
+        let mut index = lock(&self.by_table);
         for t in tables {
-            inner
-                .by_table
-                .entry(t.clone())
-                .or_default()
-                .insert(key.clone());
+            index.entry(t.clone()).or_default().insert(key.clone());
         }
-        inner
-            .tiles
-            .insert(key.clone(), (tile.clone(), Instant::now(), tables.to_vec()));
         Ok(())
     }
 
     async fn invalidate_table(&self, table: &str) -> Result<u64> {
-        let mut inner = self.lock();
-        let keys: Vec<TileKey> = inner
-            .by_table
-            .remove(table)
-            .map(|k| k.into_iter().collect())
-            .unwrap_or_default();
-        Ok(keys.iter().filter(|k| inner.remove(k)).count() as u64)
+        let keys = lock(&self.by_table).remove(table).unwrap_or_default();
+        let mut removed = 0;
+        for k in keys {
+            // The key may since hold a tile of other tables (a replacement): that one stays.
+            let made_from_table = self
+                .tiles
+                .get(&k)
+                .is_some_and(|kept| kept.tables.iter().any(|t| t == table));
+            if made_from_table {
+                self.tiles.invalidate(&k);
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 }
 

@@ -61,32 +61,68 @@ async fn behaves(cache: &dyn TileCache) {
 
 #[tokio::test]
 async fn the_memory_cache_keeps_tags_bounds_and_ttl() {
-    behaves(&MemoryTileCache::new(100, Duration::from_secs(60))).await;
+    behaves(&MemoryTileCache::new(1 << 20, Duration::from_secs(60))).await;
 
-    let small = MemoryTileCache::new(2, Duration::from_secs(60));
-    for x in 0..4 {
+    // Bounded by bytes: 200 tiles of 10 KB do not fit in 256 KB.
+    let small = MemoryTileCache::new(256 << 10, Duration::from_secs(60));
+    for x in 0..200u32 {
         small
-            .put(&key("s", 2, x, 0), &CachedTile::new(vec![x as u8]), &[])
+            .put(&key("s", 8, x, 0), &CachedTile::new(vec![7; 10_000]), &[])
             .await
             .unwrap();
     }
-    assert_eq!(small.len(), 2);
+    let (n, weight) = (small.len(), small.weight());
+    assert!(weight <= 256 << 10, "{weight} bytes held");
+    assert!((10..=25).contains(&n), "{n} tiles held");
+    // A tile asked for often stays while a crawl passes through every other tile once.
+    let hot = key("s", 8, 255, 255);
+    small
+        .put(&hot, &CachedTile::new(vec![1; 10_000]), &[])
+        .await
+        .unwrap();
+    for round in 0..3u32 {
+        for _ in 0..5 {
+            assert!(small.get(&hot).await.unwrap().is_some(), "round {round}");
+        }
+        for x in 0..100u32 {
+            let k = key("crawl", 8, x, round);
+            small
+                .put(&k, &CachedTile::new(vec![2; 10_000]), &[])
+                .await
+                .unwrap();
+        }
+    }
     assert!(
-        small.get(&key("s", 2, 3, 0)).await.unwrap().is_some(),
-        "the newest is kept"
-    );
-    assert!(
-        small.get(&key("s", 2, 0, 0)).await.unwrap().is_none(),
-        "the oldest went"
+        small.get(&hot).await.unwrap().is_some(),
+        "the hot tile stays"
     );
 
-    let brief = MemoryTileCache::new(10, Duration::from_millis(50));
+    let brief = MemoryTileCache::new(1 << 20, Duration::from_millis(50));
     brief
         .put(&key("b", 0, 0, 0), &CachedTile::new(vec![1]), &[])
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(80)).await;
     assert!(brief.get(&key("b", 0, 0, 0)).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn the_memory_cache_s_tags_follow_evictions_and_replacements() {
+    let cache = MemoryTileCache::new(1 << 20, Duration::from_secs(60));
+    let k = key("t", 1, 0, 0);
+    cache
+        .put(&k, &CachedTile::new(vec![1]), &["public.a".into()])
+        .await
+        .unwrap();
+    // Replaced by a tile of another table: the old tag no longer reaches it, the new one does.
+    cache
+        .put(&k, &CachedTile::new(vec![2]), &["public.b".into()])
+        .await
+        .unwrap();
+    assert_eq!(cache.invalidate_table("public.a").await.unwrap(), 0);
+    assert!(cache.get(&k).await.unwrap().is_some());
+    assert_eq!(cache.invalidate_table("public.b").await.unwrap(), 1);
+    assert!(cache.get(&k).await.unwrap().is_none());
 }
 
 #[tokio::test]

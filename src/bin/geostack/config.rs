@@ -158,7 +158,7 @@ struct Pools {
 #[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Tiles {
-    cache_entries: Option<usize>,
+    cache_bytes: Option<u64>,
     cache_ttl_secs: Option<u64>,
     max_renders_per_caller: Option<u32>,
 }
@@ -328,12 +328,12 @@ impl Config {
         }
         c = c.pools(pools);
         let t = &self.tiles;
-        if let Some((entries, ttl)) = pair(
-            t.cache_entries,
+        if let Some((bytes, ttl)) = pair(
+            t.cache_bytes,
             t.cache_ttl_secs,
-            "tiles.cache_entries and tiles.cache_ttl_secs",
+            "tiles.cache_bytes and tiles.cache_ttl_secs",
         )? {
-            c = c.tile_cache(entries, secs(ttl));
+            c = c.tile_cache(positive("tiles.cache_bytes", bytes)?, secs(ttl));
         }
         if let Some(n) = t.max_renders_per_caller {
             c = c.max_renders_per_caller(n);
