@@ -1,10 +1,15 @@
-//! When repeatable jobs run: every fixed interval, or on a cron schedule (UTC). Pure: no Redis.
+//! When repeatable jobs run: every fixed interval, or on a cron schedule in a time zone (UTC
+//! unless named). Pure: no Redis.
 
 use std::time::Duration;
 
+use croner::parser::{CronParser, Seconds, Year};
+use jiff::Timestamp;
+use jiff::tz::TimeZone;
+
 use crate::{Error, Result};
 
-/// When a repeatable job runs. Times are UTC, in milliseconds since the Unix epoch.
+/// When a repeatable job runs. Times are in milliseconds since the Unix epoch.
 ///
 /// ```
 /// use std::time::Duration;
@@ -13,6 +18,9 @@ use crate::{Error, Result};
 /// let hourly = Schedule::cron("0 * * * *").unwrap();
 /// // 2026-12-01 17:40:13 UTC → 18:00:00.
 /// assert_eq!(hourly.next_after(1_796_146_813_000), Some(1_796_148_000_000));
+/// // Weekdays at 9:00 in Paris: 8:00 UTC in winter.
+/// let paris = Schedule::cron("0 9 * * MON-FRI Europe/Paris").unwrap();
+/// assert_eq!(paris.next_after(1_796_146_813_000), Some(1_796_198_400_000));
 /// let every = Schedule::every(Duration::from_secs(30)).unwrap();
 /// assert_eq!(every.next_after(1_000), Some(30_000));
 /// assert!(Schedule::cron("61 * * * *").is_err());
@@ -21,7 +29,7 @@ use crate::{Error, Result};
 pub enum Schedule {
     /// At every multiple of this interval since the epoch.
     Every(Duration),
-    /// On a five-field cron expression: minute, hour, day of month, month, day of week.
+    /// On a cron expression: `[second] minute hour day-of-month month day-of-week [zone]`.
     Cron(Cron),
 }
 
@@ -38,10 +46,15 @@ impl Schedule {
         Ok(Self::Every(interval))
     }
 
-    /// A cron expression: `minute hour day-of-month month day-of-week`, each `*`, a number, a
-    /// range `a-b`, a step `*/n` or `a-b/n`, or a comma-separated list of those; days of week 0–7
-    /// (0 and 7 are Sunday). As in Vixie cron, when both day fields are restricted a day
-    /// matching either runs.
+    /// A cron expression, parsed by [croner](https://docs.rs/croner):
+    /// `minute hour day-of-month month day-of-week`, optionally preceded by a seconds field and
+    /// followed by an IANA time zone (`Europe/Paris`; UTC when absent), as Sidekiq-cron and
+    /// BullMQ take them. Each field is `*`, a number, a range `a-b`, a step `*/n` or `a-b/n`,
+    /// or a comma-separated list of those; months `JAN`–`DEC` and days `SUN`–`SAT` by name,
+    /// days of week 0–7 (0 and 7 are Sunday); `L`, `W` and `#` (last day, nearest weekday,
+    /// nth weekday) and `@daily`-style nicknames. As in Vixie cron, when both day fields are
+    /// restricted a day matching either runs. Across a daylight-saving change a time that does
+    /// not exist runs at the first instant after the gap, and a repeated one once.
     ///
     /// # Errors
     ///
@@ -91,159 +104,95 @@ impl Schedule {
     }
 }
 
-/// A parsed cron expression.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A parsed cron expression and the time zone it runs in.
+#[derive(Clone, Debug)]
 pub struct Cron {
+    /// The expression as given (fields separated by single spaces): its stored form.
     expression: String,
-    minutes: u64,
-    hours: u64,
-    days: u64,
-    months: u64,
-    weekdays: u64,
-    any_day: bool,
-    any_weekday: bool,
+    cron: std::sync::Arc<croner::Cron>,
+    zone: TimeZone,
 }
+
+impl PartialEq for Cron {
+    fn eq(&self, other: &Self) -> bool {
+        self.expression == other.expression
+    }
+}
+
+impl Eq for Cron {}
 
 impl Cron {
     fn parse(expression: &str) -> Result<Self> {
         let fields: Vec<&str> = expression.split_whitespace().collect();
         let bad = |why: String| Error::invalid("cron expression", format!("{expression:?}: {why}"));
-        let [minute, hour, day, month, weekday] = fields[..] else {
-            return Err(bad("expected five fields".into()));
+        // A last field that names a time zone (no cron field starts with a letter and is one).
+        let zone = fields
+            .split_last()
+            .filter(|(last, rest)| {
+                rest.len() >= 5 && last.starts_with(|c: char| c.is_ascii_alphabetic())
+            })
+            .and_then(|(last, _)| TimeZone::get(last).ok().map(|tz| (*last, tz)));
+        let (pattern, zone) = match zone {
+            Some((_, tz)) => (&fields[..fields.len() - 1], tz),
+            None => (&fields[..], TimeZone::UTC),
         };
-        let field = |text: &str, lo: u32, hi: u32, name: &str| {
-            parse_field(text, lo, hi).ok_or_else(|| bad(format!("bad {name} field {text:?}")))
-        };
-        let mut weekdays = field(weekday, 0, 7, "day-of-week")?;
-        if weekdays & (1 << 7) != 0 {
-            weekdays |= 1;
+        if !(5..=6).contains(&pattern.len()) && !pattern.first().is_some_and(|f| f.starts_with('@'))
+        {
+            return Err(bad(
+                "expected five fields (six with seconds first), then an optional time zone".into(),
+            ));
         }
+        let cron = CronParser::builder()
+            .seconds(Seconds::Optional)
+            .year(Year::Disallowed)
+            .build()
+            .parse(&pattern.join(" "))
+            .map_err(|e| bad(e.to_string()))?;
         Ok(Self {
             expression: fields.join(" "),
-            minutes: field(minute, 0, 59, "minute")?,
-            hours: field(hour, 0, 23, "hour")?,
-            days: field(day, 1, 31, "day-of-month")?,
-            months: field(month, 1, 12, "month")?,
-            weekdays,
-            any_day: day == "*",
-            any_weekday: weekday == "*",
+            cron: std::sync::Arc::new(cron),
+            zone,
         })
     }
 
-    fn day_matches(&self, day: u32, weekday: u32) -> bool {
-        let d = self.days & (1 << day) != 0;
-        let w = self.weekdays & (1 << weekday) != 0;
-        match (self.any_day, self.any_weekday) {
-            (false, false) => d || w,
-            (false, true) => d,
-            (true, false) => w,
-            (true, true) => true,
-        }
-    }
-
+    /// The first run strictly after `after_ms`.
     fn next_after(&self, after_ms: u64) -> Option<u64> {
-        const MINUTE: u64 = 60;
-        let mut t = (after_ms / 1000 / MINUTE + 1) * MINUTE;
-        // Each turn moves to the next month, day, hour or minute that can match: bounded.
-        for _ in 0..200_000 {
-            let days = t / 86_400;
-            let (year, month, day) = civil_from_days(i64::try_from(days).ok()?);
-            let weekday = u32::try_from((days + 4) % 7).ok()?; // 1970-01-01 was a Thursday
-            let secs = t % 86_400;
-            let (hour, minute) = (
-                u32::try_from(secs / 3600).ok()?,
-                u32::try_from(secs % 3600 / 60).ok()?,
-            );
-            if self.months & (1 << month) == 0 {
-                let (y, m) = if month == 12 {
-                    (year + 1, 1)
-                } else {
-                    (year, month + 1)
-                };
-                t = u64::try_from(days_from_civil(y, m, 1)).ok()? * 86_400;
-            } else if !self.day_matches(day, weekday) {
-                t = (days + 1) * 86_400;
-            } else if self.hours & (1 << hour) == 0 {
-                t = (t / 3600 + 1) * 3600;
-            } else if self.minutes & (1 << minute) == 0 {
-                t += MINUTE;
-            } else {
-                return t.checked_mul(1000);
+        let after = i64::try_from(after_ms).ok()?;
+        let mut from = Timestamp::from_millisecond(after)
+            .ok()?
+            .to_zoned(self.zone.clone());
+        // The search works in whole seconds: a run within the second of `after_ms` but not
+        // after it is skipped.
+        for _ in 0..2 {
+            let next = self.cron.find_next_occurrence(&from, false).ok()?;
+            let ms = next.timestamp().as_millisecond();
+            if ms > after {
+                return u64::try_from(ms).ok();
             }
+            from = next;
         }
         None
     }
-}
-
-/// One cron field as a bit set of the values it allows, or `None` when it does not parse.
-fn parse_field(text: &str, lo: u32, hi: u32) -> Option<u64> {
-    let mut set = 0u64;
-    for part in text.split(',') {
-        let (range, step) = match part.split_once('/') {
-            Some((r, s)) => (r, s.parse::<u32>().ok().filter(|s| *s > 0)?),
-            None => (part, 1),
-        };
-        let (from, to) = match range {
-            "*" => (lo, hi),
-            r => match r.split_once('-') {
-                Some((a, b)) => (a.parse().ok()?, b.parse().ok()?),
-                None => {
-                    let v: u32 = r.parse().ok()?;
-                    (v, if part.contains('/') { hi } else { v })
-                }
-            },
-        };
-        if from < lo || to > hi || from > to {
-            return None;
-        }
-        let mut v = from;
-        while v <= to {
-            set |= 1 << v;
-            v += step;
-        }
-    }
-    Some(set)
-}
-
-/// Days since 1970-01-01 to (year, month 1–12, day 1–31), proleptic Gregorian.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(month <= 2), month, day)
-}
-
-/// (year, month, day) to days since 1970-01-01.
-fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let m = i64::from(month);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(day) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn at(y: i64, mo: u32, d: u32, h: u64, mi: u64) -> u64 {
-        (days_from_civil(y, mo, d) as u64 * 86_400 + h * 3600 + mi * 60) * 1000
+    /// `y-mo-d h:mi` UTC in epoch milliseconds.
+    fn at(y: i16, mo: i8, d: i8, h: i8, mi: i8) -> u64 {
+        in_zone(y, mo, d, h, mi, "UTC")
     }
 
-    #[test]
-    fn civil_dates_round_trip() {
-        for days in [-719_468, -1, 0, 59, 60, 11_016, 20_788, 2_932_896] {
-            let (y, m, d) = civil_from_days(days);
-            assert_eq!(days_from_civil(y, m, d), days, "{y}-{m}-{d}");
-        }
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    /// `y-mo-d h:mi` in `zone` in epoch milliseconds.
+    fn in_zone(y: i16, mo: i8, d: i8, h: i8, mi: i8, zone: &str) -> u64 {
+        let ms = jiff::civil::date(y, mo, d)
+            .at(h, mi, 0, 0)
+            .in_tz(zone)
+            .unwrap()
+            .timestamp()
+            .as_millisecond();
+        u64::try_from(ms).unwrap()
     }
 
     #[test]
@@ -268,6 +217,46 @@ mod tests {
             next("0 9 * * *", at(2026, 12, 2, 9, 0)),
             Some(at(2026, 12, 3, 9, 0))
         );
+        // Names of days and months.
+        assert_eq!(next("0 8 * * MON", now), Some(at(2026, 12, 7, 8, 0)));
+        assert_eq!(next("0 0 1 JAN *", now), Some(at(2027, 1, 1, 0, 0)));
+        assert_eq!(next("0 9 * * MON-FRI", now), Some(at(2026, 12, 2, 9, 0)));
+        // Seconds first, when there are six fields.
+        assert_eq!(next("*/10 * * * * *", now), Some(now + 7_000));
+        assert_eq!(
+            next("30 0 9 * * *", now),
+            Some(at(2026, 12, 2, 9, 0) + 30_000)
+        );
+        // Within the second of `now`, the next run is a second later.
+        assert_eq!(next("* * * * * *", now + 500), Some(now + 1_000));
+        // The last day of the month.
+        assert_eq!(next("0 0 L * *", now), Some(at(2026, 12, 31, 0, 0)));
+    }
+
+    #[test]
+    fn cron_expressions_run_in_their_time_zone_across_daylight_saving() {
+        let next = |expr: &str, after: u64| Schedule::cron(expr).unwrap().next_after(after);
+        let now = at(2026, 12, 1, 17, 40);
+        // 9:00 in Paris is 8:00 UTC in winter, 7:00 UTC in summer.
+        assert_eq!(
+            next("0 9 * * * Europe/Paris", now),
+            Some(at(2026, 12, 2, 8, 0))
+        );
+        assert_eq!(
+            next("0 9 * * * Europe/Paris", at(2027, 6, 1, 12, 0)),
+            Some(at(2027, 6, 2, 7, 0))
+        );
+        // New York springs forward on 2027-03-14 at 2:00: 2:30 does not exist that day, and
+        // the run comes right after the gap; the next day it is 2:30 again.
+        let before = in_zone(2027, 3, 14, 0, 0, "America/New_York");
+        let first = next("30 2 * * * America/New_York", before).unwrap();
+        assert_eq!(first, in_zone(2027, 3, 14, 3, 0, "America/New_York"));
+        assert_eq!(
+            next("30 2 * * * America/New_York", first),
+            Some(in_zone(2027, 3, 15, 2, 30, "America/New_York"))
+        );
+        // An unknown zone is no zone: seven fields do not parse.
+        assert!(Schedule::cron("0 9 * * * Mars/Olympus").is_err());
     }
 
     #[test]
@@ -284,6 +273,8 @@ mod tests {
             "5-1 * * * *",
             "a * * * *",
             "0 0 30 2 *",
+            "* * * * * * * *",
+            "0 9 * * FUNDAY",
         ] {
             assert!(Schedule::cron(bad).is_err(), "{bad:?}");
         }
@@ -295,7 +286,11 @@ mod tests {
         assert_eq!(s.next_after(59_999), Some(60_000));
         assert_eq!(s.next_after(60_000), Some(120_000));
         assert!(Schedule::every(Duration::from_millis(999)).is_err());
-        for s in [s, Schedule::cron("0 9 * * 1-5").unwrap()] {
+        for s in [
+            s,
+            Schedule::cron("0 9 * * 1-5").unwrap(),
+            Schedule::cron("0 0 9 * * MON-FRI Europe/Paris").unwrap(),
+        ] {
             assert_eq!(Schedule::decode(&s.encode()).unwrap(), s);
         }
     }
