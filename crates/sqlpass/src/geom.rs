@@ -3,7 +3,7 @@
 use geo_traits::to_geo::ToGeoGeometry;
 use geo_types::{Coord, Geometry, LineString, Polygon};
 
-use crate::json::push_number;
+use crate::write::push_number;
 
 /// What an EWKB header says: the geometry type, whether it has Z and M, and its SRID.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -252,11 +252,6 @@ pub(crate) fn push_wkt(out: &mut Vec<u8>, g: &Geometry<f64>, dp: u8) {
     }
 }
 
-/// Uppercase hex, as PostGIS prints EWKB.
-pub(crate) fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
-    crate::format::push_hex_pairs(out, bytes, &crate::format::UPPER_HEX);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,7 +278,10 @@ mod tests {
             r#"{"type":"Point","coordinates":[1,2]}"#
         );
         assert_eq!(text(|o| push_wkt(o, &g, 6)), "POINT(1 2)");
-        assert_eq!(text(|o| push_hex(o, &ewkb[..5])), "0101000020");
+        assert_eq!(
+            text(|o| crate::write::push_upper_hex(o, &ewkb[..5])),
+            "0101000020"
+        );
         assert!(Header::read(&[1, 2]).is_none());
     }
 

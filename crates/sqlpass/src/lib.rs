@@ -6,7 +6,6 @@ mod format;
 mod geom;
 #[cfg(feature = "axum")]
 mod http;
-mod json;
 mod options;
 mod own;
 mod plans;
@@ -17,6 +16,7 @@ mod session;
 mod statement;
 mod tables;
 mod value;
+mod write;
 
 pub use body::{Body, Outcome};
 pub use error::{Error, Result};

@@ -1,9 +1,10 @@
 //! `csv`: RFC 4180, a header line, CRLF line ends.
 
-use super::{Column, Encoder, Summary, push_json_value, push_lower_hex};
+use super::{Column, Encoder, Summary, push_json_value};
 use crate::CsvGeometry;
 use crate::geom;
 use crate::value::Value;
+use crate::write::{push_float, push_int, push_lower_hex, push_upper_hex};
 
 /// RFC 4180 with a header. NULL is an empty unquoted field and the empty string `""`, as
 /// PostgreSQL's `COPY … CSV` writes them. Geometry as WKT or hex EWKB; arrays and JSON as JSON
@@ -47,8 +48,8 @@ impl Encoder for Csv {
             match v {
                 Value::Null => {}
                 Value::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
-                Value::Int(i) => crate::json::push_int(out, *i),
-                Value::Float(f) if f.is_finite() => crate::json::push_float(out, *f),
+                Value::Int(i) => push_int(out, *i),
+                Value::Float(f) if f.is_finite() => push_float(out, *f),
                 Value::Float(f) => out.extend_from_slice(if f.is_nan() {
                     b"NaN".as_slice()
                 } else if *f > 0.0 {
@@ -64,7 +65,7 @@ impl Encoder for Csv {
                     push_lower_hex(out, b);
                 }
                 Value::Geometry(ewkb) => match self.geometry {
-                    CsvGeometry::HexEwkb => geom::push_hex(out, ewkb),
+                    CsvGeometry::HexEwkb => push_upper_hex(out, ewkb),
                     CsvGeometry::Wkt => {
                         self.scratch.clear();
                         if let Ok(Some(g)) = geom::decode(ewkb) {

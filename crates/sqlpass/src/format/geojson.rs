@@ -2,8 +2,8 @@
 
 use super::{Column, Encoder, Summary, push_error_member, push_json_value};
 use crate::geom;
-use crate::json::push_str;
 use crate::value::Value;
+use crate::write::push_str;
 
 /// The column that becomes each feature's geometry: `the_geom` when it is one (CARTO's name),
 /// else the first geometry column.

@@ -1,8 +1,8 @@
 //! `json`: CARTO's envelope; `ndjson`: one JSON object per line.
 
 use super::{Column, Encoder, Summary, push_error_member, push_json_value};
-use crate::json::{push_int, push_str};
 use crate::value::{Kind, Value};
+use crate::write::{push_float, push_int, push_str};
 
 /// `{"rows":[…],"time":s,"fields":{…},"total_rows":N}`, with `"error":[…]` when the stream
 /// ended early.
@@ -32,7 +32,7 @@ impl Encoder for Envelope {
         error: Option<&str>,
     ) {
         out.extend_from_slice(b"],\"time\":");
-        crate::json::push_float(out, summary.elapsed.as_secs_f64());
+        push_float(out, summary.elapsed.as_secs_f64());
         out.extend_from_slice(b",\"fields\":{");
         let mut first = true;
         for (i, c) in columns.iter().enumerate().filter(|(_, c)| !c.skip) {

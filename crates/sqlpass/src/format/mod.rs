@@ -65,7 +65,7 @@ pub(crate) fn encoder(format: Format, dp: u8, csv_geometry: CsvGeometry) -> Box<
 
 /// Writes a value as JSON (geometry as hex EWKB, as PostGIS prints it; bytea as `\x` hex).
 pub(crate) fn push_json_value(out: &mut Vec<u8>, v: &Value<'_>) {
-    use crate::json::{push_float, push_int, push_str};
+    use crate::write::{push_float, push_int, push_lower_hex, push_str, push_upper_hex};
     match v {
         Value::Null => out.extend_from_slice(b"null"),
         Value::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
@@ -84,7 +84,7 @@ pub(crate) fn push_json_value(out: &mut Vec<u8>, v: &Value<'_>) {
         }
         Value::Geometry(ewkb) => {
             out.push(b'"');
-            crate::geom::push_hex(out, ewkb);
+            push_upper_hex(out, ewkb);
             out.push(b'"');
         }
         Value::Array(items) => {
@@ -100,38 +100,10 @@ pub(crate) fn push_json_value(out: &mut Vec<u8>, v: &Value<'_>) {
     }
 }
 
-pub(crate) fn push_lower_hex(out: &mut Vec<u8>, bytes: &[u8]) {
-    push_hex_pairs(out, bytes, &LOWER_HEX);
-}
-
-/// The two hex digits of every byte, lower case.
-pub(crate) static LOWER_HEX: [[u8; 2]; 256] = hex_pairs(b"0123456789abcdef");
-/// The two hex digits of every byte, upper case.
-pub(crate) static UPPER_HEX: [[u8; 2]; 256] = hex_pairs(b"0123456789ABCDEF");
-
-const fn hex_pairs(digits: &[u8; 16]) -> [[u8; 2]; 256] {
-    let mut table = [[0; 2]; 256];
-    let mut b = 0;
-    while b < 256 {
-        table[b] = [digits[b >> 4], digits[b & 15]];
-        b += 1;
-    }
-    table
-}
-
-/// The pair of `pairs` for each byte, written in place (no capacity check per byte).
-pub(crate) fn push_hex_pairs(out: &mut Vec<u8>, bytes: &[u8], pairs: &[[u8; 2]; 256]) {
-    let start = out.len();
-    out.resize(start + bytes.len() * 2, 0);
-    for (pair, &b) in out[start..].chunks_exact_mut(2).zip(bytes) {
-        pair.copy_from_slice(&pairs[usize::from(b)]);
-    }
-}
-
 /// `{"error":["…"]}`'s inner part: `"error":["…"]`.
 pub(crate) fn push_error_member(out: &mut Vec<u8>, error: &str) {
     out.extend_from_slice(b"\"error\":[");
-    crate::json::push_str(out, error);
+    crate::write::push_str(out, error);
     out.push(b']');
 }
 

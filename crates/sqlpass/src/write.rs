@@ -1,4 +1,5 @@
-//! Writing JSON by hand, fast: strings escaped per RFC 8259, numbers as given.
+//! Writing text by hand, fast: JSON strings escaped per RFC 8259, numbers as given, bytes as
+//! hex. A leaf: the formats and the geometry writers build on it.
 
 /// Appends `s` as a JSON string.
 pub(crate) fn push_str(out: &mut Vec<u8>, s: &str) {
@@ -19,7 +20,7 @@ pub(crate) fn push_str(out: &mut Vec<u8>, s: &str) {
             b'\t' => out.extend_from_slice(b"\\t"),
             _ => {
                 out.extend_from_slice(b"\\u00");
-                out.extend_from_slice(&crate::format::LOWER_HEX[usize::from(b)]);
+                out.extend_from_slice(&LOWER_HEX[usize::from(b)]);
             }
         }
         start = i + 1;
@@ -68,6 +69,40 @@ pub(crate) fn push_float(out: &mut Vec<u8>, f: f64) {
     }
 }
 
+/// Lowercase hex, as PostgreSQL prints bytea.
+pub(crate) fn push_lower_hex(out: &mut Vec<u8>, bytes: &[u8]) {
+    push_hex_pairs(out, bytes, &LOWER_HEX);
+}
+
+/// Uppercase hex, as PostGIS prints EWKB.
+pub(crate) fn push_upper_hex(out: &mut Vec<u8>, bytes: &[u8]) {
+    push_hex_pairs(out, bytes, &UPPER_HEX);
+}
+
+/// The two hex digits of every byte, lower case.
+static LOWER_HEX: [[u8; 2]; 256] = hex_pairs(b"0123456789abcdef");
+/// The two hex digits of every byte, upper case.
+static UPPER_HEX: [[u8; 2]; 256] = hex_pairs(b"0123456789ABCDEF");
+
+const fn hex_pairs(digits: &[u8; 16]) -> [[u8; 2]; 256] {
+    let mut table = [[0; 2]; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = [digits[b >> 4], digits[b & 15]];
+        b += 1;
+    }
+    table
+}
+
+/// The pair of `pairs` for each byte, written in place (no capacity check per byte).
+fn push_hex_pairs(out: &mut Vec<u8>, bytes: &[u8], pairs: &[[u8; 2]; 256]) {
+    let start = out.len();
+    out.resize(start + bytes.len() * 2, 0);
+    for (pair, &b) in out[start..].chunks_exact_mut(2).zip(bytes) {
+        pair.copy_from_slice(&pairs[usize::from(b)]);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,6 +111,14 @@ mod tests {
         let mut out = Vec::new();
         push_str(&mut out, v);
         String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn bytes_are_written_as_hex_in_either_case() {
+        let mut out = Vec::new();
+        push_lower_hex(&mut out, &[0x00, 0xde, 0xAD, 0x7f]);
+        push_upper_hex(&mut out, &[0xbe, 0xef]);
+        assert_eq!(out, b"00dead7fBEEF");
     }
 
     #[test]
