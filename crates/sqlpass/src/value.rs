@@ -293,6 +293,10 @@ fn format_ymd(y: i64, m: u32, d: u32) -> String {
 }
 
 /// Days since 1970-01-01 → (year, month, day), after Howard Hinnant's `civil_from_days`.
+///
+/// Written here rather than taken from a date library: PostgreSQL's dates run from 4713 BC to
+/// 5874897 AD and its timestamps to 294276 AD, while jiff (the date library of the rest of
+/// the workspace) stops at ±9999; a value outside that must still be written, not refused.
 fn civil(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);

@@ -98,6 +98,27 @@ async fn every_type_has_a_defined_json_encoding() {
 }
 
 #[tokio::test]
+async fn dates_and_timestamps_span_postgresql_s_whole_range() {
+    // PostgreSQL's dates reach 5874897 AD and 4713 BC, its timestamps 294276 AD: beyond the
+    // ±9999 years of date libraries (jiff), which is why these are decoded here. Each is the
+    // literal PostgreSQL read, written as ISO 8601 with the sign of an expanded year.
+    let env = env().await;
+    let sql = "select '5874897-12-31'::date as last_day, '4713-01-01 BC'::date as first_day,
+        '0001-01-01 BC'::date as year_zero, '294276-12-31 23:59:59.999999'::timestamp as last_ts,
+        '10000-01-01 00:00:00+00'::timestamptz as far_tz, 'infinity'::date as inf,
+        '-infinity'::timestamp as ninf";
+    let doc = json(&env.pool, sql).await;
+    assert_eq!(
+        doc["rows"][0],
+        json!({
+            "last_day": "+5874897-12-31", "first_day": "-4712-01-01", "year_zero": "0000-01-01",
+            "last_ts": "+294276-12-31T23:59:59.999999", "far_tz": "+10000-01-01T00:00:00Z",
+            "inf": "infinity", "ninf": "-infinity"
+        })
+    );
+}
+
+#[tokio::test]
 async fn csv_is_rfc_4180_with_nulls_empty_and_hostile_names() {
     let env = env().await;
     let sql = "select id, name as \"na,me\", pop, score, geom from places order by id";
