@@ -39,16 +39,9 @@ use super::{Error, RedisConnection, Result, Sandbox};
 /// let app = axum::Router::new().merge(batch.router());
 /// # let _ = (app, worker); Ok(()) }
 /// ```
+#[derive(Clone)]
 pub struct BatchApi<C = redis::aio::ConnectionManager> {
     inner: Arc<Inner<C>>,
-}
-
-impl<C> Clone for BatchApi<C> {
-    fn clone(&self) -> Self {
-        Self {
-            inner: Arc::clone(&self.inner),
-        }
-    }
 }
 
 struct Inner<C> {

@@ -62,7 +62,16 @@ impl Inflight {
     }
 }
 
-/// One admitted request; dropping it (when the response has been sent) frees its place.
+/// One admitted request ([`Gate::admit`](super::Gate::admit)); dropping it (when the response
+/// has been sent) frees its place.
+///
+/// ```no_run
+/// # async fn demo(gate: geostack::server::Gate, caller: geostack::server::Caller) -> geostack::server::Result<()> {
+/// let admission = gate.admit(&caller)?; // 429 when the caller has its share running
+/// // … stream the response, then:
+/// drop(admission);
+/// # Ok(()) }
+/// ```
 pub struct Admission {
     running: Arc<Mutex<HashMap<String, u32>>>,
     caller: String,

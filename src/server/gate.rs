@@ -95,6 +95,17 @@ impl Params {
 
 /// What an API handler starts from (an extractor): the path's parameters (`user` among them
 /// under `/user/{user}/…`), the raw query string, the headers and the client's address.
+///
+/// ```no_run
+/// use geoauth::Api;
+/// use geostack::server::{ApiRequest, Gate, Result};
+///
+/// // GET /user/{user}/hello: who is calling, with the SQL API's quota counted.
+/// async fn hello(gate: Gate, req: ApiRequest) -> Result<String> {
+///     let caller = gate.caller(&req, Api::Sql).await?;
+///     Ok(format!("hello, key {} of {}", caller.principal.key_id(), caller.principal.user()))
+/// }
+/// ```
 #[derive(Debug)]
 pub struct ApiRequest {
     /// The path's parameters.
@@ -109,6 +120,14 @@ pub struct ApiRequest {
 
 /// The TCP peer of a request served with connect info (`into_make_service_with_connect_info`
 /// with [`Peer`](super::Peer) or [`SocketAddr`](std::net::SocketAddr)).
+///
+/// ```
+/// let mut extensions = axum::http::Extensions::new();
+/// assert_eq!(geostack::server::peer_of(&extensions), None);
+/// let addr: std::net::SocketAddr = "203.0.113.5:4000".parse().unwrap();
+/// extensions.insert(axum::extract::ConnectInfo(addr));
+/// assert_eq!(geostack::server::peer_of(&extensions), Some(addr));
+/// ```
 pub fn peer_of(extensions: &axum::http::Extensions) -> Option<std::net::SocketAddr> {
     use axum::extract::ConnectInfo;
     match extensions.get::<ConnectInfo<super::Peer>>() {
@@ -141,6 +160,15 @@ pub(crate) fn respond(result: Result<Response>) -> Response {
 }
 
 /// An authenticated request: who, and the rate decision for its response headers.
+///
+/// ```no_run
+/// # async fn demo(gate: geostack::server::Gate, req: geostack::server::ApiRequest) -> geostack::server::Result<()> {
+/// let caller = gate.caller(&req, geoauth::Api::Maps).await?;
+/// let mut response = axum::response::Response::new(axum::body::Body::empty());
+/// caller.rate.write_headers(response.headers_mut()); // RateLimit-*, Carto-Rate-Limit-*
+/// let _running = gate.admit(&caller)?; // its share of running requests, held while answering
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct Caller {
     /// The verified key.
@@ -169,16 +197,9 @@ pub struct Caller {
 /// let gate = Gate::new(verifier, RateLimiter::new(conn), ServerConfig::default());
 /// # let _ = gate; Ok(()) }
 /// ```
+#[derive(Clone)]
 pub struct Gate<C = redis::aio::ConnectionManager> {
     inner: Arc<GateInner<C>>,
-}
-
-impl<C> Clone for Gate<C> {
-    fn clone(&self) -> Self {
-        Self {
-            inner: Arc::clone(&self.inner),
-        }
-    }
 }
 
 struct GateInner<C> {

@@ -44,16 +44,9 @@ pub enum KeyRequest {
 /// let app = axum::Router::new().merge(auth.router());
 /// # let _ = app; Ok(()) }
 /// ```
+#[derive(Clone)]
 pub struct AuthApi<C = redis::aio::ConnectionManager> {
     pub(super) inner: Arc<Inner<C>>,
-}
-
-impl<C> Clone for AuthApi<C> {
-    fn clone(&self) -> Self {
-        Self {
-            inner: Arc::clone(&self.inner),
-        }
-    }
 }
 
 pub(super) struct Inner<C> {

@@ -37,16 +37,9 @@ const MAP_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 /// let app = axum::Router::new().merge(maps.router());
 /// # let _ = app; Ok(()) }
 /// ```
+#[derive(Clone)]
 pub struct MapsApi<C = redis::aio::ConnectionManager> {
     inner: Arc<Inner<C>>,
-}
-
-impl<C> Clone for MapsApi<C> {
-    fn clone(&self) -> Self {
-        Self {
-            inner: Arc::clone(&self.inner),
-        }
-    }
 }
 
 struct Inner<C> {

@@ -87,6 +87,12 @@ pub use tile::{Tiles, tile_response};
 
 /// A Redis connection the server's pieces share: [`ConnectionManager`] for one Redis,
 /// `redis::cluster_async::ClusterConnection` for a Redis Cluster. Every such connection is one.
+///
+/// ```
+/// fn shared<C: geostack::server::RedisConnection>() {}
+/// shared::<redis::aio::ConnectionManager>();
+/// shared::<redis::aio::MultiplexedConnection>();
+/// ```
 pub trait RedisConnection: redis::aio::ConnectionLike + Clone + Send + Sync + 'static {}
 
 impl<T: redis::aio::ConnectionLike + Clone + Send + Sync + 'static> RedisConnection for T {}
@@ -145,16 +151,9 @@ pub const BATCH_QUEUE: &str = "batch-sql";
 /// Every API of the composed server, on one Redis connection (`C`) and one PostgreSQL: SQL,
 /// Batch, Maps, table tiles, Auth, health and (feature `page`) the map page, sharing one
 /// [`Gate`], one [`Sandbox`] and one [`Tiles`] cache. Cheap to clone.
+#[derive(Clone)]
 pub struct Server<C = ConnectionManager> {
     inner: Arc<Inner<C>>,
-}
-
-impl<C> Clone for Server<C> {
-    fn clone(&self) -> Self {
-        Self {
-            inner: Arc::clone(&self.inner),
-        }
-    }
 }
 
 struct Inner<C> {

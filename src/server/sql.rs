@@ -27,18 +27,10 @@ use super::{Error, RedisConnection, Result, Sandbox};
 ///     .merge(SqlApi::new(gate, sandbox).router());
 /// # let _ = app; }
 /// ```
+#[derive(Clone)]
 pub struct SqlApi<C = redis::aio::ConnectionManager> {
     gate: Gate<C>,
     sandbox: Sandbox,
-}
-
-impl<C> Clone for SqlApi<C> {
-    fn clone(&self) -> Self {
-        Self {
-            gate: self.gate.clone(),
-            sandbox: self.sandbox.clone(),
-        }
-    }
 }
 
 impl<C: RedisConnection> SqlApi<C> {

@@ -36,16 +36,9 @@ type Discovered = (Instant, Arc<Vec<TableSource>>);
 /// let app = axum::Router::new().merge(TablesApi::new(gate, sandbox, tiles).router());
 /// # let _ = app; }
 /// ```
+#[derive(Clone)]
 pub struct TablesApi<C = redis::aio::ConnectionManager> {
     inner: Arc<Inner<C>>,
-}
-
-impl<C> Clone for TablesApi<C> {
-    fn clone(&self) -> Self {
-        Self {
-            inner: Arc::clone(&self.inner),
-        }
-    }
 }
 
 struct Inner<C> {

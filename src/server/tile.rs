@@ -142,6 +142,16 @@ impl Tiles {
 /// The answer for a tile: [`TileResponse`] (200 with its bytes and ETag, 304 when
 /// `If-None-Match` names it, 204 when it is empty), publicly cacheable for a minute when the
 /// caller is anonymous, with the caller's rate headers.
+///
+/// ```no_run
+/// # async fn demo(gate: geostack::server::Gate, tiles: geostack::server::Tiles, req: geostack::server::ApiRequest, key: geostack::tiles::TileKey) -> geostack::server::Result<axum::response::Response> {
+/// let caller = gate.caller(&req, geoauth::Api::Maps).await?;
+/// match tiles.cached(&key).await? {
+///     Some(tile) => Ok(geostack::server::tile_response(&caller, &req.headers, &tile)),
+///     None => Err(geostack::server::Error::NotFound("not rendered yet".into())),
+/// }
+/// # }
+/// ```
 pub fn tile_response(caller: &Caller, headers: &HeaderMap, tile: &CachedTile) -> Response {
     let cache_control = HeaderValue::from_static(if caller.principal.is_anonymous() {
         "public, max-age=60"
