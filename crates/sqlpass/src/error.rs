@@ -42,9 +42,15 @@ pub enum Error {
     /// The text is not one statement the sandbox runs (see [`Statement`](crate::Statement)).
     #[error("invalid statement: {0}")]
     InvalidStatement(String),
-    /// A row, byte or value-size limit stopped the output.
+    /// A row, byte or value-size limit stopped the output (or a copy's input).
     #[error("{0}")]
     Limit(String),
+    /// The caller's key may not do this (a reader's key copying rows in).
+    #[error("{0}")]
+    Forbidden(String),
+    /// The rows a caller sent could not be read (its upload failed).
+    #[error("the input could not be read: {0}")]
+    Input(String),
     /// Every connection of the caller's pool is in use: too many queries at once.
     #[error("too many queries at once: retry later")]
     Busy,
@@ -74,7 +80,11 @@ impl Error {
                 "55P03" => 429,
                 _ => 400,
             },
-            Self::InvalidOption { .. } | Self::InvalidStatement(_) | Self::Limit(_) => 400,
+            Self::InvalidOption { .. }
+            | Self::InvalidStatement(_)
+            | Self::Limit(_)
+            | Self::Input(_) => 400,
+            Self::Forbidden(_) => 403,
             Self::StatementTimeout(_) | Self::Deadline(_) | Self::Busy => 429,
             Self::Unavailable(_) => 503,
             Self::Internal(_) | Self::Ended => 500,

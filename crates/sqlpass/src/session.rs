@@ -95,7 +95,7 @@ pub struct Session {
     pub(crate) deadline: Instant,
     /// The deadline as the caller set it, for messages.
     pub(crate) total: Duration,
-    statement_timeout: Duration,
+    pub(crate) statement_timeout: Duration,
     /// What began the transaction, to begin it again.
     open: Open,
     /// A caller's statement was prepared named (a writer's, to describe it): sqlx's statement

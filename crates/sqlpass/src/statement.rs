@@ -93,6 +93,109 @@ impl Statement {
     }
 }
 
+/// A top-level piece of a statement's text, for the few statements parsed here (`COPY`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Token<'a> {
+    /// A bare word (a keyword or an unquoted identifier), as written.
+    Word(&'a str),
+    /// A quoted identifier, unescaped.
+    Quoted(String),
+    /// A string constant, as written with its quotes.
+    Str(&'a str),
+    /// A parenthesized group, its text without the outer parentheses.
+    Group(&'a str),
+    /// Anything else: one byte of punctuation, or a number.
+    Other(&'a str),
+}
+
+/// The top-level tokens of `sql` (one statement that passed [`scan`]), comments dropped.
+pub(crate) fn tokens(sql: &str) -> Result<Vec<Token<'_>>> {
+    let b = sql.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        if is_space(c) {
+            i += 1;
+        } else if starts_comment(b, i) {
+            i = if c == b'-' {
+                line_comment(b, i)
+            } else {
+                block_comment(b, i)?
+            };
+        } else if c == b'(' {
+            let end = group_end(b, i)?;
+            out.push(Token::Group(&sql[i + 1..end - 1]));
+            i = end;
+        } else if c == b'"' {
+            let end = quoted(b, i + 1, b'"', false)?;
+            out.push(Token::Quoted(sql[i + 1..end - 1].replace("\"\"", "\"")));
+            i = end;
+        } else if c == b'\'' {
+            let end = quoted(b, i + 1, b'\'', false)?;
+            out.push(Token::Str(&sql[i..end]));
+            i = end;
+        } else if matches!(c, b'e' | b'E') && b.get(i + 1) == Some(&b'\'') {
+            let end = quoted(b, i + 2, b'\'', true)?;
+            out.push(Token::Str(&sql[i..end]));
+            i = end;
+        } else if c == b'$' {
+            let end = dollar(b, i)?;
+            out.push(Token::Other(&sql[i..end]));
+            i = end;
+        } else if is_ident_start(c) {
+            let mut j = i + 1;
+            while j < b.len() && is_ident_char(b[j]) {
+                j += 1;
+            }
+            out.push(Token::Word(&sql[i..j]));
+            i = j;
+        } else {
+            let len = sql[i..].chars().next().map_or(1, char::len_utf8);
+            out.push(Token::Other(&sql[i..i + len]));
+            i += len;
+        }
+    }
+    Ok(out)
+}
+
+/// Where the parenthesized group opened at `open` ends (after its `)`).
+fn group_end(b: &[u8], open: usize) -> Result<usize> {
+    let mut depth = 0_u32;
+    let mut i = open;
+    while i < b.len() {
+        i = match b[i] {
+            b'(' => {
+                depth += 1;
+                i + 1
+            }
+            b')' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Ok(i + 1);
+                }
+                i + 1
+            }
+            b'-' if b.get(i + 1) == Some(&b'-') => line_comment(b, i),
+            b'/' if b.get(i + 1) == Some(&b'*') => block_comment(b, i)?,
+            b'\'' => quoted(b, i + 1, b'\'', false)?,
+            b'"' => quoted(b, i + 1, b'"', false)?,
+            b'$' => dollar(b, i)?,
+            b'e' | b'E' if b.get(i + 1) == Some(&b'\'') && (i == 0 || !is_ident_char(b[i - 1])) => {
+                quoted(b, i + 2, b'\'', true)?
+            }
+            _ => i + 1,
+        };
+    }
+    Err(invalid("a parenthesis is not closed"))
+}
+
+/// `sql` checked as one complete statement ([`scan`]) whatever its keyword, without its `;`.
+pub(crate) fn one_statement(sql: &str) -> Result<&str> {
+    let end = scan(sql)?;
+    Ok(sql[..end].trim())
+}
+
 fn invalid(reason: &str) -> Error {
     Error::InvalidStatement(reason.to_owned())
 }

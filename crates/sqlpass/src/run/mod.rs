@@ -122,7 +122,7 @@ async fn run_in(pool: &PgPool, sql: &str, options: Options) -> Result<Response> 
 }
 
 /// A filename without path separators, quotes or control characters.
-fn safe_filename(name: &str) -> String {
+pub(crate) fn safe_filename(name: &str) -> String {
     let cleaned: String = name
         .chars()
         .map(|c| {
