@@ -49,6 +49,9 @@ pub enum Error {
     /// The request is well formed but what it asks for is invalid (a key's name or grants).
     #[error("{0}")]
     Unprocessable(String),
+    /// The request's body is in an encoding or type the route does not take.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
     /// The route does not take this method.
     #[error("method not allowed")]
     MethodNotAllowed,
@@ -91,6 +94,7 @@ impl Error {
             Self::RateLimited { .. } => 429,
             Self::Internal(_) => 500,
             Self::MethodNotAllowed => 405,
+            Self::UnsupportedMediaType(_) => 415,
             Self::TooLarge(_) => 413,
         }
     }

@@ -45,6 +45,7 @@ mod api_keys;
 mod batch;
 mod config;
 mod conn;
+mod copy;
 mod edge;
 mod error;
 mod fair;

@@ -39,12 +39,29 @@ impl<C: RedisConnection> SqlApi<C> {
         Self { gate, sandbox }
     }
 
-    /// Its routes, with and without a trailing slash, also under `/user/{user}`.
+    /// Its routes, with and without a trailing slash, also under `/user/{user}`: the SQL API,
+    /// `copyto` and `copyfrom`.
     pub fn router(&self) -> Router {
-        super::mount(
-            super::with_slash("/api/v2/sql", get(sql::<C>).post(sql::<C>)),
-            self.clone(),
-        )
+        let mut routes = super::with_slash("/api/v2/sql", get(sql::<C>).post(sql::<C>));
+        routes.extend(super::with_slash(
+            "/api/v2/sql/copyto",
+            get(super::copy::copyto::<C>).post(super::copy::copyto::<C>),
+        ));
+        routes.extend(super::with_slash(
+            "/api/v2/sql/copyfrom",
+            axum::routing::post(super::copy::copyfrom::<C>),
+        ));
+        super::mount(routes, self.clone())
+    }
+
+    /// The gate its callers pass.
+    pub fn gate(&self) -> &Gate<C> {
+        &self.gate
+    }
+
+    /// The sandbox its queries run in.
+    pub fn sandbox(&self) -> &Sandbox {
+        &self.sandbox
     }
 }
 

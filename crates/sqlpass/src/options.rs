@@ -329,6 +329,16 @@ impl Options {
         self.deadline
     }
 
+    /// The byte limit of a run's output or a copy's input ([`Options::byte_limit`]), if any.
+    ///
+    /// ```
+    /// let options = sqlpass::Options::default().byte_limit(1 << 20);
+    /// assert_eq!(options.bytes_allowed(), Some(1 << 20));
+    /// ```
+    pub fn bytes_allowed(&self) -> Option<u64> {
+        self.byte_limit
+    }
+
     /// Rows per `FETCH` from the cursor (rows stream as they come either way; this sets how
     /// often a round trip interrupts them). Default 10 000.
     pub fn batch_rows(mut self, rows: u32) -> Self {
