@@ -1,6 +1,11 @@
 //! CARTO's copy endpoints over TCP: `copyto` streams PostgreSQL's own COPY bytes, `copyfrom`
 //! takes a plain or gzip body into a table the key may write, and nothing else.
 
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers fail the test by panicking"
+)]
+
 mod support;
 
 use std::io::Write as _;
