@@ -1,0 +1,89 @@
+//! CARTO's Python client, carto-python 1.11.3 from PyPI (installed by `scripts/services` in a
+//! venv), against the server over TCP: the SQL API in JSON, CSV and GeoJSON, and copyfrom and
+//! copyto round trips. What the client got is compared with the database.
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test helpers fail the test by panicking"
+)]
+
+mod support;
+
+use std::process::Command;
+
+use support::app;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn carto_python_s_sql_and_copy_clients_work_unchanged() {
+    let python = std::env::var("GEOSTACK_CLIENTS_PYTHON").expect(
+        "GEOSTACK_CLIENTS_PYTHON: run through scripts/test, or eval \"$(GEOSTACK_PYTHON=1 scripts/services)\"",
+    );
+    let app = app().await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/carto_python.py");
+    let base = format!("http://{}/user/alice/", app.addr);
+    let key = app.regular.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(python)
+            .arg(script)
+            .env("GEOSTACK_BASE_URL", base)
+            .env("GEOSTACK_API_KEY", key)
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "carto-python failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let got: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+
+    let names: Vec<String> = sqlx::query_scalar("select name from countries order by name limit 3")
+        .fetch_all(app.db.pool())
+        .await
+        .unwrap();
+    let rows: Vec<&str> = got["json"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(rows, names);
+    assert_eq!(got["json_get"][0]["n"], 177);
+    let two: Vec<(String, i32)> =
+        sqlx::query_as("select name, gid from countries order by name limit 2")
+            .fetch_all(app.db.pool())
+            .await
+            .unwrap();
+    let csv = format!(
+        "name,gid\r\n{},{}\r\n{},{}\r\n",
+        two[0].0, two[0].1, two[1].0, two[1].1
+    );
+    assert_eq!(got["csv"], csv.as_str());
+    assert_eq!(got["geojson"]["type"], "FeatureCollection");
+    assert_eq!(got["geojson"]["names"][0], names[0].as_str());
+    for t in got["geojson"]["geometry_types"].as_array().unwrap() {
+        assert!(
+            matches!(t.as_str(), Some("Polygon" | "MultiPolygon")),
+            "{t}"
+        );
+    }
+
+    assert_eq!(got["copyfrom_gzip"], 2);
+    assert_eq!(got["copyfrom_plain"], 2);
+    assert_eq!(
+        got["copyto"],
+        "note\nalpha\nbeta\ngamma\n\"delta, quoted\"\n"
+    );
+    let notes: Vec<String> = sqlx::query_scalar("select note from notes order by id")
+        .fetch_all(app.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(notes, ["alpha", "beta", "gamma", "delta, quoted"]);
+    let refused = got["copyto_file"].as_str().unwrap();
+    assert!(
+        refused.contains("400") && refused.contains("STDOUT"),
+        "{refused}"
+    );
+}

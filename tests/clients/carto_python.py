@@ -1,0 +1,60 @@
+"""CARTO's Python client (carto-python) against a geostack server, as its users call it.
+
+Reads GEOSTACK_BASE_URL (…/user/<name>/) and GEOSTACK_API_KEY (a key that may write `notes`),
+runs each call, and prints one JSON object of what the client got back; the Rust test that
+runs this compares it with the database. Any exception fails the run (exit status 1).
+"""
+import io
+import json
+import os
+import sys
+import warnings
+
+from carto.auth import APIKeyAuthClient
+from carto.sql import CopySQLClient, SQLClient
+
+warnings.simplefilter("ignore")
+
+auth = APIKeyAuthClient(
+    base_url=os.environ["GEOSTACK_BASE_URL"], api_key=os.environ["GEOSTACK_API_KEY"]
+)
+sql = SQLClient(auth)
+copy = CopySQLClient(auth)
+out = {}
+
+out["json"] = sql.send("select name from countries order by name limit 3")["rows"]
+out["json_get"] = sql.send(
+    "select count(*) as n from countries", do_post=False
+)["rows"]
+csv = sql.send("select name, gid from countries order by name limit 2", format="csv")
+out["csv"] = csv.decode() if isinstance(csv, bytes) else csv
+geojson = sql.send(
+    "select name, geom from countries order by name limit 2", format="geojson"
+)
+out["geojson"] = {
+    "type": geojson["type"],
+    "names": [f["properties"]["name"] for f in geojson["features"]],
+    "geometry_types": [f["geometry"]["type"] for f in geojson["features"]],
+}
+
+# copyfrom: compressed (the client's default) and not, from an iterable and a file object.
+query = "COPY notes (note) FROM STDIN WITH (FORMAT csv)"
+out["copyfrom_gzip"] = copy.copyfrom(query, iter([b"alpha\n", b"beta\n"]))["total_rows"]
+out["copyfrom_plain"] = copy.copyfrom_file_object(
+    query, io.BytesIO(b"gamma\n\"delta, quoted\"\n"), compress=False
+)["total_rows"]
+
+# copyto: the rows just copied in, as CSV with a header, streamed.
+response = copy.copyto(
+    "COPY (select note from notes order by id) TO STDOUT WITH (FORMAT csv, HEADER true)"
+)
+out["copyto"] = b"".join(response.iter_content(1024)).decode()
+
+# A refused copy raises the client's own exception with the server's message.
+try:
+    copy.copyto("COPY notes TO '/tmp/notes.csv'")
+    out["copyto_file"] = "accepted"
+except Exception as e:  # carto.exceptions.CartoException
+    out["copyto_file"] = str(e)
+
+json.dump(out, sys.stdout)
