@@ -1,11 +1,6 @@
 //! CARTO's Python client, carto-python 1.11.3 from PyPI (installed by `scripts/services` in a
 //! venv), against the server over TCP: the SQL API in JSON, CSV and GeoJSON, and copyfrom and
 //! copyto round trips. What the client got is compared with the database.
-#![expect(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    reason = "test helpers fail the test by panicking"
-)]
 
 mod support;
 
