@@ -1,6 +1,7 @@
 //! CARTO's Python client, carto-python 1.11.3 from PyPI (installed by `scripts/services` in a
-//! venv), against the server over TCP: the SQL API in JSON, CSV and GeoJSON, and copyfrom and
-//! copyto round trips. What the client got is compared with the database.
+//! venv), against the server over TCP: the SQL API in JSON, CSV and GeoJSON, copyfrom and copyto
+//! round trips, and batch jobs of several statements and with fallbacks. What the client got is
+//! compared with the database.
 
 mod support;
 
@@ -71,11 +72,36 @@ async fn carto_python_s_sql_and_copy_clients_work_unchanged() {
         got["copyto"],
         "note\nalpha\nbeta\ngamma\n\"delta, quoted\"\n"
     );
+    assert_eq!(
+        got["batch_many"],
+        serde_json::json!({"status": "done", "statuses": ["done", "done"]})
+    );
+    assert_eq!(
+        got["batch_fallback"],
+        serde_json::json!({
+            "status": "failed",
+            "query_status": "failed",
+            "failed_reason": "division by zero",
+            "fallback_status": "done",
+            "job_fallback_status": "skipped"
+        })
+    );
+    assert_eq!(got["cancel_done"], "done");
     let notes: Vec<String> = sqlx::query_scalar("select note from notes order by id")
         .fetch_all(app.db.pool())
         .await
         .unwrap();
-    assert_eq!(notes, ["alpha", "beta", "gamma", "delta, quoted"]);
+    assert_eq!(
+        notes,
+        [
+            "alpha",
+            "beta",
+            "gamma",
+            "delta, quoted",
+            "from a list!",
+            "failed: division by zero"
+        ]
+    );
     let refused = got["copyto_file"].as_str().unwrap();
     assert!(
         refused.contains("400") && refused.contains("STDOUT"),

@@ -19,8 +19,9 @@ use geostack_jobs::{
 use serde::{Deserialize, Serialize};
 use sqlpass::{Access, Options};
 
+use super::batch_sql::MAX_STATEMENTS;
 use super::gate::{ApiRequest, Gate, Params, respond};
-use super::{Error, RedisConnection, Result, Sandbox};
+use super::{BatchSql, Error, RedisConnection, Result, Sandbox};
 
 /// CARTO's Batch API: `POST /api/v2/sql/job` queues a query, `GET|DELETE
 /// /api/v2/sql/job/{id}` polls and cancels it (with or without a trailing slash, also under
@@ -113,7 +114,7 @@ impl<C: RedisConnection> BatchApi<C> {
 /// let job = geostack::server::BatchQuery {
 ///     user: "alice".into(),
 ///     key_id: "k1".into(),
-///     query: "update places set pop = pop + 1".into(),
+///     query: geostack::server::BatchSql::One("update places set pop = pop + 1".into()),
 ///     write: true,
 /// };
 /// assert_eq!(<geostack::server::BatchQuery as geostack::jobs::Job>::NAME, "batch-sql");
@@ -125,8 +126,8 @@ pub struct BatchQuery {
     pub user: String,
     /// The id of the key that queued it.
     pub key_id: String,
-    /// The SQL, one statement.
-    pub query: String,
+    /// The SQL: one statement, a list, or a list with fallbacks.
+    pub query: BatchSql,
     /// Whether the key may write (its SQL then runs outside a read-only transaction).
     pub write: bool,
 }
@@ -135,8 +136,10 @@ impl Job for BatchQuery {
     const NAME: &'static str = "batch-sql";
 }
 
-/// Runs [`BatchQuery`] jobs: one statement through sqlpass as the key's role, the rows read
-/// and dropped; the result is `{"total_rows": N, "time": seconds}`.
+/// Runs [`BatchQuery`] jobs: each statement through sqlpass as the key's role, in order, the
+/// rows read and dropped. The result of one statement is `{"total_rows": N, "time": seconds}`;
+/// of a list, `{"query": …}` with each statement's status as CARTO shows it (also reported as
+/// progress after each statement).
 pub struct BatchHandler {
     keys: Arc<dyn KeySource>,
     sandbox: Sandbox,
@@ -160,7 +163,7 @@ impl Handler<BatchQuery> for BatchHandler {
     async fn handle(
         &self,
         job: BatchQuery,
-        _ctx: JobContext,
+        ctx: JobContext,
     ) -> Result<serde_json::Value, JobError> {
         let fatal = |e: &dyn std::fmt::Display| JobError::fatal(e.to_string());
         let user = UserName::new(job.user.as_str()).map_err(|e| fatal(&e))?;
@@ -183,29 +186,63 @@ impl Handler<BatchQuery> for BatchHandler {
         } else {
             Access::ReadOnly
         });
-        let mut body = sqlpass::run(&pool, &job.query, options)
-            .await
-            .map_err(|e| {
-                if e.is_unavailable() {
-                    JobError::retry(e.to_string())
-                } else {
-                    fatal(&e)
-                }
-            })?
-            .body;
-        while let Some(chunk) = body.next().await {
-            chunk.map_err(|e| fatal(&e))?;
+        let started = std::time::Instant::now();
+        let rows = std::sync::atomic::AtomicU64::new(0);
+        let run = |sql: String| {
+            let (pool, options, rows) = (&pool, options.clone(), &rows);
+            async move {
+                let n = run_statement(pool, &sql, options).await?;
+                rows.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                Ok(n)
+            }
+        };
+        let report = |state: serde_json::Value| {
+            let ctx = &ctx;
+            async move {
+                let _ = ctx.progress(serde_json::json!({ "query": state })).await;
+            }
+        };
+        let executed = job.query.execute(ctx.id().as_str(), run, report).await;
+        let mut result = match &job.query {
+            BatchSql::One(_) => serde_json::json!({
+                "total_rows": rows.load(std::sync::atomic::Ordering::Relaxed),
+                "time": started.elapsed().as_secs_f64(),
+            }),
+            _ => serde_json::json!({ "query": executed.state }),
+        };
+        if let Some(status) = executed.fallback_status {
+            result["fallback_status"] = status.into();
         }
-        let outcome = body
-            .outcome()
-            .ok_or_else(|| JobError::fatal("the query ended without an outcome"))?;
-        match &outcome.error {
-            Some(e) => Err(JobError::fatal(e.clone())),
-            None => Ok(serde_json::json!({
-                "total_rows": outcome.rows,
-                "time": outcome.elapsed.as_secs_f64(),
-            })),
+        match executed.failure {
+            None => Ok(result),
+            Some(failure) => {
+                // What ran before the failure stays visible with the failure.
+                let _ = ctx.progress(result).await;
+                Err(JobError::fatal(failure))
+            }
         }
+    }
+}
+
+/// Runs one statement to its end (its rows read and dropped): the rows, or why it failed.
+async fn run_statement(
+    pool: &sqlx::PgPool,
+    sql: &str,
+    options: Options,
+) -> std::result::Result<u64, String> {
+    let mut body = sqlpass::run(pool, sql, options)
+        .await
+        .map_err(|e| e.to_string())?
+        .body;
+    while let Some(chunk) = body.next().await {
+        chunk.map_err(|e| e.to_string())?;
+    }
+    let outcome = body
+        .outcome()
+        .ok_or_else(|| "the query ended without an outcome".to_owned())?;
+    match &outcome.error {
+        Some(e) => Err(e.clone()),
+        None => Ok(outcome.rows),
     }
 }
 
@@ -225,15 +262,20 @@ async fn create<C: RedisConnection>(
             if caller.principal.is_anonymous() {
                 return Err(Error::Unauthorized("batch queries need an api key".into()));
             }
-            let sql = params
-                .get("query")
-                .ok_or_else(|| Error::BadRequest("You must indicate a sql query".into()))?;
-            inner.sandbox.check_query_size(sql)?;
+            let sql = batch_sql(&req.headers, &params, &body)?;
+            if !(1..=MAX_STATEMENTS).contains(&sql.statements()) {
+                return Err(Error::BadRequest(format!(
+                    "a batch job holds from 1 to {MAX_STATEMENTS} statements"
+                )));
+            }
+            for text in sql.texts() {
+                inner.sandbox.check_query_size(text)?;
+            }
             let principal = &caller.principal;
             let job = BatchQuery {
                 user: principal.user().as_str().to_owned(),
                 key_id: principal.key_id().as_str().to_owned(),
-                query: sql.to_owned(),
+                query: sql,
                 write: principal.may_write(),
             };
             let queue = &inner.queue;
@@ -313,6 +355,29 @@ async fn owned_job<C: RedisConnection>(
     Ok((id, job, status))
 }
 
+/// The job's SQL: `query` of a JSON body (a string, a list of strings, or a list with
+/// fallbacks), else the `query` parameter.
+fn batch_sql(headers: &axum::http::HeaderMap, params: &Params, body: &[u8]) -> Result<BatchSql> {
+    let json = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let missing = || Error::BadRequest("You must indicate a sql query".into());
+    if json && !body.is_empty() {
+        let value: serde_json::Value = serde_json::from_slice(body)
+            .map_err(|e| Error::BadRequest(format!("the body is not JSON: {e}")))?;
+        let query = value.get("query").cloned().ok_or_else(missing)?;
+        return serde_json::from_value(query).map_err(|_| {
+            Error::BadRequest(
+                "query: expected a statement, a list of statements, or {\"query\": [{\"query\", \"onsuccess\", \"onerror\"}], \"onsuccess\", \"onerror\"}".into(),
+            )
+        });
+    }
+    Ok(BatchSql::One(
+        params.get("query").ok_or_else(missing)?.to_owned(),
+    ))
+}
+
 /// CARTO's name of a job state.
 fn carto_status(state: JobState) -> &'static str {
     match state {
@@ -329,10 +394,18 @@ fn describe(id: &JobId, job: &BatchQuery, status: Option<&JobStatus>) -> serde_j
     let iso = |t: Option<SystemTime>| t.map(iso8601);
     let state = status.map_or("pending", |s| carto_status(s.state));
     let updated = status.and_then(|s| s.finished.or(s.started).or(s.created));
+    // Each statement's status as it last reported, else all pending.
+    let reported = status.and_then(|s| {
+        [&s.result, &s.progress]
+            .into_iter()
+            .flatten()
+            .find(|v| v.get("query").is_some())
+    });
+    let query = reported.map_or_else(|| job.query.pending(), |r| r["query"].clone());
     let mut out = serde_json::json!({
         "job_id": id.as_str(),
         "user": job.user,
-        "query": job.query,
+        "query": query,
         "status": state,
         "created_at": iso(status.and_then(|s| s.created)),
         "updated_at": iso(updated),
@@ -343,6 +416,9 @@ fn describe(id: &JobId, job: &BatchQuery, status: Option<&JobStatus>) -> serde_j
         }
         if let Some(result) = &s.result {
             out["result"] = result.clone();
+        }
+        if let Some(fallback) = reported.and_then(|r| r.get("fallback_status")) {
+            out["fallback_status"] = fallback.clone();
         }
     }
     out

@@ -43,6 +43,7 @@
 
 mod api_keys;
 mod batch;
+mod batch_sql;
 mod config;
 mod conn;
 mod copy;
@@ -70,6 +71,7 @@ use geostack_jobs::{Connector, Queue, QueueName, Worker};
 use redis::aio::ConnectionManager;
 
 pub use batch::{BatchApi, BatchHandler, BatchQuery};
+pub use batch_sql::{BatchSql, Fallback, MAX_STATEMENTS, Step};
 pub use config::{KeyLayout, ServerConfig};
 pub use conn::{GuardedListener, GuardedStream, Peer};
 pub use edge::edge;

@@ -8,10 +8,11 @@ import io
 import json
 import os
 import sys
+import time
 import warnings
 
 from carto.auth import APIKeyAuthClient
-from carto.sql import CopySQLClient, SQLClient
+from carto.sql import BatchSQLClient, CopySQLClient, SQLClient
 
 warnings.simplefilter("ignore")
 
@@ -56,5 +57,43 @@ try:
     out["copyto_file"] = "accepted"
 except Exception as e:  # carto.exceptions.CartoException
     out["copyto_file"] = str(e)
+
+# Batch jobs: a list of statements, and statements with fallbacks; cancelling a finished job.
+batch = BatchSQLClient(auth)
+
+
+def wait(job):
+    for _ in range(300):
+        if job["status"] not in ("pending", "running"):
+            return job
+        time.sleep(0.1)
+        job = batch.read(job["job_id"])
+    return job
+
+
+many = wait(batch.create([
+    "insert into notes (note) values ('from a list')",
+    "update notes set note = note || '!' where note = 'from a list'",
+]))
+out["batch_many"] = {
+    "status": many["status"],
+    "statuses": [q["status"] for q in many["query"]],
+}
+fallback = wait(batch.create({
+    "query": [{
+        "query": "insert into notes (note) values ((1 / 0)::text)",
+        "onerror": "insert into notes (note) values ('failed: <%= error_message %>')",
+    }],
+    "onsuccess": "insert into notes (note) values ('never')",
+}))
+step = fallback["query"]["query"][0]
+out["batch_fallback"] = {
+    "status": fallback["status"],
+    "query_status": step["status"],
+    "failed_reason": step.get("failed_reason"),
+    "fallback_status": step["fallback_status"],
+    "job_fallback_status": fallback.get("fallback_status"),
+}
+out["cancel_done"] = batch.cancel(many["job_id"])
 
 json.dump(out, sys.stdout)

@@ -72,6 +72,11 @@ impl JobContext {
         }
     }
 
+    /// The job's id (for a handler that names its work after its job).
+    pub fn id(&self) -> &JobId {
+        &self.id
+    }
+
     /// The queue's name.
     pub fn queue(&self) -> &str {
         self.queue.name()
