@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::{Stream, StreamExt as _};
 use geoauth::Api;
-use sqlpass::{Access, Copy};
+use sqlpass::{Access, CopyStatement};
 
 use super::gate::Params;
 use super::{Error, RedisConnection, Result, SqlApi};
@@ -51,7 +51,7 @@ async fn copy_out<C: RedisConnection>(
         .get("q")
         .ok_or_else(|| Error::BadRequest("You must indicate a COPY … TO STDOUT query".into()))?;
     sandbox.check_query_size(sql)?;
-    let copy = Copy::new(sql)?;
+    let copy = CopyStatement::new(sql)?;
     let mut options = sandbox.options_for(caller.principal.key());
     if let Some(name) = params.get("filename") {
         options = options.filename(name);
@@ -116,7 +116,7 @@ async fn copy_in<C: RedisConnection>(
         .get("q")
         .ok_or_else(|| Error::BadRequest("You must indicate a COPY … FROM STDIN query".into()))?;
     sandbox.check_query_size(sql)?;
-    let copy = Copy::new(sql)?;
+    let copy = CopyStatement::new(sql)?;
     let options = sandbox
         .options_for(caller.principal.key())
         .access(Access::ReadWrite);

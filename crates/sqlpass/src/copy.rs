@@ -19,7 +19,7 @@ use crate::{
     Access, Body, Error, Meta, Options, Outcome, Response, Result, Session, Statement, tables,
 };
 
-/// Which way a [`Copy`] moves rows.
+/// Which way a [`CopyStatement`] moves rows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum CopyDirection {
@@ -29,15 +29,15 @@ pub enum CopyDirection {
     Out,
 }
 
-/// A `COPY` statement that passed [`Copy::new`]: `COPY <table> [(columns)] FROM STDIN …` or
+/// A `COPY` statement that passed [`CopyStatement::new`]: `COPY <table> [(columns)] FROM STDIN …` or
 /// `COPY <table> [(columns)] | (<query>) TO STDOUT …`, with any of PostgreSQL's options.
 ///
 /// ```
-/// use sqlpass::{Copy, CopyDirection};
+/// use sqlpass::{CopyDirection, CopyStatement};
 ///
-/// let c = Copy::new("COPY (select * from places) TO STDOUT WITH (FORMAT csv, HEADER true)")?;
+/// let c = CopyStatement::new("COPY (select * from places) TO STDOUT WITH (FORMAT csv, HEADER true)")?;
 /// assert_eq!(c.direction(), CopyDirection::Out);
-/// let c = Copy::new(r#"copy "My Places" (name, geom) from stdin with (format csv)"#)?;
+/// let c = CopyStatement::new(r#"copy "My Places" (name, geom) from stdin with (format csv)"#)?;
 /// assert_eq!(c.table(), Some("public.My Places"));
 /// for bad in [
 ///     "COPY places TO '/tmp/x'",
@@ -46,12 +46,12 @@ pub enum CopyDirection {
 ///     "COPY (set role postgres) TO STDOUT",
 ///     "select 1",
 /// ] {
-///     assert!(Copy::new(bad).is_err(), "{bad}");
+///     assert!(CopyStatement::new(bad).is_err(), "{bad}");
 /// }
 /// # Ok::<(), sqlpass::Error>(())
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Copy {
+pub struct CopyStatement {
     text: String,
     direction: CopyDirection,
     table: Option<String>,
@@ -59,7 +59,7 @@ pub struct Copy {
     binary: bool,
 }
 
-impl Copy {
+impl CopyStatement {
     /// Checks `sql` as one `COPY` statement between the connection and a table or a query.
     ///
     /// # Errors
@@ -166,7 +166,7 @@ fn name(token: &Token<'_>) -> String {
 /// The tables `copy` touches, checked against the key's grants when `options` lists them.
 async fn check_tables(
     session: &mut Session,
-    copy: &Copy,
+    copy: &CopyStatement,
     options: &Options,
 ) -> Result<Vec<String>> {
     let tables = match (&copy.table, &copy.query) {
@@ -211,7 +211,7 @@ async fn check_tables(
 /// # async fn demo(pool: sqlx::PgPool) -> sqlpass::Result<()> {
 /// use futures_util::StreamExt as _;
 ///
-/// let copy = sqlpass::Copy::new("COPY (select name from places) TO STDOUT WITH (FORMAT csv)")?;
+/// let copy = sqlpass::CopyStatement::new("COPY (select name from places) TO STDOUT WITH (FORMAT csv)")?;
 /// let mut body = sqlpass::copy_to(&pool, &copy, sqlpass::Options::default()).await?.body;
 /// while let Some(chunk) = body.next().await {
 ///     print!("{}", String::from_utf8_lossy(&chunk?));
@@ -224,7 +224,7 @@ async fn check_tables(
 /// [`Error::InvalidStatement`] for a `COPY … FROM`, [`Error::Query`] when PostgreSQL refuses
 /// it (no privilege, no such table) or the key does not grant a table, and the errors of
 /// [`Session::begin`].
-pub async fn copy_to(pool: &PgPool, copy: &Copy, options: Options) -> Result<Response> {
+pub async fn copy_to(pool: &PgPool, copy: &CopyStatement, options: Options) -> Result<Response> {
     if copy.direction != CopyDirection::Out {
         return Err(Error::InvalidStatement(
             "COPY: copyto takes COPY … TO STDOUT".into(),
@@ -347,7 +347,7 @@ async fn pump_out(
 ///
 /// ```no_run
 /// # async fn demo(pool: sqlx::PgPool) -> sqlpass::Result<()> {
-/// let copy = sqlpass::Copy::new("COPY notes (note) FROM STDIN WITH (FORMAT csv)")?;
+/// let copy = sqlpass::CopyStatement::new("COPY notes (note) FROM STDIN WITH (FORMAT csv)")?;
 /// let data = futures_util::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from("one\ntwo\n"))]);
 /// let options = sqlpass::Options::default().access(sqlpass::Access::ReadWrite);
 /// assert_eq!(sqlpass::copy_from(&pool, &copy, data, options).await?, 2);
@@ -360,7 +360,12 @@ async fn pump_out(
 /// reader's, [`Error::Query`] when PostgreSQL refuses a row or the statement,
 /// [`Error::Limit`] over the byte limit, [`Error::Input`] when `data` fails, and the errors
 /// of [`Session::begin`].
-pub async fn copy_from<S, E>(pool: &PgPool, copy: &Copy, data: S, options: Options) -> Result<u64>
+pub async fn copy_from<S, E>(
+    pool: &PgPool,
+    copy: &CopyStatement,
+    data: S,
+    options: Options,
+) -> Result<u64>
 where
     S: Stream<Item = std::result::Result<Bytes, E>> + Send,
     E: Display,
@@ -459,17 +464,17 @@ mod tests {
 
     #[test]
     fn copies_name_their_table_and_format() {
-        let c = Copy::new("copy Public.Places to stdout (format binary)").unwrap();
+        let c = CopyStatement::new("copy Public.Places to stdout (format binary)").unwrap();
         assert_eq!(c.table(), Some("public.places"));
         assert!(c.is_binary());
-        let c = Copy::new("COPY places TO STDOUT WITH CSV HEADER;").unwrap();
+        let c = CopyStatement::new("COPY places TO STDOUT WITH CSV HEADER;").unwrap();
         assert!(!c.is_binary());
         assert_eq!(c.as_str(), "COPY places TO STDOUT WITH CSV HEADER");
-        let c = Copy::new("COPY (select ')' as p, 'binary' as b) TO STDOUT").unwrap();
+        let c = CopyStatement::new("COPY (select ')' as p, 'binary' as b) TO STDOUT").unwrap();
         assert_eq!(c.table(), None);
         assert!(!c.is_binary());
         assert_eq!(
-            Copy::new("copy x from stdin").unwrap().direction(),
+            CopyStatement::new("copy x from stdin").unwrap().direction(),
             CopyDirection::In
         );
     }
@@ -489,7 +494,7 @@ mod tests {
             "COPY a.b.c TO STDOUT",
             "select 1",
         ] {
-            assert!(Copy::new(bad).is_err(), "{bad}");
+            assert!(CopyStatement::new(bad).is_err(), "{bad}");
         }
     }
 }

@@ -20,7 +20,7 @@ mod value;
 mod write;
 
 pub use body::{Body, Outcome};
-pub use copy::{Copy, CopyDirection, copy_from, copy_to};
+pub use copy::{CopyDirection, CopyStatement, copy_from, copy_to};
 pub use error::{Error, Result};
 pub use options::{
     Access, CsvGeometry, DEFAULT_BYTE_LIMIT, DEFAULT_ROW_LIMIT, DEFAULT_VALUE_LIMIT, Format,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{body, env};
 use futures_util::StreamExt as _;
-use sqlpass::{Access, Copy, Error, Options, copy_from, copy_to};
+use sqlpass::{Access, CopyStatement, Error, Options, copy_from, copy_to};
 
 fn chunks(parts: &[&str]) -> impl futures_core::Stream<Item = Result<Bytes, std::io::Error>> {
     let parts: Vec<_> = parts
@@ -24,7 +24,7 @@ async fn copy_out_streams_postgresql_s_own_bytes() {
     let sql = "COPY (select id, name, geom from places order by id) TO STDOUT WITH (FORMAT csv, HEADER true)";
     let response = copy_to(
         &env.pool,
-        &Copy::new(sql).unwrap(),
+        &CopyStatement::new(sql).unwrap(),
         Options::default().filename("p"),
     )
     .await
@@ -52,18 +52,18 @@ async fn copy_out_streams_postgresql_s_own_bytes() {
 
     // A table the role may not read is refused before the first byte, as is one the key does
     // not grant.
-    let secrets = Copy::new("COPY secrets TO STDOUT").unwrap();
+    let secrets = CopyStatement::new("COPY secrets TO STDOUT").unwrap();
     let e = copy_to(&env.pool, &secrets, Options::default())
         .await
         .err()
         .unwrap();
     assert_eq!((e.status(), e.sqlstate()), (403, Some("42501")), "{e}");
     let listed = Options::default().allowed_tables(["public.secrets"]);
-    let places = Copy::new("COPY (select * from places) TO STDOUT").unwrap();
+    let places = CopyStatement::new("COPY (select * from places) TO STDOUT").unwrap();
     let e = copy_to(&env.pool, &places, listed).await.err().unwrap();
     assert_eq!(e.sqlstate(), Some("42501"), "{e}");
     // A copy in is not a copy out.
-    let into = Copy::new("COPY places FROM STDIN").unwrap();
+    let into = CopyStatement::new("COPY places FROM STDIN").unwrap();
     assert!(matches!(
         copy_to(&env.pool, &into, Options::default()).await,
         Err(Error::InvalidStatement(_))
@@ -74,7 +74,8 @@ async fn copy_out_streams_postgresql_s_own_bytes() {
 async fn copy_out_keeps_the_statement_timeout() {
     let env = env().await;
     let slow =
-        Copy::new("COPY (select count(*) from generate_series(1, 500000000)) TO STDOUT").unwrap();
+        CopyStatement::new("COPY (select count(*) from generate_series(1, 500000000)) TO STDOUT")
+            .unwrap();
     let options = Options::default().statement_timeout(Duration::from_millis(300));
     let started = std::time::Instant::now();
     let outcome = match copy_to(&env.pool, &slow, options).await {
@@ -102,7 +103,7 @@ async fn copy_in_writes_every_row_or_none() {
             .await
             .unwrap()
     };
-    let copy = Copy::new("COPY notes (note, n) FROM STDIN WITH (FORMAT csv)").unwrap();
+    let copy = CopyStatement::new("COPY notes (note, n) FROM STDIN WITH (FORMAT csv)").unwrap();
     let writer = Options::default().access(Access::ReadWrite);
 
     // A reader's options copy nothing in.
@@ -144,7 +145,7 @@ async fn copy_in_writes_every_row_or_none() {
     assert_eq!(count().await, 3);
 
     // A table the role may not write, and one the key does not grant.
-    let places = Copy::new("COPY places (id) FROM STDIN").unwrap();
+    let places = CopyStatement::new("COPY places (id) FROM STDIN").unwrap();
     let e = copy_from(&env.pool, &places, chunks(&["9\n"]), writer.clone())
         .await
         .unwrap_err();
