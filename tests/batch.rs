@@ -170,3 +170,43 @@ async fn batch_queries_need_a_key_and_stay_with_their_user() {
     assert_eq!(r.status, 404);
     until_status(&app, id, "done").await;
 }
+
+#[tokio::test]
+async fn a_user_s_jobs_are_listed_newest_first_and_never_another_user_s() {
+    let app = app().await;
+    let first = create(&app, "select 1").await;
+    let second = create(&app, "select 2").await;
+    until_status(&app, first["job_id"].as_str().unwrap(), "done").await;
+    until_status(&app, second["job_id"].as_str().unwrap(), "done").await;
+    // bob's job is bob's.
+    let r = app
+        .post_json(
+            &format!("/user/bob/api/v2/sql/job?api_key={}", app.bob),
+            &serde_json::json!({ "query": "select 3" }),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let r = app
+        .get(&format!("/api/v2/sql/job/?api_key={}", app.regular))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let listed = r.json();
+    let ids: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["job_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            second["job_id"].as_str().unwrap(),
+            first["job_id"].as_str().unwrap()
+        ]
+    );
+    assert_eq!(listed[0]["status"], "done");
+    assert_eq!(listed[0]["query"], "select 2");
+    // Without a key: refused.
+    let r = app.get("/api/v2/sql/job").await;
+    assert_eq!(r.status, 401, "{}", r.text());
+}

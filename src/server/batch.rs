@@ -65,7 +65,7 @@ impl<C: RedisConnection> BatchApi<C> {
 
     /// Its routes, also under `/user/{user}`.
     pub fn router(&self) -> Router {
-        let mut routes = super::with_slash("/api/v2/sql/job", post(create::<C>));
+        let mut routes = super::with_slash("/api/v2/sql/job", post(create::<C>).get(list::<C>));
         routes.extend(super::with_slash(
             "/api/v2/sql/job/{id}",
             get(status::<C>).delete(cancel::<C>),
@@ -76,6 +76,30 @@ impl<C: RedisConnection> BatchApi<C> {
     /// The queue.
     pub fn queue(&self) -> &Queue<C> {
         &self.inner.queue
+    }
+
+    /// The Redis key of `user`'s jobs, newest last (in the queue's slot).
+    fn jobs_of(&self, user: &UserName) -> String {
+        format!("{}by-user:{}", self.inner.queue.key_prefix(), user.as_str())
+    }
+
+    /// Adds job `id` to its user's list (the newest [`LISTED_JOBS`] kept, for 30 days).
+    async fn index(&self, user: &UserName, id: &JobId) -> Result<()> {
+        let key = self.jobs_of(user);
+        // Microseconds: two jobs of one user queued in the same millisecond keep their order.
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        let () = redis::pipe()
+            .zadd(&key, id.as_str(), now)
+            .ignore()
+            .zremrangebyrank(&key, 0, -(LISTED_JOBS as isize) - 1)
+            .ignore()
+            .pexpire(&key, 30 * 24 * 3600 * 1000)
+            .ignore()
+            .query_async(&mut self.inner.queue.conn())
+            .await?;
+        Ok(())
     }
 
     /// The handler of batch queries, for a worker of one's own (see `examples/worker.rs`):
@@ -283,12 +307,54 @@ async fn create<C: RedisConnection>(
                 .attempts(1)
                 .tenant(principal.user().as_str());
             let id = queue.enqueue(&job, options).await?;
+            api.index(principal.user(), &id).await?;
             let status = queue.status(&id).await?;
             let mut response = (
                 StatusCode::CREATED,
                 Json(describe(&id, &job, status.as_ref())),
             )
                 .into_response();
+            caller.rate.write_headers(response.headers_mut());
+            Ok(response)
+        }
+        .await,
+    )
+}
+
+/// How many of a user's latest jobs `GET /api/v2/sql/job` lists.
+const LISTED_JOBS: usize = 1000;
+
+/// `GET /api/v2/sql/job`: the caller's user's latest jobs, newest first, as each is described.
+async fn list<C: RedisConnection>(State(api): State<BatchApi<C>>, req: ApiRequest) -> Response {
+    respond(
+        async {
+            let caller = api.inner.gate.caller(&req, Api::Sql).await?;
+            if caller.principal.is_anonymous() {
+                return Err(Error::Unauthorized("batch queries need an api key".into()));
+            }
+            let user = caller.principal.user();
+            let ids: Vec<String> = redis::cmd("ZREVRANGE")
+                .arg(api.jobs_of(user))
+                .arg(0)
+                .arg(LISTED_JOBS - 1)
+                .query_async(&mut api.queue().conn())
+                .await?;
+            let mut jobs = Vec::with_capacity(ids.len());
+            for raw in ids {
+                let Ok(id) = JobId::new(raw) else { continue };
+                // Jobs removed since (retention) are left out.
+                let Some(status) = api.queue().status(&id).await? else {
+                    continue;
+                };
+                let job: Option<BatchQuery> = status
+                    .payload
+                    .clone()
+                    .and_then(|p| serde_json::from_value(p).ok());
+                if let Some(job) = job.filter(|j| j.user == user.as_str()) {
+                    jobs.push(describe(&id, &job, Some(&status)));
+                }
+            }
+            let mut response = Json(jobs).into_response();
             caller.rate.write_headers(response.headers_mut());
             Ok(response)
         }

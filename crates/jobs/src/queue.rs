@@ -454,7 +454,9 @@ where
             .await?)
     }
 
-    pub(crate) fn conn(&self) -> C {
+    /// A clone of the queue's connection, for keys of one's own beside the queue's (an index of
+    /// jobs by owner, say).
+    pub fn conn(&self) -> C {
         self.conn.clone()
     }
 }
