@@ -190,6 +190,52 @@ fn group_end(b: &[u8], open: usize) -> Result<usize> {
     Err(invalid("a parenthesis is not closed"))
 }
 
+/// The statement an `EXPLAIN` explains: what follows `EXPLAIN`, its parenthesized options
+/// and its `ANALYZE`/`VERBOSE` words. `None` when `sql` is not an `EXPLAIN`.
+pub(crate) fn explained(sql: &str) -> Result<Option<&str>> {
+    let b = sql.as_bytes();
+    let skip = |mut i: usize| -> Result<usize> {
+        while i < b.len() {
+            if is_space(b[i]) {
+                i += 1;
+            } else if starts_comment(b, i) {
+                i = if b[i] == b'-' {
+                    line_comment(b, i)
+                } else {
+                    block_comment(b, i)?
+                };
+            } else {
+                break;
+            }
+        }
+        Ok(i)
+    };
+    let word_at = |i: usize| {
+        let mut j = i;
+        while j < b.len() && is_ident_char(b[j]) {
+            j += 1;
+        }
+        (sql[i..j].to_ascii_lowercase(), j)
+    };
+    let mut i = skip(0)?;
+    let (first, end) = word_at(i);
+    if first != "explain" {
+        return Ok(None);
+    }
+    i = skip(end)?;
+    if b.get(i) == Some(&b'(') {
+        i = skip(group_end(b, i)?)?;
+    }
+    loop {
+        let (word, end) = word_at(i);
+        if matches!(word.as_str(), "analyze" | "analyse" | "verbose") {
+            i = skip(end)?;
+        } else {
+            return Ok(Some(&sql[i..]));
+        }
+    }
+}
+
 /// `sql` checked as one complete statement ([`scan`]) whatever its keyword, without its `;`.
 pub(crate) fn one_statement(sql: &str) -> Result<&str> {
     let end = scan(sql)?;

@@ -440,3 +440,60 @@ async fn jit_is_off_unless_asked_for() {
     .await;
     assert_eq!(on, "jit\r\non\r\n");
 }
+
+#[tokio::test]
+async fn explain_shows_a_plan_of_what_the_caller_may_read_and_runs_nothing_else() {
+    let env = env().await;
+    let plan = text(
+        &env.pool,
+        "EXPLAIN select name from places where id = 1",
+        Options::default(),
+    )
+    .await;
+    let doc: serde_json::Value = serde_json::from_str(&plan).unwrap();
+    assert_eq!(doc["fields"]["QUERY PLAN"]["pgtype"], "text", "{plan}");
+    assert!(
+        doc["rows"][0]["QUERY PLAN"]
+            .as_str()
+            .unwrap()
+            .contains("places"),
+        "{plan}"
+    );
+    let json = text(
+        &env.pool,
+        "explain (format json, costs false) select * from places",
+        Options::default(),
+    )
+    .await;
+    let doc: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        doc["rows"][0]["QUERY PLAN"][0]["Plan"]["Relation Name"],
+        "places"
+    );
+
+    let refused = |sql: &'static str, options: Options| {
+        let pool = env.pool.clone();
+        async move { sqlpass::run(&pool, sql, options).await.err().unwrap() }
+    };
+    // A table the role may not read, or the key does not list: no plan.
+    let e = refused("EXPLAIN select * from secrets", Options::default()).await;
+    assert_eq!(e.sqlstate(), Some("42501"), "{e}");
+    let listed = Options::default().allowed_tables(["public.secrets"]);
+    let e = refused("EXPLAIN select * from places", listed).await;
+    assert_eq!(e.sqlstate(), Some("42501"), "{e}");
+    // ANALYZE runs the statement: in a reader's transaction it cannot write.
+    let e = refused(
+        "EXPLAIN ANALYZE insert into places (id) values (99)",
+        Options::default(),
+    )
+    .await;
+    assert_eq!(e.status(), 403, "{e}");
+    // What an EXPLAIN wraps is checked as any statement.
+    let e = refused("EXPLAIN EXECUTE something", Options::default()).await;
+    assert!(matches!(e, Error::InvalidStatement(_)), "{e}");
+    let (n,): (i64,) = sqlx::query_as("select count(*) from places")
+        .fetch_one(env.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(n, 3);
+}

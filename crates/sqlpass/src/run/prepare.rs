@@ -44,6 +44,9 @@ pub(super) async fn prepare(
     statement: &Statement,
     options: &Options,
 ) -> Result<Prepared> {
+    if let Some(inner) = crate::statement::explained(statement.as_str())? {
+        return prepare_explain(session, statement, inner, options).await;
+    }
     let st = options.statement_timeout;
     let err = |e| Error::from_sqlx(e, st);
     let sql = statement.as_str();
@@ -219,6 +222,70 @@ pub(super) async fn prepare(
         tables,
         query,
         reused,
+    })
+}
+
+/// An `EXPLAIN`: run as it is (its plan is small), its columns found by preparing it (sqlx
+/// names the statement; the session closes it before the connection is reused). The statement
+/// it explains is checked as any caller's, and its tables as the statement's own would be: a
+/// key that does not list a table sees no plan of it.
+async fn prepare_explain(
+    session: &mut Session,
+    statement: &Statement,
+    inner: &str,
+    options: &Options,
+) -> Result<Prepared> {
+    let st = options.statement_timeout;
+    let err = |e| Error::from_sqlx(e, st);
+    let inner = Statement::new(inner)?;
+    let postgis = session.postgis;
+    let want_tables = options.affected_tables || options.allowed_tables.is_some();
+    let tables = if want_tables {
+        let explain = format!("EXPLAIN (FORMAT JSON, VERBOSE)\n{}", inner.as_str());
+        let row: PgRow = sqlx::query(AssertSqlSafe(explain))
+            .persistent(false)
+            .fetch_one(&mut **session.conn_mut()?)
+            .await
+            .map_err(err)?;
+        let raw = row.try_get_raw(0).map_err(err)?;
+        let plan: serde_json::Value = raw
+            .as_bytes()
+            .ok()
+            .and_then(|b| serde_json::from_slice(b).ok())
+            .ok_or_else(|| Error::Internal("unreadable EXPLAIN output".into()))?;
+        tables::from_plan(&plan)
+    } else {
+        Vec::new()
+    };
+    if let Some(allowed) = &options.allowed_tables
+        && let Some(table) = tables.iter().find(|t| !allowed.contains(t))
+    {
+        return Err(Error::Query {
+            code: "42501".into(),
+            message: format!("permission denied for table {table}: the key does not grant it"),
+        });
+    }
+    session.caller_prepared();
+    let prepared = (&mut **session.conn_mut()?)
+        .prepare(AssertSqlSafe(statement.as_str().to_owned()).into_sql_str())
+        .await
+        .map_err(err)?;
+    let columns = prepared
+        .columns()
+        .iter()
+        .map(|c| Column {
+            name: c.name().to_owned(),
+            pgtype: typname(c.type_info().name()),
+            kind: c.type_info().oid().and_then(|oid| Kind::of(oid.0, postgis)),
+            skip: options.skipfields.iter().any(|s| s == c.name()),
+        })
+        .collect();
+    Ok(Prepared {
+        columns,
+        tables,
+        query: statement.as_str().to_owned(),
+        guarded: false,
+        reused: None,
     })
 }
 
