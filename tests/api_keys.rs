@@ -375,3 +375,25 @@ async fn without_the_master_key_nothing_changes_and_bad_definitions_are_named() 
         .collect();
     assert_eq!(names.len(), 4, "{names:?}");
 }
+
+#[tokio::test]
+async fn me_tells_whose_key_it_is_and_needs_one() {
+    let app = app().await;
+    let r = app
+        .get(&format!("/user/alice/api/v3/me?api_key={}", app.regular))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let me = r.json();
+    assert_eq!(me["user_data"]["username"], "alice");
+    assert_eq!(me["user_data"]["id"], "alice");
+    assert_eq!(
+        me["user_data"]["base_url"],
+        format!("http://{}/user/alice", app.addr)
+    );
+    assert_eq!(me["api_key"]["type"], "regular");
+    assert!(r.header("ratelimit-remaining").is_some());
+    let r = app.get("/api/v3/me/").await;
+    assert_eq!(r.status, 401, "{}", r.text());
+    let r = app.get("/api/v3/me?api_key=nope").await;
+    assert_eq!(r.status, 401, "{}", r.text());
+}

@@ -32,6 +32,7 @@ impl<C: RedisConnection> AuthApi<C> {
             "/api/v3/api_keys/{name}/token/regenerate",
             post(regenerate::<C>),
         ));
+        routes.extend(super::with_slash("/api/v3/me", get(me::<C>)));
         super::mount(routes, self.clone())
     }
 }
@@ -115,6 +116,48 @@ async fn list_keys<C: RedisConnection>(server: &AuthApi<C>, req: &ApiRequest) ->
         StatusCode::OK,
         &json!({ "total": total, "count": result.len(), "result": result, "_links": links }),
     ))
+}
+
+/// `GET /api/v3/me`: who the key belongs to, in the shape of CARTO's answer that clients read
+/// (`user_data.id`, `user_data.username`, `user_data.base_url`; cartoframes reads the id). Any
+/// key of the user; a request without credentials is refused (401).
+async fn me<C: RedisConnection>(State(server): State<AuthApi<C>>, req: ApiRequest) -> Response {
+    respond(
+        async {
+            let params = Params::new(req.query.as_deref(), &HeaderMap::new(), &[])?;
+            let gate = &server.inner.gate;
+            let principal = gate.principal(&req.path, &req.headers, &params).await?;
+            if principal.is_anonymous() {
+                return Err(Error::Unauthorized(
+                    "/api/v3/me needs an API key (api_key, or Basic or Bearer authorization)"
+                        .into(),
+                ));
+            }
+            let config = gate.config();
+            let (quota, anonymous) = (config.sql_quota, config.anonymous_sql_quota);
+            let caller = gate
+                .rate(principal, &req.headers, req.peer, "auth", quota, anonymous)
+                .await?;
+            let user = caller.principal.user();
+            let base = base_url(&req, user);
+            let base = base.trim_end_matches("/api/v3/api_keys");
+            let mut response = reply(
+                StatusCode::OK,
+                &json!({
+                    "user_data": {
+                        "id": user.as_str(),
+                        "username": user.as_str(),
+                        "base_url": base,
+                    },
+                    "api_key": { "type": carto_type(caller.principal.kind()) },
+                    "config": {},
+                }),
+            );
+            caller.rate.write_headers(response.headers_mut());
+            Ok(response)
+        }
+        .await,
+    )
 }
 
 /// `POST /api/v3/api_keys` with `{"name": …, "grants": [...]}` (CARTO's JSON grants): a
