@@ -8,9 +8,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use futures_core::Stream;
 use futures_util::StreamExt as _;
-use sqlx::AssertSqlSafe;
-use sqlx::Row as _;
-use sqlx::postgres::{PgPool, PgRow};
+use sqlx::postgres::PgPool;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::body::End;
@@ -173,31 +171,11 @@ async fn check_tables(
         (Some(t), _) => vec![t.clone()],
         (None, Some(query)) => {
             let st = options.statement_timeout;
-            let conn = session.conn_mut()?;
-            let explain = format!("EXPLAIN (FORMAT JSON, VERBOSE)\n{}", query.as_str());
-            let row: PgRow = sqlx::query(AssertSqlSafe(explain))
-                .persistent(false)
-                .fetch_one(&mut **conn)
-                .await
-                .map_err(|e| Error::from_sqlx(e, st))?;
-            let raw = row.try_get_raw(0).map_err(|e| Error::from_sqlx(e, st))?;
-            let plan: serde_json::Value = raw
-                .as_bytes()
-                .ok()
-                .and_then(|b| serde_json::from_slice(b).ok())
-                .ok_or_else(|| Error::Internal("unreadable EXPLAIN output".into()))?;
-            tables::from_plan(&plan)
+            tables::planned(session.conn_mut()?, query.as_str(), st).await?
         }
         (None, None) => Vec::new(),
     };
-    if let Some(allowed) = &options.allowed_tables
-        && let Some(table) = tables.iter().find(|t| !allowed.contains(t))
-    {
-        return Err(Error::Query {
-            code: "42501".into(),
-            message: format!("permission denied for table {table}: the key does not grant it"),
-        });
-    }
+    tables::check_granted(options, &tables)?;
     Ok(tables)
 }
 

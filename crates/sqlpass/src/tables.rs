@@ -1,6 +1,48 @@
-//! The tables a query reads, from its plan: for cache tags.
+//! The tables a query reads, from its plan: for cache tags, and for the key's table grants.
 
 use std::collections::BTreeSet;
+use std::time::Duration;
+
+use sqlx::postgres::PgRow;
+use sqlx::{AssertSqlSafe, Row as _};
+
+use crate::{Error, Options, Result};
+
+/// The tables `sql` (one checked statement) touches, read from its plan on `conn`.
+pub(crate) async fn planned(
+    conn: &mut sqlx::PgConnection,
+    sql: &str,
+    statement_timeout: Duration,
+) -> Result<Vec<String>> {
+    let err = |e| Error::from_sqlx(e, statement_timeout);
+    let explain = format!("EXPLAIN (FORMAT JSON, VERBOSE)\n{sql}");
+    let row: PgRow = sqlx::query(AssertSqlSafe(explain))
+        .persistent(false)
+        .fetch_one(conn)
+        .await
+        .map_err(err)?;
+    let raw = row.try_get_raw(0).map_err(err)?;
+    let plan: serde_json::Value = raw
+        .as_bytes()
+        .ok()
+        .and_then(|b| serde_json::from_slice(b).ok())
+        .ok_or_else(|| Error::Internal("unreadable EXPLAIN output".into()))?;
+    Ok(from_plan(&plan))
+}
+
+/// Refuses `tables` when `options` list the key's tables and one is not among them.
+pub(crate) fn check_granted(options: &Options, tables: &[String]) -> Result<()> {
+    match &options.allowed_tables {
+        Some(allowed) => match tables.iter().find(|t| !allowed.contains(t)) {
+            Some(table) => Err(Error::Query {
+                code: "42501".into(),
+                message: format!("permission denied for table {table}: the key does not grant it"),
+            }),
+            None => Ok(()),
+        },
+        None => Ok(()),
+    }
+}
 
 /// `schema.table` of every relation in an `EXPLAIN (FORMAT JSON, VERBOSE)` plan, sorted.
 pub(crate) fn from_plan(plan: &serde_json::Value) -> Vec<String> {

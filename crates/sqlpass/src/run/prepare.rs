@@ -160,31 +160,9 @@ pub(super) async fn prepare(
             found
         }
         // Without the installed function, the plan is read here.
-        None => {
-            let explain = format!("EXPLAIN (FORMAT JSON, VERBOSE)\n{sql}");
-            let row: PgRow = sqlx::query(AssertSqlSafe(explain))
-                .persistent(false)
-                .fetch_one(&mut *conn)
-                .await
-                .map_err(err)?;
-            let raw = row.try_get_raw(0).map_err(err)?;
-            let plan: serde_json::Value = raw
-                .as_bytes()
-                .ok()
-                .and_then(|b| serde_json::from_slice(b).ok())
-                .ok_or_else(|| Error::Internal("unreadable EXPLAIN output".into()))?;
-            tables::from_plan(&plan)
-        }
+        None => tables::planned(conn, sql, st).await?,
     };
-
-    if let Some(allowed) = &options.allowed_tables
-        && let Some(table) = tables.iter().find(|t| !allowed.contains(t))
-    {
-        return Err(Error::Query {
-            code: "42501".into(),
-            message: format!("permission denied for table {table}: the key does not grant it"),
-        });
-    }
+    tables::check_granted(options, &tables)?;
     if columns.is_empty() && access == Access::ReadWrite {
         return Ok(Prepared {
             columns,
@@ -241,30 +219,11 @@ async fn prepare_explain(
     let postgis = session.postgis;
     let want_tables = options.affected_tables || options.allowed_tables.is_some();
     let tables = if want_tables {
-        let explain = format!("EXPLAIN (FORMAT JSON, VERBOSE)\n{}", inner.as_str());
-        let row: PgRow = sqlx::query(AssertSqlSafe(explain))
-            .persistent(false)
-            .fetch_one(&mut **session.conn_mut()?)
-            .await
-            .map_err(err)?;
-        let raw = row.try_get_raw(0).map_err(err)?;
-        let plan: serde_json::Value = raw
-            .as_bytes()
-            .ok()
-            .and_then(|b| serde_json::from_slice(b).ok())
-            .ok_or_else(|| Error::Internal("unreadable EXPLAIN output".into()))?;
-        tables::from_plan(&plan)
+        tables::planned(session.conn_mut()?, inner.as_str(), st).await?
     } else {
         Vec::new()
     };
-    if let Some(allowed) = &options.allowed_tables
-        && let Some(table) = tables.iter().find(|t| !allowed.contains(t))
-    {
-        return Err(Error::Query {
-            code: "42501".into(),
-            message: format!("permission denied for table {table}: the key does not grant it"),
-        });
-    }
+    tables::check_granted(options, &tables)?;
     session.caller_prepared();
     let prepared = (&mut **session.conn_mut()?)
         .prepare(AssertSqlSafe(statement.as_str().to_owned()).into_sql_str())
