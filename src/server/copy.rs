@@ -2,18 +2,17 @@
 //! `POST /api/v2/sql/copyfrom` feeds the request body (gzip or not) to `COPY … FROM STDIN`,
 //! both through sqlpass's sandbox as the caller's role.
 
-use std::collections::HashMap;
 use std::io::Write as _;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::{Stream, StreamExt as _};
 use geoauth::Api;
 use sqlpass::{Access, CopyStatement};
 
-use super::gate::Params;
+use super::gate::{ApiRequest, Params, respond};
 use super::{Error, RedisConnection, Result, SqlApi};
 
 /// How much of a compressed upload is inflated at a time: bounds the memory one chunk of a
@@ -22,30 +21,21 @@ const INFLATE_SLICE: usize = 8 << 10;
 
 pub(super) async fn copyto<C: RedisConnection>(
     State(api): State<SqlApi<C>>,
-    Path(path): Path<HashMap<String, String>>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    extensions: axum::http::Extensions,
+    req: ApiRequest,
     body: Bytes,
 ) -> Response {
-    let peer = super::gate::peer_of(&extensions);
-    copy_out(&api, &path, query.as_deref(), &headers, peer, &body)
-        .await
-        .unwrap_or_else(IntoResponse::into_response)
+    respond(copy_out(&api, &req, &body).await)
 }
 
 async fn copy_out<C: RedisConnection>(
     api: &SqlApi<C>,
-    path: &HashMap<String, String>,
-    query: Option<&str>,
-    headers: &HeaderMap,
-    peer: Option<std::net::SocketAddr>,
+    req: &ApiRequest,
     body: &[u8],
 ) -> Result<Response> {
-    let params = Params::new(query, headers, body)?;
+    let params = Params::new(req.query.as_deref(), &req.headers, body)?;
     let (gate, sandbox) = (api.gate(), api.sandbox());
     let caller = gate
-        .authenticate(path, headers, &params, Api::Sql, peer)
+        .authenticate(&req.path, &req.headers, &params, Api::Sql, req.peer)
         .await?;
     let sql = params
         .get("q")
@@ -81,31 +71,22 @@ async fn copy_out<C: RedisConnection>(
 
 pub(super) async fn copyfrom<C: RedisConnection>(
     State(api): State<SqlApi<C>>,
-    Path(path): Path<HashMap<String, String>>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    extensions: axum::http::Extensions,
+    req: ApiRequest,
     body: Body,
 ) -> Response {
-    let peer = super::gate::peer_of(&extensions);
-    copy_in(&api, &path, query.as_deref(), &headers, peer, body)
-        .await
-        .unwrap_or_else(IntoResponse::into_response)
+    respond(copy_in(&api, &req, body).await)
 }
 
 async fn copy_in<C: RedisConnection>(
     api: &SqlApi<C>,
-    path: &HashMap<String, String>,
-    query: Option<&str>,
-    headers: &HeaderMap,
-    peer: Option<std::net::SocketAddr>,
+    req: &ApiRequest,
     body: Body,
 ) -> Result<Response> {
     // The body is the data: the statement and the key come in the query string or headers.
-    let params = Params::new(query, &HeaderMap::new(), &[])?;
+    let params = Params::new(req.query.as_deref(), &HeaderMap::new(), &[])?;
     let (gate, sandbox) = (api.gate(), api.sandbox());
     let caller = gate
-        .authenticate(path, headers, &params, Api::Sql, peer)
+        .authenticate(&req.path, &req.headers, &params, Api::Sql, req.peer)
         .await?;
     if !caller.principal.may_write() {
         return Err(Error::Forbidden(
@@ -124,7 +105,8 @@ async fn copy_in<C: RedisConnection>(
     let _admission = gate.admit(&caller)?;
     let pool = sandbox.pool_of(&caller.principal)?;
     let started = std::time::Instant::now();
-    let encoding = headers
+    let encoding = req
+        .headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
