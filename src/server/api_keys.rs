@@ -220,8 +220,7 @@ async fn regenerate<C: RedisConnection>(
                 ));
             }
             let token = server
-                .key_store()
-                .regenerate(principal.user(), &key.id, SystemTime::now())
+                .regenerate_key(principal.user(), &key.id)
                 .await?
                 .ok_or_else(|| Error::NotFound(format!("API key not found: {}", key.name)))?;
             Ok(reply(StatusCode::OK, &present(&key, Some(&token))))

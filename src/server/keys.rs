@@ -144,6 +144,7 @@ impl<C: RedisConnection> AuthApi<C> {
         };
         match self.inner.keys.create(user, new).await {
             Ok(made) => {
+                self.forget(user);
                 if let Some(old) = replaced {
                     self.drop_key_role(old.db_role.name()).await?;
                 }
@@ -156,9 +157,9 @@ impl<C: RedisConnection> AuthApi<C> {
         }
     }
 
-    /// The store of the server's keys (list, show and regenerate them there; create and revoke
-    /// them through [`AuthApi::create_key`] and [`AuthApi::revoke_key`], which also manage
-    /// their roles).
+    /// The store of the server's keys (list and show them there; create, regenerate and revoke
+    /// them through [`AuthApi::create_key`], [`AuthApi::regenerate_key`] and
+    /// [`AuthApi::revoke_key`], which also manage their roles and this process's cache).
     pub fn key_store(&self) -> &KeyStore<C> {
         &self.inner.keys
     }
@@ -177,8 +178,34 @@ impl<C: RedisConnection> AuthApi<C> {
             return Ok(false);
         };
         let revoked = self.inner.keys.revoke(user, id).await?;
+        self.forget(user);
         self.drop_key_role(key.db_role.name()).await?;
         Ok(revoked)
+    }
+
+    /// Gives key `id` of `user` a new token, the old one refused at once by this process and,
+    /// as soon as the change is announced, by every other verifier. Returns `None` when there
+    /// is no such key; the key keeps its role.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] with CARTO's layout, [`Error::Auth`] when Redis cannot be asked.
+    pub async fn regenerate_key(&self, user: &UserName, id: &KeyId) -> Result<Option<Token>> {
+        self.native_keys()?;
+        let token = self
+            .inner
+            .keys
+            .regenerate(user, id, std::time::SystemTime::now())
+            .await?;
+        self.forget(user);
+        Ok(token)
+    }
+
+    /// Forgets `user`'s cached keys in this process at once: other processes learn of the
+    /// change through the store's announcement, which may reach this one after its next
+    /// request.
+    fn forget(&self, user: &UserName) {
+        self.inner.gate.verifier().forget_user(user);
     }
 
     /// Refuses to manage keys when they are CARTO's ([`KeyLayout::Carto`]).
