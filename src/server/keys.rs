@@ -22,8 +22,10 @@ pub enum KeyRequest {
     /// The user's `default_public` key (one per user: creating it again replaces it).
     DefaultPublic,
     /// The user's master key: both APIs, and a role holding every table privilege on every
-    /// table of schema `public` that exists when it is made (extensions' tables excepted). It
-    /// may call the Auth API. The grants given are not used.
+    /// table of schema `public` that exists when it is made (extensions' tables excepted) and
+    /// `CREATE` on it: the tables it makes are its own. Its SQL may hold several statements
+    /// and DDL, as CARTO's master key's. It may call the Auth API. The grants given are not
+    /// used.
     Master,
 }
 
@@ -109,7 +111,9 @@ impl<C: RedisConnection> AuthApi<C> {
         let password = random_hex(16)?;
         let mut role = CallerRole::new(name.clone(), password.clone());
         if request == KeyRequest::Master {
-            role = role.grant_schema("public", Privilege::ALL.map(Privilege::as_str));
+            role = role
+                .grant_schema("public", Privilege::ALL.map(Privilege::as_str))
+                .create_in("public");
         } else {
             let TableGrants::Listed(tables) = grants.tables() else {
                 return Err(Error::BadRequest(

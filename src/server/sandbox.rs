@@ -91,8 +91,10 @@ impl Sandbox {
     }
 
     /// `options` limited to the tables `key` lists, when it lists them (a master key, or one
-    /// whose tables are left to its database role, is bounded by the role alone).
+    /// whose tables are left to its database role, is bounded by the role alone). A master
+    /// key's text may hold several statements, as CARTO runs them ([`sqlpass::Script`]).
     pub fn limit_to_key(options: Options, key: &ApiKey) -> Options {
+        let options = options.script(key.kind == KeyKind::Master);
         match key.grants.tables() {
             TableGrants::Listed(tables) if key.kind != KeyKind::Master => {
                 options.allowed_tables(tables.keys().map(ToString::to_string))

@@ -31,4 +31,4 @@ pub use provision::{CallerRole, PublicRole, install};
 pub use registry::{PoolRegistry, RegistryConfig};
 pub use run::{Meta, Response, run};
 pub use session::Session;
-pub use statement::Statement;
+pub use statement::{Script, Statement};

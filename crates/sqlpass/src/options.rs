@@ -125,6 +125,7 @@ pub struct Options {
     pub(crate) canceller: Option<sqlx::PgPool>,
     pub(crate) allowed_tables: Option<Vec<String>>,
     pub(crate) plans: Option<crate::Plans>,
+    pub(crate) script: bool,
 }
 
 /// The default row limit of [`Options`].
@@ -158,6 +159,7 @@ impl Default for Options {
             canceller: None,
             allowed_tables: None,
             plans: None,
+            script: false,
         }
     }
 }
@@ -321,6 +323,23 @@ impl Options {
     /// its statement.
     pub fn plans(mut self, plans: crate::Plans) -> Self {
         self.plans = Some(plans);
+        self
+    }
+
+    /// Lets the text hold several statements, run in order in one transaction, as CARTO runs a
+    /// master key's (`BEGIN; CREATE TABLE …; COMMIT;`): see [`Script`](crate::Script). The
+    /// answer is the last statement's. The timeouts are set again before each statement, so no
+    /// statement lifts them for the next; the deadline covers the whole text. Default off:
+    /// exactly one statement.
+    ///
+    /// ```
+    /// let master = sqlpass::Options::default()
+    ///     .access(sqlpass::Access::ReadWrite)
+    ///     .script(true);
+    /// # let _ = master;
+    /// ```
+    pub fn script(mut self, on: bool) -> Self {
+        self.script = on;
         self
     }
 

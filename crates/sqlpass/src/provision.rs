@@ -94,6 +94,8 @@ pub struct CallerRole {
     grants: Vec<(String, String, Vec<String>)>,
     /// Schemas whose every table gets these privileges when the role is provisioned.
     schema_grants: Vec<(String, Vec<String>)>,
+    /// Schemas the role may create tables (and other objects) in.
+    creates: Vec<String>,
 }
 
 impl std::fmt::Debug for CallerRole {
@@ -103,6 +105,7 @@ impl std::fmt::Debug for CallerRole {
             .field("password", &"[redacted]")
             .field("grants", &self.grants)
             .field("schema_grants", &self.schema_grants)
+            .field("creates", &self.creates)
             .finish()
     }
 }
@@ -118,7 +121,16 @@ impl CallerRole {
             password: password.into(),
             grants: Vec::new(),
             schema_grants: Vec::new(),
+            creates: Vec::new(),
         }
+    }
+
+    /// Lets the role create tables, views and functions in `schema` (`CREATE` on it, as
+    /// CARTO's master key may): the role owns what it makes, so its DDL needs no other grant,
+    /// and [`CallerRole::drop_role`] drops what it made with it.
+    pub fn create_in(mut self, schema: impl Into<String>) -> Self {
+        self.creates.push(schema.into());
+        self
     }
 
     /// Adds `privileges` on every table, view and foreign table of `schema` that exists when
@@ -246,6 +258,18 @@ impl CallerRole {
                 statements.extend(sequences.into_iter().map(|(g,)| g));
             }
         }
+        for schema in &self.creates {
+            let (grant,): (String,) = sqlx::query_as(
+                "select format('GRANT USAGE, CREATE ON SCHEMA %I TO %I', $1::text, $2::text)",
+            )
+            .bind(schema)
+            .bind(&self.name)
+            .persistent(false)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(err)?;
+            statements.push(grant);
+        }
         statements.extend(revoke_dangerous(&mut tx, trusted).await?);
         for statement in statements {
             (&mut *tx)
@@ -257,7 +281,8 @@ impl CallerRole {
     }
 
     /// Drops the login role `name` through `admin`: its sessions are ended, its privileges
-    /// taken, then the role dropped. Nothing happens when there is no such role.
+    /// taken and what it owns dropped (the tables a master key's role made), then the role
+    /// dropped. Nothing happens when there is no such role.
     ///
     /// # Errors
     ///
@@ -312,7 +337,8 @@ fn refused(e: sqlx::Error) -> Error {
     Error::from_sqlx(e, std::time::Duration::ZERO)
 }
 
-/// The statements that take every table and sequence privilege `role` has in this database.
+/// The statements that take every table and sequence privilege `role` has in this database on
+/// what it does not own, and `CREATE` on every schema.
 async fn revoke_tables(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     role: &str,
@@ -323,8 +349,13 @@ async fn revoke_tables(
                        case when c.relkind = 'S' then 'SEQUENCE' else 'TABLE' end,
                        c.oid::regclass, $1::text)
          from pg_class c, aclexplode(c.relacl) a, pg_roles r
-         where r.rolname = $1 and a.grantee = r.oid
-         group by c.oid, c.relkind",
+         where r.rolname = $1 and a.grantee = r.oid and c.relowner <> r.oid
+         group by c.oid, c.relkind
+         union all
+         select format('REVOKE CREATE ON SCHEMA %I FROM %I', n.nspname, $1::text)
+         from pg_namespace n, aclexplode(n.nspacl) a, pg_roles r
+         where r.rolname = $1 and a.grantee = r.oid and a.privilege_type = 'CREATE'
+           and n.nspowner <> r.oid",
     )
     .bind(role)
     .persistent(false)

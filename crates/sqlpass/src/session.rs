@@ -98,6 +98,9 @@ pub struct Session {
     pub(crate) statement_timeout: Duration,
     /// What began the transaction, to begin it again.
     open: Open,
+    /// A script's statements run so far before its last, run again when the transaction is
+    /// begun again.
+    before: Vec<crate::Statement>,
     /// A caller's statement was prepared named (a writer's, to describe it): sqlx's statement
     /// cache is cleared before the connection is reused.
     caller_prepared: bool,
@@ -193,6 +196,7 @@ impl Session {
             total: options.deadline,
             statement_timeout: st,
             open,
+            before: Vec::new(),
             caller_prepared: false,
             cut: false,
         })
@@ -246,7 +250,8 @@ impl Session {
     }
 
     /// Rolls back and begins the transaction again, on the same connection, with the same
-    /// settings: after a statement failed for a reason of the client's own.
+    /// settings (and a script's statements that ran before): after a statement failed for a
+    /// reason of the client's own.
     pub(crate) async fn restart(&mut self) -> Result<()> {
         let st = self.statement_timeout;
         let conn = self.conn.as_mut().ok_or(Error::Ended)?;
@@ -254,7 +259,63 @@ impl Session {
             .run(conn, true)
             .await
             .map_err(|e| Error::from_sqlx(e, st))?;
+        let before = std::mem::take(&mut self.before);
+        for statement in &before {
+            self.execute(statement).await?;
+        }
+        self.before = before;
         Ok(())
+    }
+
+    /// Runs the statements of a script that come before its last, in order, each under the
+    /// timeouts set again (a statement may have changed them for the transaction). Once
+    /// begun again when sqlx's look-up of an unknown type replaced the unnamed statement.
+    pub(crate) async fn run_before(&mut self, statements: Vec<crate::Statement>) -> Result<()> {
+        for statement in statements {
+            if let Err(e) = self.execute(&statement).await {
+                if e.sqlstate() != Some("26000") {
+                    return Err(e);
+                }
+                self.restart().await?;
+                self.execute(&statement).await?;
+            }
+            self.before.push(statement);
+        }
+        // The last statement, too, runs under the timeouts as set.
+        self.reset_timeouts().await
+    }
+
+    /// Runs one checked statement of a script to its end, as an unnamed statement.
+    async fn execute(&mut self, statement: &crate::Statement) -> Result<()> {
+        let st = self.statement_timeout;
+        self.reset_timeouts().await?;
+        self.cut = true;
+        let conn = self.conn.as_mut().ok_or(Error::Ended)?;
+        let done = sqlx::query(sqlx::AssertSqlSafe(statement.as_str().to_owned()))
+            .persistent(false)
+            .execute(&mut **conn)
+            .await;
+        // PostgreSQL ended the statement itself: the connection is in sync.
+        self.cut = matches!(&done, Err(e) if !matches!(e, sqlx::Error::Database(_)));
+        done.map(|_| ()).map_err(|e| Error::from_sqlx(e, st))
+    }
+
+    /// Sets the transaction's timeouts again, to what the session began with.
+    async fn reset_timeouts(&mut self) -> Result<()> {
+        let st = self.statement_timeout;
+        let [statement, lock, idle, _] = &self.open.settings;
+        // Numbers only (see `Open::settings`).
+        let sql = format!(
+            "SELECT set_config('statement_timeout', '{statement}', true), \
+             set_config('lock_timeout', '{lock}', true), \
+             set_config('idle_in_transaction_session_timeout', '{idle}', true)"
+        );
+        let conn = self.conn.as_mut().ok_or(Error::Ended)?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut **conn)
+            .await
+            .map(|_| ())
+            .map_err(|e| Error::from_sqlx(e, st))
     }
 
     /// Notes that a caller's statement was prepared named on the connection.

@@ -91,6 +91,98 @@ impl Statement {
     pub fn keyword(&self) -> &str {
         &self.keyword
     }
+
+    /// Whether PostgreSQL plans it (a query or a row change, which `EXPLAIN` shows), as
+    /// opposed to a utility command (DDL, `DO`, `CALL`…).
+    pub fn has_plan(&self) -> bool {
+        matches!(
+            self.keyword.as_str(),
+            "select" | "with" | "values" | "table" | "insert" | "update" | "delete" | "merge"
+        )
+    }
+}
+
+/// Several statements sent as one text, as CARTO lets a master key send them
+/// (`BEGIN; CREATE TABLE …; COMMIT;`): each checked as a [`Statement`] on its own, all run in
+/// order in the sandbox's one transaction, all or nothing. `BEGIN`, `BEGIN WORK|TRANSACTION`,
+/// `START TRANSACTION`, `COMMIT` and `END` (with `WORK` or `TRANSACTION`) only mark that
+/// transaction and are left out; any other statement [`Statement::new`] refuses (`ROLLBACK`,
+/// `SET`, a `BEGIN` with options…) is refused here too. A `;` inside a dollar-quoted body
+/// (`CREATE FUNCTION … AS $$ …; … $$`) does not split; an SQL-standard body
+/// (`BEGIN ATOMIC … END`) is not supported.
+///
+/// ```
+/// use sqlpass::Script;
+///
+/// let s = Script::new("BEGIN; CREATE TABLE t (a int); INSERT INTO t VALUES (1); COMMIT;").unwrap();
+/// let texts: Vec<&str> = s.statements().iter().map(|s| s.as_str()).collect();
+/// assert_eq!(texts, ["CREATE TABLE t (a int)", "INSERT INTO t VALUES (1)"]);
+/// assert!(Script::new("select 1; rollback").is_err());
+/// assert!(Script::new("begin; commit").is_err());
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Script {
+    statements: Vec<Statement>,
+}
+
+impl Script {
+    /// Splits `sql` at its top-level `;`s and checks each statement.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidStatement`] as [`Statement::new`] gives it for any statement, and for a
+    /// text with no statement but transaction marks.
+    pub fn new(sql: &str) -> Result<Self> {
+        let mut statements = Vec::new();
+        for (start, end) in split(sql)? {
+            let piece = &sql[start..end];
+            if only_comments(piece) || marks_transaction(piece)? {
+                continue;
+            }
+            statements.push(Statement::new(piece)?);
+        }
+        if statements.is_empty() {
+            return Err(invalid("the query is empty"));
+        }
+        Ok(Self { statements })
+    }
+
+    /// The statements, in order.
+    pub fn statements(&self) -> &[Statement] {
+        &self.statements
+    }
+
+    /// The statements before the last, and the last.
+    pub(crate) fn into_parts(mut self) -> (Vec<Statement>, Statement) {
+        // Never empty: `new` refuses a script without a statement.
+        let last = self.statements.pop().unwrap_or_else(|| Statement {
+            text: String::new(),
+            keyword: String::new(),
+        });
+        (self.statements, last)
+    }
+}
+
+/// Whether `piece` is a bare `BEGIN`, `START TRANSACTION`, `COMMIT` or `END`, which only marks
+/// the one transaction a script runs in.
+fn marks_transaction(piece: &str) -> Result<bool> {
+    let words: Option<Vec<String>> = tokens(piece)?
+        .into_iter()
+        .map(|t| match t {
+            Token::Word(w) => Some(w.to_ascii_lowercase()),
+            _ => None,
+        })
+        .collect();
+    let Some(words) = words else {
+        return Ok(false);
+    };
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    Ok(matches!(
+        words.as_slice(),
+        ["begin" | "commit" | "end"]
+            | ["begin" | "commit" | "end", "work" | "transaction"]
+            | ["start", "transaction"]
+    ))
 }
 
 /// A top-level piece of a statement's text, for the few statements parsed here (`COPY`).
@@ -248,17 +340,58 @@ fn invalid(reason: &str) -> Error {
 
 /// Scans `sql` and returns where its one statement ends (before a top-level `;`, or the end).
 fn scan(sql: &str) -> Result<usize> {
+    let ends = split(sql)?;
+    match ends.as_slice() {
+        [] => Ok(0),
+        [(start, end), rest @ ..] => {
+            if rest.iter().any(|&(s, e)| !only_comments(&sql[s..e])) {
+                return Err(invalid("only one statement is allowed"));
+            }
+            // Comments before a lone `;` belong to no statement.
+            Ok(if only_comments(&sql[*start..*end]) {
+                0
+            } else {
+                *end
+            })
+        }
+    }
+}
+
+/// Whether `text` holds only spaces and complete comments.
+fn only_comments(text: &str) -> bool {
+    let b = text.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if is_space(b[i]) {
+            i += 1;
+        } else if starts_comment(b, i) {
+            i = if b[i] == b'-' {
+                line_comment(b, i)
+            } else {
+                match block_comment(b, i) {
+                    Ok(j) => j,
+                    Err(_) => return false,
+                }
+            };
+        } else {
+            return false;
+        }
+    }
+    true
+}
+
+/// Scans `sql` by PostgreSQL's lexical rules and returns each statement's byte range, split at
+/// the top-level `;`s (the last range runs to the end of the text, and may be blank).
+fn split(sql: &str) -> Result<Vec<(usize, usize)>> {
     let b = sql.as_bytes();
     let mut i = 0;
     let mut depth: u32 = 0;
-    let mut end = None;
+    let mut start = 0;
+    let mut ranges = Vec::new();
     while i < b.len() {
         let c = b[i];
         if c == 0 {
             return Err(invalid("the query contains a NUL character"));
-        }
-        if end.is_some() && !is_space(c) && !starts_comment(b, i) {
-            return Err(invalid("only one statement is allowed"));
         }
         i = match c {
             b'-' if b.get(i + 1) == Some(&b'-') => line_comment(b, i),
@@ -280,17 +413,18 @@ fn scan(sql: &str) -> Result<usize> {
                 if depth > 0 {
                     return Err(invalid("only one statement is allowed"));
                 }
-                end = Some(i);
+                ranges.push((start, i));
+                start = i + 1;
                 i + 1
             }
             c if is_ident_start(c) => {
-                let start = i;
+                let first = i;
                 let mut j = i + 1;
                 while j < b.len() && is_ident_char(b[j]) {
                     j += 1;
                 }
                 // E'…': a string with backslash escapes.
-                if j == start + 1 && matches!(c, b'e' | b'E') && b.get(j) == Some(&b'\'') {
+                if j == first + 1 && matches!(c, b'e' | b'E') && b.get(j) == Some(&b'\'') {
                     quoted(b, j + 1, b'\'', true)?
                 } else {
                     j
@@ -309,7 +443,8 @@ fn scan(sql: &str) -> Result<usize> {
     if depth > 0 {
         return Err(invalid("a parenthesis is not closed"));
     }
-    Ok(end.unwrap_or(b.len()))
+    ranges.push((start, b.len()));
+    Ok(ranges)
 }
 
 fn is_space(c: u8) -> bool {

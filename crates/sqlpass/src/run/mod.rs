@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument as _;
 
 use crate::tables;
-use crate::{Access, Body, Error, Options, Result, Session, Statement};
+use crate::{Access, Body, Error, Options, Result, Script, Session, Statement};
 use prepare::prepare;
 use pump::Producer;
 
@@ -67,25 +67,32 @@ pub async fn run(pool: &PgPool, sql: &str, options: Options) -> Result<Response>
 
 async fn run_in(pool: &PgPool, sql: &str, options: Options) -> Result<Response> {
     let started = Instant::now();
-    let statement = Statement::new(sql)?;
+    let (before, statement) = if options.script {
+        Script::new(sql)?.into_parts()
+    } else {
+        (Vec::new(), Statement::new(sql)?)
+    };
     let mut session = Session::begin(pool, &options).await?;
     let deadline = session.deadline;
-    let prepared =
-        match tokio::time::timeout_at(deadline.into(), prepare(&mut session, &statement, &options))
-            .await
-        {
-            Ok(Ok(prepared)) => prepared,
-            Ok(Err(e)) => {
-                let _ = session.end().await;
-                return Err(e);
-            }
-            Err(_) => {
-                // Cut mid-statement: the connection's state is unknown.
-                session.set_cut(true);
-                let _ = session.end().await;
-                return Err(Error::Deadline(options.deadline));
-            }
-        };
+    let prepared = async {
+        if !before.is_empty() {
+            session.run_before(before).await?;
+        }
+        prepare(&mut session, &statement, &options).await
+    };
+    let prepared = match tokio::time::timeout_at(deadline.into(), prepared).await {
+        Ok(Ok(prepared)) => prepared,
+        Ok(Err(e)) => {
+            let _ = session.end().await;
+            return Err(e);
+        }
+        Err(_) => {
+            // Cut mid-statement: the connection's state is unknown.
+            session.set_cut(true);
+            let _ = session.end().await;
+            return Err(Error::Deadline(options.deadline));
+        }
+    };
     let meta = Meta {
         content_type: options.format.content_type(),
         content_disposition: options.filename.as_deref().map(|name| {

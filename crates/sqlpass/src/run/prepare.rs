@@ -57,7 +57,19 @@ pub(super) async fn prepare(
     // of NULLs whose columns are the statement's. A writer's cannot run twice, so it is
     // prepared (sqlx names it; the session closes it before the connection is reused).
     // With `sqlpass.query_tables` installed, a reader's cache tags come in the same round trip.
-    let want_tables = options.affected_tables || options.allowed_tables.is_some();
+    let mut want_tables = options.affected_tables || options.allowed_tables.is_some();
+    // A writer's command that has no plan (DDL, DO, CALL…) reads no table that a plan would
+    // name: it has no cache tags, and a key limited to listed tables may not run it (its
+    // tables could not be checked; the role's own privileges would be the only guard).
+    if access == Access::ReadWrite && !statement.has_plan() {
+        if options.allowed_tables.is_some() {
+            return Err(Error::Forbidden(format!(
+                "{} statements need a key that grants every table",
+                statement.keyword().to_ascii_uppercase()
+            )));
+        }
+        want_tables = false;
+    }
     let tables_in_describe = want_tables && session.query_tables;
     let mut tables = None;
     // A reader's statement described before, in this DDL generation, as this role.
