@@ -27,7 +27,7 @@ pub use options::{
     Options,
 };
 pub use plans::Plans;
-pub use provision::{CallerRole, PublicRole, install};
+pub use provision::{CallerRole, PublicRole, cartodbfy, install};
 pub use registry::{PoolRegistry, RegistryConfig};
 pub use run::{Meta, Response, run};
 pub use session::Session;

@@ -44,8 +44,10 @@ const DANGEROUS: &[&str] = &[
 /// [`run`](crate::run) reads the whole `EXPLAIN` output instead, whose size a hostile statement
 /// controls (a folded constant appears in it), so a server should install it. As a superuser,
 /// it also installs the DDL generation that [`Plans`](crate::Plans) reads: a one-row table
-/// and an event trigger bumping it in every transaction that runs DDL. Idempotent;
-/// [`PublicRole::provision`] calls it.
+/// and an event trigger bumping it in every transaction that runs DDL. Where PostGIS is
+/// installed (in schema `public`), it also installs CARTO's table functions there, as CARTO's
+/// clients call them: `CDB_CartodbfyTable` (see [`cartodbfy`]) and
+/// `CDB_TransformToWebmercator`. Idempotent; [`PublicRole::provision`] calls it.
 ///
 /// ```no_run
 /// # async fn demo(admin: sqlx::PgPool) -> sqlpass::Result<()> {
@@ -70,7 +72,53 @@ pub async fn install(admin: &PgPool) -> Result<()> {
         .execute(&mut *tx)
         .await
         .map_err(err)?;
+    let (postgis,): (bool,) = sqlx::query_as("select to_regtype('public.geometry') is not null")
+        .persistent(false)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(err)?;
+    if postgis {
+        sqlx::raw_sql(include_str!("sql/carto.sql"))
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?;
+    }
     tx.commit().await.map_err(err)
+}
+
+/// Makes `table` (a name as SQL writes it: `places`, `public."My table"`) what CARTO's APIs
+/// and clients expect, in place, as CARTO's `CDB_CartodbfyTable` does, through `pool` (a role
+/// that owns the table):
+/// - `cartodb_id`: a `bigint` numbered from its own sequence, the primary key when the table
+///   has none (a unique index otherwise);
+/// - `the_geom`: the geometry in EPSG:4326 — kept when there, else the table's one other
+///   geometry column renamed (as CARTO's import does), else a new empty column; another SRID
+///   is transformed;
+/// - `the_geom_webmercator`: the same in EPSG:3857 (latitudes clipped to the projection),
+///   filled now and kept in step by a trigger on insert and update;
+/// - GiST indexes on both geometries.
+///
+/// Idempotent. The SQL function behind it ([`install`]) is what a master key's SQL calls:
+/// `SELECT CDB_CartodbfyTable('public', 'places')`.
+///
+/// ```no_run
+/// # async fn demo(admin: sqlx::PgPool) -> sqlpass::Result<()> {
+/// sqlpass::install(&admin).await?;
+/// sqlpass::cartodbfy(&admin, "public.places").await?;
+/// # Ok(()) }
+/// ```
+///
+/// # Errors
+///
+/// [`Error::Query`] when PostgreSQL refuses: no such table, not its owner, no PostGIS.
+pub async fn cartodbfy(pool: &PgPool, table: &str) -> Result<()> {
+    sqlx::query("select public.cdb_cartodbfytable($1::text::regclass)::text")
+        .bind(table)
+        .persistent(false)
+        .execute(pool)
+        .await
+        .map_err(refused)?;
+    Ok(())
 }
 
 /// A caller's login role — one per API key, as CARTO makes them — with exactly the table

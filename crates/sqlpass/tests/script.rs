@@ -130,3 +130,84 @@ async fn a_script_refuses_what_a_statement_refuses_and_keys_with_listed_tables_r
     assert!(matches!(e, Error::Forbidden(_)), "{e}");
     assert!(!exists(&env, "public.sneaky").await);
 }
+
+#[tokio::test]
+async fn cartodbfy_makes_a_table_carto_s_and_keeps_its_mercator_geometry_in_step() {
+    let env = env().await;
+    let pool = owner(&env).await;
+    let sql = "CREATE TABLE spots (name text, geom geometry(Point, 4326)); \
+               INSERT INTO spots VALUES ('zurich', ST_SetSRID(ST_MakePoint(8.54, 47.37), 4326)), \
+                                        ('pole', ST_SetSRID(ST_MakePoint(0, 89.9), 4326)); \
+               SELECT CDB_CartodbfyTable('public', 'spots'); \
+               SELECT CDB_CartodbfyTable('public', 'spots')";
+    body(sqlpass::run(&pool, sql, master()).await.expect("ran")).await;
+    let columns: Vec<(String, String)> = sqlx::query_as(
+        "select attname::text, format_type(atttypid, atttypmod) from pg_attribute
+         where attrelid = 'spots'::regclass and attnum > 0 and not attisdropped order by attnum",
+    )
+    .fetch_all(env.db.pool())
+    .await
+    .expect("columns");
+    let columns: Vec<(&str, &str)> = columns
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.as_str()))
+        .collect();
+    assert_eq!(
+        columns,
+        [
+            ("name", "text"),
+            ("the_geom", "geometry(Point,4326)"),
+            ("cartodb_id", "bigint"),
+            ("the_geom_webmercator", "geometry(Geometry,3857)"),
+        ]
+    );
+    // Filled now, the pole clipped to the projection; kept in step on insert and update.
+    let sql = "INSERT INTO spots (name, the_geom) VALUES ('null island', ST_SetSRID(ST_MakePoint(0, 0), 4326)); \
+               UPDATE spots SET the_geom = ST_SetSRID(ST_MakePoint(1, 1), 4326) WHERE name = 'zurich'; \
+               SELECT 1";
+    body(sqlpass::run(&pool, sql, master()).await.expect("ran")).await;
+    let rows: Vec<(i64, String, Option<String>)> = sqlx::query_as(
+        "select cartodb_id, name, ST_AsText(ST_SnapToGrid(the_geom_webmercator, 1)) from spots order by cartodb_id",
+    )
+    .fetch_all(env.db.pool())
+    .await
+    .expect("rows");
+    assert_eq!(
+        rows,
+        [
+            (1, "zurich".into(), Some("POINT(111319 111325)".into())),
+            (2, "pole".into(), Some("POINT EMPTY".into())),
+            (3, "null island".into(), Some("POINT(0 0)".into())),
+        ]
+    );
+    let (primary, indexes): (String, i64) = sqlx::query_as(
+        "select (select string_agg(a.attname, ',') from pg_index i join pg_attribute a
+                 on a.attrelid = i.indrelid and a.attnum = any(i.indkey)
+                 where i.indrelid = 'spots'::regclass and i.indisprimary),
+                (select count(*) from pg_indexes where tablename = 'spots' and indexdef like '%gist%')",
+    )
+    .fetch_one(env.db.pool())
+    .await
+    .expect("indexes");
+    assert_eq!((primary.as_str(), indexes), ("cartodb_id", 2));
+
+    // Only a table's owner can: a role that may write to it but does not own it may not.
+    let e = sqlpass::run(
+        &pool,
+        "select CDB_CartodbfyTable('public', 'places')",
+        Options::default().access(Access::ReadWrite),
+    )
+    .await
+    .err()
+    .expect("refused");
+    assert_eq!(e.sqlstate(), Some("42501"), "{e}");
+    // The same from Rust, as the table's owner.
+    sqlpass::cartodbfy(env.db.pool(), "public.places")
+        .await
+        .expect("cartodbfied");
+    let (n,): (i64,) = sqlx::query_as("select count(the_geom_webmercator) from places")
+        .fetch_one(env.db.pool())
+        .await
+        .expect("counted");
+    assert_eq!(n, 2);
+}
