@@ -397,3 +397,44 @@ async fn me_tells_whose_key_it_is_and_needs_one() {
     let r = app.get("/api/v3/me?api_key=nope").await;
     assert_eq!(r.status, 401, "{}", r.text());
 }
+
+#[tokio::test]
+async fn the_master_key_runs_several_statements_and_ddl_as_a_role_that_owns_what_it_makes() {
+    let app = app().await;
+    let master = master(&app).await;
+    let script = "BEGIN; CREATE TABLE made_here (id int, note text); \
+                  INSERT INTO made_here VALUES (1, 'one'), (2, 'two'); \
+                  SELECT count(*) AS n FROM made_here; COMMIT;";
+    let r = app.get(&sql(script, &master)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["rows"], json!([{"n": 2}]));
+    let owner: String =
+        sqlx::query_scalar("select tableowner::text from pg_tables where tablename = 'made_here'")
+            .fetch_one(app.db.pool())
+            .await
+            .unwrap();
+    assert_eq!(owner, role_of(&app, "Master").await);
+
+    // All or nothing: a failing statement leaves no table behind.
+    let r = app
+        .get(&sql("CREATE TABLE half_made (id int); SELECT 1/0", &master))
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.json(), json!({"error": ["division by zero"]}));
+    let r = app.get(&sql("select * from half_made", &master)).await;
+    assert_eq!(
+        r.json(),
+        json!({"error": ["relation \"half_made\" does not exist"]})
+    );
+
+    // Any other key: one statement, no DDL.
+    let r = app.get(&sql("select 1; select 2", &app.regular)).await;
+    assert_eq!(
+        r.json(),
+        json!({"error": ["invalid statement: only one statement is allowed"]})
+    );
+    let r = app
+        .get(&sql("create table sneaky (id int)", &app.regular))
+        .await;
+    assert_eq!(r.status, 403, "{}", r.text());
+}
