@@ -376,3 +376,69 @@ fn dechunk(mut body: &str) -> String {
     }
     out
 }
+
+#[tokio::test]
+async fn a_user_made_again_keeps_its_master_s_tables_and_cartodbfy_makes_carto_tables() {
+    let setup = setup("").await;
+    let first = json(&geostack(&setup, &["user", "create", "alice"]));
+    let role = first["master"]["role"].as_str().unwrap().to_owned();
+    // A table the master key's role made (as its SQL would).
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "set role {role}; create table mine (id int); insert into mine values (7); reset role;"
+    )))
+    .execute(setup.db.pool())
+    .await
+    .unwrap();
+    let again = json(&geostack(&setup, &["user", "create", "alice"]));
+    assert_eq!(again["master"]["role"], role.as_str());
+    assert_ne!(again["master"]["token"], first["master"]["token"]);
+    let owner = |setup: &Setup| {
+        let pool = setup.db.pool().clone();
+        async move {
+            sqlx::query_scalar::<_, String>(
+                "select tableowner::text from pg_tables where tablename = 'mine'",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(owner(&setup).await, role);
+    // Deleting the user keeps its data, handed to the administrative role.
+    json(&geostack(&setup, &["user", "delete", "alice"]));
+    let admin: String = sqlx::query_scalar("select current_user::text")
+        .fetch_one(setup.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(owner(&setup).await, admin);
+
+    sqlx::raw_sql(
+        "alter table places add column geom geometry(Point, 4326);
+         update places set geom = ST_SetSRID(ST_MakePoint(id, id), 4326);",
+    )
+    .execute(setup.db.pool())
+    .await
+    .unwrap();
+    let made = json(&geostack(&setup, &["tables", "cartodbfy", "places"]));
+    assert_eq!(
+        made["columns"],
+        serde_json::json!({
+            "id": "integer",
+            "name": "text",
+            "the_geom": "geometry(Point,4326)",
+            "cartodb_id": "bigint",
+            "the_geom_webmercator": "geometry(Geometry,3857)",
+        })
+    );
+    let (ids, mercator): (i64, i64) = sqlx::query_as(
+        "select count(distinct cartodb_id), count(the_geom_webmercator) from places",
+    )
+    .fetch_one(setup.db.pool())
+    .await
+    .unwrap();
+    assert_eq!((ids, mercator), (2, 2));
+    let missing = geostack(&setup, &["tables", "cartodbfy", "nowhere"]);
+    assert!(!missing.status.success());
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(stderr.contains("\"nowhere\" does not exist"), "{stderr}");
+}

@@ -328,9 +328,10 @@ impl CallerRole {
         tx.commit().await.map_err(err)
     }
 
-    /// Drops the login role `name` through `admin`: its sessions are ended, its privileges
-    /// taken and what it owns dropped (the tables a master key's role made), then the role
-    /// dropped. Nothing happens when there is no such role.
+    /// Drops the login role `name` through `admin`: its sessions are ended, what it owns (the
+    /// tables a master key's role made) handed to `admin`'s role so that no data goes with it,
+    /// its privileges taken, then the role dropped. Nothing happens when there is no such
+    /// role.
     ///
     /// # Errors
     ///
@@ -354,15 +355,16 @@ impl CallerRole {
         if !exists {
             return Ok(());
         }
-        let (owned, drop): (String, String) = sqlx::query_as(
-            "select format('DROP OWNED BY %I', $1::text), format('DROP ROLE %I', $1::text)",
+        let (reassign, owned, drop): (String, String, String) = sqlx::query_as(
+            "select format('REASSIGN OWNED BY %I TO %I', $1::text, current_user),
+                    format('DROP OWNED BY %I', $1::text), format('DROP ROLE %I', $1::text)",
         )
         .bind(name)
         .persistent(false)
         .fetch_one(&mut *tx)
         .await
         .map_err(err)?;
-        for statement in [owned, drop] {
+        for statement in [reassign, owned, drop] {
             (&mut *tx)
                 .execute(AssertSqlSafe(statement))
                 .await

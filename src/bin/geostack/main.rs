@@ -10,7 +10,7 @@ mod config;
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use geostack::auth::{Api, ApiKey, Grants, KeyId, KeyKind, Privilege, TableName, UserName};
@@ -55,21 +55,39 @@ enum Command {
     /// A user's API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Tables, as CARTO's APIs and clients expect them.
+    #[command(subcommand)]
+    Tables(TablesCommand),
+}
+
+#[derive(Subcommand)]
+enum TablesCommand {
+    /// Makes TABLE a CARTO table in place, as CARTO's CDB_CartodbfyTable does: a cartodb_id
+    /// key, the_geom in EPSG:4326 (the table's one geometry column renamed when it has no
+    /// the_geom), the_geom_webmercator kept in step by a trigger, spatial indexes. Idempotent;
+    /// runs as the administrative role. Prints the table's columns as JSON.
+    Cartodbfy {
+        /// The table, as SQL names it: places, or public."My places".
+        table: String,
+    },
 }
 
 #[derive(Subcommand)]
 enum UserCommand {
     /// Makes (or makes anew) USER's two standing keys, each with a login role of its own: the
     /// default_public key, reading the given tables, and the master key, holding every
-    /// privilege on the tables of schema public (the key that may call the Auth API). Prints
-    /// both as JSON, the master key with its token: the only time it is shown.
+    /// privilege on the tables of schema public and the right to create tables there (the key
+    /// that may call the Auth API and run several statements and DDL). A master key made
+    /// before keeps its role and the tables it made, and gets a new token. Prints both as
+    /// JSON, the master key with its token: the only time it is shown.
     Create {
         /// The user.
         user: String,
         #[command(flatten)]
         grants: GrantArgs,
     },
-    /// Revokes every key of USER and drops their roles.
+    /// Revokes every key of USER and drops their roles; the tables the master key made stay,
+    /// owned by the administrative role.
     Delete {
         /// The user.
         user: String,
@@ -198,16 +216,31 @@ async fn run(command: Command, config: Config) -> Result<(), Failure> {
                 .auth()
                 .create_key(&user, KeyRequest::DefaultPublic, grants.parse()?)
                 .await?;
-            // One master key a user: an earlier one is revoked with its role.
-            for old in server.auth().key_store().list(&user).await? {
-                if old.kind == KeyKind::Master {
-                    server.auth().revoke_key(&user, &old.id).await?;
-                }
-            }
-            let (master, master_token) = server
+            // One master key a user: an earlier one keeps its role (which owns the tables it
+            // made) and gets a new token.
+            let earlier = server
                 .auth()
-                .create_key(&user, KeyRequest::Master, Grants::new())
-                .await?;
+                .key_store()
+                .list(&user)
+                .await?
+                .into_iter()
+                .find(|k| k.kind == KeyKind::Master);
+            let (master, master_token) = match earlier {
+                Some(key) => {
+                    let token = server
+                        .auth()
+                        .regenerate_key(&user, &key.id)
+                        .await?
+                        .ok_or_else(|| format!("{user}'s master key went away meanwhile"))?;
+                    (key, token)
+                }
+                None => {
+                    server
+                        .auth()
+                        .create_key(&user, KeyRequest::Master, Grants::new())
+                        .await?
+                }
+            };
             println!(
                 "{}",
                 serde_json::json!({
@@ -231,6 +264,28 @@ async fn run(command: Command, config: Config) -> Result<(), Failure> {
             Ok(())
         }
         Command::Keys(command) => keys(&server, command).await,
+        Command::Tables(TablesCommand::Cartodbfy { table }) => {
+            let admin = server.sandbox().admin();
+            geostack::sql::cartodbfy(admin, &table).await?;
+            let columns: Vec<(String, String)> = sqlx::query_as(
+                "select attname::text, format_type(atttypid, atttypmod) from pg_attribute
+                 where attrelid = $1::text::regclass and attnum > 0 and not attisdropped
+                 order by attnum",
+            )
+            .bind(&table)
+            .fetch_all(admin)
+            .await
+            .map_err(|_| format!("the columns of {table} could not be read"))?;
+            let columns: serde_json::Map<_, _> = columns
+                .into_iter()
+                .map(|(name, ty)| (name, serde_json::Value::String(ty)))
+                .collect();
+            println!(
+                "{}",
+                serde_json::json!({ "table": table, "columns": columns })
+            );
+            Ok(())
+        }
     }
 }
 
@@ -270,8 +325,7 @@ async fn keys(server: &Server, command: KeysCommand) -> Result<(), Failure> {
             let (user, id) = (UserName::new(user)?, id.parse::<KeyId>()?);
             let token = server
                 .auth()
-                .key_store()
-                .regenerate(&user, &id, SystemTime::now())
+                .regenerate_key(&user, &id)
                 .await?
                 .ok_or_else(|| format!("{user} has no key {id}"))?;
             println!(
