@@ -168,28 +168,59 @@ async fn etags_empty_tiles_and_bad_requests() {
     let r = app
         .post_json("/api/v1/map", &serde_json::json!({"layers": []}))
         .await;
+    // Instantiation errors come in Windshaft's shape.
+    let message = "invalid map config: expected 1 to 16 layers";
     assert_eq!(
         (r.status, r.json()),
         (
             400,
-            serde_json::json!({"error": ["invalid map config: expected 1 to 16 layers"]})
+            serde_json::json!({"errors": [message],
+                               "errors_with_context": [{"type": "unknown", "message": message}]})
         )
     );
-    // A layer reading a table the caller may not read.
-    let secret = serde_json::json!({"layers": [{"id": "s", "options": {
-        "sql": "select ST_Transform(ST_SetSRID(ST_MakePoint(id, id), 4326), 3857) as the_geom_webmercator from secrets"}}]});
-    let token = app.post_json("/api/v1/map", &secret).await.json()["layergroupid"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let r = app.get(&format!("/api/v1/map/{token}/0/0/0.mvt")).await;
+    // A layer reading a table the caller may not read is refused when the map is made,
+    // with the layer named; nothing is stored.
+    let secret = serde_json::json!({"layers": [
+        {"id": "ok", "options": {"sql": "select ST_Transform(geom, 3857) as the_geom_webmercator from places"}},
+        {"id": "s", "type": "cartodb", "options": {
+            "sql": "select ST_Transform(ST_SetSRID(ST_MakePoint(id, id), 4326), 3857) as the_geom_webmercator from secrets"}}]});
+    let r = app.post_json("/api/v1/map", &secret).await;
+    let message = "permission denied for table secrets";
     assert_eq!(
         (r.status, r.json()),
         (
             403,
-            serde_json::json!({"error": ["permission denied for table secrets"]})
+            serde_json::json!({"errors": [message], "errors_with_context": [{
+                "type": "layer", "message": message,
+                "layer": {"index": 1, "id": "s", "type": "mapnik"}}]})
         )
     );
+    // A column the layer names but its SQL lacks, and SQL the database cannot parse.
+    for (options, message) in [
+        (
+            serde_json::json!({"sql": "select gid from places"}),
+            "column \"the_geom_webmercator\" does not exist in the layer's SQL",
+        ),
+        (
+            serde_json::json!({"sql": "select ST_Transform(geom, 3857) as the_geom_webmercator from places",
+                               "interactivity": ["cartodb_id"]}),
+            "column \"cartodb_id\" does not exist in the layer's SQL",
+        ),
+        (
+            serde_json::json!({"sql": "selec 1"}),
+            "syntax error at or near",
+        ),
+    ] {
+        let config = serde_json::json!({"layers": [{"id": "bad", "options": options}]});
+        let r = app.post_json("/api/v1/map", &config).await;
+        assert_eq!(r.status, 400, "{}", r.text());
+        let got = r.json();
+        assert!(
+            got["errors"][0].as_str().unwrap().contains(message),
+            "{got}"
+        );
+        assert_eq!(got["errors_with_context"][0]["layer"]["index"], 0, "{got}");
+    }
 }
 
 #[tokio::test]
@@ -263,7 +294,7 @@ async fn stored_map_configs_are_bounded_in_size_and_per_user() {
     let r = app.post_json("/api/v1/map", &big).await;
     assert_eq!(r.status, 413, "{}", r.text());
     assert!(
-        r.json()["error"][0]
+        r.json()["errors"][0]
             .as_str()
             .unwrap()
             .contains("4096 bytes"),
@@ -286,4 +317,152 @@ async fn stored_map_configs_are_bounded_in_size_and_per_user() {
         );
     }
     assert_eq!(statuses, [404, 200, 200]);
+}
+
+/// CARTO.js v4's config for a map of `source` with a background, one data layer and two
+/// dataviews.
+fn carto_js_config(source: &str) -> serde_json::Value {
+    serde_json::json!({
+        "buffersize": {"mvt": 0},
+        "layers": [
+            {"id": "bg", "type": "plain", "options": {"color": "#eee"}},
+            {"id": "L1", "type": "mapnik", "options": {
+                "cartocss": "#layer { marker-width: 7; }", "cartocss_version": "3.0.12",
+                "source": {"id": "a0"}, "interactivity": ["cartodb_id"]}}
+        ],
+        "dataviews": {
+            "cats": {"type": "aggregation", "source": {"id": "a0"},
+                     "options": {"column": "name", "aggregation": "count", "aggregationColumn": null}}
+        },
+        "analyses": [{"id": "a0", "type": "source", "params": {"query": source}}]
+    })
+}
+
+/// The JSON a JSONP answer passes to `callback`.
+fn jsonp(body: &str, callback: &str) -> serde_json::Value {
+    let start = format!("/**/ typeof {callback} === 'function' && {callback}(");
+    let inner = body.strip_prefix(&start).and_then(|b| b.strip_suffix(");"));
+    assert!(inner.is_some(), "not JSONP for {callback}: {body}");
+    serde_json::from_str(inner.unwrap()).unwrap()
+}
+
+/// What CARTO.js's `lzma` parameter carries: the parameters as JSON, LZMA-compressed, each
+/// byte shifted by 128 (JavaScript's signed bytes), in base64.
+fn lzma_param(params: &serde_json::Value) -> String {
+    use base64::Engine as _;
+    let mut packed = Vec::new();
+    lzma_rs::lzma_compress(&mut params.to_string().as_bytes(), &mut packed).unwrap();
+    let shifted: Vec<u8> = packed.iter().map(|b| b ^ 0x80).collect();
+    base64::engine::general_purpose::STANDARD.encode(shifted)
+}
+
+#[tokio::test]
+async fn carto_js_instantiates_by_jsonp_or_lzma_and_carto_python_with_the_key_in_the_body() {
+    let app = app().await;
+    let source = "select gid as cartodb_id, name, ST_Transform(geom, 3857) as the_geom_webmercator from places";
+    let config = carto_js_config(source).to_string();
+    let r = app
+        .get(&format!(
+            "/user/alice/api/v1/map?config={}&callback=_cdbc_42",
+            support::encode(&config)
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.header("content-type"),
+        Some("text/javascript; charset=utf-8")
+    );
+    let doc = jsonp(&r.text(), "_cdbc_42");
+    let token = doc["layergroupid"].as_str().unwrap().to_owned();
+    let base = format!("http://{}/user/alice/api/v1/map/{token}", app.addr);
+    assert_eq!(doc["last_updated"], "1970-01-01T00:00:00.000Z");
+    assert!(doc["cdn_url"].is_object());
+    let layers = &doc["metadata"]["layers"];
+    assert_eq!(
+        (
+            &layers[0]["type"],
+            &layers[0]["id"],
+            &layers[1]["type"],
+            &layers[1]["id"]
+        ),
+        (
+            &serde_json::json!("plain"),
+            &serde_json::json!("bg"),
+            &serde_json::json!("mapnik"),
+            &serde_json::json!("L1")
+        )
+    );
+    assert_eq!(layers[1]["meta"]["cartocss"], "#layer { marker-width: 7; }");
+    assert_eq!(
+        doc["metadata"]["dataviews"]["cats"]["url"]["http"],
+        format!("{base}/dataview/cats")
+    );
+    let node = &doc["metadata"]["analyses"][0]["nodes"]["a0"];
+    assert_eq!(
+        (&node["status"], &node["query"]),
+        (&serde_json::json!("ready"), &serde_json::json!(source))
+    );
+    // Its data layer's tiles, by the index CARTO.js gives it (1; 0 is the background).
+    let tile = app.get(&format!("/api/v1/map/{token}/1/0/0/0.mvt")).await;
+    assert_eq!(tile.status, 200, "{}", tile.text());
+    let features = decode(&tile.body).unwrap().layers[0].features.len();
+    let places: i64 = sqlx::query_scalar("select count(*) from places")
+        .fetch_one(app.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(i64::try_from(features).unwrap(), places);
+    assert_eq!(
+        app.get(&format!("/api/v1/map/{token}/0/0/0/0.mvt"))
+            .await
+            .status,
+        400
+    );
+
+    // The same config compressed: the same map.
+    let packed = lzma_param(&serde_json::json!({ "config": config }));
+    let r = app
+        .get(&format!(
+            "/api/v1/map?lzma={}&callback=cb",
+            support::encode(&packed)
+        ))
+        .await;
+    assert_eq!(jsonp(&r.text(), "cb")["layergroupid"], token.as_str());
+    // Errors reach a JSONP caller as its argument, in Windshaft's shape.
+    let bad = carto_js_config("select nothing_here from places").to_string();
+    let r = app
+        .get(&format!(
+            "/api/v1/map?config={}&callback=cb",
+            support::encode(&bad)
+        ))
+        .await;
+    assert_eq!(r.status, 200);
+    let got = jsonp(&r.text(), "cb");
+    assert_eq!(got["errors_with_context"][0]["layer"]["index"], 1, "{got}");
+    assert!(
+        got["errors"][0].as_str().unwrap().contains("nothing_here"),
+        "{got}"
+    );
+    // A callback that is not a name is refused, not echoed.
+    let r = app
+        .get(&format!(
+            "/api/v1/map?config={}&callback=alert(1)//",
+            support::encode(&config)
+        ))
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(!r.text().contains("alert(1)"));
+    // Undecodable lzma.
+    let r = app.get("/api/v1/map?lzma=bm90IGx6bWE%3D").await;
+    assert_eq!(r.status, 400, "{}", r.text());
+
+    // carto-python sends the key inside the config's body: a map of notes, which only alice's
+    // regular key reads, is made with it and refused without it.
+    let mut notes = carto_js_config(
+        "select id as cartodb_id, note as name, ST_Transform(geom, 3857) as the_geom_webmercator from notes",
+    );
+    let r = app.post_json("/api/v1/map", &notes).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    notes["api_key"] = serde_json::Value::String(app.regular.clone());
+    let r = app.post_json("/api/v1/map", &notes).await;
+    assert_eq!(r.status, 200, "{}", r.text());
 }

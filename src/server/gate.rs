@@ -70,6 +70,11 @@ impl Params {
         Ok(Self(pairs))
     }
 
+    /// Adds a parameter after the others (one a route finds elsewhere: a JSON body's member).
+    pub fn push(&mut self, name: impl Into<String>, value: impl Into<String>) {
+        self.0.push((name.into(), value.into()));
+    }
+
     /// The first value of `name`, if not empty.
     pub fn get(&self, name: &str) -> Option<&str> {
         self.0

@@ -8,12 +8,12 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Json, Router};
 use geoauth::{Api, UserName};
 use geostack_tiles::{MapConfig, TileKey};
 
-use super::gate::{ApiRequest, Gate, respond};
+use super::gate::{ApiRequest, Gate, Params, respond};
 use super::tile::{coord, origin, tile_response, tilejson as tilejson_of};
 use super::{Error, RedisConnection, Result, Sandbox, ServerConfig, Tiles};
 
@@ -78,7 +78,7 @@ impl<C: RedisConnection> MapsApi<C> {
 
     /// Its routes, also under `/user/{user}`.
     pub fn router(&self) -> Router {
-        let mut routes = super::with_slash("/api/v1/map", post(create::<C>));
+        let mut routes = super::with_slash("/api/v1/map", get(create_get::<C>).post(create::<C>));
         routes.extend([
             (
                 "/api/v1/map/{token}/tilejson.json".to_owned(),
@@ -151,46 +151,276 @@ impl<C: RedisConnection> MapsApi<C> {
     }
 }
 
+/// `POST /api/v1/map`: the body is the config; the key comes from the query string, the
+/// headers, or the body's own `api_key` member (as carto-python sends it).
 async fn create<C: RedisConnection>(
     State(api): State<MapsApi<C>>,
     req: ApiRequest,
     body: Bytes,
 ) -> Response {
-    respond(
-        async {
-        // The body is the config; credentials come from the query string and headers.
-        let caller = api.inner.gate.caller(&req, Api::Maps).await?;
-        let json = std::str::from_utf8(&body)
-            .map_err(|_| Error::BadRequest("the map config is not UTF-8".into()))?;
-        let limit = api.inner.config_limit;
+    let json = String::from_utf8_lossy(&body).into_owned();
+    let answer = async {
+        let mut params = Params::new(req.query.as_deref(), &axum::http::HeaderMap::new(), &[])?;
+        if let Ok(serde_json::Value::Object(members)) = serde_json::from_slice(&body)
+            && let Some(serde_json::Value::String(key)) = members.get("api_key")
+        {
+            params.push("api_key", key.clone());
+        }
+        if std::str::from_utf8(&body).is_err() {
+            return Err(Error::BadRequest("the map config is not UTF-8".into()));
+        }
+        api.instantiate(&req, &json, &params).await
+    }
+    .await;
+    windshaft_answer(answer, &json, None).await
+}
+
+/// `GET /api/v1/map?config=…` (or `lzma=…`, the same compressed) with an optional JSONP
+/// `callback`, as CARTO.js instantiates a map whose config fits in a URL.
+async fn create_get<C: RedisConnection>(
+    State(api): State<MapsApi<C>>,
+    req: ApiRequest,
+) -> Response {
+    let mut json = String::new();
+    let mut callback = None;
+    let answer = async {
+        let mut params = Params::new(req.query.as_deref(), &axum::http::HeaderMap::new(), &[])?;
+        if let Some(name) = params.get("callback") {
+            callback = Some(jsonp_callback(name)?);
+        }
+        if let Some(packed) = params.get("lzma") {
+            for (name, value) in unlzma(packed)? {
+                params.push(name, value);
+            }
+        }
+        json = params
+            .get("config")
+            .ok_or_else(|| Error::BadRequest("no map config: give config or lzma".into()))?
+            .to_owned();
+        api.instantiate(&req, &json, &params).await
+    }
+    .await;
+    windshaft_answer(answer, &json, callback.as_deref()).await
+}
+
+impl<C: RedisConnection> MapsApi<C> {
+    /// Checks, stores and describes a map config for the caller `params` authenticate, as
+    /// Windshaft answers CARTO.js: the token, each layer's type and metadata, each dataview's
+    /// and analysis node's URL. Every data layer's SQL is described as the caller before the
+    /// map is stored, so that a bad layer fails here, with its index, and not per tile.
+    async fn instantiate(&self, req: &ApiRequest, json: &str, params: &Params) -> Result<Response> {
+        let inner = &*self.inner;
+        let caller = inner
+            .gate
+            .authenticate(&req.path, &req.headers, params, Api::Maps, req.peer)
+            .await?;
+        let limit = inner.config_limit;
         if json.len() > limit {
             return Err(Error::TooLarge(format!(
                 "the map config is larger than the limit of {limit} bytes"
             )));
         }
         let config = MapConfig::parse(json)?;
+        let pool = inner.sandbox.pool_of(&caller.principal)?;
+        config.check(&pool, &inner.sandbox.options()).await?;
         let user = caller.principal.user().clone();
-        api.store_map(&user, config.token(), json).await?;
-        let base = format!("{}{}/api/v1/map/{}", origin(&req.headers), user_path(&req.path), config.token());
+        self.store_map(&user, config.token(), json).await?;
+        let base = format!(
+            "{}{}/api/v1/map/{}",
+            origin(&req.headers),
+            user_path(&req.path),
+            config.token()
+        );
+        let both = |url: String| serde_json::json!({ "http": url, "https": url });
         let layers: Vec<_> = config
             .layers()
             .iter()
-            .map(|l| serde_json::json!({ "type": "mapnik", "id": l.name(), "meta": { "minzoom": l.minzoom(), "maxzoom": l.maxzoom() } }))
+            .map(|l| {
+                let meta = if l.is_data() {
+                    serde_json::json!({
+                        "stats": {},
+                        "cartocss": l.cartocss(),
+                        "cartocss_version": l.cartocss_version(),
+                        "cartocss_meta": { "rules": [] },
+                        "minzoom": l.minzoom(),
+                        "maxzoom": l.maxzoom(),
+                    })
+                } else {
+                    serde_json::json!({})
+                };
+                serde_json::json!({ "type": l.kind().as_str(), "id": l.name(), "meta": meta })
+            })
             .collect();
+        let dataviews: serde_json::Map<String, serde_json::Value> = config
+            .dataviews()
+            .iter()
+            .map(|d| {
+                let url = format!("{base}/dataview/{}", d.id());
+                (d.id().to_owned(), serde_json::json!({ "url": both(url) }))
+            })
+            .collect();
+        let nodes: serde_json::Map<String, serde_json::Value> = config
+            .analyses()
+            .iter()
+            .map(|(id, query)| {
+                let url = format!("{base}/analysis/node/{id}");
+                let node =
+                    serde_json::json!({ "status": "ready", "query": query, "url": both(url) });
+                (id.clone(), node)
+            })
+            .collect();
+        let analyses = if nodes.is_empty() {
+            Vec::new()
+        } else {
+            vec![serde_json::json!({ "nodes": nodes })]
+        };
+        let mvt = format!("{base}/{{z}}/{{x}}/{{y}}.mvt");
         let mut response = Json(serde_json::json!({
             "layergroupid": config.token(),
+            // Windshaft's time of the tables' last change; none is kept here.
+            "last_updated": "1970-01-01T00:00:00.000Z",
             "metadata": {
                 "layers": layers,
-                "tilejson": { "vector": tilejson_of(config.token(), vec![format!("{base}/{{z}}/{{x}}/{{y}}.mvt")], &zooms(&config)) },
-                "url": { "vector": { "urlTemplate": format!("{base}/{{z}}/{{x}}/{{y}}.mvt"), "subdomains": [] } },
+                "dataviews": dataviews,
+                "analyses": analyses,
+                "tilejson": { "vector": tilejson_of(config.token(), vec![mvt.clone()], &zooms(&config)) },
+                "url": { "vector": { "urlTemplate": mvt, "subdomains": [] } },
             },
+            // No CDN: CARTO.js then builds URLs from its own server URL.
+            "cdn_url": { "templates": {} },
         }))
         .into_response();
         caller.rate.write_headers(response.headers_mut());
-        Ok::<_, Error>(response)
+        Ok(response)
     }
-    .await,
-    )
+}
+
+/// A JSONP callback name, when it is one: letters, digits, `_`, `$` and `.` only.
+fn jsonp_callback(name: &str) -> Result<String> {
+    let valid = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'$' | b'.'));
+    if valid {
+        Ok(name.to_owned())
+    } else {
+        Err(Error::BadRequest(
+            "invalid callback: letters, digits, _, $ and . only".into(),
+        ))
+    }
+}
+
+/// The parameters CARTO.js packed into `lzma`: base64 of LZMA ("alone" format) bytes, each
+/// shifted by 128 (JavaScript's signed bytes), of a JSON object (`{"config": "…"}`).
+fn unlzma(packed: &str) -> Result<Vec<(String, String)>> {
+    use base64::Engine as _;
+    let bad = |what: &str| Error::BadRequest(format!("invalid lzma parameter: {what}"));
+    let shifted = base64::engine::general_purpose::STANDARD
+        .decode(packed.trim())
+        .map_err(|_| bad("not base64"))?;
+    let bytes: Vec<u8> = shifted.iter().map(|b| b ^ 0x80).collect();
+    let mut json = Vec::new();
+    // Bounded: a few bytes of LZMA can stand for gigabytes.
+    let limit = 4 << 20;
+    let options = lzma_rs::decompress::Options {
+        memlimit: Some(limit),
+        ..Default::default()
+    };
+    lzma_rs::lzma_decompress_with_options(&mut &bytes[..], &mut json, &options)
+        .map_err(|_| bad("not LZMA, or larger than 4 MiB"))?;
+    if json.len() > limit {
+        return Err(bad("larger than 4 MiB"));
+    }
+    let serde_json::Value::Object(members) =
+        serde_json::from_slice(&json).map_err(|_| bad("not a JSON object"))?
+    else {
+        return Err(bad("not a JSON object"));
+    };
+    Ok(members
+        .into_iter()
+        .map(|(name, value)| match value {
+            serde_json::Value::String(s) => (name, s),
+            other => (name, other.to_string()),
+        })
+        .collect())
+}
+
+/// An instantiation's answer in Windshaft's shape: an error as `errors` and
+/// `errors_with_context` (the layer's index, id and type when one is at fault), and with a
+/// `callback`, JSONP: status 200 and the answer (or error) as the callback's argument, as
+/// CARTO.js reads it.
+async fn windshaft_answer(
+    answer: Result<Response>,
+    json: &str,
+    callback: Option<&str>,
+) -> Response {
+    let response = match answer {
+        Ok(response) => response,
+        Err(e) => {
+            let layer = match &e {
+                Error::Tiles(t) => t.layer(),
+                _ => None,
+            };
+            windshaft_error(e.into_response(), layer, json).await
+        }
+    };
+    let Some(callback) = callback else {
+        return response;
+    };
+    let (mut parts, body) = response.into_parts();
+    let Ok(body) = axum::body::to_bytes(body, 16 << 20).await else {
+        return Error::Internal("the answer could not be read".into()).into_response();
+    };
+    let text = format!(
+        "/**/ typeof {callback} === 'function' && {callback}({});",
+        String::from_utf8_lossy(&body)
+    );
+    parts.status = axum::http::StatusCode::OK;
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    parts.headers.insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("text/javascript; charset=utf-8"),
+    );
+    parts.headers.insert(
+        axum::http::header::X_CONTENT_TYPE_OPTIONS,
+        axum::http::HeaderValue::from_static("nosniff"),
+    );
+    Response::from_parts(parts, axum::body::Body::from(text))
+}
+
+/// CARTO's error answer (`{"error": ["…"]}`, its status and headers kept) in Windshaft's shape.
+async fn windshaft_error(response: Response, layer: Option<usize>, json: &str) -> Response {
+    let (mut parts, body) = response.into_parts();
+    let body = axum::body::to_bytes(body, 1 << 20)
+        .await
+        .unwrap_or_default();
+    let message = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["error"][0].as_str().map(str::to_owned))
+        .unwrap_or_else(|| "the map could not be instantiated".to_owned());
+    let context = match layer {
+        Some(index) => {
+            let raw = serde_json::from_str::<serde_json::Value>(json).unwrap_or_default();
+            let given = &raw["layers"][index];
+            let kind = match given["type"].as_str() {
+                None | Some("cartodb" | "mvt") => "mapnik",
+                Some(other) => other,
+            };
+            let id = given["id"]
+                .as_str()
+                .map_or_else(|| format!("layer{index}"), str::to_owned);
+            serde_json::json!({
+                "type": "layer",
+                "message": message,
+                "layer": { "index": index, "id": id, "type": kind },
+            })
+        }
+        None => serde_json::json!({ "type": "unknown", "message": message }),
+    };
+    let body = serde_json::json!({ "errors": [message], "errors_with_context": [context] });
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::from(body.to_string()))
 }
 
 async fn tilejson<C: RedisConnection>(State(api): State<MapsApi<C>>, req: ApiRequest) -> Response {
@@ -252,7 +482,10 @@ async fn tile<C: RedisConnection>(State(api): State<MapsApi<C>>, req: ApiRequest
                 }
             };
             let pool = inner.sandbox.pool_of(&caller.principal)?;
-            let options = inner.tiles.options().clone();
+            let options = match config.buffer() {
+                Some(buffer) => inner.tiles.options().clone().buffer(buffer)?,
+                None => inner.tiles.options().clone(),
+            };
             let sandbox = inner.sandbox.options();
             let tile = inner
                 .tiles

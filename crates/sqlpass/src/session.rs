@@ -251,8 +251,15 @@ impl Session {
 
     /// Rolls back and begins the transaction again, on the same connection, with the same
     /// settings (and a script's statements that ran before): after a statement failed for a
-    /// reason of the client's own.
-    pub(crate) async fn restart(&mut self) -> Result<()> {
+    /// reason of the client's own. sqlx's look-up of a type it has not met (PostGIS's, an
+    /// enum) replaces an unnamed statement between its parsing and its binding, failing it
+    /// with SQLSTATE 26000; the same statement succeeds once begun again.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Ended`] after the session ended, [`Error::Query`] / [`Error::Unavailable`]
+    /// when the database refuses or cannot be asked.
+    pub async fn restart(&mut self) -> Result<()> {
         let st = self.statement_timeout;
         let conn = self.conn.as_mut().ok_or(Error::Ended)?;
         self.open

@@ -43,6 +43,16 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// A layer of a map config failed when it was checked ([`crate::MapConfig::check`]): the
+    /// layer's index and why.
+    #[error("layer {index}: {source}")]
+    Layer {
+        /// The index of the layer in the config.
+        index: usize,
+        /// Why.
+        #[source]
+        source: Box<Error>,
+    },
     /// The `mvt` encoder refused a geometry or layer.
     #[error("encoding failed: {0}")]
     Encode(String),
@@ -100,6 +110,7 @@ impl Error {
             #[cfg(feature = "redis")]
             Self::Cache(_) => 503,
             Self::Coalesced(_) => 503,
+            Self::Layer { source, .. } => source.status(),
             Self::Encode(_) | Self::InvalidTile(_) => 500,
         }
     }
@@ -110,7 +121,17 @@ impl Error {
         match self {
             #[cfg(feature = "postgis")]
             Self::Database(sqlx::Error::Database(db)) => db.message().to_owned(),
+            Self::Layer { source, .. } => source.client_message(),
             other => other.to_string(),
+        }
+    }
+
+    /// The index of the map config's layer at fault, when the error is a layer's.
+    pub fn layer(&self) -> Option<usize> {
+        match self {
+            Self::InvalidMapConfig { layer, .. } => *layer,
+            Self::Layer { index, .. } => Some(*index),
+            _ => None,
         }
     }
 }

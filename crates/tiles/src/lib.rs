@@ -28,7 +28,7 @@ pub use coord::{Bounds, MAX_ZOOM, TileCoord, WEB_MERCATOR_HALF, to_lon_lat, to_w
 pub use decode::{DecodedFeature, DecodedLayer, DecodedTile, DecodedValue, decode};
 pub use encode::{LayerBuilder, LayerStats, TileBuilder, Value};
 pub use error::{Error, Result};
-pub use mapconfig::{MAX_LAYERS, MapConfig, MapLayer};
+pub use mapconfig::{Dataview, DataviewKind, LayerKind, MAX_LAYERS, MapConfig, MapLayer};
 pub use memory::{AttributeValue, MemoryFeature, MemorySource};
 pub use options::{DEFAULT_SOURCE_BYTES, DEFAULT_SOURCE_ROWS, TileOptions};
 pub use pipeline::{TileGeometry, TilePoint, tile_geometry};

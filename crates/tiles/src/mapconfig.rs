@@ -32,19 +32,114 @@ pub const MAX_LAYERS: usize = 16;
 #[derive(Clone, Debug, PartialEq)]
 pub struct MapConfig {
     layers: Vec<MapLayer>,
+    dataviews: Vec<Dataview>,
+    analyses: Vec<(String, String)>,
+    buffer: Option<u32>,
     token: String,
+}
+
+/// What a layer of a [`MapConfig`] draws.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LayerKind {
+    /// Rows of its SQL (`mapnik`, `cartodb`, `mvt`): in the tiles.
+    Data,
+    /// A background colour or image (`plain`): drawn by the client.
+    Plain,
+    /// Tiles of another server (`http`): drawn by the client.
+    Http,
+}
+
+impl LayerKind {
+    /// The type Windshaft reports for it (`mapnik` for every data layer).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Data => "mapnik",
+            Self::Plain => "plain",
+            Self::Http => "http",
+        }
+    }
 }
 
 /// One layer of a [`MapConfig`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct MapLayer {
     name: String,
+    kind: LayerKind,
     sql: String,
     geom_column: String,
     id_column: Option<String>,
     columns: Vec<String>,
+    interactivity: Vec<String>,
+    cartocss: Option<String>,
+    cartocss_version: Option<String>,
+    source: Option<String>,
+    /// A plain or http layer's options, as given (the client draws them).
+    client_options: serde_json::Value,
     minzoom: u8,
     maxzoom: u8,
+}
+
+/// What a dataview computes over its source ([`Dataview`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DataviewKind {
+    /// Categories of a column with a count or an aggregate of another column.
+    Aggregation,
+    /// Bins of a numeric or date column.
+    Histogram,
+    /// One aggregate (count, sum, avg, min, max) of a column.
+    Formula,
+}
+
+impl DataviewKind {
+    /// Its name in a map config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Aggregation => "aggregation",
+            Self::Histogram => "histogram",
+            Self::Formula => "formula",
+        }
+    }
+}
+
+/// A dataview of a [`MapConfig`] (CARTO.js's widgets): a figure computed over the rows of an
+/// analysis node, named by its id.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Dataview {
+    id: String,
+    kind: DataviewKind,
+    source: String,
+    sql: String,
+    options: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Dataview {
+    /// Its id in the config.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// What it computes.
+    pub fn kind(&self) -> DataviewKind {
+        self.kind
+    }
+
+    /// The analysis node it reads.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The SQL of its source (checked as one statement).
+    pub fn sql(&self) -> &str {
+        &self.sql
+    }
+
+    /// Its options as given (`column`, `aggregation`, `aggregationColumn`, `bins`,
+    /// `operation`…); the column names among them are plain identifiers.
+    pub fn options(&self) -> &serde_json::Map<String, serde_json::Value> {
+        &self.options
+    }
 }
 
 #[derive(Deserialize)]
@@ -52,6 +147,42 @@ struct RawConfig {
     #[serde(default)]
     version: Option<String>,
     layers: Vec<RawLayer>,
+    #[serde(default)]
+    analyses: Vec<RawAnalysis>,
+    #[serde(default)]
+    dataviews: std::collections::BTreeMap<String, RawDataview>,
+    #[serde(default)]
+    buffersize: Option<RawBuffer>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawBuffer {
+    All(u32),
+    ByFormat(std::collections::BTreeMap<String, u32>),
+}
+
+#[derive(Deserialize)]
+struct RawAnalysis {
+    id: String,
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    params: serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct RawDataview {
+    #[serde(rename = "type")]
+    kind: String,
+    source: RawSource,
+    #[serde(default)]
+    options: serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct RawSource {
+    id: String,
 }
 
 #[derive(Deserialize)]
@@ -60,12 +191,18 @@ struct RawLayer {
     kind: Option<String>,
     #[serde(default)]
     id: Option<String>,
-    options: RawOptions,
+    #[serde(default)]
+    options: serde_json::Map<String, serde_json::Value>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 struct RawOptions {
-    sql: String,
+    #[serde(default)]
+    sql: Option<String>,
+    #[serde(default)]
+    source: Option<RawSource>,
+    #[serde(default)]
+    sql_wrap: Option<String>,
     #[serde(default)]
     geom_column: Option<String>,
     #[serde(default)]
@@ -74,6 +211,19 @@ struct RawOptions {
     maxzoom: Option<u8>,
     #[serde(default)]
     attributes: Option<RawAttributes>,
+    #[serde(default)]
+    interactivity: Option<RawInteractivity>,
+    #[serde(default)]
+    cartocss: Option<String>,
+    #[serde(default)]
+    cartocss_version: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawInteractivity {
+    List(Vec<String>),
+    Text(String),
 }
 
 #[derive(Deserialize)]
@@ -84,14 +234,33 @@ struct RawAttributes {
     columns: Vec<String>,
 }
 
+/// CARTO.js's placeholder for the layer's SQL in `sql_wrap`.
+const SQL_PLACEHOLDER: &str = "<%= sql %>";
+
 impl MapConfig {
-    /// Parses and validates a map config.
+    /// Parses and validates a map config: Windshaft's layergroup, and CARTO.js v4's form of it
+    /// (layers whose `options.source.id` names a `source` node of `analyses`, `dataviews`,
+    /// `buffersize`, `plain` and `http` layers, `cartocss`, `interactivity`, `sql_wrap`).
+    ///
+    /// ```
+    /// let config = geostack_tiles::MapConfig::parse(r#"{
+    ///     "buffersize": {"mvt": 0},
+    ///     "layers": [{"id": "L1", "type": "mapnik",
+    ///                 "options": {"cartocss": "#l{}", "source": {"id": "a0"}}}],
+    ///     "analyses": [{"id": "a0", "type": "source", "params": {"query": "select * from places"}}],
+    ///     "dataviews": {"by_name": {"type": "aggregation", "source": {"id": "a0"},
+    ///                               "options": {"column": "name", "aggregation": "count"}}}
+    /// }"#).unwrap();
+    /// assert_eq!(config.layers()[0].sql(), "select * from places");
+    /// assert_eq!(config.dataviews()[0].id(), "by_name");
+    /// ```
     ///
     /// # Errors
     ///
     /// [`Error::InvalidMapConfig`] for JSON that is not a layergroup, no layers or more than
-    /// [`MAX_LAYERS`], an unsupported layer type, an empty SQL, zooms out of range or reversed,
-    /// column names that are not plain identifiers, or two layers with one name.
+    /// [`MAX_LAYERS`], an unsupported layer, analysis or dataview type, a data layer without
+    /// SQL or source, a source that names no analysis, zooms out of range or reversed, column
+    /// names that are not plain identifiers, or two layers with one name.
     pub fn parse(json: &str) -> Result<Self> {
         let invalid =
             |layer: Option<usize>, reason: String| Error::InvalidMapConfig { layer, reason };
@@ -105,70 +274,204 @@ impl MapConfig {
         if raw.layers.is_empty() || raw.layers.len() > MAX_LAYERS {
             return Err(invalid(None, format!("expected 1 to {MAX_LAYERS} layers")));
         }
+        // Analysis nodes: only sources (a query) are computed here.
+        let mut analyses = Vec::with_capacity(raw.analyses.len());
+        for a in raw.analyses {
+            if a.kind != "source" {
+                return Err(invalid(
+                    None,
+                    format!(
+                        "analysis {}: unsupported analysis type {} (only source nodes)",
+                        a.id, a.kind
+                    ),
+                ));
+            }
+            let query = a
+                .params
+                .get("query")
+                .and_then(serde_json::Value::as_str)
+                .ok_or_else(|| invalid(None, format!("analysis {}: no query", a.id)))?;
+            let query =
+                checked_sql(query).map_err(|e| invalid(None, format!("analysis {}: {e}", a.id)))?;
+            if analyses
+                .iter()
+                .any(|(id, _): &(String, String)| *id == a.id)
+            {
+                return Err(invalid(None, format!("analysis {} is defined twice", a.id)));
+            }
+            analyses.push((a.id, query));
+        }
+        let source_sql = |id: &str| {
+            analyses
+                .iter()
+                .find(|(a, _)| a == id)
+                .map(|(_, sql)| sql.clone())
+        };
         let mut layers = Vec::with_capacity(raw.layers.len());
         for (i, l) in raw.layers.into_iter().enumerate() {
             let bad = |reason: &str| invalid(Some(i), reason.to_owned());
-            match l.kind.as_deref() {
-                None | Some("mapnik" | "cartodb" | "mvt") => {}
+            let kind = match l.kind.as_deref() {
+                None | Some("mapnik" | "cartodb" | "mvt") => LayerKind::Data,
+                Some("plain") => LayerKind::Plain,
+                Some("http") => LayerKind::Http,
                 Some(other) => return Err(bad(&format!("unsupported layer type {other}"))),
-            }
-            if l.options.sql.trim().is_empty() {
-                return Err(bad("empty sql"));
-            }
-            // Checked on its own before anything wraps it: one complete statement whose
-            // parentheses close in order, so the tile's wrapper stays outermost.
-            #[cfg(feature = "postgis")]
-            let sql = sqlpass::Statement::new(&l.options.sql)
-                .map_err(|e| bad(&e.to_string()))?
-                .as_str()
-                .to_owned();
-            #[cfg(not(feature = "postgis"))]
-            let sql = l.options.sql;
-            let minzoom = l.options.minzoom.unwrap_or(0);
-            let maxzoom = l.options.maxzoom.unwrap_or(MAX_ZOOM);
-            if maxzoom > MAX_ZOOM || minzoom > maxzoom {
-                return Err(bad("expected 0 <= minzoom <= maxzoom <= 30"));
-            }
-            let geom_column = l
-                .options
-                .geom_column
-                .unwrap_or_else(|| "the_geom_webmercator".into());
-            let attributes = l.options.attributes.unwrap_or(RawAttributes {
-                id: None,
-                columns: Vec::new(),
-            });
-            for name in std::iter::once(&geom_column)
-                .chain(&attributes.columns)
-                .chain(&attributes.id)
-            {
-                if !is_identifier(name) {
-                    return Err(bad(&format!("{name:?} is not a plain column name")));
-                }
-            }
-            let name = l.id.unwrap_or_else(|| format!("layer{i}"));
+            };
+            let name = l.id.clone().unwrap_or_else(|| format!("layer{i}"));
             if name.is_empty() || name.len() > 64 {
                 return Err(bad("a layer id must have 1 to 64 characters"));
             }
             if layers.iter().any(|other: &MapLayer| other.name == name) {
                 return Err(bad(&format!("layer id {name} is used twice")));
             }
+            if kind != LayerKind::Data {
+                layers.push(MapLayer {
+                    name,
+                    kind,
+                    sql: String::new(),
+                    geom_column: String::new(),
+                    id_column: None,
+                    columns: Vec::new(),
+                    interactivity: Vec::new(),
+                    cartocss: None,
+                    cartocss_version: None,
+                    source: None,
+                    client_options: serde_json::Value::Object(l.options),
+                    minzoom: 0,
+                    maxzoom: MAX_ZOOM,
+                });
+                continue;
+            }
+            let options: RawOptions = serde_json::from_value(serde_json::Value::Object(l.options))
+                .map_err(|e| bad(&format!("invalid options: {e}")))?;
+            let source = options.source.map(|s| s.id);
+            let sql = match (&options.sql, &source) {
+                (Some(sql), _) if sql.trim().is_empty() => return Err(bad("empty sql")),
+                (Some(sql), _) => sql.clone(),
+                (None, Some(id)) => {
+                    source_sql(id).ok_or_else(|| bad(&format!("no analysis {id}")))?
+                }
+                (None, None) => return Err(bad("a layer needs sql or a source")),
+            };
+            let sql = match options.sql_wrap.as_deref() {
+                Some(wrap) if wrap.contains(SQL_PLACEHOLDER) => wrap.replace(SQL_PLACEHOLDER, &sql),
+                Some(_) => return Err(bad("sql_wrap has no <%= sql %>")),
+                None => sql,
+            };
+            // Checked on its own before anything wraps it: one complete statement whose
+            // parentheses close in order, so the tile's wrapper stays outermost.
+            let sql = checked_sql(&sql).map_err(|e| bad(&e))?;
+            let minzoom = options.minzoom.unwrap_or(0);
+            let maxzoom = options.maxzoom.unwrap_or(MAX_ZOOM);
+            if maxzoom > MAX_ZOOM || minzoom > maxzoom {
+                return Err(bad("expected 0 <= minzoom <= maxzoom <= 30"));
+            }
+            let geom_column = options
+                .geom_column
+                .unwrap_or_else(|| "the_geom_webmercator".into());
+            let attributes = options.attributes.unwrap_or(RawAttributes {
+                id: None,
+                columns: Vec::new(),
+            });
+            let interactivity: Vec<String> = match options.interactivity {
+                None => Vec::new(),
+                Some(RawInteractivity::List(list)) => list,
+                Some(RawInteractivity::Text(text)) => text
+                    .split(',')
+                    .map(|c| c.trim().to_owned())
+                    .filter(|c| !c.is_empty())
+                    .collect(),
+            };
+            for name in std::iter::once(&geom_column)
+                .chain(&attributes.columns)
+                .chain(&attributes.id)
+                .chain(&interactivity)
+            {
+                if !is_identifier(name) {
+                    return Err(bad(&format!("{name:?} is not a plain column name")));
+                }
+            }
             layers.push(MapLayer {
                 name,
+                kind,
                 sql,
                 geom_column,
                 id_column: attributes.id,
                 columns: attributes.columns,
+                interactivity,
+                cartocss: options.cartocss,
+                cartocss_version: options.cartocss_version,
+                source,
+                client_options: serde_json::Value::Null,
                 minzoom,
                 maxzoom,
             });
         }
-        let token = token_of(&layers);
-        Ok(Self { layers, token })
+        let mut dataviews = Vec::with_capacity(raw.dataviews.len());
+        for (id, d) in raw.dataviews {
+            let bad = |reason: String| invalid(None, format!("dataview {id}: {reason}"));
+            let kind = match d.kind.as_str() {
+                "aggregation" => DataviewKind::Aggregation,
+                "histogram" => DataviewKind::Histogram,
+                "formula" => DataviewKind::Formula,
+                other => return Err(bad(format!("unsupported dataview type {other}"))),
+            };
+            let sql = source_sql(&d.source.id)
+                .ok_or_else(|| bad(format!("no analysis {}", d.source.id)))?;
+            for name in ["column", "aggregationColumn"] {
+                match d.options.get(name) {
+                    None | Some(serde_json::Value::Null) => {}
+                    Some(serde_json::Value::String(c)) if is_identifier(c) => {}
+                    Some(other) => {
+                        return Err(bad(format!("{name} {other} is not a plain column name")));
+                    }
+                }
+            }
+            dataviews.push(Dataview {
+                id,
+                kind,
+                source: d.source.id,
+                sql,
+                options: d.options,
+            });
+        }
+        let buffer = match raw.buffersize {
+            None => None,
+            Some(RawBuffer::All(n)) => Some(n),
+            Some(RawBuffer::ByFormat(by)) => by.get("mvt").copied(),
+        };
+        let token = token_of(&layers, &dataviews, buffer);
+        Ok(Self {
+            layers,
+            dataviews,
+            analyses,
+            buffer,
+            token,
+        })
     }
 
     /// The layers, in drawing order.
     pub fn layers(&self) -> &[MapLayer] {
         &self.layers
+    }
+
+    /// The dataviews, by id.
+    pub fn dataviews(&self) -> &[Dataview] {
+        &self.dataviews
+    }
+
+    /// The dataview `id`.
+    pub fn dataview(&self, id: &str) -> Option<&Dataview> {
+        self.dataviews.iter().find(|d| d.id == id)
+    }
+
+    /// The analysis nodes (their id and query), in the order given.
+    pub fn analyses(&self) -> &[(String, String)] {
+        &self.analyses
+    }
+
+    /// The tile buffer asked for (`buffersize`, its `mvt` member), in tile units.
+    pub fn buffer(&self) -> Option<u32> {
+        self.buffer
     }
 
     /// A stable token naming this config: 32 hex characters of SHA-256 over its normalized form
@@ -207,6 +510,12 @@ impl MapConfig {
             let layer = self.layers.get(i).ok_or_else(|| {
                 invalid(format!("no layer {i}: the map has {}", self.layers.len()))
             })?;
+            if layer.kind != LayerKind::Data {
+                return Err(invalid(format!(
+                    "layer {i} is a {} layer: its tiles are drawn by the client",
+                    layer.kind.as_str()
+                )));
+            }
             if indexes[..n].contains(&i) {
                 return Err(invalid(format!("layer {i} chosen twice")));
             }
@@ -214,6 +523,9 @@ impl MapConfig {
         }
         Ok(Self {
             layers,
+            dataviews: self.dataviews.clone(),
+            analyses: self.analyses.clone(),
+            buffer: self.buffer,
             token: self.token.clone(),
         })
     }
@@ -223,6 +535,42 @@ impl MapLayer {
     /// The layer's name in the tile.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// What it draws.
+    pub fn kind(&self) -> LayerKind {
+        self.kind
+    }
+
+    /// Whether its rows are in the tiles (a data layer).
+    pub fn is_data(&self) -> bool {
+        self.kind == LayerKind::Data
+    }
+
+    /// The columns its interactivity (UTFGrid, CARTO.js's feature events) names.
+    pub fn interactivity(&self) -> &[String] {
+        &self.interactivity
+    }
+
+    /// Its CartoCSS, as given.
+    pub fn cartocss(&self) -> Option<&str> {
+        self.cartocss.as_deref()
+    }
+
+    /// Its CartoCSS version, as given.
+    pub fn cartocss_version(&self) -> Option<&str> {
+        self.cartocss_version.as_deref()
+    }
+
+    /// The analysis node it reads, when it names one.
+    pub fn source(&self) -> Option<&str> {
+        self.source.as_deref()
+    }
+
+    /// A plain or http layer's options, as given (`color`, `urlTemplate`…); `null` for data
+    /// layers.
+    pub fn client_options(&self) -> &serde_json::Value {
+        &self.client_options
     }
 
     /// Its SQL.
@@ -261,23 +609,73 @@ impl MapLayer {
     }
 }
 
-fn token_of(layers: &[MapLayer]) -> String {
-    let normalized = serde_json::json!(
+fn token_of(layers: &[MapLayer], dataviews: &[Dataview], buffer: Option<u32>) -> String {
+    let normalized = serde_json::json!([
         layers
             .iter()
             .map(|l| serde_json::json!([
                 l.name,
+                l.kind.as_str(),
                 l.sql,
                 l.geom_column,
                 l.id_column,
                 l.columns,
+                l.interactivity,
+                l.cartocss,
+                l.cartocss_version,
+                sorted(&l.client_options),
                 l.minzoom,
                 l.maxzoom
             ]))
-            .collect::<Vec<_>>()
-    );
+            .collect::<Vec<_>>(),
+        dataviews
+            .iter()
+            .map(|d| serde_json::json!([
+                d.id,
+                d.kind.as_str(),
+                d.sql,
+                sorted(&serde_json::Value::Object(d.options.clone()))
+            ]))
+            .collect::<Vec<_>>(),
+        buffer,
+    ]);
     let digest = Sha256::digest(normalized.to_string().as_bytes());
     digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `value` with every object's members in name order, whatever order they came in.
+fn sorted(value: &serde_json::Value) -> serde_json::Value {
+    match value {
+        serde_json::Value::Object(map) => {
+            let mut members: Vec<_> = map.iter().collect();
+            members.sort_by(|a, b| a.0.cmp(b.0));
+            serde_json::Value::Array(
+                members
+                    .into_iter()
+                    .map(|(k, v)| serde_json::json!([k, sorted(v)]))
+                    .collect(),
+            )
+        }
+        serde_json::Value::Array(items) => {
+            serde_json::Value::Array(items.iter().map(sorted).collect())
+        }
+        other => other.clone(),
+    }
+}
+
+/// `sql` checked as one statement on its own (with the `postgis` feature, by sqlpass), as
+/// it will stand in a wrapper.
+fn checked_sql(sql: &str) -> std::result::Result<String, String> {
+    #[cfg(feature = "postgis")]
+    {
+        sqlpass::Statement::new(sql)
+            .map(|s| s.as_str().to_owned())
+            .map_err(|e| e.to_string())
+    }
+    #[cfg(not(feature = "postgis"))]
+    {
+        Ok(sql.to_owned())
+    }
 }
 
 pub(crate) fn is_identifier(s: &str) -> bool {
@@ -297,7 +695,7 @@ mod tests {
     fn the_token_ignores_member_order_spacing_and_unknown_members() {
         let a = MapConfig::parse(BASE).unwrap();
         let b = MapConfig::parse(
-            r##"{ "layers": [ { "options": { "maxzoom": 5, "sql": "select 1", "minzoom": 1, "cartocss": "#x{}" }, "id": "a", "type": "mapnik" } ], "version": "1.3.0" }"##,
+            r##"{ "layers": [ { "options": { "maxzoom": 5, "sql": "select 1", "minzoom": 1, "unknown": "#x{}" }, "id": "a", "type": "mapnik" } ], "version": "1.3.0", "extra": true }"##,
         )
         .unwrap();
         assert_eq!(a.token(), b.token());
@@ -306,6 +704,57 @@ mod tests {
         assert!(a.token().bytes().all(|b| b.is_ascii_hexdigit()));
         assert!(a.layers()[0].visible_at(5) && !a.layers()[0].visible_at(6));
         assert_eq!(a.layers()[0].geom_column(), "the_geom_webmercator");
+    }
+
+    #[test]
+    fn carto_js_configs_resolve_layer_and_dataview_sources_from_analyses() {
+        let v4 = r##"{
+            "buffersize": {"mvt": 0},
+            "layers": [
+                {"id": "bg", "type": "plain", "options": {"color": "#fff"}},
+                {"id": "L1", "type": "mapnik", "options": {
+                    "cartocss": "#l { marker-width: 4; }", "cartocss_version": "3.0.12",
+                    "source": {"id": "a0"}, "interactivity": ["cartodb_id", "name"]}},
+                {"id": "L2", "type": "cartodb", "options": {
+                    "source": {"id": "a0"}, "interactivity": "cartodb_id, pop",
+                    "sql_wrap": "select * from (<%= sql %>) w where pop > 0"}},
+                {"id": "osm", "type": "http", "options": {"urlTemplate": "https://tile/{z}/{x}/{y}.png"}}
+            ],
+            "analyses": [{"id": "a0", "type": "source", "params": {"query": "select * from places"}}],
+            "dataviews": {
+                "cats": {"type": "aggregation", "source": {"id": "a0"},
+                         "options": {"column": "name", "aggregation": "count", "aggregationColumn": null}},
+                "pops": {"type": "histogram", "source": {"id": "a0"}, "options": {"column": "pop", "bins": 10}}
+            }
+        }"##;
+        let c = MapConfig::parse(v4).unwrap();
+        let kinds: Vec<_> = c.layers().iter().map(|l| l.kind().as_str()).collect();
+        assert_eq!(kinds, ["plain", "mapnik", "mapnik", "http"]);
+        assert_eq!(c.layers()[1].sql(), "select * from places");
+        assert_eq!(c.layers()[1].interactivity(), ["cartodb_id", "name"]);
+        assert_eq!(c.layers()[1].cartocss(), Some("#l { marker-width: 4; }"));
+        assert_eq!(
+            c.layers()[2].sql(),
+            "select * from (select * from places) w where pop > 0"
+        );
+        assert_eq!(c.layers()[2].interactivity(), ["cartodb_id", "pop"]);
+        assert_eq!(c.layers()[0].client_options()["color"], "#fff");
+        assert_eq!(c.buffer(), Some(0));
+        let ids: Vec<_> = c.dataviews().iter().map(Dataview::id).collect();
+        assert_eq!(ids, ["cats", "pops"]);
+        assert_eq!(c.dataview("pops").unwrap().kind(), DataviewKind::Histogram);
+        assert_eq!(c.dataview("cats").unwrap().sql(), "select * from places");
+        // Tiles are of data layers only.
+        assert!(c.select(&[1, 2]).is_ok());
+        assert!(c.select(&[0]).is_err());
+        // The same config in another member order has the same token; another style not.
+        let reordered = v4.replace(
+            r#""id": "L1", "type": "mapnik""#,
+            r#""type": "mapnik", "id": "L1""#,
+        );
+        assert_eq!(MapConfig::parse(&reordered).unwrap().token(), c.token());
+        let restyled = v4.replace("marker-width: 4", "marker-width: 5");
+        assert_ne!(MapConfig::parse(&restyled).unwrap().token(), c.token());
     }
 
     #[test]
@@ -347,6 +796,31 @@ mod tests {
                 r#"{"layers":[{"id":"x","options":{"sql":"a"}},{"id":"x","options":{"sql":"b"}}]}"#,
                 Some(1),
                 "used twice",
+            ),
+            (
+                r#"{"layers":[{"options":{"source":{"id":"nope"}}}]}"#,
+                Some(0),
+                "no analysis nope",
+            ),
+            (
+                r#"{"layers":[{"options":{}}]}"#,
+                Some(0),
+                "needs sql or a source",
+            ),
+            (
+                r#"{"layers":[{"options":{"sql":"x"}}],"analyses":[{"id":"b","type":"buffer","params":{}}]}"#,
+                None,
+                "unsupported analysis type buffer",
+            ),
+            (
+                r#"{"layers":[{"options":{"sql":"x"}}],"analyses":[{"id":"a","type":"source","params":{"query":"x"}}],"dataviews":{"d":{"type":"list","source":{"id":"a"}}}}"#,
+                None,
+                "unsupported dataview type list",
+            ),
+            (
+                r#"{"layers":[{"options":{"sql":"x"}}],"analyses":[{"id":"a","type":"source","params":{"query":"x"}}],"dataviews":{"d":{"type":"formula","source":{"id":"a"},"options":{"column":"a;b"}}}}"#,
+                None,
+                "not a plain column name",
             ),
         ];
         for (json, layer, reason) in cases {

@@ -78,7 +78,7 @@ impl MapConfig {
         let visible: Vec<&MapLayer> = self
             .layers()
             .iter()
-            .filter(|l| l.visible_at(coord.z()))
+            .filter(|l| l.is_data() && l.visible_at(coord.z()))
             .collect();
         let frame = TileBuilder::new(coord, options);
         let mut fetched = Vec::with_capacity(visible.len());
@@ -95,6 +95,101 @@ impl MapConfig {
         session.end().await?;
         encode_within_budget(coord, options, &visible, &fetched)
     }
+}
+
+impl MapConfig {
+    /// Checks the config against the database as its caller (on `pool`, a pool that logged in
+    /// as the caller's role, in one read-only [`sqlpass::Session`] with `sandbox`'s limits,
+    /// always rolled back), as Windshaft does when a map is instantiated: each data layer's SQL
+    /// is described (never run) and must have the geometry, id, attribute and interactivity
+    /// columns the layer names; each dataview's source must have the columns its options name.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Layer`] with the layer's index and the database's refusal (a syntax error, a
+    /// permission) or a missing column; [`Error::InvalidMapConfig`] for a dataview's missing
+    /// column; [`Error::Sql`] when the sandbox could not begin.
+    pub async fn check(&self, pool: &PgPool, sandbox: &sqlpass::Options) -> Result<()> {
+        let sandbox = sandbox.clone().access(sqlpass::Access::ReadOnly);
+        let mut session = Session::begin(pool, &sandbox).await?;
+        let checked = self.check_in(&mut session).await;
+        // Nothing of the caller's outlives the check.
+        let ended = session.end().await;
+        checked?;
+        Ok(ended?)
+    }
+
+    async fn check_in(&self, session: &mut Session) -> Result<()> {
+        for (index, layer) in self.layers().iter().enumerate() {
+            if !layer.is_data() {
+                continue;
+            }
+            let at = |source: Error| Error::Layer {
+                index,
+                source: Box::new(source),
+            };
+            let columns = describe(session, layer.sql()).await.map_err(at)?;
+            let wanted = std::iter::once(layer.geom_column())
+                .chain(layer.id_column())
+                .chain(layer.columns().iter().map(String::as_str))
+                .chain(layer.interactivity().iter().map(String::as_str));
+            for column in wanted {
+                if !columns.iter().any(|c| c == column) {
+                    return Err(at(Error::InvalidMapConfig {
+                        layer: Some(index),
+                        reason: format!("column \"{column}\" does not exist in the layer's SQL"),
+                    }));
+                }
+            }
+        }
+        for dataview in self.dataviews() {
+            let columns = describe(session, dataview.sql()).await?;
+            for name in ["column", "aggregationColumn"] {
+                let Some(column) = dataview.options().get(name).and_then(|v| v.as_str()) else {
+                    continue;
+                };
+                if !columns.iter().any(|c| c == column) {
+                    return Err(Error::InvalidMapConfig {
+                        layer: None,
+                        reason: format!(
+                            "dataview {}: column \"{column}\" does not exist in its source",
+                            dataview.id()
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The result columns of `sql` (one checked statement), found without running it: under
+/// `LIMIT 0` beside a one-row relation, whose one row of NULLs has the statement's columns.
+async fn describe(session: &mut Session, sql: &str) -> Result<Vec<String>> {
+    let describe = format!(
+        "SELECT _q.* FROM (VALUES (1)) AS _one(_) LEFT JOIN \
+         (SELECT * FROM (\n{sql}\n) AS _i LIMIT 0) AS _q ON true"
+    );
+    match describe_once(session, &describe).await {
+        // A type sqlx had not met (PostGIS's) replaced the statement: known the second time.
+        Err(e) if e.sqlstate() == Some("26000") => {
+            session.restart().await?;
+            Ok(describe_once(session, &describe).await?)
+        }
+        described => Ok(described?),
+    }
+}
+
+async fn describe_once(session: &mut Session, describe: &str) -> sqlpass::Result<Vec<String>> {
+    use sqlx::Column as _;
+    let mut columns = Vec::new();
+    session
+        .for_each_row(sqlx::query(AssertSqlSafe(describe.to_owned())), |row| {
+            columns = row.columns().iter().map(|c| c.name().to_owned()).collect();
+            ControlFlow::Continue(())
+        })
+        .await?;
+    Ok(columns)
 }
 
 async fn fetch_layer(
