@@ -466,3 +466,290 @@ async fn carto_js_instantiates_by_jsonp_or_lzma_and_carto_python_with_the_key_in
     let r = app.post_json("/api/v1/map", &notes).await;
     assert_eq!(r.status, 200, "{}", r.text());
 }
+
+/// A map of places with CARTO.js's dataviews: categories of `featurecla`, a histogram of
+/// `pop_max`, a count and a sum; `filters` as Windshaft takes them.
+async fn dataview_map(app: &App, filters: Option<serde_json::Value>) -> String {
+    let config = serde_json::json!({
+        "layers": [{"id": "L1", "type": "mapnik", "options": {
+            "source": {"id": "a0"}, "cartocss": "#l {}",
+            "attributes": {"id": "cartodb_id", "columns": ["name", "pop_max"]}}}],
+        "analyses": [{"id": "a0", "type": "source", "params": {"query":
+            "select gid as cartodb_id, name, featurecla, pop_max, ST_Transform(geom, 3857) as the_geom_webmercator from places"}}],
+        "dataviews": {
+            "cats": {"type": "aggregation", "source": {"id": "a0"},
+                     "options": {"column": "featurecla", "aggregation": "count"}},
+            "pops": {"type": "histogram", "source": {"id": "a0"},
+                     "options": {"column": "pop_max", "bins": 5}},
+            "total": {"type": "formula", "source": {"id": "a0"},
+                      "options": {"column": "cartodb_id", "operation": "count"}},
+            "people": {"type": "formula", "source": {"id": "a0"},
+                       "options": {"column": "pop_max", "operation": "sum"}}
+        }
+    });
+    let path = match filters {
+        Some(f) => format!("/api/v1/map?filters={}", support::encode(&f.to_string())),
+        None => "/api/v1/map".to_owned(),
+    };
+    let r = app.post_json(&path, &config).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["layergroupid"].as_str().unwrap().to_owned()
+}
+
+async fn scalar(app: &App, sql: &str) -> i64 {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+        .fetch_one(app.db.pool())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn dataviews_and_attributes_are_computed_by_postgresql_as_the_caller() {
+    let app = app().await;
+    let token = dataview_map(&app, None).await;
+    let get = |path: String| {
+        let app = &app;
+        async move {
+            let r = app.get(&path).await;
+            assert_eq!(r.status, 200, "{path}: {}", r.text());
+            r.json()
+        }
+    };
+    let base = format!("/api/v1/map/{token}");
+
+    // Categories: the top six by count, the rest as Other, counted independently.
+    let cats = get(format!("{base}/dataview/cats")).await;
+    let expected: Vec<(String, i64)> = sqlx::query_as(
+        "select featurecla, count(*) from places where featurecla is not null group by 1 order by 2 desc, 1",
+    )
+    .fetch_all(app.db.pool())
+    .await
+    .unwrap();
+    let got: Vec<(String, i64, bool)> = cats["categories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["category"].as_str().unwrap().to_owned(),
+                c["value"].as_i64().unwrap(),
+                c["agg"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    let top: Vec<(String, i64, bool)> = expected
+        .iter()
+        .take(6)
+        .map(|(c, n)| (c.clone(), *n, false))
+        .collect();
+    assert_eq!(got[..top.len()], top[..]);
+    if expected.len() > 6 {
+        let rest: i64 = expected[6..].iter().map(|(_, n)| n).sum();
+        assert_eq!(got[6], ("Other".to_owned(), rest, true));
+    }
+    let all = scalar(&app, "select count(*) from places").await;
+    assert_eq!(cats["count"], all);
+    assert_eq!(
+        cats["categoriesCount"],
+        i64::try_from(expected.len()).unwrap()
+    );
+
+    // Within a bounding box (Europe), by the same test PostGIS makes.
+    let europe = "-10,35,30,60";
+    let in_box = scalar(
+        &app,
+        "select count(*) from places where ST_Transform(geom, 3857) && ST_Transform(ST_MakeEnvelope(-10, 35, 30, 60, 4326), 3857)",
+    )
+    .await;
+    let total = get(format!("{base}/dataview/total?bbox={europe}")).await;
+    assert_eq!(
+        (
+            &total["type"],
+            &total["operation"],
+            total["result"].as_i64()
+        ),
+        (
+            &serde_json::json!("formula"),
+            &serde_json::json!("count"),
+            Some(in_box)
+        )
+    );
+    assert!(in_box > 0 && in_box < all);
+    let people = get(format!("{base}/dataview/people")).await;
+    let sum = scalar(&app, "select sum(pop_max)::int8 from places").await;
+    assert_eq!(people["result"].as_f64().unwrap() as i64, sum);
+
+    // A histogram: five bins from the smallest value, every row with a value in one of them.
+    let pops = get(format!("{base}/dataview/pops")).await;
+    assert_eq!(pops["bins_count"], 5);
+    let min = scalar(&app, "select min(pop_max)::int8 from places").await;
+    assert_eq!(pops["bins_start"].as_f64().unwrap() as i64, min);
+    let freq: i64 = pops["bins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["freq"].as_i64().unwrap())
+        .sum();
+    assert_eq!(
+        freq,
+        scalar(&app, "select count(pop_max) from places").await
+    );
+    let ten = get(format!("{base}/dataview/pops?bins=10&start=0&end=1000000")).await;
+    assert_eq!(
+        (ten["bins_count"].as_i64(), ten["bins_start"].as_f64()),
+        (Some(10), Some(0.0))
+    );
+    assert_eq!(
+        ten["bins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["freq"].as_i64().unwrap())
+            .sum::<i64>(),
+        scalar(
+            &app,
+            "select count(*) from places where pop_max between 0 and 1000000"
+        )
+        .await
+    );
+
+    // Search among the categories.
+    let found = get(format!("{base}/dataview/cats/search?q=capital")).await;
+    let names: Vec<&str> = found["categories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["category"].as_str().unwrap())
+        .collect();
+    assert!(!names.is_empty());
+    assert!(
+        names.iter().all(|n| n.to_lowercase().contains("capital")),
+        "{names:?}"
+    );
+
+    // Filters given at instantiation: the layer and the other dataviews keep the accepted
+    // category's rows; the dataview's own only with own_filter=1.
+    let filtered = dataview_map(
+        &app,
+        Some(serde_json::json!({"dataviews": {"cats": {"accept": ["Admin-0 capital"]}}})),
+    )
+    .await;
+    assert_ne!(filtered, token);
+    let capitals = scalar(
+        &app,
+        "select count(*) from places where featurecla = 'Admin-0 capital'",
+    )
+    .await;
+    let fbase = format!("/api/v1/map/{filtered}");
+    assert_eq!(
+        get(format!("{fbase}/dataview/total")).await["result"],
+        capitals
+    );
+    assert_eq!(get(format!("{fbase}/dataview/cats")).await["count"], all);
+    let own = get(format!("{fbase}/dataview/cats?own_filter=1")).await;
+    assert_eq!(
+        own["categories"],
+        serde_json::json!([{"category": "Admin-0 capital", "value": capitals, "agg": false}])
+    );
+    let tile = app.get(&format!("{fbase}/0/0/0/0.mvt")).await;
+    assert_eq!(tile.status, 200, "{}", tile.text());
+    assert_eq!(
+        i64::try_from(decode(&tile.body).unwrap().layers[0].features.len()).unwrap(),
+        capitals
+    );
+    let range = dataview_map(
+        &app,
+        Some(serde_json::json!({"dataviews": {"pops": {"min": 1000000, "max": 5000000}}})),
+    )
+    .await;
+    assert_eq!(
+        get(format!("/api/v1/map/{range}/dataview/total")).await["result"],
+        scalar(
+            &app,
+            "select count(*) from places where pop_max >= 1000000 and pop_max < 5000000"
+        )
+        .await
+    );
+    // A filter's values are data, never SQL.
+    let hostile = dataview_map(
+        &app,
+        Some(serde_json::json!({"dataviews": {"cats": {"accept": ["x') or true or ('"]}}})),
+    )
+    .await;
+    assert_eq!(
+        get(format!("/api/v1/map/{hostile}/dataview/total")).await["result"],
+        0
+    );
+
+    // A feature's attributes, as the layer lists them.
+    let (gid, name, pop): (i32, String, i64) =
+        sqlx::query_as("select gid, name, pop_max::int8 from places order by gid limit 1")
+            .fetch_one(app.db.pool())
+            .await
+            .unwrap();
+    let attrs = get(format!("{base}/0/attributes/{gid}")).await;
+    assert_eq!(attrs, serde_json::json!({"name": name, "pop_max": pop}));
+    assert_eq!(
+        app.get(&format!("{base}/0/attributes/-1")).await.status,
+        404
+    );
+    assert_eq!(app.get(&format!("{base}/dataview/nope")).await.status, 404);
+    assert_eq!(
+        app.get(&format!("{base}/dataview/cats?bbox=1,2"))
+            .await
+            .status,
+        400
+    );
+}
+
+#[tokio::test]
+async fn a_histogram_of_dates_bins_by_the_calendar() {
+    let app = app().await;
+    let config = serde_json::json!({
+        "layers": [{"options": {"source": {"id": "d"}}}],
+        "analyses": [{"id": "d", "type": "source", "params": {"query":
+            "select gid as cartodb_id, date '2020-01-15' + (gid % 400) as founded, ST_Transform(geom, 3857) as the_geom_webmercator from places"}}],
+        "dataviews": {"when": {"type": "histogram", "source": {"id": "d"},
+                               "options": {"column": "founded", "aggregation": "month"}}}
+    });
+    let r = app.post_json("/api/v1/map", &config).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let token = r.json()["layergroupid"].as_str().unwrap().to_owned();
+    let r = app
+        .get(&format!(
+            "/api/v1/map/{token}/dataview/when?aggregation=month"
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let h = r.json();
+    assert_eq!(h["aggregation"], "month");
+    // 2020-01-01 00:00 UTC.
+    assert_eq!(h["timestamp_start"].as_f64(), Some(1_577_836_800.0));
+    let expected: Vec<(i64, i64)> = sqlx::query_as(
+        "select ((extract(year from m) - 2020) * 12 + extract(month from m) - 1)::int8, count(*)
+         from (select date_trunc('month', date '2020-01-15' + (gid % 400)) m from places) x
+         group by 1 order by 1",
+    )
+    .fetch_all(app.db.pool())
+    .await
+    .unwrap();
+    let got: Vec<(i64, i64)> = h["bins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| (b["bin"].as_i64().unwrap(), b["freq"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(got, expected);
+    assert_eq!(
+        h["bins_count"].as_i64(),
+        expected.last().map(|(b, _)| b + 1)
+    );
+    let auto = app
+        .get(&format!(
+            "/api/v1/map/{token}/dataview/when?aggregation=auto"
+        ))
+        .await
+        .json();
+    // About eight months of dates: binned by month.
+    assert_eq!(auto["aggregation"], "month", "{auto}");
+}

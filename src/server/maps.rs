@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use geoauth::{Api, UserName};
-use geostack_tiles::{MapConfig, TileKey};
+use geostack_tiles::{DataviewQuery, MapConfig, TileKey};
 
 use super::gate::{ApiRequest, Gate, Params, respond};
 use super::tile::{coord, origin, tile_response, tilejson as tilejson_of};
@@ -83,6 +83,22 @@ impl<C: RedisConnection> MapsApi<C> {
             (
                 "/api/v1/map/{token}/tilejson.json".to_owned(),
                 get(tilejson::<C>),
+            ),
+            (
+                "/api/v1/map/{token}/dataview/{dataview}".to_owned(),
+                get(dataview::<C>),
+            ),
+            (
+                "/api/v1/map/{token}/dataview/{dataview}/search".to_owned(),
+                get(dataview_search::<C>),
+            ),
+            (
+                "/api/v1/map/{token}/analysis/node/{node}".to_owned(),
+                get(analysis_node::<C>),
+            ),
+            (
+                "/api/v1/map/{token}/{layers}/attributes/{id}".to_owned(),
+                get(attributes::<C>),
             ),
             ("/api/v1/map/{token}/{z}/{x}/{y}".to_owned(), get(tile::<C>)),
             (
@@ -214,17 +230,23 @@ impl<C: RedisConnection> MapsApi<C> {
             .gate
             .authenticate(&req.path, &req.headers, params, Api::Maps, req.peer)
             .await?;
+        // Windshaft's `filters` (the dataviews' filters, applied to the layers that share a
+        // dataview's source) are kept in the stored config: they are part of the map.
+        let json = match params.get("filters") {
+            Some(filters) => with_filters(json, filters)?,
+            None => json.to_owned(),
+        };
         let limit = inner.config_limit;
         if json.len() > limit {
             return Err(Error::TooLarge(format!(
                 "the map config is larger than the limit of {limit} bytes"
             )));
         }
-        let config = MapConfig::parse(json)?;
+        let config = MapConfig::parse(&json)?;
         let pool = inner.sandbox.pool_of(&caller.principal)?;
         config.check(&pool, &inner.sandbox.options()).await?;
         let user = caller.principal.user().clone();
-        self.store_map(&user, config.token(), json).await?;
+        self.store_map(&user, config.token(), &json).await?;
         let base = format!(
             "{}{}/api/v1/map/{}",
             origin(&req.headers),
@@ -293,6 +315,21 @@ impl<C: RedisConnection> MapsApi<C> {
         caller.rate.write_headers(response.headers_mut());
         Ok(response)
     }
+}
+
+/// `json` (a map config) with its `filters` member set to `filters` (JSON text).
+fn with_filters(json: &str, filters: &str) -> Result<String> {
+    let filters: serde_json::Value = serde_json::from_str(filters)
+        .map_err(|_| Error::BadRequest("filters is not JSON".into()))?;
+    let mut config: serde_json::Value = serde_json::from_str(json)
+        .map_err(|e| Error::BadRequest(format!("invalid map config: not a layergroup: {e}")))?;
+    let Some(members) = config.as_object_mut() else {
+        return Err(Error::BadRequest(
+            "invalid map config: not a layergroup".into(),
+        ));
+    };
+    members.insert("filters".into(), filters);
+    Ok(config.to_string())
 }
 
 /// A JSONP callback name, when it is one: letters, digits, `_`, `$` and `.` only.
@@ -421,6 +458,112 @@ async fn windshaft_error(response: Response, layer: Option<usize>, json: &str) -
     let body = serde_json::json!({ "errors": [message], "errors_with_context": [context] });
     parts.headers.remove(axum::http::header::CONTENT_LENGTH);
     Response::from_parts(parts, axum::body::Body::from(body.to_string()))
+}
+
+/// `GET …/{token}/dataview/{id}` (and `…/search?q=`): the dataview computed by PostgreSQL
+/// as the caller, within the caller's share of running requests.
+async fn dataview<C: RedisConnection>(State(api): State<MapsApi<C>>, req: ApiRequest) -> Response {
+    dataview_answer(&api, req, false).await
+}
+
+async fn dataview_search<C: RedisConnection>(
+    State(api): State<MapsApi<C>>,
+    req: ApiRequest,
+) -> Response {
+    dataview_answer(&api, req, true).await
+}
+
+async fn dataview_answer<C: RedisConnection>(
+    api: &MapsApi<C>,
+    req: ApiRequest,
+    search: bool,
+) -> Response {
+    let inner = &*api.inner;
+    respond(
+        async {
+            let caller = inner.gate.caller(&req, Api::Maps).await?;
+            let (token, id) = (path_part(&req, "token"), path_part(&req, "dataview"));
+            let config = api.load_map(caller.principal.user(), token).await?;
+            if config.dataview(id).is_none() {
+                return Err(Error::NotFound(format!("no dataview {id} in map {token}")));
+            }
+            let params = Params::new(req.query.as_deref(), &axum::http::HeaderMap::new(), &[])?;
+            let mut query = DataviewQuery::from_params(params.pairs())?;
+            if search {
+                query.search = Some(params.get("q").unwrap_or_default().to_owned());
+            }
+            let _running = inner.gate.admit(&caller)?;
+            let pool = inner.sandbox.pool_of(&caller.principal)?;
+            let value = config
+                .dataview_data(id, &query, &pool, &inner.sandbox.options())
+                .await?;
+            let mut response = Json(value).into_response();
+            caller.rate.write_headers(response.headers_mut());
+            Ok(response)
+        }
+        .await,
+    )
+}
+
+/// `GET …/{token}/{layer}/attributes/{id}`: one feature's attributes, as the caller reads
+/// them.
+async fn attributes<C: RedisConnection>(
+    State(api): State<MapsApi<C>>,
+    req: ApiRequest,
+) -> Response {
+    let inner = &*api.inner;
+    respond(
+        async {
+            let caller = inner.gate.caller(&req, Api::Maps).await?;
+            let token = path_part(&req, "token");
+            let layer: usize = path_part(&req, "layers")
+                .parse()
+                .map_err(|_| Error::BadRequest("the layer is its index: 0, 1, …".into()))?;
+            let id: i64 = path_part(&req, "id")
+                .parse()
+                .map_err(|_| Error::BadRequest("a feature id is a whole number".into()))?;
+            let config = api.load_map(caller.principal.user(), token).await?;
+            let _running = inner.gate.admit(&caller)?;
+            let pool = inner.sandbox.pool_of(&caller.principal)?;
+            let found = config
+                .attributes(layer, id, &pool, &inner.sandbox.options())
+                .await?
+                .ok_or_else(|| Error::NotFound(format!("no feature {id} in layer {layer}")))?;
+            let mut response = Json(found).into_response();
+            caller.rate.write_headers(response.headers_mut());
+            Ok(response)
+        }
+        .await,
+    )
+}
+
+/// `GET …/{token}/analysis/node/{id}`: a node's status (source nodes are always ready).
+async fn analysis_node<C: RedisConnection>(
+    State(api): State<MapsApi<C>>,
+    req: ApiRequest,
+) -> Response {
+    respond(
+        async {
+            let caller = api.inner.gate.caller(&req, Api::Maps).await?;
+            let (token, node) = (path_part(&req, "token"), path_part(&req, "node"));
+            let config = api.load_map(caller.principal.user(), token).await?;
+            let (id, query) = config
+                .analyses()
+                .iter()
+                .find(|(id, _)| id == node)
+                .ok_or_else(|| Error::NotFound(format!("no analysis node {node}")))?;
+            Ok(
+                Json(serde_json::json!({ "id": id, "status": "ready", "query": query }))
+                    .into_response(),
+            )
+        }
+        .await,
+    )
+}
+
+/// A path parameter of the route, empty when absent.
+fn path_part<'a>(req: &'a ApiRequest, name: &str) -> &'a str {
+    req.path.get(name).map(String::as_str).unwrap_or_default()
 }
 
 async fn tilejson<C: RedisConnection>(State(api): State<MapsApi<C>>, req: ApiRequest) -> Response {

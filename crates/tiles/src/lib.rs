@@ -5,6 +5,8 @@ mod cache;
 #[cfg(feature = "redis")]
 mod cache_redis;
 mod coord;
+#[cfg(feature = "postgis")]
+mod dataview;
 mod decode;
 mod encode;
 mod error;
@@ -25,6 +27,8 @@ pub use cache::{CachedTile, MemoryTileCache, SingleFlight, TileCache, TileKey};
 #[cfg(feature = "redis")]
 pub use cache_redis::RedisTileCache;
 pub use coord::{Bounds, MAX_ZOOM, TileCoord, WEB_MERCATOR_HALF, to_lon_lat, to_web_mercator};
+#[cfg(feature = "postgis")]
+pub use dataview::DataviewQuery;
 pub use decode::{DecodedFeature, DecodedLayer, DecodedTile, DecodedValue, decode};
 pub use encode::{LayerBuilder, LayerStats, TileBuilder, Value};
 pub use error::{Error, Result};

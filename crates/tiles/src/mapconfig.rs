@@ -34,8 +34,22 @@ pub struct MapConfig {
     layers: Vec<MapLayer>,
     dataviews: Vec<Dataview>,
     analyses: Vec<(String, String)>,
+    filters: Vec<Filter>,
     buffer: Option<u32>,
     token: String,
+}
+
+/// A dataview's filter (`filters.dataviews.<id>` of a config): the rows of its source it
+/// keeps, as a predicate over the source's columns, built here from checked identifiers and
+/// quoted literals only.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Filter {
+    /// The dataview it belongs to.
+    pub(crate) dataview: String,
+    /// The analysis node it filters.
+    pub(crate) source: String,
+    /// The predicate.
+    pub(crate) predicate: String,
 }
 
 /// What a layer of a [`MapConfig`] draws.
@@ -153,6 +167,27 @@ struct RawConfig {
     dataviews: std::collections::BTreeMap<String, RawDataview>,
     #[serde(default)]
     buffersize: Option<RawBuffer>,
+    #[serde(default)]
+    filters: Option<RawFilters>,
+}
+
+#[derive(Deserialize)]
+struct RawFilters {
+    #[serde(default)]
+    dataviews: std::collections::BTreeMap<String, RawFilter>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFilter {
+    #[serde(default)]
+    accept: Option<Vec<serde_json::Value>>,
+    #[serde(default)]
+    reject: Option<Vec<serde_json::Value>>,
+    #[serde(default)]
+    min: Option<f64>,
+    #[serde(default)]
+    max: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -434,16 +469,51 @@ impl MapConfig {
                 options: d.options,
             });
         }
+        let mut filters = Vec::new();
+        for (id, f) in raw.filters.map(|f| f.dataviews).unwrap_or_default() {
+            let bad = |reason: String| invalid(None, format!("filter of dataview {id}: {reason}"));
+            let dataview = dataviews
+                .iter()
+                .find(|d| d.id == id)
+                .ok_or_else(|| bad("no such dataview".into()))?;
+            let predicate = filter_predicate(dataview, &f).map_err(bad)?;
+            if let Some(predicate) = predicate {
+                filters.push(Filter {
+                    dataview: id.clone(),
+                    source: dataview.source.clone(),
+                    predicate,
+                });
+            }
+        }
+        // A layer shows the rows its source's filters keep.
+        for layer in &mut layers {
+            let Some(source) = &layer.source else {
+                continue;
+            };
+            let predicates: Vec<&str> = filters
+                .iter()
+                .filter(|f| f.source == *source)
+                .map(|f| f.predicate.as_str())
+                .collect();
+            if !predicates.is_empty() {
+                layer.sql = format!(
+                    "SELECT * FROM (\n{}\n) AS _filtered WHERE {}",
+                    layer.sql,
+                    predicates.join(" AND ")
+                );
+            }
+        }
         let buffer = match raw.buffersize {
             None => None,
             Some(RawBuffer::All(n)) => Some(n),
             Some(RawBuffer::ByFormat(by)) => by.get("mvt").copied(),
         };
-        let token = token_of(&layers, &dataviews, buffer);
+        let token = token_of(&layers, &dataviews, &filters, buffer);
         Ok(Self {
             layers,
             dataviews,
             analyses,
+            filters,
             buffer,
             token,
         })
@@ -467,6 +537,16 @@ impl MapConfig {
     /// The analysis nodes (their id and query), in the order given.
     pub fn analyses(&self) -> &[(String, String)] {
         &self.analyses
+    }
+
+    /// The predicates of the filters on `source` (its dataviews'), but `except`'s own: what a
+    /// dataview of that source computes over (its own filter too when it asks).
+    pub(crate) fn filters_of(&self, source: &str, except: Option<&str>) -> Vec<&str> {
+        self.filters
+            .iter()
+            .filter(|f| f.source == source && Some(f.dataview.as_str()) != except)
+            .map(|f| f.predicate.as_str())
+            .collect()
     }
 
     /// The tile buffer asked for (`buffersize`, its `mvt` member), in tile units.
@@ -525,6 +605,7 @@ impl MapConfig {
             layers,
             dataviews: self.dataviews.clone(),
             analyses: self.analyses.clone(),
+            filters: self.filters.clone(),
             buffer: self.buffer,
             token: self.token.clone(),
         })
@@ -609,7 +690,12 @@ impl MapLayer {
     }
 }
 
-fn token_of(layers: &[MapLayer], dataviews: &[Dataview], buffer: Option<u32>) -> String {
+fn token_of(
+    layers: &[MapLayer],
+    dataviews: &[Dataview],
+    filters: &[Filter],
+    buffer: Option<u32>,
+) -> String {
     let normalized = serde_json::json!([
         layers
             .iter()
@@ -637,10 +723,87 @@ fn token_of(layers: &[MapLayer], dataviews: &[Dataview], buffer: Option<u32>) ->
                 sorted(&serde_json::Value::Object(d.options.clone()))
             ]))
             .collect::<Vec<_>>(),
+        filters
+            .iter()
+            .map(|f| serde_json::json!([f.dataview, f.predicate]))
+            .collect::<Vec<_>>(),
         buffer,
     ]);
     let digest = Sha256::digest(normalized.to_string().as_bytes());
     digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The predicate a dataview's filter stands for: categories accepted or rejected (an
+/// aggregation's), or a range `[min, max)` (a histogram's). `None` keeps every row.
+fn filter_predicate(
+    dataview: &Dataview,
+    f: &RawFilter,
+) -> std::result::Result<Option<String>, String> {
+    let column = dataview
+        .options
+        .get("column")
+        .and_then(serde_json::Value::as_str)
+        .ok_or("its dataview has no column")?;
+    let c = format!("\"{column}\"");
+    let mut parts = Vec::new();
+    match dataview.kind {
+        DataviewKind::Aggregation => {
+            if f.min.is_some() || f.max.is_some() {
+                return Err("an aggregation is filtered by accept or reject".into());
+            }
+            let list = |values: &[serde_json::Value]| -> std::result::Result<String, String> {
+                values
+                    .iter()
+                    .map(|v| match v {
+                        serde_json::Value::String(s) => quote_literal(s),
+                        serde_json::Value::Number(n) => quote_literal(&n.to_string()),
+                        serde_json::Value::Bool(b) => quote_literal(&b.to_string()),
+                        _ => Err("categories are strings or numbers".into()),
+                    })
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .map(|l| l.join(", "))
+            };
+            if let Some(accept) = &f.accept {
+                parts.push(if accept.is_empty() {
+                    "false".to_owned()
+                } else {
+                    format!("{c}::text IN ({})", list(accept)?)
+                });
+            }
+            if let Some(reject) = &f.reject
+                && !reject.is_empty()
+            {
+                parts.push(format!(
+                    "({c} IS NULL OR {c}::text NOT IN ({}))",
+                    list(reject)?
+                ));
+            }
+        }
+        DataviewKind::Histogram => {
+            if f.accept.is_some() || f.reject.is_some() {
+                return Err("a histogram is filtered by min and max".into());
+            }
+            for (bound, op) in [(f.min, ">="), (f.max, "<")] {
+                if let Some(v) = bound {
+                    if !v.is_finite() {
+                        return Err("min and max are finite numbers".into());
+                    }
+                    parts.push(format!("{c}::float8 {op} {v:?}::float8"));
+                }
+            }
+        }
+        DataviewKind::Formula => return Err("a formula takes no filter".into()),
+    }
+    Ok((!parts.is_empty()).then(|| format!("({})", parts.join(" AND "))))
+}
+
+/// `text` as an SQL string literal, for a session with `standard_conforming_strings` on (the
+/// sandbox sets it): quotes doubled, backslashes literal; a NUL refused.
+pub(crate) fn quote_literal(text: &str) -> std::result::Result<String, String> {
+    if text.contains('\0') {
+        return Err("a value contains a NUL character".into());
+    }
+    Ok(format!("'{}'", text.replace('\'', "''")))
 }
 
 /// `value` with every object's members in name order, whatever order they came in.

@@ -163,9 +163,90 @@ impl MapConfig {
     }
 }
 
+impl MapConfig {
+    /// The attributes of feature `id` of layer `index` (its `attributes.columns`, found by its
+    /// `attributes.id` column, `cartodb_id` by default), as Windshaft's
+    /// `/{token}/{layer}/attributes/{id}` answers them: one JSON object, or `None` when no
+    /// row has that id. Read as the caller on `pool`, in the sandbox.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidMapConfig`] for no such data layer, one without attributes, or several
+    /// rows with the id; [`Error::Sql`] when the database refuses.
+    pub async fn attributes(
+        &self,
+        index: usize,
+        id: i64,
+        pool: &PgPool,
+        sandbox: &sqlpass::Options,
+    ) -> Result<Option<serde_json::Value>> {
+        let invalid = |reason: String| Error::InvalidMapConfig {
+            layer: Some(index),
+            reason,
+        };
+        let layer = self
+            .layers()
+            .get(index)
+            .filter(|l| l.is_data())
+            .ok_or_else(|| invalid(format!("no data layer {index}")))?;
+        if layer.columns().is_empty() {
+            return Err(invalid(format!("layer {index} has no attributes")));
+        }
+        let id_column = layer.id_column().unwrap_or("cartodb_id");
+        let columns: Vec<String> = layer
+            .columns()
+            .iter()
+            .map(|c| format!("_q.\"{c}\""))
+            .collect();
+        let sql = format!(
+            "SELECT to_jsonb(_a)::text FROM (SELECT {} FROM (\n{}\n) AS _q WHERE _q.\"{id_column}\" = {id}) AS _a LIMIT 2",
+            columns.join(", "),
+            layer.sql()
+        );
+        let sandbox = sandbox.clone().access(sqlpass::Access::ReadOnly);
+        let mut session = Session::begin(pool, &sandbox).await?;
+        let mut found: Vec<String> = Vec::new();
+        let mut failed = None;
+        let read = session
+            .for_each_row(sqlx::query(AssertSqlSafe(sql)), |row| {
+                match row.try_get::<String, _>(0) {
+                    Ok(text) => found.push(text),
+                    Err(e) => failed = Some(e),
+                }
+                ControlFlow::Continue(())
+            })
+            .await;
+        let ended = session.end().await;
+        read?;
+        ended?;
+        if let Some(e) = failed {
+            return Err(Error::Database(e));
+        }
+        match found.as_slice() {
+            [] => Ok(None),
+            [one] => serde_json::from_str(one)
+                .map(Some)
+                .map_err(|e| Error::Encode(format!("the attributes' JSON: {e}"))),
+            _ => Err(invalid(format!("several features have {id_column} {id}"))),
+        }
+    }
+}
+
 /// The result columns of `sql` (one checked statement), found without running it: under
 /// `LIMIT 0` beside a one-row relation, whose one row of NULLs has the statement's columns.
 async fn describe(session: &mut Session, sql: &str) -> Result<Vec<String>> {
+    Ok(describe_columns(session, sql)
+        .await?
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect())
+}
+
+/// The result columns of `sql` and their types' names, as [`describe`] finds them.
+pub(crate) async fn describe_columns(
+    session: &mut Session,
+    sql: &str,
+) -> Result<Vec<(String, String)>> {
     let describe = format!(
         "SELECT _q.* FROM (VALUES (1)) AS _one(_) LEFT JOIN \
          (SELECT * FROM (\n{sql}\n) AS _i LIMIT 0) AS _q ON true"
@@ -180,12 +261,19 @@ async fn describe(session: &mut Session, sql: &str) -> Result<Vec<String>> {
     }
 }
 
-async fn describe_once(session: &mut Session, describe: &str) -> sqlpass::Result<Vec<String>> {
-    use sqlx::Column as _;
+async fn describe_once(
+    session: &mut Session,
+    describe: &str,
+) -> sqlpass::Result<Vec<(String, String)>> {
+    use sqlx::{Column as _, TypeInfo as _};
     let mut columns = Vec::new();
     session
         .for_each_row(sqlx::query(AssertSqlSafe(describe.to_owned())), |row| {
-            columns = row.columns().iter().map(|c| c.name().to_owned()).collect();
+            columns = row
+                .columns()
+                .iter()
+                .map(|c| (c.name().to_owned(), c.type_info().name().to_owned()))
+                .collect();
             ControlFlow::Continue(())
         })
         .await?;
