@@ -14,6 +14,27 @@ fn sql(q: &str) -> String {
 }
 
 /// About two seconds of work for the public role.
+/// Waits until a query of the public role runs (on a busy machine a request may take a while
+/// to get there): a fixed sleep would race it.
+#[expect(clippy::unwrap_used, reason = "a test helper")]
+async fn until_running(app: &support::App) {
+    until(
+        "the slow query running",
+        Duration::from_secs(10),
+        async || {
+            let running: i64 = sqlx::query_scalar(
+                "select count(*) from pg_stat_activity where usename = $1 and state = 'active'",
+            )
+            .bind(app.public_role.name())
+            .fetch_one(app.db.pool())
+            .await
+            .unwrap();
+            (running > 0).then_some(())
+        },
+    )
+    .await;
+}
+
 const SLOW: &str =
     "select count(*) from places a, places b, places c where a.pop_max > b.pop_max + c.pop_max";
 
@@ -68,7 +89,7 @@ async fn one_caller_cannot_hold_its_role_s_pool() {
                 .await
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    until_running(&app).await;
     let r = app
         .get_with(&sql("select 1"), &[("x-forwarded-for", "198.51.100.7")])
         .await;
@@ -109,7 +130,8 @@ async fn an_exhausted_pool_answers_429_with_retry_after_and_no_driver_words() {
                 .await
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The slow query holds the role's one connection.
+    until_running(&app).await;
     let r = app
         .get_with(&sql("select 1"), &[("x-forwarded-for", "198.51.100.21")])
         .await;
