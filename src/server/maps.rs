@@ -20,9 +20,13 @@ use super::{Error, RedisConnection, Result, Sandbox, ServerConfig, Tiles};
 /// How long a stored map config lives after its last instantiation.
 const MAP_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
-/// Windshaft's Maps API: `POST /api/v1/map` stores a layergroup config and answers its token
-/// and TileJSON; `GET /api/v1/map/{token}[/{layers}]/{z}/{x}/{y}.mvt` and
-/// `…/{token}/tilejson.json` serve it (also under `/user/{user}`). Configs live in Redis under
+/// Windshaft's Maps API, as CARTO.js and carto-python use it: `POST /api/v1/map` (or `GET`
+/// with `config`/`lzma` and a JSONP `callback`) checks a layergroup config as the caller,
+/// stores it and answers its token and metadata; `GET /api/v1/map/{token}[/{layers}]/{z}/{x}/{y}.mvt`,
+/// `…/{token}/tilejson.json`, `…/{token}/dataview/{id}[/search]`,
+/// `…/{token}/{layer}/attributes/{id}` serve it. Named maps (`/api/v1/map/named`: templates
+/// the master key stores, instantiated by anyone their auth admits, run as their owner) too.
+/// All also under `/user/{user}`. Configs live in Redis under
 /// the settings' prefix, bounded in size and per user; tiles are rendered on the tile caller's
 /// own pool.
 ///
@@ -39,18 +43,18 @@ const MAP_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 /// ```
 #[derive(Clone)]
 pub struct MapsApi<C = redis::aio::ConnectionManager> {
-    inner: Arc<Inner<C>>,
+    pub(super) inner: Arc<Inner<C>>,
 }
 
-struct Inner<C> {
-    gate: Gate<C>,
-    sandbox: Sandbox,
-    tiles: Tiles,
+pub(super) struct Inner<C> {
+    pub(super) gate: Gate<C>,
+    pub(super) sandbox: Sandbox,
+    pub(super) tiles: Tiles,
     /// Where configs are stored.
-    redis: C,
-    prefix: String,
-    config_limit: usize,
-    per_user: usize,
+    pub(super) redis: C,
+    pub(super) prefix: String,
+    pub(super) config_limit: usize,
+    pub(super) per_user: usize,
 }
 
 impl<C: RedisConnection> MapsApi<C> {
@@ -79,6 +83,7 @@ impl<C: RedisConnection> MapsApi<C> {
     /// Its routes, also under `/user/{user}`.
     pub fn router(&self) -> Router {
         let mut routes = super::with_slash("/api/v1/map", get(create_get::<C>).post(create::<C>));
+        routes.extend(self.named_routes());
         routes.extend([
             (
                 "/api/v1/map/{token}/tilejson.json".to_owned(),
@@ -154,17 +159,77 @@ impl<C: RedisConnection> MapsApi<C> {
         Ok(())
     }
 
-    async fn load_map(&self, user: &UserName, token: &str) -> Result<MapConfig> {
-        let not_found = || Error::NotFound(format!("no map {token}"));
+    /// The map `layergroupid` names, as `caller` may use it: an anonymous map (its token), or
+    /// a named map's instance (`<template>@<token>`), which the template's auth must admit and
+    /// whose SQL runs as the key that made the template.
+    async fn load_map(
+        &self,
+        caller: &super::gate::Caller,
+        req: &ApiRequest,
+        layergroupid: &str,
+    ) -> Result<Loaded> {
+        let not_found = || Error::NotFound(format!("no map {layergroupid}"));
+        let user = caller.principal.user();
+        let (named, token) = match layergroupid.split_once('@') {
+            Some((template, token)) => (Some(template), token),
+            None => (None, layergroupid),
+        };
         if token.len() != 32 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(not_found());
         }
+        let owner = match named {
+            Some(template) => Some(self.instance_owner(user, template, req).await?),
+            None => None,
+        };
+        let key = match named {
+            Some(template) => self.named_map_key(user, template, token),
+            None => self.map_key(user, token),
+        };
         let json: Option<String> = redis::cmd("GET")
-            .arg(self.map_key(user, token))
+            .arg(key)
             .query_async(&mut self.inner.redis.clone())
             .await?;
-        Ok(MapConfig::parse(&json.ok_or_else(not_found)?)?)
+        Ok(Loaded {
+            config: MapConfig::parse(&json.ok_or_else(not_found)?)?,
+            owner,
+        })
     }
+
+    /// The Redis key of an instance of named map `template`: apart from anonymous maps, so
+    /// that no anonymous config can pass for a template's.
+    pub(super) fn named_map_key(&self, user: &UserName, template: &str, token: &str) -> String {
+        self.map_key(user, &format!("named:{template}:{token}"))
+    }
+
+    /// The pool a loaded map's SQL runs on, and the role it logs in as: the owner's for a
+    /// named map's instance, else the caller's.
+    fn pool_for(
+        &self,
+        caller: &super::gate::Caller,
+        loaded: &Loaded,
+    ) -> Result<(sqlx::PgPool, String)> {
+        match &loaded.owner {
+            Some(owner) => {
+                let role = &owner.db_role;
+                let pool = self
+                    .inner
+                    .sandbox
+                    .registry()
+                    .pool(role.name(), role.password().expose())?;
+                Ok((pool, role.name().to_owned()))
+            }
+            None => Ok((
+                self.inner.sandbox.pool_of(&caller.principal)?,
+                caller.principal.db_role().name().to_owned(),
+            )),
+        }
+    }
+}
+
+/// A stored map and, for a named map's instance, the key its SQL runs as.
+pub(super) struct Loaded {
+    pub(super) config: MapConfig,
+    pub(super) owner: Option<geoauth::ApiKey>,
 }
 
 /// `POST /api/v1/map`: the body is the config; the key comes from the query string, the
@@ -185,7 +250,7 @@ async fn create<C: RedisConnection>(
         if std::str::from_utf8(&body).is_err() {
             return Err(Error::BadRequest("the map config is not UTF-8".into()));
         }
-        api.instantiate(&req, &json, &params).await
+        api.instantiate(&req, &json, &params, None).await
     }
     .await;
     windshaft_answer(answer, &json, None).await
@@ -213,7 +278,7 @@ async fn create_get<C: RedisConnection>(
             .get("config")
             .ok_or_else(|| Error::BadRequest("no map config: give config or lzma".into()))?
             .to_owned();
-        api.instantiate(&req, &json, &params).await
+        api.instantiate(&req, &json, &params, None).await
     }
     .await;
     windshaft_answer(answer, &json, callback.as_deref()).await
@@ -224,7 +289,13 @@ impl<C: RedisConnection> MapsApi<C> {
     /// Windshaft answers CARTO.js: the token, each layer's type and metadata, each dataview's
     /// and analysis node's URL. Every data layer's SQL is described as the caller before the
     /// map is stored, so that a bad layer fails here, with its index, and not per tile.
-    async fn instantiate(&self, req: &ApiRequest, json: &str, params: &Params) -> Result<Response> {
+    pub(super) async fn instantiate(
+        &self,
+        req: &ApiRequest,
+        json: &str,
+        params: &Params,
+        named: Option<(&str, &geoauth::ApiKey)>,
+    ) -> Result<Response> {
         let inner = &*self.inner;
         let caller = inner
             .gate
@@ -243,15 +314,33 @@ impl<C: RedisConnection> MapsApi<C> {
             )));
         }
         let config = MapConfig::parse(&json)?;
-        let pool = inner.sandbox.pool_of(&caller.principal)?;
+        let loaded = Loaded {
+            config,
+            owner: named.map(|(_, owner)| owner.clone()),
+        };
+        let (pool, _) = self.pool_for(&caller, &loaded)?;
+        let config = loaded.config;
         config.check(&pool, &inner.sandbox.options()).await?;
         let user = caller.principal.user().clone();
-        self.store_map(&user, config.token(), &json).await?;
+        let layergroupid = match named {
+            Some((template, _)) => {
+                self.store_map(
+                    &user,
+                    &format!("named:{template}:{}", config.token()),
+                    &json,
+                )
+                .await?;
+                format!("{template}@{}", config.token())
+            }
+            None => {
+                self.store_map(&user, config.token(), &json).await?;
+                config.token().to_owned()
+            }
+        };
         let base = format!(
-            "{}{}/api/v1/map/{}",
+            "{}{}/api/v1/map/{layergroupid}",
             origin(&req.headers),
             user_path(&req.path),
-            config.token()
         );
         let both = |url: String| serde_json::json!({ "http": url, "https": url });
         let layers: Vec<_> = config
@@ -298,14 +387,14 @@ impl<C: RedisConnection> MapsApi<C> {
         };
         let mvt = format!("{base}/{{z}}/{{x}}/{{y}}.mvt");
         let mut response = Json(serde_json::json!({
-            "layergroupid": config.token(),
+            "layergroupid": layergroupid,
             // Windshaft's time of the tables' last change; none is kept here.
             "last_updated": "1970-01-01T00:00:00.000Z",
             "metadata": {
                 "layers": layers,
                 "dataviews": dataviews,
                 "analyses": analyses,
-                "tilejson": { "vector": tilejson_of(config.token(), vec![mvt.clone()], &zooms(&config)) },
+                "tilejson": { "vector": tilejson_of(&layergroupid, vec![mvt.clone()], &zooms(&config)) },
                 "url": { "vector": { "urlTemplate": mvt, "subdomains": [] } },
             },
             // No CDN: CARTO.js then builds URLs from its own server URL.
@@ -333,7 +422,7 @@ fn with_filters(json: &str, filters: &str) -> Result<String> {
 }
 
 /// A JSONP callback name, when it is one: letters, digits, `_`, `$` and `.` only.
-fn jsonp_callback(name: &str) -> Result<String> {
+pub(super) fn jsonp_callback(name: &str) -> Result<String> {
     let valid = !name.is_empty()
         && name.len() <= 128
         && name
@@ -387,7 +476,7 @@ fn unlzma(packed: &str) -> Result<Vec<(String, String)>> {
 /// `errors_with_context` (the layer's index, id and type when one is at fault), and with a
 /// `callback`, JSONP: status 200 and the answer (or error) as the callback's argument, as
 /// CARTO.js reads it.
-async fn windshaft_answer(
+pub(super) async fn windshaft_answer(
     answer: Result<Response>,
     json: &str,
     callback: Option<&str>,
@@ -483,7 +572,8 @@ async fn dataview_answer<C: RedisConnection>(
         async {
             let caller = inner.gate.caller(&req, Api::Maps).await?;
             let (token, id) = (path_part(&req, "token"), path_part(&req, "dataview"));
-            let config = api.load_map(caller.principal.user(), token).await?;
+            let loaded = api.load_map(&caller, &req, token).await?;
+            let config = &loaded.config;
             if config.dataview(id).is_none() {
                 return Err(Error::NotFound(format!("no dataview {id} in map {token}")));
             }
@@ -493,7 +583,7 @@ async fn dataview_answer<C: RedisConnection>(
                 query.search = Some(params.get("q").unwrap_or_default().to_owned());
             }
             let _running = inner.gate.admit(&caller)?;
-            let pool = inner.sandbox.pool_of(&caller.principal)?;
+            let (pool, _) = api.pool_for(&caller, &loaded)?;
             let value = config
                 .dataview_data(id, &query, &pool, &inner.sandbox.options())
                 .await?;
@@ -522,10 +612,11 @@ async fn attributes<C: RedisConnection>(
             let id: i64 = path_part(&req, "id")
                 .parse()
                 .map_err(|_| Error::BadRequest("a feature id is a whole number".into()))?;
-            let config = api.load_map(caller.principal.user(), token).await?;
+            let loaded = api.load_map(&caller, &req, token).await?;
             let _running = inner.gate.admit(&caller)?;
-            let pool = inner.sandbox.pool_of(&caller.principal)?;
-            let found = config
+            let (pool, _) = api.pool_for(&caller, &loaded)?;
+            let found = loaded
+                .config
                 .attributes(layer, id, &pool, &inner.sandbox.options())
                 .await?
                 .ok_or_else(|| Error::NotFound(format!("no feature {id} in layer {layer}")))?;
@@ -546,8 +637,9 @@ async fn analysis_node<C: RedisConnection>(
         async {
             let caller = api.inner.gate.caller(&req, Api::Maps).await?;
             let (token, node) = (path_part(&req, "token"), path_part(&req, "node"));
-            let config = api.load_map(caller.principal.user(), token).await?;
-            let (id, query) = config
+            let loaded = api.load_map(&caller, &req, token).await?;
+            let (id, query) = loaded
+                .config
                 .analyses()
                 .iter()
                 .find(|(id, _)| id == node)
@@ -575,7 +667,7 @@ async fn tilejson<C: RedisConnection>(State(api): State<MapsApi<C>>, req: ApiReq
                 .get("token")
                 .map(String::as_str)
                 .unwrap_or_default();
-            let config = api.load_map(caller.principal.user(), token).await?;
+            let config = api.load_map(&caller, &req, token).await?.config;
             let url = format!(
                 "{}{}/api/v1/map/{token}/{{z}}/{{x}}/{{y}}.mvt",
                 origin(&req.headers),
@@ -600,15 +692,26 @@ async fn tile<C: RedisConnection>(State(api): State<MapsApi<C>>, req: ApiRequest
                 .unwrap_or_default();
             let layers = req.path.get("layers").map_or("all", String::as_str);
             // Tiles differ by role (each reads what its grants allow): the role is in the key.
-            let key = TileKey::new(
-                format!("map:{token}:{layers}:{}", caller.principal.db_role().name()),
-                coord,
-            );
+            // A named map's instance is loaded first: its template decides who may see it,
+            // and its tiles are its owner's.
+            let (loaded, role) = if token.contains('@') {
+                let loaded = api.load_map(&caller, &req, token).await?;
+                let role = loaded.owner.as_ref().map(|o| o.db_role.name().to_owned());
+                (Some(loaded), role.unwrap_or_default())
+            } else {
+                (None, caller.principal.db_role().name().to_owned())
+            };
+            let key = TileKey::new(format!("map:{token}:{layers}:{role}"), coord);
             // A cached tile needs neither the config nor a connection.
             if let Some(tile) = inner.tiles.cached(&key).await? {
                 return Ok(tile_response(&caller, &req.headers, &tile));
             }
-            let config = api.load_map(caller.principal.user(), token).await?;
+            let loaded = match loaded {
+                Some(loaded) => loaded,
+                None => api.load_map(&caller, &req, token).await?,
+            };
+            let (pool, _) = api.pool_for(&caller, &loaded)?;
+            let config = loaded.config;
             let config = match layers {
                 "all" => config,
                 list => {
@@ -624,7 +727,6 @@ async fn tile<C: RedisConnection>(State(api): State<MapsApi<C>>, req: ApiRequest
                     config.select(&indexes)?
                 }
             };
-            let pool = inner.sandbox.pool_of(&caller.principal)?;
             let options = match config.buffer() {
                 Some(buffer) => inner.tiles.options().clone().buffer(buffer)?,
                 None => inner.tiles.options().clone(),

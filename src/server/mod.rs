@@ -55,6 +55,7 @@ mod health;
 mod keys;
 mod maps;
 mod metrics;
+mod named;
 #[cfg(feature = "page")]
 mod page;
 mod sandbox;

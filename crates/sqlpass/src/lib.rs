@@ -31,4 +31,4 @@ pub use provision::{CallerRole, PublicRole, cartodbfy, install};
 pub use registry::{PoolRegistry, RegistryConfig};
 pub use run::{Meta, Response, run};
 pub use session::Session;
-pub use statement::{Script, Statement};
+pub use statement::{Script, Statement, in_string_literal};

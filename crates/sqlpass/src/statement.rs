@@ -555,6 +555,57 @@ fn dollar(b: &[u8], i: usize) -> Result<usize> {
     Ok(body + close + tag.len())
 }
 
+/// Whether byte `at` of `sql` falls inside a plain string constant (`'…'`; not `E'…'`, a
+/// dollar quote, a quoted identifier or a comment), by PostgreSQL's lexical rules: where text
+/// spliced with its quotes doubled (and no backslash) stays one value. `false` when `sql` does
+/// not scan.
+///
+/// ```
+/// use sqlpass::in_string_literal;
+///
+/// let sql = "select * from t where a = 'x' and b = x -- 'x'";
+/// assert!(in_string_literal(sql, 27));
+/// assert!(!in_string_literal(sql, 38));
+/// assert!(!in_string_literal(sql, 44));
+/// assert!(!in_string_literal("select E'x'", 9));
+/// ```
+pub fn in_string_literal(sql: &str, at: usize) -> bool {
+    let b = sql.as_bytes();
+    let mut i = 0;
+    while i < b.len() && i <= at {
+        let c = b[i];
+        let next = match c {
+            b'-' if b.get(i + 1) == Some(&b'-') => Ok(line_comment(b, i)),
+            b'/' if b.get(i + 1) == Some(&b'*') => block_comment(b, i),
+            b'\'' => match quoted(b, i + 1, b'\'', false) {
+                Ok(end) if at > i && at < end - 1 => return true,
+                other => other,
+            },
+            b'"' => quoted(b, i + 1, b'"', false),
+            b'$' => dollar(b, i),
+            c if is_ident_start(c) => {
+                let start = i;
+                let mut j = i + 1;
+                while j < b.len() && is_ident_char(b[j]) {
+                    j += 1;
+                }
+                // E'…' has backslash escapes: not a plain constant.
+                if j == start + 1 && matches!(c, b'e' | b'E') && b.get(j) == Some(&b'\'') {
+                    quoted(b, j + 1, b'\'', true)
+                } else {
+                    Ok(j)
+                }
+            }
+            _ => Ok(i + 1),
+        };
+        match next {
+            Ok(j) => i = j,
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
 /// The first word outside comments and parentheses, lower-cased (`(select 1)` gives `select`).
 fn first_keyword(sql: &str) -> String {
     let b = sql.as_bytes();
