@@ -108,3 +108,70 @@ async fn carto_python_s_sql_and_copy_clients_work_unchanged() {
         "{refused}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn carto_python_s_map_clients_instantiate_anonymous_and_named_maps() {
+    let python = std::env::var("GEOSTACK_CLIENTS_PYTHON").expect(
+        "GEOSTACK_CLIENTS_PYTHON: run through scripts/test, or eval \"$(GEOSTACK_PYTHON=1 scripts/services)\"",
+    );
+    let app = app().await;
+    sqlx::raw_sql(
+        "insert into notes (note, geom) values ('a note', ST_SetSRID(ST_MakePoint(1, 1), 4326)),
+                                               ('another', ST_SetSRID(ST_MakePoint(2, 2), 4326)),
+                                               ('zzz', ST_SetSRID(ST_MakePoint(3, 3), 4326))",
+    )
+    .execute(app.db.pool())
+    .await
+    .unwrap();
+    let alice = geostack::auth::UserName::new("alice").unwrap();
+    let (_, master) = app
+        .server
+        .auth()
+        .create_key(
+            &alice,
+            geostack::server::KeyRequest::Master,
+            geostack::auth::Grants::new(),
+        )
+        .await
+        .unwrap();
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/clients/carto_python_maps.py"
+    );
+    let base = format!("http://{}/user/alice/", app.addr);
+    let (key, master) = (app.regular.clone(), master.expose().to_owned());
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(python)
+            .arg(script)
+            .env("GEOSTACK_BASE_URL", base)
+            .env("GEOSTACK_API_KEY", key)
+            .env("GEOSTACK_MASTER_KEY", master)
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "carto-python failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let got: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(got["anonymous"].as_str().unwrap().len(), 32, "{got}");
+    let tile = |name: &str| {
+        let v = &got[name];
+        (v[0].as_u64().unwrap(), v[1].as_u64().unwrap())
+    };
+    let (status, bytes) = tile("anonymous_tile");
+    assert!(status == 200 && bytes > 0, "{got}");
+    assert_eq!(got["template_id"], "python_notes");
+    assert!(
+        got["named"].as_str().unwrap().starts_with("python_notes@"),
+        "{got}"
+    );
+    let (status, bytes) = tile("named_tile");
+    assert!(status == 200 && bytes > 0, "{got}");
+    assert_eq!(got["listed"], serde_json::json!(["python_notes"]));
+    assert_eq!(got["fetched_auth"], "open");
+    assert_eq!(got["after_delete"], serde_json::json!([]));
+}
