@@ -550,7 +550,7 @@ async fn windshaft_error(response: Response, layer: Option<usize>, json: &str) -
 }
 
 /// `GET …/{token}/dataview/{id}` (and `…/search?q=`): the dataview computed by PostgreSQL
-/// as the caller, within the caller's share of running requests.
+/// as the caller, counted with the caller's tile renders (a map asks for its dataviews at once).
 async fn dataview<C: RedisConnection>(State(api): State<MapsApi<C>>, req: ApiRequest) -> Response {
     dataview_answer(&api, req, false).await
 }
@@ -582,7 +582,7 @@ async fn dataview_answer<C: RedisConnection>(
             if search {
                 query.search = Some(params.get("q").unwrap_or_default().to_owned());
             }
-            let _running = inner.gate.admit(&caller)?;
+            let _running = inner.gate.admit_renders(&caller)?;
             let (pool, _) = api.pool_for(&caller, &loaded)?;
             let value = config
                 .dataview_data(id, &query, &pool, &inner.sandbox.options())
@@ -613,7 +613,7 @@ async fn attributes<C: RedisConnection>(
                 .parse()
                 .map_err(|_| Error::BadRequest("a feature id is a whole number".into()))?;
             let loaded = api.load_map(&caller, &req, token).await?;
-            let _running = inner.gate.admit(&caller)?;
+            let _running = inner.gate.admit_renders(&caller)?;
             let (pool, _) = api.pool_for(&caller, &loaded)?;
             let found = loaded
                 .config
