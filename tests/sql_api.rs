@@ -190,6 +190,11 @@ async fn refused_queries_answer_carto_s_error_shape() {
             400,
             "invalid option format: expected json, geojson, csv, ndjson or geojsonseq",
         ),
+        (
+            sql("select 1", "&format=shp"),
+            400,
+            "invalid option format: shp files are not served: ask for geojson or csv, or use copyto",
+        ),
     ];
     for (path, status, message) in cases {
         let r = app.get(&path).await;

@@ -34,6 +34,15 @@ impl Format {
             "csv" => Self::Csv,
             "ndjson" => Self::Ndjson,
             "geojsonseq" => Self::GeoJsonSeq,
+            // Files of several parts, written by GDAL in CARTO: not made here.
+            "shp" | "gpkg" | "spatialite" => {
+                return Err(Error::InvalidOption {
+                    name: "format",
+                    reason: format!(
+                        "{s} files are not served: ask for geojson or csv, or use copyto"
+                    ),
+                });
+            }
             _ => {
                 return Err(Error::InvalidOption {
                     name: "format",
