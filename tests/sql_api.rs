@@ -188,7 +188,7 @@ async fn refused_queries_answer_carto_s_error_shape() {
         (
             sql("select 1", "&format=xml"),
             400,
-            "invalid option format: expected json, geojson, csv, ndjson or geojsonseq",
+            "invalid option format: expected json, geojson, csv, ndjson, geojsonseq, topojson, kml or svg",
         ),
         (
             sql("select 1", "&format=shp"),
@@ -266,4 +266,36 @@ async fn the_configured_limits_bound_every_request() {
         .get(&sql("select g from generate_series(1, 5) g", ""))
         .await;
     assert_eq!(r.json()["total_rows"], 5, "{}", r.text());
+}
+
+#[tokio::test]
+async fn topojson_kml_and_svg_are_served_with_their_types_and_filenames() {
+    let app = app().await;
+    for (format, content_type, start) in [
+        (
+            "topojson",
+            "application/json; charset=utf-8",
+            "{\"type\":\"Topology\"",
+        ),
+        (
+            "kml",
+            "application/vnd.google-earth.kml+xml; charset=utf-8",
+            "<?xml",
+        ),
+        ("svg", "image/svg+xml; charset=utf-8", "<?xml"),
+    ] {
+        let r = app
+            .get(&sql(
+                "select name, geom from places order by gid limit 3",
+                &format!("&format={format}&filename=top"),
+            ))
+            .await;
+        assert_eq!(r.status, 200, "{format}: {}", r.text());
+        assert_eq!(r.header("content-type"), Some(content_type));
+        assert_eq!(
+            r.header("content-disposition"),
+            Some(format!("attachment; filename=\"top.{format}\"").as_str())
+        );
+        assert!(r.text().starts_with(start), "{format}: {}", r.text());
+    }
 }

@@ -19,10 +19,19 @@ pub enum Format {
     Ndjson,
     /// RFC 8142 GeoJSON text sequence, one Feature per record.
     GeoJsonSeq,
+    /// A TopoJSON Topology: one object, `cartodb_query`, a geometry a row; every line and
+    /// ring an arc of its own, unquantized.
+    TopoJson,
+    /// A KML 2.2 document: a Placemark a row, the other columns as ExtendedData.
+    Kml,
+    /// An SVG document: each row's geometry as a shape, y flipped, the view box fitted.
+    Svg,
 }
 
 impl Format {
-    /// Parses CARTO's `format` parameter (`json`, `geojson`, `csv`, `ndjson`, `geojsonseq`).
+    /// Parses CARTO's `format` parameter (`json`, `geojson`, `csv`, `ndjson`, `geojsonseq`,
+    /// `topojson`, `kml`, `svg`); `shp`, `gpkg` and `spatialite` are refused with a message
+    /// that says so.
     ///
     /// # Errors
     ///
@@ -34,6 +43,9 @@ impl Format {
             "csv" => Self::Csv,
             "ndjson" => Self::Ndjson,
             "geojsonseq" => Self::GeoJsonSeq,
+            "topojson" => Self::TopoJson,
+            "kml" => Self::Kml,
+            "svg" => Self::Svg,
             // Files of several parts, written by GDAL in CARTO: not made here.
             "shp" | "gpkg" | "spatialite" => {
                 return Err(Error::InvalidOption {
@@ -46,7 +58,8 @@ impl Format {
             _ => {
                 return Err(Error::InvalidOption {
                     name: "format",
-                    reason: "expected json, geojson, csv, ndjson or geojsonseq".into(),
+                    reason: "expected json, geojson, csv, ndjson, geojsonseq, topojson, kml or svg"
+                        .into(),
                 });
             }
         })
@@ -60,6 +73,9 @@ impl Format {
             Self::Csv => "text/csv; charset=utf-8; header=present",
             Self::Ndjson => "application/x-ndjson; charset=utf-8",
             Self::GeoJsonSeq => "application/geo+json-seq; charset=utf-8",
+            Self::TopoJson => "application/json; charset=utf-8",
+            Self::Kml => "application/vnd.google-earth.kml+xml; charset=utf-8",
+            Self::Svg => "image/svg+xml; charset=utf-8",
         }
     }
 
@@ -71,6 +87,9 @@ impl Format {
             Self::Csv => "csv",
             Self::Ndjson => "ndjson",
             Self::GeoJsonSeq => "geojsons",
+            Self::TopoJson => "topojson",
+            Self::Kml => "kml",
+            Self::Svg => "svg",
         }
     }
 }

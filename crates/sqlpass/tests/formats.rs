@@ -326,4 +326,105 @@ d", 2 as "}]\x""#;
     }
     let csv = text(&env.pool, sql, Options::default().format(Format::Csv)).await;
     assert_eq!(csv, "\"a\"\"b,c\nd\",}]\\x\r\n1,2\r\n");
+    let topo = text(&env.pool, sql, Options::default().format(Format::TopoJson)).await;
+    let v: serde_json::Value = serde_json::from_str(&topo).unwrap();
+    assert_eq!(
+        v["objects"]["cartodb_query"]["geometries"][0]["properties"],
+        json!({"a\"b,c\nd": 1, "}]\\x": 2})
+    );
+    let kml = text(&env.pool, sql, Options::default().format(Format::Kml)).await;
+    assert!(
+        kml.contains("<Data name=\"a&quot;b,c\nd\"><value>1</value></Data><Data name=\"}]\\x\"><value>2</value></Data>"),
+        "{kml}"
+    );
+}
+
+#[tokio::test]
+async fn kml_places_each_row_with_postgis_s_own_geometry_and_escaped_data() {
+    let env = env().await;
+    let doc = text(
+        &env.pool,
+        "select id, name, geom from places order by id",
+        Options::default().format(Format::Kml),
+    )
+    .await;
+    assert!(doc.starts_with("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<kml xmlns=\"http://www.opengis.net/kml/2.2\">"), "{doc}");
+    assert!(doc.ends_with("</Folder></Document></kml>\n"), "{doc}");
+    let kml: Vec<(Option<String>,)> =
+        sqlx::query_as("select ST_AsKML(geom, 6) from places order by id")
+            .fetch_all(env.db.pool())
+            .await
+            .expect("PostGIS's KML");
+    let placemarks: Vec<&str> = doc
+        .split("<Placemark>")
+        .skip(1)
+        .map(|p| p.split("</Placemark>").next().unwrap_or_default())
+        .collect();
+    assert_eq!(placemarks.len(), 3, "{doc}");
+    for (placemark, (expected,)) in placemarks.iter().zip(&kml) {
+        let geometry = placemark
+            .split("</ExtendedData>")
+            .nth(1)
+            .unwrap_or_default();
+        assert_eq!(geometry, expected.as_deref().unwrap_or(""), "{doc}");
+    }
+    assert!(
+        placemarks[1]
+            .contains("<Data name=\"name\"><value>a &quot;quoted&quot;, name</value></Data>"),
+        "{doc}"
+    );
+    // NULLs are left out.
+    assert!(!placemarks[2].contains("name=\"name\""), "{doc}");
+}
+
+#[tokio::test]
+async fn svg_draws_each_geometry_y_flipped_in_a_fitted_view_box() {
+    let env = env().await;
+    let sql = "select 'POLYGON((0 0,4 0,4 2,0 2,0 0),(1 1,2 1,2 1.5,1 1))'::geometry as the_geom \
+               union all select 'POINT(5 3)'::geometry";
+    let doc = text(&env.pool, sql, Options::default().format(Format::Svg)).await;
+    assert!(
+        doc.contains("<path d=\"M 0 0 L 4 0 L 4 -2 L 0 -2 L 0 0 Z M 1 -1 L 2 -1 L 2 -1.5 L 1 -1 Z \" fill-rule=\"evenodd\"/>"),
+        "{doc}"
+    );
+    assert!(
+        doc.contains("<circle cx=\"5\" cy=\"-3\" r=\"1\"/>"),
+        "{doc}"
+    );
+    // x from 0 to 5, y from 0 to 3: drawn from (0, -3), 5 wide and 3 high.
+    assert!(doc.contains("<svg viewBox=\"0 -3 5 3\""), "{doc}");
+    assert!(
+        doc.ends_with("<use xlink:href=\"#cartodb_query\"/></svg></svg>\n"),
+        "{doc}"
+    );
+}
+
+#[tokio::test]
+async fn topojson_is_a_topology_whose_arcs_are_the_rows_lines_and_rings() {
+    let env = env().await;
+    let sql = "select 1 as n, 'POLYGON((0 0,4 0,4 2,0 0),(1 0.5,2 0.5,2 1,1 0.5))'::geometry as the_geom \
+               union all select 2, 'MULTILINESTRING((0 0,1 1),(2 2,3 3))'::geometry \
+               union all select 3, 'POINT(5 3)'::geometry \
+               union all select 4, null";
+    let doc = text(&env.pool, sql, Options::default().format(Format::TopoJson)).await;
+    let topo: serde_json::Value = serde_json::from_str(&doc).expect("JSON");
+    assert_eq!(topo["type"], "Topology");
+    assert_eq!(
+        topo["objects"]["cartodb_query"]["geometries"],
+        json!([
+            {"type": "Polygon", "arcs": [[0], [1]], "properties": {"n": 1}},
+            {"type": "MultiLineString", "arcs": [[2], [3]], "properties": {"n": 2}},
+            {"type": "Point", "coordinates": [5, 3], "properties": {"n": 3}},
+            {"type": null, "properties": {"n": 4}}
+        ])
+    );
+    assert_eq!(
+        topo["arcs"],
+        json!([
+            [[0, 0], [4, 0], [4, 2], [0, 0]],
+            [[1, 0.5], [2, 0.5], [2, 1], [1, 0.5]],
+            [[0, 0], [1, 1]],
+            [[2, 2], [3, 3]]
+        ])
+    );
 }

@@ -1,18 +1,9 @@
 //! `geojson`: a FeatureCollection; `geojsonseq`: RFC 8142 text sequences of Features.
 
-use super::{Column, Encoder, Summary, push_error_member, push_json_value};
+use super::{Column, Encoder, Summary, geometry_column, push_error_member, push_json_value};
 use crate::geom;
 use crate::value::Value;
 use crate::write::push_str;
-
-/// The column that becomes each feature's geometry: `the_geom` when it is one (CARTO's name),
-/// else the first geometry column.
-fn geometry_column(columns: &[Column]) -> Option<usize> {
-    columns
-        .iter()
-        .position(|c| c.is_geometry() && c.name == "the_geom")
-        .or_else(|| columns.iter().position(Column::is_geometry))
-}
 
 fn push_feature(
     out: &mut Vec<u8>,

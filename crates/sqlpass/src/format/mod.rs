@@ -3,6 +3,9 @@
 mod csv;
 mod geojson;
 mod json;
+mod kml;
+mod svg;
+mod topojson;
 
 use std::time::Duration;
 
@@ -60,6 +63,49 @@ pub(crate) fn encoder(format: Format, dp: u8, csv_geometry: CsvGeometry) -> Box<
         Format::GeoJson => Box::new(geojson::Collection::new(dp)),
         Format::GeoJsonSeq => Box::new(geojson::Sequence::new(dp)),
         Format::Csv => Box::new(csv::Csv::new(dp, csv_geometry)),
+        Format::TopoJson => Box::new(topojson::TopoJson::new(dp)),
+        Format::Kml => Box::new(kml::Kml::new(dp)),
+        Format::Svg => Box::new(svg::Svg::new(dp)),
+    }
+}
+
+/// The column that becomes each feature's geometry: `the_geom` when it is one (CARTO's name),
+/// else the first geometry column.
+pub(crate) fn geometry_column(columns: &[Column]) -> Option<usize> {
+    columns
+        .iter()
+        .position(|c| c.is_geometry() && c.name == "the_geom")
+        .or_else(|| columns.iter().position(Column::is_geometry))
+}
+
+/// A value as plain text: text as it is, geometry as WKT, the rest as JSON text.
+pub(crate) fn push_text_value(out: &mut Vec<u8>, v: &Value<'_>, dp: u8) {
+    match v {
+        Value::Text(s) => out.extend_from_slice(s.as_bytes()),
+        Value::Json(j) => out.extend_from_slice(j.as_bytes()),
+        Value::Geometry(ewkb) => {
+            if let Ok(Some(g)) = crate::geom::decode(ewkb) {
+                crate::geom::push_wkt(out, &g, dp);
+            }
+        }
+        other => push_json_value(out, other),
+    }
+}
+
+/// UTF-8 text as XML character data or an attribute value: markup characters escaped, and the
+/// control characters XML 1.0 does not allow left out.
+pub(crate) fn push_xml_text(out: &mut Vec<u8>, text: &[u8]) {
+    for &b in text {
+        match b {
+            b'&' => out.extend_from_slice(b"&amp;"),
+            b'<' => out.extend_from_slice(b"&lt;"),
+            b'>' => out.extend_from_slice(b"&gt;"),
+            b'"' => out.extend_from_slice(b"&quot;"),
+            b'\'' => out.extend_from_slice(b"&apos;"),
+            b'\t' | b'\n' | b'\r' => out.push(b),
+            0..=0x1f => {}
+            _ => out.push(b),
+        }
     }
 }
 
