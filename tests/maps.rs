@@ -10,7 +10,7 @@ mod support;
 use std::collections::BTreeMap;
 
 use geostack::tiles::{DecodedValue, TileGeometry, decode};
-use support::{App, app, app_with};
+use support::{App, app, app_with, encode};
 
 fn config() -> serde_json::Value {
     serde_json::json!({
@@ -364,7 +364,7 @@ async fn carto_js_instantiates_by_jsonp_or_lzma_and_carto_python_with_the_key_in
     let r = app
         .get(&format!(
             "/user/alice/api/v1/map?config={}&callback=_cdbc_42",
-            support::encode(&config)
+            encode(&config)
         ))
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
@@ -421,19 +421,13 @@ async fn carto_js_instantiates_by_jsonp_or_lzma_and_carto_python_with_the_key_in
     // The same config compressed: the same map.
     let packed = lzma_param(&serde_json::json!({ "config": config }));
     let r = app
-        .get(&format!(
-            "/api/v1/map?lzma={}&callback=cb",
-            support::encode(&packed)
-        ))
+        .get(&format!("/api/v1/map?lzma={}&callback=cb", encode(&packed)))
         .await;
     assert_eq!(jsonp(&r.text(), "cb")["layergroupid"], token.as_str());
     // Errors reach a JSONP caller as its argument, in Windshaft's shape.
     let bad = carto_js_config("select nothing_here from places").to_string();
     let r = app
-        .get(&format!(
-            "/api/v1/map?config={}&callback=cb",
-            support::encode(&bad)
-        ))
+        .get(&format!("/api/v1/map?config={}&callback=cb", encode(&bad)))
         .await;
     assert_eq!(r.status, 200);
     let got = jsonp(&r.text(), "cb");
@@ -446,7 +440,7 @@ async fn carto_js_instantiates_by_jsonp_or_lzma_and_carto_python_with_the_key_in
     let r = app
         .get(&format!(
             "/api/v1/map?config={}&callback=alert(1)//",
-            support::encode(&config)
+            encode(&config)
         ))
         .await;
     assert_eq!(r.status, 400, "{}", r.text());
@@ -488,7 +482,7 @@ async fn dataview_map(app: &App, filters: Option<serde_json::Value>) -> String {
         }
     });
     let path = match filters {
-        Some(f) => format!("/api/v1/map?filters={}", support::encode(&f.to_string())),
+        Some(f) => format!("/api/v1/map?filters={}", encode(&f.to_string())),
         None => "/api/v1/map".to_owned(),
     };
     let r = app.post_json(&path, &config).await;
@@ -752,4 +746,72 @@ async fn a_histogram_of_dates_bins_by_the_calendar() {
         .json();
     // About eight months of dates: binned by month.
     assert_eq!(auto["aggregation"], "month", "{auto}");
+}
+
+#[tokio::test]
+async fn circle_and_polygon_filters_narrow_dataviews_as_postgis_does() {
+    let app = app().await;
+    let token = dataview_map(&app, None).await;
+    let total = |query: String| {
+        let app = &app;
+        let token = token.clone();
+        async move {
+            let r = app
+                .get(&format!("/api/v1/map/{token}/dataview/total?{query}"))
+                .await;
+            assert_eq!(r.status, 200, "{}", r.text());
+            r.json()["result"].as_i64().unwrap()
+        }
+    };
+    // 1 000 km around Paris.
+    let circle = serde_json::json!({"lng": 2.35, "lat": 48.85, "radius": 1_000_000});
+    let near = scalar(
+        &app,
+        "select count(*) from places where ST_DWithin(geom::geography, ST_SetSRID(ST_MakePoint(2.35, 48.85), 4326)::geography, 1000000)",
+    )
+    .await;
+    assert!(near > 0);
+    assert_eq!(
+        total(format!("circle={}", encode(&circle.to_string()))).await,
+        near
+    );
+    // A triangle over Africa.
+    let polygon = serde_json::json!({"type": "Polygon", "coordinates": [[[-20, 35], [50, 35], [15, -35], [-20, 35]]]});
+    let inside = scalar(
+        &app,
+        "select count(*) from places where ST_Intersects(geom, ST_SetSRID(ST_GeomFromText('POLYGON((-20 35,50 35,15 -35,-20 35))'), 4326))",
+    )
+    .await;
+    assert!(inside > 0);
+    assert_eq!(
+        total(format!("polygon={}", encode(&polygon.to_string()))).await,
+        inside
+    );
+    let r = app
+        .get(&format!(
+            "/api/v1/map/{token}/dataview/total?polygon=%7B%22type%22%3A%22Point%22%7D"
+        ))
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+}
+
+#[tokio::test]
+async fn a_layer_of_a_cartodbfied_table_is_just_select_star() {
+    let app = app().await;
+    geostack::sql::cartodbfy(app.db.pool(), "public.places")
+        .await
+        .unwrap();
+    let config = serde_json::json!({"layers": [{"type": "cartodb", "options": {
+        "sql": "select * from places", "cartocss": "#places { marker-width: 4; }",
+        "cartocss_version": "2.1.1", "interactivity": ["cartodb_id"]}}]});
+    let r = app.post_json("/api/v1/map", &config).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let token = r.json()["layergroupid"].as_str().unwrap().to_owned();
+    let tile = app.get(&format!("/api/v1/map/{token}/0/0/0.mvt")).await;
+    assert_eq!(tile.status, 200, "{}", tile.text());
+    let features = decode(&tile.body).unwrap().layers[0].features.len();
+    assert_eq!(
+        i64::try_from(features).unwrap(),
+        scalar(&app, "select count(*) from places").await
+    );
 }
