@@ -117,6 +117,25 @@ async fn trailing_slashes_are_taken_as_carto_takes_them() {
         assert_eq!(r.status, 200, "{path}: {}", r.text());
         assert_eq!(r.json()["rows"], serde_json::json!([{"n": 1}]));
     }
+    // Every route: a map, its tilejson, a dataview, the key's own description.
+    let config = serde_json::json!({
+        "layers": [{"options": {"source": {"id": "a"}}}],
+        "analyses": [{"id": "a", "type": "source", "params": {"query":
+            "select gid as cartodb_id, featurecla, ST_Transform(geom, 3857) as the_geom_webmercator from places"}}],
+        "dataviews": {"n": {"type": "formula", "source": {"id": "a"}, "options": {"operation": "count"}}}
+    });
+    let r = app.post_json("/api/v1/map/", &config).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let token = r.json()["layergroupid"].as_str().unwrap().to_owned();
+    for path in [
+        format!("/api/v1/map/{token}/tilejson.json/"),
+        format!("/api/v1/map/{token}/dataview/n/"),
+        format!("/user/alice/api/v1/map/{token}/dataview/n/"),
+        format!("/api/v3/me/?api_key={}", app.regular),
+    ] {
+        let r = app.get(&path).await;
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+    }
 }
 
 /// One response read off a kept-alive connection: the head, then a chunked or sized body.

@@ -135,16 +135,26 @@ where
     ]
 }
 
-/// `routes` at their paths and again under `/user/{user}`, with `state`.
+/// `routes` at their paths and again under `/user/{user}`, each also with a trailing slash (as
+/// CARTO's clients send some), with `state`.
 fn mount<S>(routes: Vec<(String, MethodRouter<S>)>, state: S) -> Router
 where
     S: Clone + Send + Sync + 'static,
 {
+    let given: std::collections::HashSet<String> =
+        routes.iter().map(|(path, _)| path.clone()).collect();
     let mut router = Router::new();
     for (path, method) in routes {
-        router = router
-            .route(&format!("/user/{{user}}{path}"), method.clone())
-            .route(&path, method);
+        let slashed = format!("{path}/");
+        let mut paths = vec![path.clone()];
+        if !path.ends_with('/') && !given.contains(&slashed) {
+            paths.push(slashed);
+        }
+        for path in paths {
+            router = router
+                .route(&format!("/user/{{user}}{path}"), method.clone())
+                .route(&path, method.clone());
+        }
     }
     router.with_state(state)
 }

@@ -191,21 +191,33 @@ impl TableSource {
             max_y: b.max_y.min(h),
         };
         let options = layer.tile_options().clone();
-        let query = self.query(&options);
-        let query = sqlx::query(AssertSqlSafe(query))
-            .bind(b.min_x)
-            .bind(b.min_y)
-            .bind(b.max_x)
-            .bind(b.max_y);
+        let sql = self.query(&options);
+        let query = || {
+            sqlx::query(AssertSqlSafe(sql.clone()))
+                .bind(b.min_x)
+                .bind(b.min_y)
+                .bind(b.max_x)
+                .bind(b.max_y)
+        };
         let sandbox = sandbox.clone().access(sqlpass::Access::ReadOnly);
         let mut session = Session::begin(pool, &sandbox).await?;
         let name = self.name();
         let mut reader = SourceReader::new(&name, &options);
-        let read = session
-            .for_each_row(query, |row| {
+        let mut read = session
+            .for_each_row(query(), |row| {
                 reader.take(&row, |row| self.add_row(row, layer))
             })
             .await;
+        // The unnamed statement replaced before its first row (sqlx's type look-up, or a
+        // pooler's server connection that lacks it): begun again once, as the SQL API does.
+        if matches!(&read, Err(e) if e.sqlstate() == Some("26000")) {
+            session.restart().await?;
+            read = session
+                .for_each_row(query(), |row| {
+                    reader.take(&row, |row| self.add_row(row, layer))
+                })
+                .await;
+        }
         let ended = session.end().await;
         read?;
         ended?;

@@ -83,7 +83,17 @@ impl MapConfig {
         let frame = TileBuilder::new(coord, options);
         let mut fetched = Vec::with_capacity(visible.len());
         for layer in &visible {
-            match fetch_layer(&mut session, layer, &frame.buffered_bounds(), options).await {
+            let bounds = frame.buffered_bounds();
+            let mut rows = fetch_layer(&mut session, layer, &bounds, options).await;
+            // The unnamed statement replaced before its first row (sqlx's type look-up, or a
+            // pooler's server connection that lacks it): begun again once, as the SQL API does.
+            if matches!(&rows, Err(Error::Sql(e)) if e.sqlstate() == Some("26000")) {
+                match session.restart().await {
+                    Ok(()) => rows = fetch_layer(&mut session, layer, &bounds, options).await,
+                    Err(e) => rows = Err(e.into()),
+                }
+            }
+            match rows {
                 Ok(rows) => fetched.push(rows),
                 Err(e) => {
                     let _ = session.end().await;
