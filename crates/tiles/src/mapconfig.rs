@@ -278,14 +278,14 @@ impl MapConfig {
     /// `buffersize`, `plain` and `http` layers, `cartocss`, `interactivity`, `sql_wrap`).
     ///
     /// ```
-    /// let config = geostack_tiles::MapConfig::parse(r#"{
+    /// let config = geostack_tiles::MapConfig::parse(r##"{
     ///     "buffersize": {"mvt": 0},
     ///     "layers": [{"id": "L1", "type": "mapnik",
     ///                 "options": {"cartocss": "#l{}", "source": {"id": "a0"}}}],
     ///     "analyses": [{"id": "a0", "type": "source", "params": {"query": "select * from places"}}],
     ///     "dataviews": {"by_name": {"type": "aggregation", "source": {"id": "a0"},
     ///                               "options": {"column": "name", "aggregation": "count"}}}
-    /// }"#).unwrap();
+    /// }"##).unwrap();
     /// assert_eq!(config.layers()[0].sql(), "select * from places");
     /// assert_eq!(config.dataviews()[0].id(), "by_name");
     /// ```
