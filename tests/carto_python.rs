@@ -5,35 +5,22 @@
 
 mod support;
 
-use std::process::Command;
-
-use support::app;
+use support::{app, python_client};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn carto_python_s_sql_and_copy_clients_work_unchanged() {
-    let python = std::env::var("GEOSTACK_CLIENTS_PYTHON").expect(
-        "GEOSTACK_CLIENTS_PYTHON: run through scripts/test, or eval \"$(GEOSTACK_PYTHON=1 scripts/services)\"",
-    );
     let app = app().await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/carto_python.py");
-    let base = format!("http://{}/user/alice/", app.addr);
-    let key = app.regular.clone();
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(python)
-            .arg(script)
-            .env("GEOSTACK_BASE_URL", base)
-            .env("GEOSTACK_API_KEY", key)
-            .output()
-    })
-    .await
-    .unwrap()
-    .unwrap();
-    assert!(
-        output.status.success(),
-        "carto-python failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let got: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let got = python_client(
+        "carto_python.py",
+        &[
+            (
+                "GEOSTACK_BASE_URL",
+                format!("http://{}/user/alice/", app.addr),
+            ),
+            ("GEOSTACK_API_KEY", app.regular.clone()),
+        ],
+    )
+    .await;
 
     let names: Vec<String> = sqlx::query_scalar("select name from countries order by name limit 3")
         .fetch_all(app.db.pool())
@@ -111,9 +98,6 @@ async fn carto_python_s_sql_and_copy_clients_work_unchanged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn carto_python_s_map_clients_instantiate_anonymous_and_named_maps() {
-    let python = std::env::var("GEOSTACK_CLIENTS_PYTHON").expect(
-        "GEOSTACK_CLIENTS_PYTHON: run through scripts/test, or eval \"$(GEOSTACK_PYTHON=1 scripts/services)\"",
-    );
     let app = app().await;
     sqlx::raw_sql(
         "insert into notes (note, geom) values ('a note', ST_SetSRID(ST_MakePoint(1, 1), 4326)),
@@ -134,29 +118,18 @@ async fn carto_python_s_map_clients_instantiate_anonymous_and_named_maps() {
         )
         .await
         .unwrap();
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/clients/carto_python_maps.py"
-    );
-    let base = format!("http://{}/user/alice/", app.addr);
-    let (key, master) = (app.regular.clone(), master.expose().to_owned());
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(python)
-            .arg(script)
-            .env("GEOSTACK_BASE_URL", base)
-            .env("GEOSTACK_API_KEY", key)
-            .env("GEOSTACK_MASTER_KEY", master)
-            .output()
-    })
-    .await
-    .unwrap()
-    .unwrap();
-    assert!(
-        output.status.success(),
-        "carto-python failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let got: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let got = python_client(
+        "carto_python_maps.py",
+        &[
+            (
+                "GEOSTACK_BASE_URL",
+                format!("http://{}/user/alice/", app.addr),
+            ),
+            ("GEOSTACK_API_KEY", app.regular.clone()),
+            ("GEOSTACK_MASTER_KEY", master.expose().to_owned()),
+        ],
+    )
+    .await;
     assert_eq!(got["anonymous"].as_str().unwrap().len(), 32, "{got}");
     let tile = |name: &str| {
         let v = &got[name];

@@ -6,17 +6,12 @@
 
 mod support;
 
-use std::process::Command;
-
 use geostack::auth::{Grants, UserName};
 use geostack::server::KeyRequest;
-use support::app;
+use support::{app, python_client};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cartoframes_uploads_a_geodataframe_and_reads_it_back() {
-    let python = std::env::var("GEOSTACK_CLIENTS_PYTHON").expect(
-        "GEOSTACK_CLIENTS_PYTHON: run through scripts/test, or eval \"$(GEOSTACK_PYTHON=1 scripts/services)\"",
-    );
     let app = app().await;
     let alice = UserName::new("alice").unwrap();
     let (key, token) = app
@@ -25,28 +20,17 @@ async fn cartoframes_uploads_a_geodataframe_and_reads_it_back() {
         .create_key(&alice, KeyRequest::Master, Grants::new())
         .await
         .unwrap();
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/clients/cartoframes_roundtrip.py"
-    );
-    let base = format!("http://{}/user/alice/", app.addr);
-    let token = token.expose().to_owned();
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(python)
-            .arg(script)
-            .env("GEOSTACK_BASE_URL", base)
-            .env("GEOSTACK_API_KEY", token)
-            .output()
-    })
-    .await
-    .unwrap()
-    .unwrap();
-    assert!(
-        output.status.success(),
-        "cartoframes failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let got: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let got = python_client(
+        "cartoframes_roundtrip.py",
+        &[
+            (
+                "GEOSTACK_BASE_URL",
+                format!("http://{}/user/alice/", app.addr),
+            ),
+            ("GEOSTACK_API_KEY", token.expose().to_owned()),
+        ],
+    )
+    .await;
 
     // The table cartoframes named, made by the master key's role and cartodbfied.
     assert_eq!(got["table"], "uploaded_places");

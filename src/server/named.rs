@@ -472,16 +472,7 @@ async fn create<C: RedisConnection>(
     req: ApiRequest,
     body: Bytes,
 ) -> Response {
-    respond(
-        async {
-            let caller = api.master(&req, &body).await?;
-            let template = Template::parse(&body)?;
-            let name = template.name.clone();
-            api.save_template(&caller.principal, template, true).await?;
-            Ok(Json(serde_json::json!({ "template_id": name })).into_response())
-        }
-        .await,
-    )
+    respond(store(&api, &req, &body, None).await)
 }
 
 /// `PUT /api/v1/map/named/{name}`: replaces a template (master key).
@@ -490,24 +481,30 @@ async fn update<C: RedisConnection>(
     req: ApiRequest,
     body: Bytes,
 ) -> Response {
-    respond(
-        async {
-            let caller = api.master(&req, &body).await?;
-            let template = Template::parse(&body)?;
-            if template.name != name_of(&req) {
-                return Err(Error::BadRequest(format!(
-                    "the template is named {}, not {}",
-                    template.name,
-                    name_of(&req)
-                )));
-            }
-            let name = template.name.clone();
-            api.save_template(&caller.principal, template, false)
-                .await?;
-            Ok(Json(serde_json::json!({ "template_id": name })).into_response())
-        }
-        .await,
-    )
+    respond(store(&api, &req, &body, Some(name_of(&req))).await)
+}
+
+/// Stores the template in `body`: a new one, or (`replacing`) the one of that name.
+async fn store<C: RedisConnection>(
+    api: &MapsApi<C>,
+    req: &ApiRequest,
+    body: &[u8],
+    replacing: Option<&str>,
+) -> Result<Response> {
+    let caller = api.master(req, body).await?;
+    let template = Template::parse(body)?;
+    if let Some(name) = replacing
+        && template.name != name
+    {
+        return Err(Error::BadRequest(format!(
+            "the template is named {}, not {name}",
+            template.name
+        )));
+    }
+    let name = template.name.clone();
+    api.save_template(&caller.principal, template, replacing.is_none())
+        .await?;
+    Ok(Json(serde_json::json!({ "template_id": name })).into_response())
 }
 
 /// `GET /api/v1/map/named`: the user's template names (master key).

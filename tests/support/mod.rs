@@ -393,3 +393,32 @@ pub async fn until<T>(what: &str, limit: Duration, mut check: impl AsyncFnMut() 
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Runs `script` (under `tests/clients/`) with the venv's Python that `scripts/services` makes
+/// (`GEOSTACK_CLIENTS_PYTHON`) and `env`, and parses the one JSON object it prints; its
+/// standard error is the failure's message.
+pub async fn python_client(script: &str, env: &[(&str, String)]) -> serde_json::Value {
+    let python = std::env::var("GEOSTACK_CLIENTS_PYTHON").expect(
+        "GEOSTACK_CLIENTS_PYTHON: run through scripts/test, or eval \"$(GEOSTACK_PYTHON=1 scripts/services)\"",
+    );
+    let path = format!("{}/tests/clients/{script}", env!("CARGO_MANIFEST_DIR"));
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .arg(path)
+            .envs(env)
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "{script} failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
