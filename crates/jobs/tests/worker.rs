@@ -400,3 +400,65 @@ async fn cancel_ends_a_waiting_job_at_once_and_stops_a_running_one() {
     assert_eq!(q.counts().await.unwrap().active, 0);
     running.stop().await;
 }
+
+#[tokio::test]
+async fn a_job_cancelled_while_its_worker_dies_is_never_run_again() {
+    let redis = TestRedis::new().await;
+    let q = queue(&redis, "cancel-stall").await;
+    let recorder = Recorder::default();
+    let id = q
+        .enqueue(&task(1, "sleep:1500"), JobOptions::default())
+        .await
+        .unwrap();
+    let doomed = start(
+        &redis,
+        &q,
+        &recorder,
+        WorkerConfig::default().lease(Duration::from_millis(600)),
+    );
+    until("taken", Duration::from_secs(5), async || {
+        q.counts().await.unwrap().active == 1
+    })
+    .await;
+    // Cancelled while it runs, then its worker dies before it could stop the job.
+    doomed.task.abort();
+    assert_eq!(q.cancel(&id).await.unwrap(), Some(JobState::Active));
+    let rescuer = start(
+        &redis,
+        &q,
+        &recorder,
+        WorkerConfig::default().lease(Duration::from_millis(600)),
+    );
+    until("ended cancelled", Duration::from_secs(8), async || {
+        q.status(&id).await.unwrap().unwrap().state == JobState::Cancelled
+    })
+    .await;
+    // Time for a wrong second run to show.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    rescuer.stop().await;
+    assert_eq!(recorder.runs.lock().unwrap().len(), 1, "it ran again");
+    assert_eq!(q.counts().await.unwrap().waiting, 0);
+}
+
+#[tokio::test]
+async fn a_dead_job_frees_its_unique_key() {
+    let redis = TestRedis::new().await;
+    let q = queue(&redis, "unique-dead").await;
+    let recorder = Recorder::default();
+    let options = || fast_backoff().attempts(1).unique("import:7");
+    let first = q.enqueue(&task(1, "fatal"), options()).await.unwrap();
+    // While it waits, the key stands for it.
+    assert_eq!(
+        q.enqueue(&task(1, "fatal"), options()).await.unwrap(),
+        first
+    );
+    let w = start(&redis, &q, &recorder, WorkerConfig::default());
+    until("dead", Duration::from_secs(5), async || {
+        q.counts().await.unwrap().dead == 1
+    })
+    .await;
+    w.stop().await;
+    // Once dead, the same work may be queued again: a new job.
+    let second = q.enqueue(&task(1, "ok"), options()).await.unwrap();
+    assert_ne!(second, first);
+}

@@ -11,5 +11,5 @@ if state == 'waiting' or state == 'delayed' then
   event('cancelled', id)
   return 'cancelled'
 end
-if state == 'active' then redis.call('HSET', jk(id), 'cancel', 1) end
+if state == 'active' then redis.call('HSET', jk(id), 'cancel', 1, 'cancel_ttl', ARGV[4]) end
 return state

@@ -65,6 +65,16 @@ local function pop_fair(n)
   return ids
 end
 
+-- Ends a job as cancelled, kept for ttl_ms (0: kept until removed); the caller writes the event.
+local function cancelled(id, now, ttl_ms)
+  local k = jk(id)
+  redis.call('HSET', k, 'state', 'cancelled', 'error', 'cancelled', 'finished', now)
+  redis.call('HDEL', k, 'token', 'cancel', 'cancel_ttl')
+  local unique = redis.call('HGET', k, 'unique')
+  if unique and unique ~= '' then redis.call('DEL', P .. 'unique:' .. unique) end
+  if tonumber(ttl_ms) > 0 then redis.call('PEXPIRE', k, ttl_ms) end
+end
+
 -- Moves due delayed jobs to the wait queues (at most 100 per call).
 local function promote(now)
   local due = redis.call('ZRANGEBYSCORE', P .. 'delayed', '-inf', now, 'LIMIT', 0, 100)
@@ -110,9 +120,13 @@ local function take(now, deadline, token, worker, want)
   local taken, active = {}, {}
   for _, id in ipairs(ids) do
     local k = jk(id)
-    local f = redis.call('HMGET', k, 'name', 'payload', 'max_attempts', 'timeout_ms', 'backoff', 'attempts')
-    -- A job whose hash is gone (removed while it waited) is skipped.
-    if f[1] then
+    local f = redis.call('HMGET', k, 'name', 'payload', 'max_attempts', 'timeout_ms', 'backoff', 'attempts', 'cancel', 'cancel_ttl')
+    -- A job whose hash is gone (removed while it waited) is skipped; one cancelled while it
+    -- ran and put back (by an older version) ends cancelled.
+    if f[7] == '1' then
+      cancelled(id, now, f[8] or '0')
+      event('cancelled', id)
+    elseif f[1] then
       local attempts = tonumber(f[6] or '0') + 1
       local t = token .. ':' .. id
       redis.call('HSET', k, 'state', 'active', 'token', t, 'worker', worker, 'started', now, 'attempts', attempts)
@@ -135,28 +149,23 @@ end
 local function stall(id, now, max_stalls, why)
   local k = jk(id)
   redis.call('ZREM', P .. 'active', id)
-  local worker = redis.call('HGET', k, 'worker')
-  if worker then redis.call('SREM', wk(worker) .. ':jobs', id) end
+  local f = redis.call('HMGET', k, 'worker', 'cancel', 'cancel_ttl', 'unique')
+  if f[1] then redis.call('SREM', wk(f[1]) .. ':jobs', id) end
   redis.call('HDEL', k, 'token')
-  if redis.call('HINCRBY', k, 'stalls', 1) > max_stalls then
+  if f[2] == '1' then
+    -- Cancelled while it ran: it ends cancelled, never runs again.
+    cancelled(id, now, f[3] or '0')
+    event('cancelled', id, why)
+  elseif redis.call('HINCRBY', k, 'stalls', 1) > max_stalls then
     redis.call('HSET', k, 'state', 'dead', 'error', 'stalled too often', 'finished', now)
     redis.call('ZADD', P .. 'dead', now, id)
+    if f[4] and f[4] ~= '' then redis.call('DEL', P .. 'unique:' .. f[4]) end
     event('dead', id, 'stalled too often')
   else
     to_wait(id)
     redis.call('LPUSH', P .. 'signal', '1')
     event('stalled', id, why)
   end
-end
-
--- Ends a job as cancelled, kept for ttl_ms (0: kept until removed); the caller writes the event.
-local function cancelled(id, now, ttl_ms)
-  local k = jk(id)
-  redis.call('HSET', k, 'state', 'cancelled', 'error', 'cancelled', 'finished', now)
-  redis.call('HDEL', k, 'token', 'cancel')
-  local unique = redis.call('HGET', k, 'unique')
-  if unique and unique ~= '' then redis.call('DEL', P .. 'unique:' .. unique) end
-  if tonumber(ttl_ms) > 0 then redis.call('PEXPIRE', k, ttl_ms) end
 end
 
 -- Removes the jobs `ids` of the finished set `set`, hashes and all.

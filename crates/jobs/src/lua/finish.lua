@@ -45,6 +45,8 @@ for b = 12, #ARGV - 4, 5 do
       redis.call('HDEL', k, 'token')
       redis.call('HSET', k, 'state', 'dead', 'error', text, 'finished', now)
       redis.call('ZADD', P .. 'dead', now, id)
+      -- A dead job no longer holds its unique key: the same work may be queued again.
+      if f[4] and f[4] ~= '' then redis.call('DEL', P .. 'unique:' .. f[4]) end
       dead[#dead + 1] = id
       event('dead', id, text)
     end
