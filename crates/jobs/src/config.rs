@@ -2,6 +2,11 @@
 
 use std::time::Duration;
 
+/// How many dead jobs a worker keeps by default ([`WorkerConfig::keep_dead`]).
+pub const DEFAULT_KEEP_DEAD: u64 = 10_000;
+/// How long dead jobs are kept by default ([`WorkerConfig::keep_dead_for`]): 180 days.
+pub const DEFAULT_KEEP_DEAD_FOR: Duration = Duration::from_secs(180 * 24 * 3600);
+
 /// How a worker behaves. Every setter's doc gives its default.
 ///
 /// ```
@@ -37,8 +42,8 @@ impl Default for WorkerConfig {
             result_ttl: Duration::from_secs(24 * 3600),
             keep_completed: 1000,
             keep_completed_for: None,
-            keep_dead: None,
-            keep_dead_for: None,
+            keep_dead: Some(DEFAULT_KEEP_DEAD),
+            keep_dead_for: Some(DEFAULT_KEEP_DEAD_FOR),
             shutdown_deadline: Duration::from_secs(10),
         }
     }
@@ -96,13 +101,15 @@ impl WorkerConfig {
         self
     }
 
-    /// How many jobs the dead letter keeps at most, the oldest removed first. Default: all.
+    /// How many jobs the dead letter keeps at most, the oldest removed first. Default 10 000
+    /// ([`DEFAULT_KEEP_DEAD`], as Sidekiq's dead set): a failing job is kept to be looked at
+    /// and re-driven, never without bound.
     pub fn keep_dead(mut self, n: u64) -> Self {
         self.keep_dead = Some(n);
         self
     }
 
-    /// Dead jobs older than this are removed. Default: kept.
+    /// Dead jobs older than this are removed. Default 180 days ([`DEFAULT_KEEP_DEAD_FOR`]).
     pub fn keep_dead_for(mut self, age: Duration) -> Self {
         self.keep_dead_for = Some(age);
         self
@@ -127,5 +134,19 @@ impl WorkerConfig {
     /// How long a worker may go without a heartbeat before it counts as dead.
     pub(crate) fn worker_ttl(&self) -> Duration {
         self.heartbeat * 3
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_retention_is_bounded_by_default() {
+        let c = WorkerConfig::default();
+        assert_eq!(c.keep_completed, 1000);
+        assert_eq!(c.completed_age(), Some(Duration::from_secs(24 * 3600)));
+        assert_eq!(c.keep_dead, Some(DEFAULT_KEEP_DEAD));
+        assert_eq!(c.keep_dead_for, Some(DEFAULT_KEEP_DEAD_FOR));
     }
 }

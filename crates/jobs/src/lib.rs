@@ -12,7 +12,7 @@ mod schedule;
 mod scripts;
 mod worker;
 
-pub use config::WorkerConfig;
+pub use config::{DEFAULT_KEEP_DEAD, DEFAULT_KEEP_DEAD_FOR, WorkerConfig};
 pub use connector::Connector;
 pub use error::{Error, Result};
 pub use handler::{Handler, JobContext, JobError};
