@@ -116,6 +116,7 @@ where
         self.definitions(keys)
             .await?
             .into_iter()
+            .filter_map(|(key, next, def)| def.map(|def| (key, next, def)))
             .map(|(key, next, def)| {
                 Ok(Repeatable {
                     key,
@@ -142,14 +143,23 @@ where
             .await?;
         let mut fired = 0;
         for (key, run, def) in self.definitions(due).await? {
+            // What cannot run is parked, so that it never stands before the runs that can.
+            let Some(def) = def else {
+                self.park(&key, run, "its definition is missing").await?;
+                continue;
+            };
             let Ok(schedule) = Schedule::decode(&def.schedule) else {
+                self.park(&key, run, "its schedule cannot be read").await?;
                 continue;
             };
             // The next run after this one and after now: runs missed meanwhile are skipped.
             let Some(next) = schedule.next_after(run.max(now)) else {
+                self.park(&key, run, "its schedule has no next run").await?;
                 continue;
             };
             let Ok(fields) = serde_json::from_str::<Vec<String>>(&def.fields) else {
+                self.park(&key, run, "its job fields cannot be read")
+                    .await?;
                 continue;
             };
             let mut inv = REPEAT_FIRE.key(self.route_key());
@@ -171,11 +181,26 @@ where
         Ok(fired)
     }
 
-    /// The stored definitions of `keys` (with their scores); those gone meanwhile left out.
+    /// Takes repeatable job `key` (due at `run`) out of the schedule into
+    /// `<prefix>repeats:parked`, with `why`, unless it changed meanwhile.
+    async fn park(&self, key: &str, run: u64, why: &str) -> Result<()> {
+        let _: i64 = crate::scripts::REPEAT_PARK
+            .key(self.route_key())
+            .arg(self.key_prefix())
+            .arg(key)
+            .arg(run)
+            .arg(why)
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(())
+    }
+
+    /// The stored definitions of `keys` (with their scores); `None` for one whose fields are
+    /// gone or incomplete.
     async fn definitions(
         &self,
         keys: Vec<(String, u64)>,
-    ) -> Result<Vec<(String, u64, Definition)>> {
+    ) -> Result<Vec<(String, u64, Option<Definition>)>> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
@@ -192,18 +217,18 @@ where
         Ok(keys
             .into_iter()
             .zip(defs)
-            .filter_map(|((key, next), d)| match d {
-                (Some(name), Some(fields), Some(priority), Some(schedule)) => Some((
+            .map(|((key, next), d)| match d {
+                (Some(name), Some(fields), Some(priority), Some(schedule)) => (
                     key,
                     next,
-                    Definition {
+                    Some(Definition {
                         name,
                         fields,
                         priority,
                         schedule,
-                    },
-                )),
-                _ => None,
+                    }),
+                ),
+                _ => (key, next, None),
             })
             .collect())
     }

@@ -28,3 +28,4 @@ script!(PROGRESS, "lua/progress.lua");
 script!(REPEAT_SET, "lua/repeat_set.lua");
 script!(REPEAT_REMOVE, "lua/repeat_remove.lua");
 script!(REPEAT_FIRE, "lua/repeat_fire.lua");
+script!(REPEAT_PARK, "lua/repeat_park.lua");

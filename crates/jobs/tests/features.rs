@@ -456,3 +456,68 @@ async fn a_redis_restart_mid_run_loses_nothing() {
     assert_eq!((lost, seen.len()), (0, 120));
     eprintln!("restart: 120 jobs, lost 0, duplicates {}", runs.len() - 120);
 }
+
+#[tokio::test]
+async fn unreadable_repeatables_are_parked_and_never_block_the_others() {
+    let redis = TestRedis::new().await;
+    let q = queue(&redis, "broken").await;
+    let prefix = format!("{}{{broken}}:", redis.prefix());
+    let mut conn = redis.connection();
+    // Twelve entries due long ago that cannot run: a schedule this version cannot read, job
+    // fields that are not JSON, a definition gone.
+    for i in 0..12 {
+        let key = format!("broken-{i}");
+        let _: () = redis::cmd("ZADD")
+            .arg(format!("{prefix}repeats"))
+            .arg(i)
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let (schedule, fields) = match i % 3 {
+            0 => ("not a schedule", "[]"),
+            1 => ("every:1000", "not json"),
+            _ => continue,
+        };
+        let _: () = redis::cmd("HSET")
+            .arg(format!("{prefix}repeat:{key}"))
+            .arg("name")
+            .arg("task")
+            .arg("fields")
+            .arg(fields)
+            .arg("priority")
+            .arg("0")
+            .arg("schedule")
+            .arg(schedule)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    q.repeat(
+        "tick",
+        &task(5, "ok"),
+        Schedule::every(Duration::from_secs(1)).unwrap(),
+        JobOptions::default(),
+    )
+    .await
+    .unwrap();
+    let recorder = Recorder::default();
+    let w = start(&redis, &q, &recorder, WorkerConfig::default());
+    until("the healthy one ran", Duration::from_secs(8), async || {
+        q.counts().await.unwrap().completed >= 1
+    })
+    .await;
+    w.stop().await;
+    let parked: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+        .arg(format!("{prefix}repeats:parked"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(parked.len(), 12, "{parked:?}");
+    assert_eq!(parked["broken-0"], "its schedule cannot be read");
+    assert_eq!(parked["broken-1"], "its job fields cannot be read");
+    assert_eq!(parked["broken-2"], "its definition is missing");
+    let listed = q.repeatables(100).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].key, "tick");
+}
