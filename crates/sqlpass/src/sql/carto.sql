@@ -37,7 +37,8 @@ $fn$;
 -- Idempotent. `destschema` is CARTO's signature; the table is the one `reloid` names.
 CREATE OR REPLACE FUNCTION public.cdb_cartodbfytable(destschema text, reloid regclass)
 RETURNS regclass
-LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, public AS $fn$
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER
+SET search_path = pg_catalog, public SET client_min_messages = warning AS $fn$
 DECLARE
   geoms text[];
   tbl text := reloid::text;
