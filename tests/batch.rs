@@ -210,3 +210,75 @@ async fn a_user_s_jobs_are_listed_newest_first_and_never_another_user_s() {
     let r = app.get("/api/v2/sql/job").await;
     assert_eq!(r.status, 401, "{}", r.text());
 }
+
+/// `PUT /api/v2/sql/job/{id}` with `body` (JSON), the key given in it as carto-python does.
+async fn put(app: &App, id: &str, key: &str, query: serde_json::Value) -> support::Reply {
+    let body = serde_json::json!({ "query": query, "api_key": key });
+    app.request(
+        "PUT",
+        &format!("/api/v2/sql/job/{id}"),
+        &[("content-type", "application/json")],
+        body.to_string().as_bytes(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_pending_query_takes_new_sql_from_its_own_key_only() {
+    let mut app = app().await;
+    // A query that has run keeps its SQL.
+    let done = create(&app, "select 1").await;
+    let done_id = done["job_id"].as_str().unwrap().to_owned();
+    until_status(&app, &done_id, "done").await;
+    let r = put(&app, &done_id, &app.regular, serde_json::json!("select 2")).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"error": ["Cannot edit a job in status done: only pending ones"]})
+    );
+
+    // With no worker, a new query stays pending: its SQL can change, by its own key.
+    app.stop_batch_worker();
+    let pending = create(&app, "insert into notes (note) values ('first')").await;
+    let id = pending["job_id"].as_str().unwrap().to_owned();
+    let r = put(
+        &app,
+        &id,
+        &app.regular,
+        serde_json::json!(["insert into notes (note) values ('second')", "select 1"]),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["status"], "pending");
+    let shown = status(&app, &id).await;
+    assert_eq!(
+        shown["query"],
+        serde_json::json!([
+            {"query": "insert into notes (note) values ('second')", "status": "pending"},
+            {"query": "select 1", "status": "pending"}
+        ]),
+        "{shown}"
+    );
+    // Another key of the same user may read it but not change what it runs.
+    let r = put(
+        &app,
+        &id,
+        &app.sql_only,
+        serde_json::json!("delete from notes"),
+    )
+    .await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    // Another user does not see it.
+    let body = serde_json::json!({ "query": "select 1", "api_key": app.bob });
+    let r = app
+        .request(
+            "PUT",
+            &format!("/user/bob/api/v2/sql/job/{id}"),
+            &[("content-type", "application/json")],
+            body.to_string().as_bytes(),
+        )
+        .await;
+    assert_eq!(r.status, 404, "{}", r.text());
+    let r = put(&app, &id, &app.regular, serde_json::json!([])).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+}

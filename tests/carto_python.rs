@@ -74,6 +74,8 @@ async fn carto_python_s_sql_and_copy_clients_work_unchanged() {
         })
     );
     assert_eq!(got["cancel_done"], "done");
+    let refused = got["update_done"].as_str().unwrap();
+    assert!(refused.contains("only pending ones"), "{refused}");
     let notes: Vec<String> = sqlx::query_scalar("select note from notes order by id")
         .fetch_all(app.db.pool())
         .await

@@ -68,7 +68,7 @@ impl<C: RedisConnection> BatchApi<C> {
         let mut routes = super::with_slash("/api/v2/sql/job", post(create::<C>).get(list::<C>));
         routes.extend(super::with_slash(
             "/api/v2/sql/job/{id}",
-            get(status::<C>).delete(cancel::<C>),
+            get(status::<C>).delete(cancel::<C>).put(update::<C>),
         ));
         super::mount(routes, self.clone())
     }
@@ -286,15 +286,7 @@ async fn create<C: RedisConnection>(
             if caller.principal.is_anonymous() {
                 return Err(Error::Unauthorized("batch queries need an api key".into()));
             }
-            let sql = batch_sql(&req.headers, &params, &body)?;
-            if !(1..=MAX_STATEMENTS).contains(&sql.statements()) {
-                return Err(Error::BadRequest(format!(
-                    "a batch job holds from 1 to {MAX_STATEMENTS} statements"
-                )));
-            }
-            for text in sql.texts() {
-                inner.sandbox.check_query_size(text)?;
-            }
+            let sql = api.checked_sql(&req.headers, &params, &body)?;
             let principal = &caller.principal;
             let job = BatchQuery {
                 user: principal.user().as_str().to_owned(),
@@ -365,7 +357,7 @@ async fn list<C: RedisConnection>(State(api): State<BatchApi<C>>, req: ApiReques
 async fn status<C: RedisConnection>(State(api): State<BatchApi<C>>, req: ApiRequest) -> Response {
     respond(
         async {
-            let (id, job, status) = owned_job(&api, &req).await?;
+            let (id, job, status, _) = owned_job(&api, &req, &[]).await?;
             Ok::<_, Error>(Json(describe(&id, &job, Some(&status))).into_response())
         }
         .await,
@@ -375,7 +367,7 @@ async fn status<C: RedisConnection>(State(api): State<BatchApi<C>>, req: ApiRequ
 async fn cancel<C: RedisConnection>(State(api): State<BatchApi<C>>, req: ApiRequest) -> Response {
     respond(
         async {
-            let (id, job, status) = owned_job(&api, &req).await?;
+            let (id, job, status, _) = owned_job(&api, &req, &[]).await?;
             if matches!(
                 status.state,
                 JobState::Completed | JobState::Dead | JobState::Cancelled
@@ -397,12 +389,79 @@ async fn cancel<C: RedisConnection>(State(api): State<BatchApi<C>>, req: ApiRequ
     )
 }
 
-/// The job `id` of the request's user, authenticated with a key of that user.
+/// `PUT /api/v2/sql/job/{id}`: a pending query given new SQL (`query`, as when it was made),
+/// by the key that queued it; a query that started keeps its SQL (400).
+async fn update<C: RedisConnection>(
+    State(api): State<BatchApi<C>>,
+    req: ApiRequest,
+    body: Bytes,
+) -> Response {
+    respond(
+        async {
+            let (id, job, _, caller) = owned_job(&api, &req, &body).await?;
+            // It runs as the key that queued it: only that key may change what it runs.
+            if caller.principal.key_id().as_str() != job.key_id {
+                return Err(Error::Forbidden(
+                    "only the key that queued a batch query may change it".into(),
+                ));
+            }
+            let params = Params::new(req.query.as_deref(), &req.headers, &body)?;
+            let sql = api.checked_sql(&req.headers, &params, &body)?;
+            let updated = BatchQuery { query: sql, ..job };
+            let queue = api.queue();
+            match queue.update(&id, &updated).await? {
+                Some(JobState::Waiting | JobState::Delayed) => {}
+                Some(state) => {
+                    return Err(Error::BadRequest(format!(
+                        "Cannot edit a job in status {}: only pending ones",
+                        carto_status(state)
+                    )));
+                }
+                None => return Err(Error::NotFound("no such batch query".into())),
+            }
+            let status = queue.status(&id).await?;
+            let mut response = Json(describe(&id, &updated, status.as_ref())).into_response();
+            caller.rate.write_headers(response.headers_mut());
+            Ok(response)
+        }
+        .await,
+    )
+}
+
+impl<C: RedisConnection> BatchApi<C> {
+    /// A job's SQL from the request, within the statement count and the query size limit.
+    fn checked_sql(
+        &self,
+        headers: &axum::http::HeaderMap,
+        params: &Params,
+        body: &[u8],
+    ) -> Result<BatchSql> {
+        let sql = batch_sql(headers, params, body)?;
+        if !(1..=MAX_STATEMENTS).contains(&sql.statements()) {
+            return Err(Error::BadRequest(format!(
+                "a batch job holds from 1 to {MAX_STATEMENTS} statements"
+            )));
+        }
+        for text in sql.texts() {
+            self.inner.sandbox.check_query_size(text)?;
+        }
+        Ok(sql)
+    }
+}
+
+/// The job `id` of the request's user, authenticated with a key of that user (given in the
+/// query string, the headers or `body`), and its caller.
 async fn owned_job<C: RedisConnection>(
     api: &BatchApi<C>,
     req: &ApiRequest,
-) -> Result<(JobId, BatchQuery, JobStatus)> {
-    let caller = api.inner.gate.caller(req, Api::Sql).await?;
+    body: &[u8],
+) -> Result<(JobId, BatchQuery, JobStatus, super::gate::Caller)> {
+    let params = Params::new(req.query.as_deref(), &req.headers, body)?;
+    let caller = api
+        .inner
+        .gate
+        .authenticate(&req.path, &req.headers, &params, Api::Sql, req.peer)
+        .await?;
     if caller.principal.is_anonymous() {
         return Err(Error::Unauthorized("batch queries need an api key".into()));
     }
@@ -418,7 +477,7 @@ async fn owned_job<C: RedisConnection>(
     if job.user != caller.principal.user().as_str() {
         return Err(not_found());
     }
-    Ok((id, job, status))
+    Ok((id, job, status, caller))
 }
 
 /// The job's SQL: `query` of a JSON body (a string, a list of strings, or a list with

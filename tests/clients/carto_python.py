@@ -95,5 +95,11 @@ out["batch_fallback"] = {
     "job_fallback_status": fallback.get("fallback_status"),
 }
 out["cancel_done"] = batch.cancel(many["job_id"])
+# update reaches the job (its key in the body): a finished job keeps its SQL.
+try:
+    batch.update(many["job_id"], "select 1")
+    out["update_done"] = "accepted"
+except Exception as e:  # carto.exceptions.CartoException
+    out["update_done"] = str(e)
 
 json.dump(out, sys.stdout)

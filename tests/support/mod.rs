@@ -45,6 +45,15 @@ pub struct App {
     _pgbouncer: Option<(TestPgBouncer, TestRole)>,
 }
 
+impl App {
+    /// Stops the batch worker in process: batch queries queued from now on stay pending.
+    pub fn stop_batch_worker(&mut self) {
+        if let Some(worker) = self.tasks.get(1) {
+            worker.abort();
+        }
+    }
+}
+
 impl Drop for App {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {

@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::aio::{ConnectionLike, ConnectionManager};
 
-use crate::scripts::{CANCEL, ENQUEUE, REDRIVE, SWEEP};
+use crate::scripts::{CANCEL, ENQUEUE, REDRIVE, SWEEP, UPDATE};
 use crate::{Error, Job, JobId, JobOptions, QueueName, Result};
 
 /// The state of a job; serialized as its lower-case name (`"waiting"`, `"dead"`…).
@@ -319,6 +319,34 @@ where
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok(state.as_deref().map(JobState::parse))
+    }
+
+    /// Replaces the payload of job `id` with `job`, when it has not started (waiting or
+    /// delayed): what CARTO's Batch API lets a pending query do. Returns the job's state (the
+    /// payload replaced only when it is [`JobState::Waiting`] or [`JobState::Delayed`]), or
+    /// `None` when the queue holds no such job.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Invalid`] when `id` is a job of another name, [`Error::Payload`] for a payload
+    /// that does not serialize, [`Error::Unavailable`].
+    pub async fn update<J: Job>(&self, id: &JobId, job: &J) -> Result<Option<JobState>> {
+        let payload = serde_json::to_string(job).map_err(Error::Payload)?;
+        let state: Option<String> = UPDATE
+            .key(self.route_key())
+            .arg(&self.prefix)
+            .arg(id.as_str())
+            .arg(J::NAME)
+            .arg(payload)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        match state.as_deref() {
+            Some("mismatch") => Err(Error::Invalid {
+                what: "job",
+                reason: format!("{} is not a {} job", id.as_str(), J::NAME),
+            }),
+            other => Ok(other.map(JobState::parse)),
+        }
     }
 
     /// How many jobs are in each state.

@@ -22,6 +22,7 @@ script!(EXTEND, "lua/extend.lua");
 script!(SWEEP, "lua/sweep.lua");
 script!(REDRIVE, "lua/redrive.lua");
 script!(CANCEL, "lua/cancel.lua");
+script!(UPDATE, "lua/update.lua");
 script!(HEARTBEAT, "lua/heartbeat.lua");
 script!(UNREGISTER, "lua/unregister.lua");
 script!(PROGRESS, "lua/progress.lua");

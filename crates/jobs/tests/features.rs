@@ -521,3 +521,41 @@ async fn unreadable_repeatables_are_parked_and_never_block_the_others() {
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].key, "tick");
 }
+
+#[tokio::test]
+async fn a_job_that_has_not_started_can_be_given_a_new_payload() {
+    let redis = TestRedis::new().await;
+    let q = queue(&redis, "update").await;
+    let later = q
+        .enqueue(
+            &task(1, "ok"),
+            JobOptions::default().delay(Duration::from_secs(600)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        q.update(&later, &task(2, "ok")).await.unwrap(),
+        Some(JobState::Delayed)
+    );
+    let payload = q.status(&later).await.unwrap().unwrap().payload.unwrap();
+    assert_eq!(payload, serde_json::to_value(task(2, "ok")).unwrap());
+    // A finished job keeps what it ran; a job that is not there is none.
+    let now = q
+        .enqueue(&task(3, "ok"), JobOptions::default())
+        .await
+        .unwrap();
+    let recorder = Recorder::default();
+    let w = start(&redis, &q, &recorder, WorkerConfig::default());
+    until_completed(&q, 1, Duration::from_secs(5)).await;
+    w.stop().await;
+    assert_eq!(
+        q.update(&now, &task(4, "ok")).await.unwrap(),
+        Some(JobState::Completed)
+    );
+    assert_eq!(
+        q.status(&now).await.unwrap().unwrap().payload.unwrap(),
+        serde_json::to_value(task(3, "ok")).unwrap()
+    );
+    let missing = geostack_jobs::JobId::new("missing-1").unwrap();
+    assert_eq!(q.update(&missing, &task(5, "ok")).await.unwrap(), None);
+}
