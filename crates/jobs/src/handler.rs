@@ -123,6 +123,12 @@ impl JobError {
 
 /// Runs jobs of one kind.
 ///
+/// A handler runs on the worker's runtime. CPU-bound work (geometry matching, parsing a large
+/// file) belongs in `tokio::task::spawn_blocking`, so that the runtime's other jobs, the
+/// worker's lanes and everything else on it go on; a handler that blocks its thread anyway
+/// delays those, but never loses its job: the worker's heartbeat and its jobs' leases are kept
+/// by a thread of the worker's own.
+///
 /// ```
 /// # #[derive(serde::Serialize, serde::Deserialize)] struct Import { url: String }
 /// # impl geostack_jobs::Job for Import { const NAME: &'static str = "import"; }

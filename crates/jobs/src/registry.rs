@@ -83,22 +83,17 @@ where
         queues: &str,
         started: u64,
     ) -> Result<()> {
-        let _: i64 = HEARTBEAT
-            .key(self.route_key())
-            .arg(self.key_prefix())
-            .arg(id)
-            .arg(now_ms())
-            .arg(millis(ttl))
-            .arg("host")
-            .arg(host)
-            .arg("pid")
-            .arg(std::process::id())
-            .arg("queues")
-            .arg(queues)
-            .arg("started")
-            .arg(started)
-            .invoke_async(&mut self.conn())
-            .await?;
+        let _: i64 = heartbeat(
+            &self.route_key(),
+            self.key_prefix(),
+            id,
+            ttl,
+            host,
+            queues,
+            started,
+        )
+        .invoke_async(&mut self.conn())
+        .await?;
         Ok(())
     }
 
@@ -126,4 +121,32 @@ pub(crate) fn host_name() -> String {
         })
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "unknown".into())
+}
+
+/// The heartbeat of worker `id` in the queue of `prefix` (its scripts routed by `route`): the
+/// record lives `ttl`.
+pub(crate) fn heartbeat(
+    route: &str,
+    prefix: &str,
+    id: &str,
+    ttl: Duration,
+    host: &str,
+    queues: &str,
+    started: u64,
+) -> redis::ScriptInvocation<'static> {
+    let mut invocation = HEARTBEAT.key(route);
+    invocation
+        .arg(prefix)
+        .arg(id)
+        .arg(now_ms())
+        .arg(millis(ttl))
+        .arg("host")
+        .arg(host)
+        .arg("pid")
+        .arg(std::process::id())
+        .arg("queues")
+        .arg(queues)
+        .arg("started")
+        .arg(started);
+    invocation
 }

@@ -462,3 +462,61 @@ async fn a_dead_job_frees_its_unique_key() {
     let second = q.enqueue(&task(1, "ok"), options()).await.unwrap();
     assert_ne!(second, first);
 }
+
+#[tokio::test]
+async fn a_handler_that_blocks_its_thread_does_not_lose_its_worker_s_jobs() {
+    let redis = TestRedis::new().await;
+    let q = queue(&redis, "blocked").await;
+    let recorder = Recorder::default();
+    let ids = q
+        .enqueue_bulk(
+            &[task(1, "block:2500"), task(2, "block:2500")],
+            JobOptions::default(),
+        )
+        .await
+        .unwrap();
+    // A worker whose handlers block the only thread of its runtime, as a worker on a busy
+    // runtime's threads does: short lease and heartbeat, so that lateness would show.
+    let config = WorkerConfig::default()
+        .concurrency(2)
+        .lease(Duration::from_millis(600))
+        .heartbeat(Duration::from_millis(200));
+    let blocked = Worker::new(q.clone(), redis.client().clone(), config.clone())
+        .handle::<Task, _>(recorder.clone());
+    let (stop_blocked, stopped) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(blocked.run(async {
+            let _ = stopped.await;
+        }))
+    });
+    until("both taken", Duration::from_secs(5), async || {
+        q.counts().await.unwrap().active == 2
+    })
+    .await;
+    // Another worker, whose sweep would take back the jobs of a worker gone silent.
+    let rescuer = start(&redis, &q, &recorder, config);
+    until_completed(&q, 2, Duration::from_secs(10)).await;
+    rescuer.stop().await;
+    let _ = stop_blocked.send(());
+    thread.join().unwrap().unwrap();
+    let events: Vec<String> = q
+        .events(None, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| format!("{} {} {}", e.kind, e.job, e.detail))
+        .collect();
+    assert_eq!(
+        recorder.runs.lock().unwrap().len(),
+        2,
+        "a job of the live, blocked worker ran again: {events:?}"
+    );
+    for id in &ids {
+        let s = q.status(id).await.unwrap().unwrap();
+        assert_eq!((s.state, s.attempts), (JobState::Completed, 1));
+    }
+}

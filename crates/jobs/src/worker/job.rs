@@ -9,9 +9,9 @@ use redis::aio::ConnectionLike;
 use tokio::sync::watch;
 
 use super::Inner;
+use super::keeper::{Lease, Watch};
 use super::lane::Taken;
-use crate::queue::{millis, now_ms};
-use crate::scripts::EXTEND;
+use crate::queue::millis;
 use crate::{JobContext, JobId};
 
 pub(super) enum Outcome {
@@ -29,6 +29,9 @@ pub(super) struct Report {
     pub(super) kind: &'static str,
     pub(super) text: String,
     pub(super) delay_ms: u64,
+    /// The job's lease, kept until the outcome is reported: the report may wait for the
+    /// lane's next call (behind a handler that blocks the thread) well past the lease.
+    pub(super) _lease: Option<Watch>,
 }
 
 /// What a job's task hands back to the worker when the job is over.
@@ -42,6 +45,7 @@ pub(super) async fn run_job<C>(
     inner: &Inner<C>,
     job: &Taken,
     hard_stop: &mut watch::Receiver<bool>,
+    lease: &mut Watch,
 ) -> Outcome
 where
     C: ConnectionLike + Clone + Send + Sync + 'static,
@@ -52,7 +56,6 @@ where
             retry: false,
         };
     };
-    let queue = &inner.queues[job.queue];
     let ctx = JobContext::new(
         job.id.clone(),
         job.attempt,
@@ -78,12 +81,9 @@ where
         }
     };
     tokio::pin!(timeout);
-    let lease = inner.config.lease;
-    // Renewal, which also tells of a cancellation, every third of the lease or every second,
-    // whichever is sooner; the first one period from now. (An interval's immediate first tick
-    // would wait for the timer driver's next turn, up to a millisecond, on every job.)
-    let period = (lease / 3).min(Duration::from_secs(1));
-    let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    // The keeper renews the lease on a thread of its own (a handler blocking this one cannot
+    // starve it) and tells of a lost lease or a cancellation.
+    let mut keeper_alive = true;
     loop {
         tokio::select! {
             biased;
@@ -98,20 +98,15 @@ where
                 let limit = job.timeout.unwrap_or_default();
                 return Outcome::Failed { message: format!("timed out after {limit:?}"), retry: true };
             }
-            _ = renew.tick() => {
-                let deadline = now_ms().saturating_add(millis(lease));
-                let kept: redis::RedisResult<i64> = EXTEND
-                    .key(queue.route_key())
-                    .arg(queue.key_prefix())
-                    .arg(job.id.as_str())
-                    .arg(&job.token)
-                    .arg(deadline)
-                    .invoke_async(&mut queue.conn())
-                    .await;
-                match kept {
-                    Ok(0) => return Outcome::Lost,
-                    Ok(2) => return Outcome::Cancelled,
-                    _ => {}
+            changed = lease.lease.changed(), if keeper_alive => {
+                if changed.is_err() {
+                    keeper_alive = false;
+                    continue;
+                }
+                match *lease.lease.borrow() {
+                    Lease::Lost => return Outcome::Lost,
+                    Lease::Cancelled => return Outcome::Cancelled,
+                    Lease::Held => {}
                 }
             }
             changed = hard_stop.changed() => {
@@ -152,6 +147,7 @@ pub(super) fn report(job: &Taken, outcome: Outcome) -> Option<Report> {
         kind,
         text,
         delay_ms: millis(delay),
+        _lease: None,
     })
 }
 

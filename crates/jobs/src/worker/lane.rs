@@ -112,6 +112,17 @@ pub(super) async fn drive<C>(
                     }
                     free = free.saturating_sub(jobs.len());
                     for job in jobs {
+                        // Its lease is kept from now, before it starts: on a busy runtime
+                        // it may wait for a thread well past the lease.
+                        let queue = &inner.queues[job.queue];
+                        let mut watch = inner.keeper.watch(
+                            super::keeper::BeatIn {
+                                prefix: queue.key_prefix().to_owned(),
+                                route: queue.route_key(),
+                            },
+                            job.id.as_str(),
+                            &job.token,
+                        );
                         let inner = Arc::clone(&inner);
                         let mut hard_stop = hard_stop.clone();
                         // A job run's span: which job, never its payload.
@@ -124,10 +135,14 @@ pub(super) async fn drive<C>(
                         );
                         running.spawn(
                             async move {
-                                let outcome = run_job(&inner, &job, &mut hard_stop).await;
+                                let outcome =
+                                    run_job(&inner, &job, &mut hard_stop, &mut watch).await;
                                 Ended {
                                     queue: job.queue,
-                                    report: report(&job, outcome),
+                                    report: report(&job, outcome).map(|r| Report {
+                                        _lease: Some(watch),
+                                        ..r
+                                    }),
                                 }
                             }
                             .instrument(span),

@@ -1,9 +1,11 @@
 //! Workers: take jobs from one or more queues for their free slots, run their handlers, and
 //! report the outcomes (batched with the next take); register a heartbeat; sweep for the jobs
 //! of dead workers. Each lane ([`lane`]) takes and reports in one script call; each job
-//! ([`job`]) runs in a task of its own.
+//! ([`job`]) runs in a task of its own; the keeper ([`keeper`]), on a thread of its own, beats
+//! the heartbeat and renews the leases, from a job's take until its outcome is reported.
 
 mod job;
+mod keeper;
 mod lane;
 
 use lane::drive;
@@ -61,6 +63,8 @@ struct Inner<C> {
     pub(super) config: WorkerConfig,
     pub(super) handlers: HashMap<&'static str, Arc<dyn Erased>>,
     pub(super) id: String,
+    /// Beats the heartbeat and renews the running jobs' leases on a thread of its own.
+    pub(super) keeper: keeper::Keeper,
     /// Per lane, what wakes it when it waits for jobs.
     pub(super) wake: Vec<Notify>,
     pub(super) stopping: AtomicBool,
@@ -140,23 +144,46 @@ where
             .map(|q| Arc::new(q.clone()) as Arc<dyn Reporter>)
             .collect();
         let lanes = lanes(self.config.concurrency);
+        let id = format!(
+            "{}-{}",
+            std::process::id(),
+            JobId::generate()?.as_str().get(..8).unwrap_or("0")
+        );
+        let host = host_name();
+        let names: Vec<&str> = self.queues.iter().map(|q| q.name().as_str()).collect();
+        let names = names.join(",");
+        let started = now_ms();
+        let beat = keeper::Beat {
+            queues: self
+                .queues
+                .iter()
+                .map(|q| keeper::BeatIn {
+                    prefix: q.key_prefix().to_owned(),
+                    route: q.route_key(),
+                })
+                .collect(),
+            worker: id.clone(),
+            ttl: self.config.worker_ttl(),
+            host: host.clone(),
+            names: names.clone(),
+            started,
+            every: self.config.heartbeat,
+        };
+        let keeper = keeper::Keeper::start(Arc::clone(&self.connector), beat, self.config.lease)
+            .map_err(|e| crate::Error::Invalid {
+                what: "worker",
+                reason: format!("its keeper thread could not start: {e}"),
+            })?;
         let inner = Arc::new(Inner {
             queues: self.queues,
             reporters,
             config: self.config,
             handlers: self.handlers,
-            id: format!(
-                "{}-{}",
-                std::process::id(),
-                JobId::generate()?.as_str().get(..8).unwrap_or("0")
-            ),
+            id,
+            keeper,
             wake: (0..lanes).map(|_| Notify::new()).collect(),
             stopping: AtomicBool::new(false),
         });
-        let host = host_name();
-        let names: Vec<&str> = inner.queues.iter().map(|q| q.name().as_str()).collect();
-        let names = names.join(",");
-        let started = now_ms();
         // Registered before the first job is taken, so the sweep never takes a live worker
         // for a dead one.
         for q in &inner.queues {
@@ -165,20 +192,6 @@ where
         }
         let (hard_stop, stop_rx) = watch::channel(false);
 
-        let _heart = {
-            let inner = Arc::clone(&inner);
-            Owned(tokio::spawn(async move {
-                let mut tick = tokio::time::interval(inner.config.heartbeat);
-                loop {
-                    tick.tick().await;
-                    for q in &inner.queues {
-                        let _ = q
-                            .beat(&inner.id, inner.config.worker_ttl(), &host, &names, started)
-                            .await;
-                    }
-                }
-            }))
-        };
         // Lanes with free slots wait on `wake`; these tasks turn enqueue signals into wake-ups.
         let _wakers: Vec<Owned<()>> = inner
             .queues

@@ -63,6 +63,11 @@ impl Handler<Task> for Recorder {
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 Ok(serde_json::json!("progressed"))
             }
+            // Blocks its thread, as CPU-bound work written without spawn_blocking does.
+            a if a.starts_with("block:") => {
+                std::thread::sleep(Duration::from_millis(a[6..].parse().unwrap()));
+                Ok(serde_json::json!({"blocked": job.n}))
+            }
             a if a.starts_with("sleep:") => {
                 tokio::time::sleep(Duration::from_millis(a[6..].parse().unwrap())).await;
                 Ok(serde_json::json!({"slept": job.n}))

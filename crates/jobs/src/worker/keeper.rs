@@ -1,0 +1,216 @@
+//! The worker's keeper: a thread of its own, with a single-threaded runtime and a Redis
+//! connection of its own, that beats the worker's heartbeat and renews its running jobs'
+//! leases. A handler that blocks its thread (CPU-bound work written without
+//! `spawn_blocking`) stalls the runtime it runs on, never the keeper: a live worker keeps its
+//! jobs however long their handlers block.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::Connector;
+use crate::queue::{millis, now_ms};
+use crate::scripts::EXTEND;
+
+/// What the keeper knows of a running job's lease.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Lease {
+    /// Renewed (or not yet due).
+    Held,
+    /// Taken back by the queue (the sweep gave it to another worker): stop, report nothing.
+    Lost,
+    /// Cancelled: stop.
+    Cancelled,
+}
+
+/// A queue the worker beats in: its key prefix and the key that routes its scripts.
+#[derive(Clone, Debug)]
+pub(super) struct BeatIn {
+    pub(super) prefix: String,
+    pub(super) route: String,
+}
+
+/// What the worker's heartbeat says of it.
+#[derive(Clone, Debug)]
+pub(super) struct Beat {
+    pub(super) queues: Vec<BeatIn>,
+    pub(super) worker: String,
+    pub(super) ttl: Duration,
+    pub(super) host: String,
+    pub(super) names: String,
+    pub(super) started: u64,
+    pub(super) every: Duration,
+}
+
+struct Watched {
+    queue: BeatIn,
+    id: String,
+    token: String,
+    next: Instant,
+    reply: watch::Sender<Lease>,
+}
+
+enum Command {
+    Watch(Watched),
+    Forget(String),
+}
+
+/// The keeper's handle; dropping it ends the keeper (its thread returns).
+pub(super) struct Keeper {
+    tx: mpsc::UnboundedSender<Command>,
+    lease: Duration,
+}
+
+/// A job's registration with the keeper: its lease's news, and forgetting it when dropped.
+pub(super) struct Watch {
+    pub(super) lease: watch::Receiver<Lease>,
+    token: String,
+    tx: mpsc::UnboundedSender<Command>,
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let _ = self
+            .tx
+            .send(Command::Forget(std::mem::take(&mut self.token)));
+    }
+}
+
+impl Keeper {
+    /// Starts the keeper's thread: it beats `beat` and renews watched leases for `lease` each
+    /// third of it (at most every second), on connections from `connector`.
+    pub(super) fn start<K: Connector>(
+        connector: Arc<K>,
+        beat: Beat,
+        lease: Duration,
+    ) -> std::io::Result<Self> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name("geostack-jobs-keeper".into())
+            .spawn(move || runtime.block_on(keep(connector, rx, beat, lease)))?;
+        Ok(Self { tx, lease })
+    }
+
+    /// Watches the lease of job `id` (locked with `token`) in `queue` from now on.
+    pub(super) fn watch(&self, queue: BeatIn, id: &str, token: &str) -> Watch {
+        let (reply, lease) = watch::channel(Lease::Held);
+        let _ = self.tx.send(Command::Watch(Watched {
+            queue,
+            id: id.to_owned(),
+            token: token.to_owned(),
+            next: Instant::now() + renewal(self.lease),
+            reply,
+        }));
+        Watch {
+            lease,
+            token: token.to_owned(),
+            tx: self.tx.clone(),
+        }
+    }
+}
+
+/// How often a lease is renewed: every third of it, or every second, whichever is sooner.
+fn renewal(lease: Duration) -> Duration {
+    (lease / 3).min(Duration::from_secs(1))
+}
+
+async fn keep<K: Connector>(
+    connector: Arc<K>,
+    mut rx: mpsc::UnboundedReceiver<Command>,
+    beat: Beat,
+    lease: Duration,
+) {
+    let period = renewal(lease);
+    // A call that takes longer than this is given up (and the connection made anew): a
+    // renewal must not wait past the lease it keeps.
+    let patience = period.max(Duration::from_millis(200));
+    let mut conn: Option<K::Connection> = None;
+    let mut jobs: HashMap<String, Watched> = HashMap::new();
+    let mut beats = tokio::time::interval(beat.every);
+    beats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut renewals = tokio::time::interval(period.min(Duration::from_millis(100)));
+    renewals.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            command = rx.recv() => match command {
+                None => return,
+                Some(Command::Watch(w)) => {
+                    jobs.insert(w.token.clone(), w);
+                }
+                Some(Command::Forget(token)) => {
+                    jobs.remove(&token);
+                }
+            },
+            _ = beats.tick() => {
+                for q in &beat.queues {
+                    let invocation = crate::registry::heartbeat(
+                        &q.route, &q.prefix, &beat.worker, beat.ttl, &beat.host, &beat.names,
+                        beat.started,
+                    );
+                    let Some(c) = connected(&*connector, &mut conn, patience).await else { break };
+                    let call = invocation.invoke_async::<i64>(c);
+                    if !matches!(tokio::time::timeout(patience, call).await, Ok(Ok(_))) {
+                        conn = None;
+                    }
+                }
+            }
+            _ = renewals.tick() => {
+                let now = Instant::now();
+                let due: Vec<String> = jobs
+                    .values()
+                    .filter(|w| w.next <= now)
+                    .map(|w| w.token.clone())
+                    .collect();
+                for token in due {
+                    let Some(w) = jobs.get_mut(&token) else { continue };
+                    let Some(c) = connected(&*connector, &mut conn, patience).await else { break };
+                    let deadline = now_ms().saturating_add(millis(lease));
+                    let mut invocation = EXTEND.key(&w.queue.route);
+                    invocation
+                        .arg(&w.queue.prefix)
+                        .arg(&w.id)
+                        .arg(&w.token)
+                        .arg(deadline);
+                    let call = invocation.invoke_async::<i64>(c);
+                    let kept = match tokio::time::timeout(patience, call).await {
+                        Ok(Ok(kept)) => kept,
+                        _ => {
+                            // Tried again at the next tick, on a new connection.
+                            conn = None;
+                            continue;
+                        }
+                    };
+                    w.next = Instant::now() + period;
+                    let news = match kept {
+                        0 => Lease::Lost,
+                        2 => Lease::Cancelled,
+                        _ => continue,
+                    };
+                    let _ = w.reply.send(news);
+                    jobs.remove(&token);
+                }
+            }
+        }
+    }
+}
+
+/// The keeper's connection, made when there is none.
+async fn connected<'a, K: Connector>(
+    connector: &K,
+    conn: &'a mut Option<K::Connection>,
+    patience: Duration,
+) -> Option<&'a mut K::Connection> {
+    if conn.is_none() {
+        *conn = tokio::time::timeout(patience, connector.blocking())
+            .await
+            .ok()
+            .and_then(Result::ok);
+    }
+    conn.as_mut()
+}
