@@ -220,20 +220,22 @@ async fn bad_payloads_panics_and_timeouts_fail_with_their_reason_and_the_worker_
     );
 }
 
-#[tokio::test]
-async fn a_dead_workers_job_is_taken_back_and_a_slow_live_one_is_kept() {
-    let redis = TestRedis::new().await;
-    let q = queue(&redis, "stalled").await;
-    let recorder = Recorder::default();
+/// A 1.5 s job, taken by a worker (600 ms lease) that then dies without a word: its task is
+/// aborted, so the job is neither renewed nor finished.
+#[expect(clippy::unwrap_used, reason = "a test helper")]
+async fn taken_by_a_doomed_worker(
+    redis: &TestRedis,
+    q: &Queue,
+    recorder: &Recorder,
+) -> geostack_jobs::JobId {
     let id = q
         .enqueue(&task(1, "sleep:1500"), JobOptions::default())
         .await
         .unwrap();
-    // A worker takes it, then dies without a word (its task is aborted: no renewal, no finish).
     let doomed = start(
-        &redis,
-        &q,
-        &recorder,
+        redis,
+        q,
+        recorder,
         WorkerConfig::default().lease(Duration::from_millis(600)),
     );
     until("taken", Duration::from_secs(5), async || {
@@ -241,6 +243,16 @@ async fn a_dead_workers_job_is_taken_back_and_a_slow_live_one_is_kept() {
     })
     .await;
     doomed.task.abort();
+    id
+}
+
+#[tokio::test]
+async fn a_dead_workers_job_is_taken_back_and_a_slow_live_one_is_kept() {
+    let redis = TestRedis::new().await;
+    let q = queue(&redis, "stalled").await;
+    let recorder = Recorder::default();
+    // A worker takes it, then dies without a word (its task is aborted: no renewal, no finish).
+    let id = taken_by_a_doomed_worker(&redis, &q, &recorder).await;
     let died = Instant::now();
     // Another worker (its sweeper runs every second) takes it back and runs it to the end, its
     // lock renewed although the job outlasts the lease.
@@ -406,22 +418,8 @@ async fn a_job_cancelled_while_its_worker_dies_is_never_run_again() {
     let redis = TestRedis::new().await;
     let q = queue(&redis, "cancel-stall").await;
     let recorder = Recorder::default();
-    let id = q
-        .enqueue(&task(1, "sleep:1500"), JobOptions::default())
-        .await
-        .unwrap();
-    let doomed = start(
-        &redis,
-        &q,
-        &recorder,
-        WorkerConfig::default().lease(Duration::from_millis(600)),
-    );
-    until("taken", Duration::from_secs(5), async || {
-        q.counts().await.unwrap().active == 1
-    })
-    .await;
-    // Cancelled while it runs, then its worker dies before it could stop the job.
-    doomed.task.abort();
+    // Its worker dies while it runs; then it is cancelled, before the sweep takes it back.
+    let id = taken_by_a_doomed_worker(&redis, &q, &recorder).await;
     assert_eq!(q.cancel(&id).await.unwrap(), Some(JobState::Active));
     let rescuer = start(
         &redis,
