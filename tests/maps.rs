@@ -815,3 +815,33 @@ async fn a_layer_of_a_cartodbfied_table_is_just_select_star() {
         scalar(&app, "select count(*) from places").await
     );
 }
+
+#[tokio::test]
+async fn a_write_through_the_sql_api_drops_its_table_s_cached_tiles() {
+    let app = app().await;
+    let tile = format!("/tiles/notes/0/0/0.mvt?api_key={}", app.regular);
+    let before = app.get(&tile).await;
+    assert_eq!(before.status, 204, "{}", before.text());
+    // Kept: asked again, the same empty tile.
+    assert_eq!(app.get(&tile).await.header("etag"), before.header("etag"));
+    let insert = format!(
+        "/api/v2/sql?q={}&api_key={}",
+        encode(
+            "insert into notes (note, geom) values ('new', ST_SetSRID(ST_MakePoint(1, 1), 4326))"
+        ),
+        app.regular
+    );
+    assert_eq!(app.get(&insert).await.status, 200);
+    let after = app.get(&tile).await;
+    assert_eq!(after.status, 200, "{}", after.text());
+    assert_ne!(after.header("etag"), before.header("etag"));
+    assert_eq!(decode(&after.body).unwrap().layers[0].features.len(), 1);
+    // A read changes nothing: the tile stays cached.
+    let read = format!(
+        "/api/v2/sql?q={}&api_key={}",
+        encode("select count(*) from notes"),
+        app.regular
+    );
+    assert_eq!(app.get(&read).await.status, 200);
+    assert_eq!(app.get(&tile).await.header("etag"), after.header("etag"));
+}

@@ -269,7 +269,7 @@ impl<C: RedisConnection> Server<C> {
         let keys = KeyStore::with_prefix(conn.clone(), config.key_prefix.clone());
         Self {
             inner: Arc::new(Inner {
-                sql: SqlApi::new(gate.clone(), sandbox.clone()),
+                sql: SqlApi::new(gate.clone(), sandbox.clone()).invalidating(tiles.clone()),
                 batch: BatchApi::new(gate.clone(), sandbox.clone(), queue),
                 maps: MapsApi::new(
                     gate.clone(),

@@ -31,12 +31,26 @@ use super::{Error, RedisConnection, Result, Sandbox};
 pub struct SqlApi<C = redis::aio::ConnectionManager> {
     gate: Gate<C>,
     sandbox: Sandbox,
+    /// The tiles a write makes stale, when they are served beside.
+    tiles: Option<super::Tiles>,
 }
 
 impl<C: RedisConnection> SqlApi<C> {
     /// The SQL API of callers passing `gate`, their queries run in `sandbox`.
     pub fn new(gate: Gate<C>, sandbox: Sandbox) -> Self {
-        Self { gate, sandbox }
+        Self {
+            gate,
+            sandbox,
+            tiles: None,
+        }
+    }
+
+    /// Drops from `tiles` the cached tiles of the tables a write changes, once it committed
+    /// (a table's tiles are kept under its name), so that the next request renders them anew
+    /// with a new ETag. [`Server`](super::Server) does.
+    pub fn invalidating(mut self, tiles: super::Tiles) -> Self {
+        self.tiles = Some(tiles);
+        self
     }
 
     /// Its routes, with and without a trailing slash, also under `/user/{user}`: the SQL API,
@@ -127,6 +141,15 @@ async fn run<C: RedisConnection>(
             return Ok(refused);
         }
     };
+    // A writer's statement has committed by now: its tables' tiles are stale.
+    if let Some(tiles) = &api.tiles
+        && write
+        && changes_data(sql)
+    {
+        for table in &response.meta.tables {
+            let _ = tiles.invalidate_table(table).await;
+        }
+    }
     // The caller's place is held until its rows have been sent.
     let mut out = Response::new(Body::from_stream(super::fair::Admitted {
         body: response.body,
@@ -141,6 +164,17 @@ async fn run<C: RedisConnection>(
     h.insert(header::VARY, HeaderValue::from_static("Authorization"));
     caller.rate.write_headers(h);
     Ok(out)
+}
+
+/// Whether `sql` may change rows: a statement other than a query (an `INSERT`, a DDL, a
+/// writable `WITH`…).
+fn changes_data(sql: &str) -> bool {
+    sqlpass::Script::new(sql).is_ok_and(|script| {
+        script
+            .statements()
+            .iter()
+            .any(|s| !matches!(s.keyword(), "select" | "values" | "table" | "explain"))
+    })
 }
 
 /// Anonymous reads may be kept by shared caches, which revalidate them (and are told of

@@ -64,6 +64,16 @@ impl Tiles {
         &self.inner.cache
     }
 
+    /// Drops the cached tiles of `table` (`schema.table`); returns how many.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Tiles`](super::Error::Tiles) when the cache cannot be asked.
+    pub async fn invalidate_table(&self, table: &str) -> Result<u64> {
+        use geostack_tiles::TileCache as _;
+        Ok(self.inner.cache.invalidate_table(table).await?)
+    }
+
     /// The tile under `key`: from the cache, else rendered once however many ask at the same
     /// time, then cached with `tables` as its tags; answered for `caller`, whose renders `gate`
     /// bounds.
