@@ -817,7 +817,7 @@ async fn a_layer_of_a_cartodbfied_table_is_just_select_star() {
 }
 
 #[tokio::test]
-async fn a_write_through_the_sql_api_drops_its_table_s_cached_tiles() {
+async fn a_write_through_the_sql_api_drops_its_tables_cached_tiles() {
     let app = app().await;
     let tile = format!("/tiles/notes/0/0/0.mvt?api_key={}", app.regular);
     let before = app.get(&tile).await;
@@ -844,4 +844,24 @@ async fn a_write_through_the_sql_api_drops_its_table_s_cached_tiles() {
     );
     assert_eq!(app.get(&read).await.status, 200);
     assert_eq!(app.get(&tile).await.header("etag"), after.header("etag"));
+
+    // A map's tiles too: they are kept under the tables their layers read.
+    let config = serde_json::json!({"layers": [{"options": {
+        "sql": "select id, ST_Transform(geom, 3857) as the_geom_webmercator from notes"}}]});
+    let r = app
+        .post_json(&format!("/api/v1/map?api_key={}", app.regular), &config)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let token = r.json()["layergroupid"].as_str().unwrap().to_owned();
+    let map_tile = format!("/api/v1/map/{token}/0/0/0.mvt?api_key={}", app.regular);
+    let first = app.get(&map_tile).await;
+    assert_eq!(decode(&first.body).unwrap().layers[0].features.len(), 1);
+    assert_eq!(
+        app.get(&map_tile).await.header("etag"),
+        first.header("etag")
+    );
+    assert_eq!(app.get(&insert).await.status, 200);
+    let second = app.get(&map_tile).await;
+    assert_ne!(second.header("etag"), first.header("etag"));
+    assert_eq!(decode(&second.body).unwrap().layers[0].features.len(), 2);
 }

@@ -189,9 +189,15 @@ impl<C: RedisConnection> MapsApi<C> {
             .arg(key)
             .query_async(&mut self.inner.redis.clone())
             .await?;
+        let json = json.ok_or_else(not_found)?;
+        let tables = serde_json::from_str::<serde_json::Value>(&json)
+            .ok()
+            .and_then(|v| serde_json::from_value(v[TABLES_MEMBER].clone()).ok())
+            .unwrap_or_default();
         Ok(Loaded {
-            config: MapConfig::parse(&json.ok_or_else(not_found)?)?,
+            config: MapConfig::parse(&json)?,
             owner,
+            tables,
         })
     }
 
@@ -230,7 +236,13 @@ impl<C: RedisConnection> MapsApi<C> {
 pub(super) struct Loaded {
     pub(super) config: MapConfig,
     pub(super) owner: Option<geoauth::ApiKey>,
+    /// The tables its layers read (its tiles' cache tags), as found when it was made.
+    pub(super) tables: Vec<String>,
 }
+
+/// The member of a stored config that keeps the tables its layers read (written by the server
+/// over whatever the caller sent under that name).
+const TABLES_MEMBER: &str = "geostack_tables";
 
 /// `POST /api/v1/map`: the body is the config; the key comes from the query string, the
 /// headers, or the body's own `api_key` member (as carto-python sends it).
@@ -317,10 +329,13 @@ impl<C: RedisConnection> MapsApi<C> {
         let loaded = Loaded {
             config,
             owner: named.map(|(_, owner)| owner.clone()),
+            tables: Vec::new(),
         };
         let (pool, _) = self.pool_for(&caller, &loaded)?;
         let config = loaded.config;
-        config.check(&pool, &inner.sandbox.options()).await?;
+        let tables = config.check(&pool, &inner.sandbox.options()).await?;
+        // The tables its layers read are kept with it: its tiles' cache tags.
+        let json = with_member(&json, TABLES_MEMBER, serde_json::json!(tables))?;
         let user = caller.principal.user().clone();
         let layergroupid = match named {
             Some((template, _)) => {
@@ -410,6 +425,11 @@ impl<C: RedisConnection> MapsApi<C> {
 fn with_filters(json: &str, filters: &str) -> Result<String> {
     let filters: serde_json::Value = serde_json::from_str(filters)
         .map_err(|_| Error::BadRequest("filters is not JSON".into()))?;
+    with_member(json, "filters", filters)
+}
+
+/// `json` (a map config) with its member `name` set to `value`.
+fn with_member(json: &str, name: &str, value: serde_json::Value) -> Result<String> {
     let mut config: serde_json::Value = serde_json::from_str(json)
         .map_err(|e| Error::BadRequest(format!("invalid map config: not a layergroup: {e}")))?;
     let Some(members) = config.as_object_mut() else {
@@ -417,7 +437,7 @@ fn with_filters(json: &str, filters: &str) -> Result<String> {
             "invalid map config: not a layergroup".into(),
         ));
     };
-    members.insert("filters".into(), filters);
+    members.insert(name.into(), value);
     Ok(config.to_string())
 }
 
@@ -711,7 +731,7 @@ async fn tile<C: RedisConnection>(State(api): State<MapsApi<C>>, req: ApiRequest
                 None => api.load_map(&caller, &req, token).await?,
             };
             let (pool, _) = api.pool_for(&caller, &loaded)?;
-            let config = loaded.config;
+            let (config, tables) = (loaded.config, loaded.tables);
             let config = match layers {
                 "all" => config,
                 list => {
@@ -734,7 +754,7 @@ async fn tile<C: RedisConnection>(State(api): State<MapsApi<C>>, req: ApiRequest
             let sandbox = inner.sandbox.options();
             let tile = inner
                 .tiles
-                .render(&inner.gate, &caller, &key, &[], || async move {
+                .render(&inner.gate, &caller, &key, &tables, || async move {
                     Ok(config.render(&pool, coord, &options, &sandbox).await?.bytes)
                 })
                 .await?;

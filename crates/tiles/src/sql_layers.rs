@@ -113,23 +113,28 @@ impl MapConfig {
     /// always rolled back), as Windshaft does when a map is instantiated: each data layer's SQL
     /// is described (never run) and must have the geometry, id, attribute and interactivity
     /// columns the layer names; each dataview's source must have the columns its options name.
+    /// Returns the tables the data layers read (`schema.table`, sorted, from their plans with
+    /// [`sqlpass::install`]'s function; none without it): what a tile of the map is tagged
+    /// with, to be dropped when one of them changes.
     ///
     /// # Errors
     ///
     /// [`Error::Layer`] with the layer's index and the database's refusal (a syntax error, a
     /// permission) or a missing column; [`Error::InvalidMapConfig`] for a dataview's missing
     /// column; [`Error::Sql`] when the sandbox could not begin.
-    pub async fn check(&self, pool: &PgPool, sandbox: &sqlpass::Options) -> Result<()> {
+    pub async fn check(&self, pool: &PgPool, sandbox: &sqlpass::Options) -> Result<Vec<String>> {
         let sandbox = sandbox.clone().access(sqlpass::Access::ReadOnly);
         let mut session = Session::begin(pool, &sandbox).await?;
         let checked = self.check_in(&mut session).await;
         // Nothing of the caller's outlives the check.
         let ended = session.end().await;
-        checked?;
-        Ok(ended?)
+        let tables = checked?;
+        ended?;
+        Ok(tables)
     }
 
-    async fn check_in(&self, session: &mut Session) -> Result<()> {
+    async fn check_in(&self, session: &mut Session) -> Result<Vec<String>> {
+        let mut tables = std::collections::BTreeSet::new();
         for (index, layer) in self.layers().iter().enumerate() {
             if !layer.is_data() {
                 continue;
@@ -151,6 +156,7 @@ impl MapConfig {
                     }));
                 }
             }
+            tables.extend(tables_of(session, layer.sql()).await.map_err(at)?);
         }
         for dataview in self.dataviews() {
             let columns = describe(session, dataview.sql()).await?;
@@ -169,7 +175,39 @@ impl MapConfig {
                 }
             }
         }
-        Ok(())
+        Ok(tables.into_iter().collect())
+    }
+}
+
+/// The tables `sql` (one checked statement) reads, from its plan, inside PostgreSQL
+/// (`sqlpass.query_tables`, when it is installed: none otherwise).
+async fn tables_of(session: &mut Session, sql: &str) -> Result<Vec<String>> {
+    let installed = "SELECT to_regprocedure('sqlpass.query_tables(text)') IS NOT NULL";
+    let mut has = false;
+    session
+        .for_each_row(sqlx::query(installed), |row| {
+            has = row.try_get::<bool, _>(0).unwrap_or(false);
+            ControlFlow::Continue(())
+        })
+        .await?;
+    if !has {
+        return Ok(Vec::new());
+    }
+    let query = sqlx::query("SELECT sqlpass.query_tables($1)").bind(sql.to_owned());
+    let mut tables = Vec::new();
+    let mut failed = None;
+    session
+        .for_each_row(query, |row| {
+            match row.try_get::<Vec<String>, _>(0) {
+                Ok(found) => tables = found,
+                Err(e) => failed = Some(e),
+            }
+            ControlFlow::Continue(())
+        })
+        .await?;
+    match failed {
+        Some(e) => Err(Error::Database(e)),
+        None => Ok(tables),
     }
 }
 
