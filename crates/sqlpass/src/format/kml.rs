@@ -4,7 +4,9 @@
 
 use geo_types::{Coord, Geometry, Polygon};
 
-use super::{Column, Encoder, Summary, geometry_column, push_text_value, push_xml_text};
+use super::{
+    Column, Encoder, Summary, geometry_column, push_text_value, push_xml_text, row_geometry,
+};
 use crate::geom;
 use crate::value::Value;
 
@@ -49,9 +51,7 @@ impl Encoder for Kml {
             out.extend_from_slice(b"</value></Data>");
         }
         out.extend_from_slice(b"</ExtendedData>");
-        if let Some(Value::Geometry(ewkb)) = self.geometry.and_then(|i| values.get(i))
-            && let Ok(Some(g)) = geom::decode(ewkb)
-        {
+        if let Some(g) = row_geometry(values, self.geometry) {
             push_kml(out, &g, self.dp);
         }
         out.extend_from_slice(b"</Placemark>\n");

@@ -78,6 +78,18 @@ pub(crate) fn geometry_column(columns: &[Column]) -> Option<usize> {
         .or_else(|| columns.iter().position(Column::is_geometry))
 }
 
+/// The geometry in column `column` of a row, decoded: `None` without such a column, for NULL,
+/// for EMPTY and for bytes that are not WKB.
+pub(crate) fn row_geometry(
+    values: &[Value<'_>],
+    column: Option<usize>,
+) -> Option<geo_types::Geometry<f64>> {
+    match column.and_then(|i| values.get(i)) {
+        Some(Value::Geometry(ewkb)) => crate::geom::decode(ewkb).ok().flatten(),
+        _ => None,
+    }
+}
+
 /// A value as plain text: text as it is, geometry as WKT, the rest as JSON text.
 pub(crate) fn push_text_value(out: &mut Vec<u8>, v: &Value<'_>, dp: u8) {
     match v {

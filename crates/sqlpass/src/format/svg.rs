@@ -5,7 +5,7 @@
 
 use geo_types::{Coord, Geometry, Polygon};
 
-use super::{Column, Encoder, Summary, geometry_column, push_xml_text};
+use super::{Column, Encoder, Summary, geometry_column, push_xml_text, row_geometry};
 use crate::geom;
 use crate::value::Value;
 
@@ -120,9 +120,7 @@ impl Encoder for Svg {
     }
 
     fn row(&mut self, out: &mut Vec<u8>, _columns: &[Column], values: &[Value<'_>], _first: bool) {
-        if let Some(Value::Geometry(ewkb)) = self.geometry.and_then(|i| values.get(i))
-            && let Ok(Some(g)) = geom::decode(ewkb)
-        {
+        if let Some(g) = row_geometry(values, self.geometry) {
             self.shape(out, &g);
             out.push(b'\n');
         }

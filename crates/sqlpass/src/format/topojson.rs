@@ -6,7 +6,9 @@
 
 use geo_types::{Coord, Geometry, Polygon};
 
-use super::{Column, Encoder, Summary, geometry_column, push_error_member, push_json_value};
+use super::{
+    Column, Encoder, Summary, geometry_column, push_error_member, push_json_value, row_geometry,
+};
 use crate::geom;
 use crate::value::Value;
 use crate::write::push_str;
@@ -164,9 +166,10 @@ impl Encoder for TopoJson {
             out.push(b',');
         }
         out.push(b'{');
-        let decoded = match self.geometry.and_then(|i| values.get(i)) {
-            Some(Value::Geometry(ewkb)) if !self.full => geom::decode(ewkb).ok().flatten(),
-            _ => None,
+        let decoded = if self.full {
+            None
+        } else {
+            row_geometry(values, self.geometry)
         };
         match decoded {
             Some(g) => self.members(out, &g),
