@@ -36,7 +36,7 @@ pub(super) struct BeatIn {
 /// What the worker's heartbeat says of it.
 #[derive(Clone, Debug)]
 pub(super) struct Beat {
-    pub(super) queues: Vec<BeatIn>,
+    pub(super) queues: Vec<Arc<BeatIn>>,
     pub(super) worker: String,
     pub(super) ttl: Duration,
     pub(super) host: String,
@@ -46,7 +46,7 @@ pub(super) struct Beat {
 }
 
 struct Watched {
-    queue: BeatIn,
+    queue: Arc<BeatIn>,
     id: String,
     token: String,
     next: Instant,
@@ -98,10 +98,10 @@ impl Keeper {
     }
 
     /// Watches the lease of job `id` (locked with `token`) in `queue` from now on.
-    pub(super) fn watch(&self, queue: BeatIn, id: &str, token: &str) -> Watch {
+    pub(super) fn watch(&self, queue: &Arc<BeatIn>, id: &str, token: &str) -> Watch {
         let (reply, lease) = watch::channel(Lease::Held);
         let _ = self.tx.send(Command::Watch(Watched {
-            queue,
+            queue: Arc::clone(queue),
             id: id.to_owned(),
             token: token.to_owned(),
             next: Instant::now() + renewal(self.lease),

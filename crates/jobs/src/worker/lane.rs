@@ -114,12 +114,8 @@ pub(super) async fn drive<C>(
                     for job in jobs {
                         // Its lease is kept from now, before it starts: on a busy runtime
                         // it may wait for a thread well past the lease.
-                        let queue = &inner.queues[job.queue];
                         let mut watch = inner.keeper.watch(
-                            super::keeper::BeatIn {
-                                prefix: queue.key_prefix().to_owned(),
-                                route: queue.route_key(),
-                            },
+                            &inner.leases[job.queue],
                             job.id.as_str(),
                             &job.token,
                         );

@@ -65,6 +65,8 @@ struct Inner<C> {
     pub(super) id: String,
     /// Beats the heartbeat and renews the running jobs' leases on a thread of its own.
     pub(super) keeper: keeper::Keeper,
+    /// Per queue, where the keeper renews its jobs' leases (made once, shared by every job).
+    pub(super) leases: Vec<Arc<keeper::BeatIn>>,
     /// Per lane, what wakes it when it waits for jobs.
     pub(super) wake: Vec<Notify>,
     pub(super) stopping: AtomicBool,
@@ -157,9 +159,11 @@ where
             queues: self
                 .queues
                 .iter()
-                .map(|q| keeper::BeatIn {
-                    prefix: q.key_prefix().to_owned(),
-                    route: q.route_key(),
+                .map(|q| {
+                    Arc::new(keeper::BeatIn {
+                        prefix: q.key_prefix().to_owned(),
+                        route: q.route_key(),
+                    })
                 })
                 .collect(),
             worker: id.clone(),
@@ -169,6 +173,7 @@ where
             started,
             every: self.config.heartbeat,
         };
+        let leases = beat.queues.clone();
         let keeper = keeper::Keeper::start(Arc::clone(&self.connector), beat, self.config.lease)
             .map_err(|e| crate::Error::Invalid {
                 what: "worker",
@@ -181,6 +186,7 @@ where
             handlers: self.handlers,
             id,
             keeper,
+            leases,
             wake: (0..lanes).map(|_| Notify::new()).collect(),
             stopping: AtomicBool::new(false),
         });
