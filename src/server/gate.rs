@@ -70,6 +70,23 @@ impl Params {
         Ok(Self(pairs))
     }
 
+    /// The parameters of `query` (the raw query string), and the key a JSON `body` that is
+    /// not itself parameters (a map config, a template) carries in its `api_key` member, as
+    /// carto-python sends it; the body's other members are left alone.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BadRequest`] as [`Params::new`].
+    pub fn with_body_key(query: Option<&str>, body: &[u8]) -> Result<Self> {
+        let mut params = Self::new(query, &HeaderMap::new(), &[])?;
+        if let Ok(serde_json::Value::Object(members)) = serde_json::from_slice(body)
+            && let Some(serde_json::Value::String(key)) = members.get("api_key")
+        {
+            params.push("api_key", key.clone());
+        }
+        Ok(params)
+    }
+
     /// Adds a parameter after the others (one a route finds elsewhere: a JSON body's member).
     pub fn push(&mut self, name: impl Into<String>, value: impl Into<String>) {
         self.0.push((name.into(), value.into()));

@@ -253,12 +253,7 @@ async fn create<C: RedisConnection>(
 ) -> Response {
     let json = String::from_utf8_lossy(&body).into_owned();
     let answer = async {
-        let mut params = Params::new(req.query.as_deref(), &axum::http::HeaderMap::new(), &[])?;
-        if let Ok(serde_json::Value::Object(members)) = serde_json::from_slice(&body)
-            && let Some(serde_json::Value::String(key)) = members.get("api_key")
-        {
-            params.push("api_key", key.clone());
-        }
+        let params = Params::with_body_key(req.query.as_deref(), &body)?;
         if std::str::from_utf8(&body).is_err() {
             return Err(Error::BadRequest("the map config is not UTF-8".into()));
         }

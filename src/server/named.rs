@@ -334,12 +334,7 @@ impl<C: RedisConnection> MapsApi<C> {
 
     /// The caller of a template route that must be the user's master key.
     async fn master(&self, req: &ApiRequest, body: &[u8]) -> Result<super::gate::Caller> {
-        let mut params = Params::new(req.query.as_deref(), &axum::http::HeaderMap::new(), &[])?;
-        if let Ok(serde_json::Value::Object(members)) = serde_json::from_slice(body)
-            && let Some(serde_json::Value::String(key)) = members.get("api_key")
-        {
-            params.push("api_key", key.clone());
-        }
+        let params = Params::with_body_key(req.query.as_deref(), body)?;
         let caller = self
             .inner
             .gate
