@@ -282,3 +282,53 @@ async fn a_pending_query_takes_new_sql_from_its_own_key_only() {
     let r = put(&app, &id, &app.regular, serde_json::json!([])).await;
     assert_eq!(r.status, 400, "{}", r.text());
 }
+
+#[tokio::test]
+async fn a_write_interrupted_by_its_worker_s_death_fails_and_is_never_run_again() {
+    let mut app = app().await;
+    // About two seconds of work before the row is written.
+    let query = "insert into notes (note) select 'once' from (select count(*) from generate_series(1, 10000000)) s";
+    let job = create(&app, query).await;
+    let id = job["job_id"].as_str().unwrap().to_owned();
+    until_status(&app, &id, "running").await;
+    let active = "select count(*) from pg_stat_activity where query like '%''once''%' and state = 'active' and pid <> pg_backend_pid()";
+    until(
+        "the write active on the server",
+        Duration::from_secs(10),
+        async || {
+            let (n,): (i64,) = sqlx::query_as(active)
+                .fetch_one(app.db.pool())
+                .await
+                .unwrap();
+            (n == 1).then_some(())
+        },
+    )
+    .await;
+    // The worker dies mid-query, without a word: its task is dropped.
+    app.stop_batch_worker();
+    // Another worker finds the death by the silence of its heartbeat. The write may have
+    // committed just before the death: it is never started again, it fails as interrupted.
+    let rescuer = app.server.batch_worker(app.redis.client().clone(), 1);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(rescuer.run(async {
+        let _ = stopped.await;
+    }));
+    let failed = until_status(&app, &id, "failed").await;
+    assert!(
+        failed["failed_reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("interrupted: worker "),
+        "{failed}"
+    );
+    // Given the time a second run would take, none happened.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (n,): (i64,) = sqlx::query_as("select count(*) from notes where note = 'once'")
+        .fetch_one(app.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(n, 0, "the interrupted write ran again");
+    assert_eq!(status(&app, &id).await["status"], "failed");
+    let _ = stop.send(());
+    running.await.unwrap().unwrap();
+}

@@ -298,6 +298,13 @@ async fn create<C: RedisConnection>(
             let options = JobOptions::default()
                 .attempts(1)
                 .tenant(principal.user().as_str());
+            // A query that may write is run at most once: one interrupted after its COMMIT
+            // must not commit again. It fails as interrupted instead; a read runs again.
+            let options = if job.write {
+                options.at_most_once()
+            } else {
+                options
+            };
             let id = queue.enqueue(&job, options).await?;
             api.index(principal.user(), &id).await?;
             let status = queue.status(&id).await?;

@@ -74,8 +74,10 @@ impl WorkerConfig {
         self
     }
 
-    /// A job taken back from dead workers more than this many times goes to the dead letter.
-    /// Default 3.
+    /// A job charged more than this many stalls goes to the dead letter. A worker that died
+    /// holding k jobs charges each 1/k of a stall; a lease that expired under a live worker
+    /// charges its job a whole one. A job charged a whole stall or more runs again only after
+    /// a wait that doubles with each (1 s, 2 s, … at most a minute). Default 3.
     pub fn max_stalls(mut self, n: u32) -> Self {
         self.max_stalls = n;
         self

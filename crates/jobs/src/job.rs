@@ -169,6 +169,7 @@ pub struct JobOptions {
     pub(crate) id: Option<JobId>,
     pub(crate) timeout: Option<Duration>,
     pub(crate) tenant: Option<String>,
+    pub(crate) at_most_once: bool,
 }
 
 impl Default for JobOptions {
@@ -186,6 +187,7 @@ impl Default for JobOptions {
             id: None,
             timeout: None,
             tenant: None,
+            at_most_once: false,
         }
     }
 }
@@ -203,7 +205,10 @@ impl JobOptions {
         self
     }
 
-    /// How many times the job may run before it goes to the dead letter. Default 3.
+    /// How many times the job may run to an end (a result or an error) before it goes to the
+    /// dead letter: a retryable error is retried while fewer runs than this have ended. A run
+    /// interrupted by its worker's death is not an attempt but a stall, which
+    /// [`crate::WorkerConfig::max_stalls`] bounds. Default 3.
     pub fn attempts(mut self, attempts: u32) -> Self {
         self.attempts = attempts.max(1);
         self
@@ -231,6 +236,18 @@ impl JobOptions {
     /// How long one attempt may run; past it the attempt fails as timed out. Default: no limit.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
+        self
+    }
+
+    /// Runs the job at most once, for work that must not be repeated (a write that may have
+    /// committed): once started, it is never started again. A run interrupted by its worker's
+    /// death, a lost lease or a shutdown past its deadline sends the job to the dead letter with
+    /// an error that begins `interrupted`, and a failure is not retried (one attempt). A job
+    /// taken by a worker that died before starting it counts as started. Default off: a job is
+    /// run at least once, again after an interruption.
+    pub fn at_most_once(mut self) -> Self {
+        self.at_most_once = true;
+        self.attempts = 1;
         self
     }
 

@@ -61,8 +61,11 @@ pub struct JobStatus {
     pub name: String,
     /// Its state.
     pub state: JobState,
-    /// Attempts started so far.
+    /// Its runs that ended (or the one running now): at most [`JobOptions::attempts`]. A run
+    /// interrupted by its worker's death is a stall, not an attempt.
     pub attempts: u32,
+    /// How many of its runs were interrupted (its worker died, or its lease ran out).
+    pub stalls: u32,
     /// The last failure's reason.
     pub error: Option<String>,
     /// The result, when completed.
@@ -239,13 +242,10 @@ where
         unique: Option<&str>,
         options: &JobOptions,
     ) -> Result<Vec<String>> {
-        let now = now_ms();
-        let run_at = now + millis(options.delay);
         let mut args = vec![
             self.prefix.clone(),
             id.as_str().to_owned(),
-            now.to_string(),
-            run_at.to_string(),
+            millis(options.delay).to_string(),
             options.priority.to_string(),
             unique.unwrap_or_default().to_owned(),
         ];
@@ -281,6 +281,10 @@ where
                 .get("attempts")
                 .and_then(|a| a.parse().ok())
                 .unwrap_or(0),
+            stalls: fields
+                .get("stalls")
+                .and_then(|a| a.parse().ok())
+                .unwrap_or(0),
             error: fields.get("error").filter(|e| !e.is_empty()).cloned(),
             result: fields
                 .get("result")
@@ -314,7 +318,6 @@ where
             .key(self.route_key())
             .arg(&self.prefix)
             .arg(id.as_str())
-            .arg(now_ms())
             .arg(KEEP_MS)
             .invoke_async(&mut self.conn.clone())
             .await?;
@@ -385,7 +388,6 @@ where
         Ok(SWEEP
             .key(self.route_key())
             .arg(&self.prefix)
-            .arg(now_ms())
             .arg(max_stalls)
             .arg(millis(worker_ttl))
             .invoke_async(&mut self.conn.clone())
@@ -482,6 +484,20 @@ where
             .await?)
     }
 
+    /// The Redis server's clock, in milliseconds since the Unix epoch: the one clock the queue
+    /// compares times with (leases, heartbeats, delays, schedules), whatever the clocks of its
+    /// clients say.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unavailable`].
+    pub async fn server_time(&self) -> Result<u64> {
+        let (secs, micros): (u64, u64) = redis::cmd("TIME")
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(secs.saturating_mul(1000).saturating_add(micros / 1000))
+    }
+
     /// A clone of the queue's connection, for keys of one's own beside the queue's (an index of
     /// jobs by owner, say).
     pub fn conn(&self) -> C {
@@ -501,13 +517,20 @@ pub(crate) fn job_fields<J: Job>(job: &J, options: &JobOptions) -> Result<Vec<St
         "payload".into(),
         payload,
         "max_attempts".into(),
-        options.attempts.to_string(),
+        if options.at_most_once {
+            1
+        } else {
+            options.attempts
+        }
+        .to_string(),
         "backoff".into(),
         backoff,
         "timeout_ms".into(),
         timeout.to_string(),
         "tenant".into(),
         options.tenant.clone().unwrap_or_default(),
+        "once".into(),
+        if options.at_most_once { "1" } else { "0" }.into(),
     ])
 }
 
@@ -552,12 +575,6 @@ impl From<&BackoffRecord> for crate::Backoff {
     }
 }
 
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, millis)
-}
-
 /// Whole milliseconds of `d`, as Redis takes them (saturating).
 pub(crate) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
@@ -574,6 +591,7 @@ mod tests {
             name: "import".into(),
             state: JobState::Dead,
             attempts: 3,
+            stalls: 0,
             error: Some("no such file".into()),
             result: None,
             payload: Some(serde_json::json!({"url": "a.csv"})),

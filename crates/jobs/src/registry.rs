@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::aio::ConnectionLike;
 
-use crate::queue::{millis, now_ms};
+use crate::queue::millis;
 use crate::scripts::{HEARTBEAT, UNREGISTER};
 use crate::{Queue, Result};
 
@@ -81,19 +81,10 @@ where
         ttl: Duration,
         host: &str,
         queues: &str,
-        started: u64,
     ) -> Result<()> {
-        let _: i64 = heartbeat(
-            &self.route_key(),
-            self.key_prefix(),
-            id,
-            ttl,
-            host,
-            queues,
-            started,
-        )
-        .invoke_async(&mut self.conn())
-        .await?;
+        let _: i64 = heartbeat(&self.route_key(), self.key_prefix(), id, ttl, host, queues)
+            .invoke_async(&mut self.conn())
+            .await?;
         Ok(())
     }
 
@@ -124,7 +115,7 @@ pub(crate) fn host_name() -> String {
 }
 
 /// The heartbeat of worker `id` in the queue of `prefix` (its scripts routed by `route`): the
-/// record lives `ttl`.
+/// record lives `ttl`; its times are the server's.
 pub(crate) fn heartbeat(
     route: &str,
     prefix: &str,
@@ -132,21 +123,17 @@ pub(crate) fn heartbeat(
     ttl: Duration,
     host: &str,
     queues: &str,
-    started: u64,
 ) -> redis::ScriptInvocation<'static> {
     let mut invocation = HEARTBEAT.key(route);
     invocation
         .arg(prefix)
         .arg(id)
-        .arg(now_ms())
         .arg(millis(ttl))
         .arg("host")
         .arg(host)
         .arg("pid")
         .arg(std::process::id())
         .arg("queues")
-        .arg(queues)
-        .arg("started")
-        .arg(started);
+        .arg(queues);
     invocation
 }

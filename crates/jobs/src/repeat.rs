@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::aio::ConnectionLike;
 
-use crate::queue::{job_fields, now_ms};
+use crate::queue::job_fields;
 use crate::scripts::{REPEAT_FIRE, REPEAT_REMOVE, REPEAT_SET};
 use crate::{Error, Job, JobOptions, Queue, Result, Schedule};
 
@@ -64,7 +64,7 @@ where
             return Err(Error::invalid("repeat key", "1 to 48 of A-Z a-z 0-9 - _"));
         }
         let next = schedule
-            .next_after(now_ms())
+            .next_after(self.server_time().await?)
             .ok_or_else(|| Error::invalid("schedule", "it never runs"))?;
         let fields = serde_json::to_string(&job_fields(job, &options)?).map_err(Error::Payload)?;
         let _: i64 = REPEAT_SET
@@ -130,7 +130,8 @@ where
 
     /// Enqueues the runs due now (at most 10 per call); returns how many this call enqueued.
     pub(crate) async fn fire_due(&self) -> Result<usize> {
-        let now = now_ms();
+        // The server's clock decides what is due, as it decides every other time of the queue.
+        let now = self.server_time().await?;
         let due: Vec<(String, u64)> = redis::cmd("ZRANGEBYSCORE")
             .arg(format!("{}repeats", self.key_prefix()))
             .arg("-inf")
@@ -168,8 +169,7 @@ where
                 .arg(run)
                 .arg(next)
                 .arg(format!("{key}-{run}"))
-                .arg(now)
-                .arg(now)
+                .arg(0)
                 .arg(&def.priority)
                 .arg("")
                 .arg(&fields)

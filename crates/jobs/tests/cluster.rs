@@ -171,7 +171,8 @@ async fn the_core_suite_runs_on_a_cluster() {
     a.task.abort();
     let b = start_on(&client, &q, &Recorder::default(), config());
     until("taken over", Duration::from_secs(5), async || {
-        q.status(&long).await.unwrap().unwrap().attempts == 2
+        let status = q.status(&long).await.unwrap().unwrap();
+        status.stalls == 1 && status.state == JobState::Active
     })
     .await;
     assert_eq!(q.cancel(&long).await.unwrap(), Some(JobState::Active));

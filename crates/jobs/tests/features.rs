@@ -42,9 +42,13 @@ async fn workers_register_and_a_silent_one_loses_its_job_at_once() {
     until(
         "the job started again",
         Duration::from_secs(5),
-        async || q.status(&id).await.unwrap().unwrap().attempts == 2,
+        async || !second.runs.lock().unwrap().is_empty(),
     )
     .await;
+    // The interrupted run was a stall, not an attempt: the job runs its first attempt again.
+    let status = q.status(&id).await.unwrap().unwrap();
+    assert_eq!((status.attempts, status.stalls), (1, 1));
+    assert_eq!(second.runs.lock().unwrap()[0], (1, 1));
     // Three heartbeats of silence (600 ms) plus at most a second for the sweep: well inside
     // 5 s, and far from the 30 s the lease alone would take.
     assert!(

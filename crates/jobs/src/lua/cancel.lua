@@ -1,15 +1,16 @@
--- Cancels a job. ARGV: 1 prefix, 2 id, 3 now ms, 4 how long the cancelled job is kept (ms).
+-- Cancels a job. ARGV: 1 prefix, 2 id, 3 how long the cancelled job is kept (ms).
 -- A waiting or delayed job is cancelled here; a running one is marked, and its worker stops it
 -- at its next lock renewal. Returns the job's state after the call, or false for no such job.
-local id, now = ARGV[2], tonumber(ARGV[3])
+local id = ARGV[2]
+local _, now = server_now()
 local state = redis.call('HGET', jk(id), 'state')
 if not state then return false end
 if state == 'waiting' or state == 'delayed' then
   from_wait(id)
   redis.call('ZREM', P .. 'delayed', id)
-  cancelled(id, now, ARGV[4])
+  cancelled(id, now, ARGV[3])
   event('cancelled', id)
   return 'cancelled'
 end
-if state == 'active' then redis.call('HSET', jk(id), 'cancel', 1, 'cancel_ttl', ARGV[4]) end
+if state == 'active' then redis.call('HSET', jk(id), 'cancel', 1, 'cancel_ttl', ARGV[3]) end
 return state

@@ -2,6 +2,14 @@
 -- ARGV[1] is always the queue's key prefix, ending in ':' and carrying the hash tag.
 local P = ARGV[1]
 local function jk(id) return P .. 'job:' .. id end
+-- The Redis server's clock in ms since the epoch, as a number and as the string stored. Every
+-- time the queue compares (leases, heartbeats, delays, schedules) is read here, never sent by a
+-- client: a client whose clock is off cannot steal live jobs or keep dead ones.
+local function server_now()
+  local t = redis.call('TIME')
+  local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  return ms, string.format('%.0f', ms)
+end
 local function wk(worker) return P .. 'worker:' .. worker end
 -- Higher priority first, then first in, first out: (255 - priority) * 2^40 + seq.
 local function wait_score(priority, seq) return (255 - tonumber(priority)) * 1099511627776 + tonumber(seq) end
@@ -144,23 +152,53 @@ local function take(now, deadline, token, worker, want)
   return out
 end
 
--- An active job whose worker is gone or whose lock expired: back to waiting, or to the dead
--- letter after more than max_stalls of these.
-local function stall(id, now, max_stalls, why)
+-- Ends a job in the dead letter with `why` (its event written here); frees its unique key, so
+-- that the same work may be queued again.
+local function die(id, now_s, why, unique)
+  redis.call('HSET', jk(id), 'state', 'dead', 'error', why, 'finished', now_s)
+  redis.call('ZADD', P .. 'dead', now_s, id)
+  if unique and unique ~= '' then redis.call('DEL', P .. 'unique:' .. unique) end
+  event('dead', id, why)
+end
+
+-- A stall is charged in millionths. A worker that died holding k jobs charges each of them 1/k:
+-- one of them may have killed it, or none (a kill storm, a node lost), and a poison job still
+-- reaches the bound after at most k times as many deaths. A lock that expired under a live
+-- worker charges its one job in full.
+local WHOLE = 1000000
+
+-- An active job whose worker is gone or whose lock expired. Its run was interrupted: that is a
+-- stall, not an attempt (`attempts` counts the runs that ended). A cancelled job ends cancelled;
+-- an at-most-once job goes to the dead letter as interrupted; a job charged more than
+-- max_stalls whole stalls goes there as stalled too often. Otherwise it runs again: at once
+-- while it has been charged less than one whole stall, then after a wait that doubles with each
+-- whole stall (1 s, 2 s, 4 s, … at most a minute), so that a job that kills its workers kills
+-- few of them, and slowly.
+local function stall(id, now, now_s, max_stalls, why, charge)
   local k = jk(id)
   redis.call('ZREM', P .. 'active', id)
-  local f = redis.call('HMGET', k, 'worker', 'cancel', 'cancel_ttl', 'unique')
+  local f = redis.call('HMGET', k, 'worker', 'cancel', 'cancel_ttl', 'unique', 'once')
   if f[1] then redis.call('SREM', wk(f[1]) .. ':jobs', id) end
   redis.call('HDEL', k, 'token')
+  redis.call('HINCRBY', k, 'attempts', -1)
+  redis.call('HINCRBY', k, 'stalls', 1)
   if f[2] == '1' then
-    -- Cancelled while it ran: it ends cancelled, never runs again.
-    cancelled(id, now, f[3] or '0')
+    cancelled(id, now_s, f[3] or '0')
     event('cancelled', id, why)
-  elseif redis.call('HINCRBY', k, 'stalls', 1) > max_stalls then
-    redis.call('HSET', k, 'state', 'dead', 'error', 'stalled too often', 'finished', now)
-    redis.call('ZADD', P .. 'dead', now, id)
-    if f[4] and f[4] ~= '' then redis.call('DEL', P .. 'unique:' .. f[4]) end
-    event('dead', id, 'stalled too often')
+    return
+  end
+  if f[5] == '1' then
+    die(id, now_s, 'interrupted: ' .. why, f[4])
+    return
+  end
+  local blame = redis.call('HINCRBY', k, 'blame', charge)
+  if blame > max_stalls * WHOLE then
+    die(id, now_s, 'stalled too often', f[4])
+  elseif blame >= WHOLE then
+    local wait = math.min(1000 * 2 ^ (math.floor(blame / WHOLE) - 1), 60000)
+    redis.call('HSET', k, 'state', 'delayed')
+    redis.call('ZADD', P .. 'delayed', now + wait, id)
+    event('stalled', id, why)
   else
     to_wait(id)
     redis.call('LPUSH', P .. 'signal', '1')
@@ -188,12 +226,13 @@ local function retain(set, max_count, max_age_ms, now)
   end
 end
 
--- Adds a job: ARGV from `first`: id, now ms, run-at ms, priority, unique key ('' none), then
+-- Adds a job: ARGV from `first`: id, delay ms (0: none), priority, unique key ('' none), then
 -- field, value pairs of the job hash to the end. Returns its id (an existing one for a
 -- duplicate unique key or id).
 local function add_job(first)
-  local id, now, run_at, priority, unique =
-    ARGV[first], tonumber(ARGV[first + 1]), tonumber(ARGV[first + 2]), ARGV[first + 3], ARGV[first + 4]
+  local now, now_s = server_now()
+  local id, run_at, priority, unique =
+    ARGV[first], now + tonumber(ARGV[first + 1]), ARGV[first + 2], ARGV[first + 3]
   if redis.call('EXISTS', jk(id)) == 1 then return id end
   if unique ~= '' then
     local existing = redis.call('GET', P .. 'unique:' .. unique)
@@ -202,9 +241,9 @@ local function add_job(first)
   end
   local seq = redis.call('INCR', P .. 'seq')
   local fields = {}
-  for i = first + 5, #ARGV do fields[#fields + 1] = ARGV[i] end
+  for i = first + 4, #ARGV do fields[#fields + 1] = ARGV[i] end
   redis.call('HSET', jk(id), unpack(fields))
-  redis.call('HSET', jk(id), 'seq', seq, 'priority', priority, 'attempts', '0', 'created', ARGV[first + 1], 'unique', unique)
+  redis.call('HSET', jk(id), 'seq', seq, 'priority', priority, 'attempts', '0', 'created', now_s, 'unique', unique)
   if run_at > now then
     redis.call('HSET', jk(id), 'state', 'delayed')
     redis.call('ZADD', P .. 'delayed', run_at, id)

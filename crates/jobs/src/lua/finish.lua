@@ -1,15 +1,22 @@
 -- Finishes a worker's jobs of this queue and takes its next ones, in one round trip.
--- ARGV: 1 prefix, 2 now ms, 3 worker id, 4 lock deadline of the taken jobs (ms), 5 jobs to
--- take, 6 token of the taken jobs (each gets <token>:<id>), 7 how long a cancelled job is kept
--- (ms, 0 until removed), 8 completed jobs kept (count), 9 completed jobs kept (age ms, 0 any),
--- 10 dead jobs kept (count, -1 any), 11 dead jobs kept (age ms, 0 any),
+-- ARGV: 1 prefix, 2 the tokens of this worker's calls whose reply it never got ('' none,
+-- else joined by commas), 3 worker id, 4 lease of the taken jobs (ms), 5 jobs to take, 6 token
+-- of the taken jobs (each gets <token>:<id>), 7 how long a cancelled job is kept (ms, 0 until
+-- removed), 8 completed jobs kept (count), 9 completed jobs kept (age ms, 0 any), 10 dead jobs
+-- kept (count, -1 any), 11 dead jobs kept (age ms, 0 any),
 -- then five per finished job: id, lock token, outcome ('done' | 'retry' | 'fail' | 'release' |
 -- 'cancel'; a job cancelled while it ran ends cancelled unless it is done), result or error
 -- text, retry delay ms.
--- A job whose lock was lost (taken back by the sweep) keeps its state: its outcome is dropped.
--- Returns what take() returns.
+-- A job whose lock was lost (taken back by the sweep) keeps its state: its outcome is dropped,
+-- so an outcome sent again after a lost reply changes nothing.
+-- Returns what take() returns, followed by the jobs still held under the lost calls' tokens
+-- (a call whose reply was lost may have taken them: the worker runs them now, under a renewed
+-- lease, instead of leaving them to stall).
 -- `now` stays a string where it is only stored: formatting numbers is much of a script's cost.
-local now, worker, deadline, want, token = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6]
+local now_n, now = server_now()
+local worker, want, token = ARGV[3], tonumber(ARGV[5]), ARGV[6]
+local lease = tonumber(ARGV[4])
+local deadline = string.format('%.0f', now_n + lease)
 local ttl = ARGV[7]
 local ended, completed, done, released, cancels, dead = {}, {}, {}, {}, {}, {}
 for b = 12, #ARGV - 4, 5 do
@@ -31,24 +38,26 @@ for b = 12, #ARGV - 4, 5 do
       cancelled(id, now, ttl)
       cancels[#cancels + 1] = id
     elseif outcome == 'release' then
-      -- Given back unfinished (a worker shutting down): the attempt does not count.
+      -- Given back unfinished (a worker shutting down): the attempt does not count; an
+      -- at-most-once job that started is never started again.
       redis.call('HDEL', k, 'token')
       redis.call('HINCRBY', k, 'attempts', -1)
-      to_wait(id)
-      released[#released + 1] = id
+      if redis.call('HGET', k, 'once') == '1' then
+        die(id, now, 'interrupted: its worker stopped', f[4])
+        dead[#dead + 1] = id
+      else
+        to_wait(id)
+        released[#released + 1] = id
+      end
     elseif outcome == 'retry' then
       redis.call('HDEL', k, 'token')
       redis.call('HSET', k, 'state', 'delayed', 'error', text)
-      redis.call('ZADD', P .. 'delayed', tonumber(now) + tonumber(ARGV[b + 4]), id)
+      redis.call('ZADD', P .. 'delayed', now_n + tonumber(ARGV[b + 4]), id)
       event('retrying', id, text)
     else
       redis.call('HDEL', k, 'token')
-      redis.call('HSET', k, 'state', 'dead', 'error', text, 'finished', now)
-      redis.call('ZADD', P .. 'dead', now, id)
-      -- A dead job no longer holds its unique key: the same work may be queued again.
-      if f[4] and f[4] ~= '' then redis.call('DEL', P .. 'unique:' .. f[4]) end
+      die(id, now, text, f[4])
       dead[#dead + 1] = id
-      event('dead', id, text)
     end
   end
 end
@@ -61,11 +70,25 @@ if #done > 0 then
   events('completed', done)
 end
 -- On every call, so that a worker with free slots (which calls each second) keeps it.
-retain(P .. 'completed', tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(now))
-if #dead > 0 then retain(P .. 'dead', tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(now)) end
+retain(P .. 'completed', tonumber(ARGV[8]), tonumber(ARGV[9]), now_n)
+if #dead > 0 then retain(P .. 'dead', tonumber(ARGV[10]), tonumber(ARGV[11]), now_n) end
 if #released > 0 then
   redis.call('LPUSH', P .. 'signal', '1')
   events('released', released)
 end
 events('cancelled', cancels)
-return take(now, deadline, token, worker, want)
+local out = take(now, deadline, token, worker, want)
+if ARGV[2] ~= '' then
+  local lost = {}
+  for t in string.gmatch(ARGV[2], '[^,]+') do lost[t] = true end
+  for _, id in ipairs(redis.call('SMEMBERS', wk(worker) .. ':jobs')) do
+    local k = jk(id)
+    local f = redis.call('HMGET', k, 'state', 'worker', 'token', 'name', 'payload', 'attempts', 'max_attempts', 'timeout_ms', 'backoff')
+    local t = f[3] and string.match(f[3], '^([^:]+):')
+    if f[1] == 'active' and f[2] == worker and t and lost[t] then
+      redis.call('ZADD', P .. 'active', 'XX', deadline, id)
+      out[#out + 1] = {id, f[4], f[5], tonumber(f[6]), f[7], f[8], f[9], f[3]}
+    end
+  end
+end
+return out

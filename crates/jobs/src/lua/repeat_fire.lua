@@ -1,6 +1,6 @@
 -- Enqueues a repeatable job's due run and schedules the next, once, whoever asks first.
 -- ARGV: 1 prefix, 2 key, 3 the run's time (ms, as read from the schedule), 4 the next run's
--- time (ms), 5.. as enqueue from its ARGV[2] (the run's id is the key and the run's time, so a
+-- time (ms), 5.. as enqueue from its ARGV[2], with no delay (the run's id is the key and the run's time, so a
 -- run is never enqueued twice). Returns the run's id, or false when another worker fired it.
 local score = redis.call('ZSCORE', P .. 'repeats', ARGV[2])
 if not score or tonumber(score) ~= tonumber(ARGV[3]) then return false end

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::Connector;
-use crate::queue::{millis, now_ms};
+use crate::queue::millis;
 use crate::scripts::EXTEND;
 
 /// What the keeper knows of a running job's lease.
@@ -41,7 +41,6 @@ pub(super) struct Beat {
     pub(super) ttl: Duration,
     pub(super) host: String,
     pub(super) names: String,
-    pub(super) started: u64,
     pub(super) every: Duration,
 }
 
@@ -151,7 +150,6 @@ async fn keep<K: Connector>(
                 for q in &beat.queues {
                     let invocation = crate::registry::heartbeat(
                         &q.route, &q.prefix, &beat.worker, beat.ttl, &beat.host, &beat.names,
-                        beat.started,
                     );
                     let Some(c) = connected(&*connector, &mut conn, patience).await else { break };
                     let call = invocation.invoke_async::<i64>(c);
@@ -170,13 +168,12 @@ async fn keep<K: Connector>(
                 for token in due {
                     let Some(w) = jobs.get_mut(&token) else { continue };
                     let Some(c) = connected(&*connector, &mut conn, patience).await else { break };
-                    let deadline = now_ms().saturating_add(millis(lease));
                     let mut invocation = EXTEND.key(&w.queue.route);
                     invocation
                         .arg(&w.queue.prefix)
                         .arg(&w.id)
                         .arg(&w.token)
-                        .arg(deadline);
+                        .arg(millis(lease));
                     let call = invocation.invoke_async::<i64>(c);
                     let kept = match tokio::time::timeout(patience, call).await {
                         Ok(Ok(kept)) => kept,

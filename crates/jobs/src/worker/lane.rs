@@ -9,10 +9,11 @@ use tracing::Instrument as _;
 use redis::aio::ConnectionLike;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 use super::Inner;
 use super::job::{Ended, Report, report, run_job};
-use crate::queue::{BackoffRecord, millis, now_ms};
+use crate::queue::{BackoffRecord, millis};
 use crate::scripts::FINISH;
 use crate::{Backoff, JobId, Result};
 
@@ -56,6 +57,9 @@ impl redis::FromRedisValue for Took {
 /// The most jobs one script call takes, and the most outcomes it reports.
 pub(super) const BATCH: usize = 64;
 
+/// The most tokens of calls with a lost reply a lane remembers per queue.
+const LOST_KEPT: usize = 16;
+
 /// The worker's loop: hands the outcomes of finished jobs to their queues and takes new jobs
 /// for the free slots, both in the same script call per queue, as many at once as there are
 /// (up to [`BATCH`]). While one call is out, the outcomes of jobs finishing meanwhile gather
@@ -75,7 +79,10 @@ pub(super) async fn drive<C>(
     // sweep that gave jobs back, or each second for delayed jobs come due).
     let mut empty = vec![false; queues];
     // Per queue: no job is to be taken before this time (its rate limit).
-    let mut limited_until = vec![0u64; queues];
+    let mut limited_until: Vec<Option<Instant>> = vec![None; queues];
+    // Per queue: the tokens of calls whose reply was lost (they may have taken jobs, which
+    // the next call that gets through hands back).
+    let mut lost: Vec<Vec<String>> = (0..queues).map(|_| Vec::new()).collect();
     loop {
         gather(&mut running, &mut reports).await;
         let stopping = inner.stopping.load(Ordering::Acquire);
@@ -90,10 +97,10 @@ pub(super) async fn drive<C>(
         let mut called = false;
         let mut failed = false;
         for q in 0..queues {
-            let now = now_ms();
-            let may_take = free > 0 && limited_until[q] <= now;
-            // A queue thought empty is asked again only when a call goes to it anyway.
-            if reports[q].is_empty() && (!may_take || empty[q]) {
+            let may_take = free > 0 && limited_until[q].is_none_or(|t| t <= Instant::now());
+            // A queue thought empty is asked again only when a call goes to it anyway, or
+            // when a lost reply may have left it jobs taken in this worker's name.
+            if reports[q].is_empty() && lost[q].is_empty() && (!may_take || empty[q]) {
                 continue;
             }
             let want = if may_take { free.min(BATCH) } else { 0 };
@@ -101,15 +108,29 @@ pub(super) async fn drive<C>(
                 let n = reports[q].len().min(BATCH);
                 reports[q].drain(..n).collect()
             };
-            match finish_and_take(&inner, q, &batch, want).await {
+            // 64 random bits per call, each job's token this and its id: short enough (under
+            // Redis's 64 bytes) to keep the job's hash in its compact encoding.
+            let token = match JobId::generate() {
+                Ok(random) => random
+                    .as_str()
+                    .get(..16)
+                    .unwrap_or(random.as_str())
+                    .to_owned(),
+                Err(_) => {
+                    reports[q].splice(0..0, batch);
+                    failed = true;
+                    continue;
+                }
+            };
+            match finish_and_take(&inner, q, &batch, want, &token, &lost[q]).await {
                 Ok((jobs, wait_ms)) => {
                     called = true;
+                    lost[q].clear();
                     if want > 0 {
                         empty[q] = jobs.len() < want && wait_ms == 0;
                     }
-                    if wait_ms > 0 {
-                        limited_until[q] = now_ms() + wait_ms;
-                    }
+                    limited_until[q] =
+                        (wait_ms > 0).then(|| Instant::now() + Duration::from_millis(wait_ms));
                     free = free.saturating_sub(jobs.len());
                     for job in jobs {
                         // Its lease is kept from now, before it starts: on a busy runtime
@@ -146,10 +167,16 @@ pub(super) async fn drive<C>(
                     }
                 }
                 Err(_) => {
-                    // Redis is away: the outcomes wait for the next call (their locks hold for
-                    // the lease; after that the sweep takes the jobs back, and an outcome sent
-                    // late is dropped for its lost lock).
+                    // Redis is away, or the reply was lost: the call may or may not have run.
+                    // The outcomes go again with the next call (one already recorded is
+                    // dropped there for its ended lock), and that call hands back what this
+                    // one may have taken (its token remembered; bounded, the oldest first
+                    // forgotten: a lease that expires under them is the last resort).
                     reports[q].splice(0..0, batch);
+                    if lost[q].len() >= LOST_KEPT {
+                        lost[q].remove(0);
+                    }
+                    lost[q].push(token);
                     failed = true;
                 }
             }
@@ -166,19 +193,20 @@ pub(super) async fn drive<C>(
             continue;
         }
         // Nothing to send: wait for a job to end, a wake-up, or the next due time.
-        let now = now_ms();
+        let now = Instant::now();
         let soonest = limited_until
             .iter()
+            .flatten()
             .filter(|t| **t > now)
             .min()
-            .map_or(1000, |t| t - now)
-            .min(1000);
+            .map_or(Duration::from_secs(1), |t| *t - now)
+            .min(Duration::from_secs(1));
         tokio::select! {
             Some(ended) = running.join_next(), if !running.is_empty() => {
                 collect(ended, &mut reports);
             }
             () = inner.wake[lane].notified() => empty.fill(false),
-            () = tokio::time::sleep(Duration::from_millis(soonest)) => empty.fill(false),
+            () = tokio::time::sleep(soonest) => empty.fill(false),
         }
     }
 }
@@ -215,29 +243,27 @@ pub(super) fn collect(
     }
 }
 
-/// Reports `reports` to queue `queue` and takes up to `want` of its jobs, in one script call.
-/// Returns the jobs taken and how long the queue's rate limit asks to wait (0: no wait).
+/// Reports `reports` to queue `queue` and takes up to `want` of its jobs under `token`, in one
+/// script call that also hands back the jobs still held under the `lost` calls' tokens.
+/// Returns those jobs and how long the queue's rate limit asks to wait (0: no wait).
 pub(super) async fn finish_and_take<C>(
     inner: &Inner<C>,
     queue: usize,
     reports: &[Report],
     want: usize,
+    token: &str,
+    lost: &[String],
 ) -> Result<(Vec<Taken>, u64)>
 where
     C: ConnectionLike + Clone + Send + Sync + 'static,
 {
     let config = &inner.config;
     let q = &inner.queues[queue];
-    // 64 random bits per call, each job's token this and its id: short enough (under Redis's
-    // 64 bytes) to keep the job's hash in its compact encoding.
-    let random = JobId::generate()?;
-    let token = random.as_str().get(..16).unwrap_or(random.as_str());
     let mut call = FINISH.key(q.route_key());
-    let now = now_ms();
     call.arg(q.key_prefix())
-        .arg(now)
+        .arg(lost.join(","))
         .arg(&inner.id)
-        .arg(now.saturating_add(millis(config.lease)))
+        .arg(millis(config.lease))
         .arg(want)
         .arg(token)
         .arg(millis(config.result_ttl))

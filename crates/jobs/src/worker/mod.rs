@@ -21,7 +21,6 @@ use redis::aio::{ConnectionLike, ConnectionManager};
 use tokio::sync::{Notify, watch};
 
 use crate::handler::{Erased, Reporter, Typed};
-use crate::queue::now_ms;
 use crate::registry::host_name;
 use crate::{Connector, Handler, Job, JobId, Queue, Result, WorkerConfig};
 
@@ -154,7 +153,6 @@ where
         let host = host_name();
         let names: Vec<&str> = self.queues.iter().map(|q| q.name().as_str()).collect();
         let names = names.join(",");
-        let started = now_ms();
         let beat = keeper::Beat {
             queues: self
                 .queues
@@ -170,7 +168,6 @@ where
             ttl: self.config.worker_ttl(),
             host: host.clone(),
             names: names.clone(),
-            started,
             every: self.config.heartbeat,
         };
         let leases = beat.queues.clone();
@@ -193,7 +190,7 @@ where
         // Registered before the first job is taken, so the sweep never takes a live worker
         // for a dead one.
         for q in &inner.queues {
-            q.beat(&inner.id, inner.config.worker_ttl(), &host, &names, started)
+            q.beat(&inner.id, inner.config.worker_ttl(), &host, &names)
                 .await?;
         }
         let (hard_stop, stop_rx) = watch::channel(false);
