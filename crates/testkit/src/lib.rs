@@ -5,6 +5,7 @@
     reason = "test support fails the calling test with a message"
 )]
 
+mod fault_proxy;
 mod names;
 pub mod natural_earth;
 mod os;
@@ -16,6 +17,7 @@ mod redis_server;
 mod tls;
 mod unavailable;
 
+pub use fault_proxy::FaultProxy;
 pub use pg::{TestDb, TestRole};
 pub use pgbouncer::TestPgBouncer;
 pub use redis_cluster::RedisCluster;

@@ -1,0 +1,292 @@
+//! Faults between a worker and Redis, injected by a proxy in the path (testkit's
+//! [`FaultProxy`]): the reply to the call that takes jobs, to the one that records an outcome,
+//! to a lease renewal and to a heartbeat lost after the call ran; a reply cut in its middle;
+//! replies slower than the client waits; a network that swallows everything for a while.
+//! Jobs are enqueued and watched on a direct connection; only the worker goes through the proxy.
+
+mod common;
+
+use common::*;
+use geostack_testkit::FaultProxy;
+
+/// A worker's way to Redis through a fault proxy.
+struct Faulty {
+    proxy: FaultProxy,
+    client: redis::Client,
+    queue: Queue,
+}
+
+#[expect(clippy::unwrap_used, reason = "a test helper")]
+async fn faulty(redis: &TestRedis, name: &str) -> Faulty {
+    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let proxy = FaultProxy::to_url(&url).await;
+    let client = redis::Client::open(proxy.url()).unwrap();
+    let conn = redis::aio::ConnectionManager::new(client.clone())
+        .await
+        .unwrap();
+    let queue = Queue::with_prefix(conn, QueueName::new(name).unwrap(), redis.prefix());
+    Faulty {
+        proxy,
+        client,
+        queue,
+    }
+}
+
+impl Faulty {
+    fn start(&self, recorder: &Recorder, config: WorkerConfig) -> Running {
+        let (stop, rx) = tokio::sync::oneshot::channel();
+        let worker = Worker::new(self.queue.clone(), self.client.clone(), config)
+            .handle::<Task, _>(recorder.clone());
+        let task = tokio::spawn(worker.run(async {
+            let _ = rx.await;
+        }));
+        Running { stop, task }
+    }
+}
+
+fn is_script(command: &[Vec<u8>]) -> bool {
+    command
+        .first()
+        .is_some_and(|c| c.eq_ignore_ascii_case(b"EVALSHA") || c.eq_ignore_ascii_case(b"EVAL"))
+}
+
+fn has_arg(command: &[Vec<u8>], arg: &[u8]) -> bool {
+    command.iter().any(|a| a == arg)
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Runs `job` through a worker behind `f`'s proxy with `config` and waits for it to complete;
+/// asserts it ran once, as its first attempt, with no stall charged, within `limit`.
+#[expect(clippy::unwrap_used, reason = "a test helper")]
+async fn completes_once_without_a_stall(
+    redis: &TestRedis,
+    f: &Faulty,
+    id: &geostack_jobs::JobId,
+    config: WorkerConfig,
+    limit: Duration,
+) -> Recorder {
+    let direct = queue(redis, f.queue.name().as_str()).await;
+    let recorder = Recorder::default();
+    let started = Instant::now();
+    let w = f.start(&recorder, config);
+    until_completed(&direct, 1, limit).await;
+    let took = started.elapsed();
+    let s = direct.status(id).await.unwrap().unwrap();
+    assert_eq!((s.state, s.attempts, s.stalls), (JobState::Completed, 1, 0));
+    // Runs are recorded when the handler starts: a second one would have shown by now.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(recorder.runs.lock().unwrap().len(), 1, "ran more than once");
+    let events = direct.events(None, 1000).await.unwrap();
+    let completed = events
+        .iter()
+        .filter(|e| e.kind == "completed" && e.job == id.as_str())
+        .count();
+    assert_eq!(completed, 1, "{events:?}");
+    assert!(
+        !events.iter().any(|e| e.kind == "stalled"),
+        "{events:?} after {took:?}"
+    );
+    w.stop().await;
+    recorder
+}
+
+#[tokio::test]
+async fn a_lost_reply_to_the_call_that_took_a_job_strands_nothing() {
+    let redis = TestRedis::new().await;
+    let f = faulty(&redis, "lost-take").await;
+    let id = queue(&redis, "lost-take")
+        .await
+        .enqueue(&task(1, "ok"), JobOptions::default())
+        .await
+        .unwrap();
+    // The call that takes the job runs; its reply, which carries the job, never arrives.
+    let needle = id.as_str().as_bytes().to_vec();
+    f.proxy
+        .lose_reply(move |command, reply| is_script(command) && contains(reply, &needle));
+    // The default lease is 30 s: only the worker's own recovery can run the job sooner.
+    completes_once_without_a_stall(
+        &redis,
+        &f,
+        &id,
+        WorkerConfig::default(),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(f.proxy.lost(), 1);
+}
+
+#[tokio::test]
+async fn a_reply_cut_in_its_middle_strands_nothing() {
+    let redis = TestRedis::new().await;
+    let f = faulty(&redis, "cut-take").await;
+    let id = queue(&redis, "cut-take")
+        .await
+        .enqueue(&task(1, "ok"), JobOptions::default())
+        .await
+        .unwrap();
+    let needle = id.as_str().as_bytes().to_vec();
+    f.proxy
+        .cut_mid_reply(move |command, reply| is_script(command) && contains(reply, &needle));
+    completes_once_without_a_stall(
+        &redis,
+        &f,
+        &id,
+        WorkerConfig::default(),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(f.proxy.lost(), 1);
+}
+
+#[tokio::test]
+async fn a_lost_reply_to_the_call_that_recorded_an_outcome_changes_nothing() {
+    let redis = TestRedis::new().await;
+    let f = faulty(&redis, "lost-finish").await;
+    let id = queue(&redis, "lost-finish")
+        .await
+        .enqueue(&task(1, "ok"), JobOptions::default())
+        .await
+        .unwrap();
+    // The call that reports the job done runs; the worker never hears so, and reports again.
+    let job = id.as_str().as_bytes().to_vec();
+    f.proxy.lose_reply(move |command, _| {
+        is_script(command) && has_arg(command, &job) && has_arg(command, b"done")
+    });
+    completes_once_without_a_stall(
+        &redis,
+        &f,
+        &id,
+        WorkerConfig::default(),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(f.proxy.lost(), 1);
+}
+
+#[tokio::test]
+async fn a_lost_reply_to_a_lease_renewal_keeps_the_job() {
+    let redis = TestRedis::new().await;
+    let f = faulty(&redis, "lost-extend").await;
+    // Runs 2.5 s under a 900 ms lease: renewed every 300 ms, and it must be.
+    let id = queue(&redis, "lost-extend")
+        .await
+        .enqueue(&task(1, "sleep:2500"), JobOptions::default())
+        .await
+        .unwrap();
+    // A renewal: the script call naming the job with four arguments (prefix, id, token, lease).
+    let job = id.as_str().as_bytes().to_vec();
+    f.proxy.lose_reply(move |command, _| {
+        is_script(command) && command.len() == 8 && has_arg(command, &job)
+    });
+    completes_once_without_a_stall(
+        &redis,
+        &f,
+        &id,
+        WorkerConfig::default().lease(Duration::from_millis(900)),
+        Duration::from_secs(8),
+    )
+    .await;
+    assert_eq!(f.proxy.lost(), 1);
+}
+
+#[tokio::test]
+async fn a_lost_reply_to_a_heartbeat_loses_no_worker() {
+    let redis = TestRedis::new().await;
+    let f = faulty(&redis, "lost-beat").await;
+    let direct = queue(&redis, "lost-beat").await;
+    let config = || WorkerConfig::default().heartbeat(Duration::from_millis(200));
+    let recorder = Recorder::default();
+    let w = f.start(&recorder, config());
+    let id = direct
+        .enqueue(&task(1, "sleep:1500"), JobOptions::default())
+        .await
+        .unwrap();
+    until("the job running", Duration::from_secs(5), async || {
+        direct.counts().await.unwrap().active == 1
+    })
+    .await;
+    // Another worker, on a direct connection, sweeps for dead workers meanwhile.
+    let sweeper = start(&redis, &direct, &Recorder::default(), config());
+    f.proxy
+        .lose_reply(|command, _| is_script(command) && has_arg(command, b"host"));
+    until_completed(&direct, 1, Duration::from_secs(8)).await;
+    assert_eq!(f.proxy.lost(), 1);
+    let s = direct.status(&id).await.unwrap().unwrap();
+    assert_eq!((s.attempts, s.stalls), (1, 0));
+    assert_eq!(recorder.runs.lock().unwrap().len(), 1);
+    let events = direct.events(None, 1000).await.unwrap();
+    assert!(
+        !events.iter().any(|e| e.kind == "worker-lost"),
+        "{events:?}"
+    );
+    sweeper.stop().await;
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn replies_slower_than_the_client_waits_strand_nothing() {
+    let redis = TestRedis::new().await;
+    let f = faulty(&redis, "slow").await;
+    let direct = queue(&redis, "slow").await;
+    let recorder = Recorder::default();
+    let w = f.start(&recorder, WorkerConfig::default());
+    until(
+        "the worker registered",
+        Duration::from_secs(5),
+        async || !direct.workers().await.unwrap().is_empty(),
+    )
+    .await;
+    // 400 ms each way: every call outlives the client's 500 ms response timeout, though it
+    // runs in Redis. The first take is among them.
+    f.proxy.delay(Duration::from_millis(400));
+    let id = direct
+        .enqueue(&task(1, "ok"), JobOptions::default())
+        .await
+        .unwrap();
+    until(
+        "a call taking the job",
+        Duration::from_secs(5),
+        async || direct.counts().await.unwrap().active == 1,
+    )
+    .await;
+    f.proxy.delay(Duration::ZERO);
+    until_completed(&direct, 1, Duration::from_secs(5)).await;
+    let s = direct.status(&id).await.unwrap().unwrap();
+    assert_eq!((s.attempts, s.stalls), (1, 0));
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn a_network_that_swallows_everything_for_a_while_loses_nothing() {
+    let redis = TestRedis::new().await;
+    let f = faulty(&redis, "blackhole").await;
+    let direct = queue(&redis, "blackhole").await;
+    let recorder = Recorder::default();
+    let w = f.start(&recorder, WorkerConfig::default());
+    let first = direct
+        .enqueue(&task(1, "sleep:2500"), JobOptions::default())
+        .await
+        .unwrap();
+    until("the job running", Duration::from_secs(5), async || {
+        direct.counts().await.unwrap().active == 1
+    })
+    .await;
+    // Shorter than the three heartbeats that make a worker dead.
+    f.proxy.blackhole(true);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    f.proxy.blackhole(false);
+    let second = direct
+        .enqueue(&task(2, "ok"), JobOptions::default())
+        .await
+        .unwrap();
+    until_completed(&direct, 2, Duration::from_secs(10)).await;
+    for id in [&first, &second] {
+        let s = direct.status(id).await.unwrap().unwrap();
+        assert_eq!((s.attempts, s.stalls), (1, 0), "{id}");
+    }
+    assert_eq!(recorder.runs.lock().unwrap().len(), 2);
+    w.stop().await;
+}
