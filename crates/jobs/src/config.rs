@@ -38,7 +38,7 @@ impl Default for WorkerConfig {
             concurrency: 1,
             lease: Duration::from_secs(30),
             heartbeat: Duration::from_secs(1),
-            max_stalls: 3,
+            max_stalls: 5,
             result_ttl: Duration::from_secs(24 * 3600),
             keep_completed: 1000,
             keep_completed_for: None,
@@ -77,7 +77,7 @@ impl WorkerConfig {
     /// A job charged more than this many stalls goes to the dead letter. A worker that died
     /// holding k jobs charges each 1/k of a stall; a lease that expired under a live worker
     /// charges its job a whole one. A job charged a whole stall or more runs again only after
-    /// a wait that doubles with each (1 s, 2 s, … at most a minute). Default 3.
+    /// a wait that doubles with each (1 s, 2 s, … at most a minute). Default 5.
     pub fn max_stalls(mut self, n: u32) -> Self {
         self.max_stalls = n;
         self

@@ -100,6 +100,27 @@ local function rate_limit()
   return {max, tonumber(limit[2])}
 end
 
+-- A stall is charged in millionths. A worker that died holding k jobs charges each of them 1/k:
+-- one of them may have killed it, or none (a kill storm, a node lost), and a poison job still
+-- reaches the bound after at most k times as many deaths. A lock that expired under a live
+-- worker charges its one job in full.
+local WHOLE = 1000000
+
+-- The jobs that were running together in a worker that died form a group (the dead worker's
+-- id, in their field 'group'). A worker takes at most one job of a group at a time once they
+-- have been charged half a stall (a second death together, or a first one among few): a job
+-- that kills its workers soon runs without the jobs that died with it, so that they stop
+-- sharing its blame, while the many jobs a kill storm interrupts once keep running side by
+-- side. The groups of the jobs `worker` runs, as a set.
+local function held_groups(worker)
+  local groups = {}
+  for _, id in ipairs(redis.call('SMEMBERS', wk(worker) .. ':jobs')) do
+    local g = redis.call('HGET', jk(id), 'group')
+    if g and g ~= '' then groups[g] = true end
+  end
+  return groups
+end
+
 -- Takes up to `want` jobs for a worker, each locked until `deadline` with its own token
 -- (`token`:<id>). `now` and `deadline` are strings of ms: passed on as they are, they cost no
 -- number formatting. Returns
@@ -118,36 +139,55 @@ local function take(now, deadline, token, worker, want)
     end
     want = math.min(want, limit[1] - used)
   end
-  local ids = pop_fair(want)
-  if #ids == 0 then return out end
-  if limit then
-    local used = redis.call('INCRBY', P .. 'rate', #ids)
-    if used == #ids then redis.call('PEXPIRE', P .. 'rate', limit[2]) end
-    if used >= limit[1] then out[1] = math.max(redis.call('PTTL', P .. 'rate'), 1) end
-  end
-  local taken, active = {}, {}
-  for _, id in ipairs(ids) do
-    local k = jk(id)
-    local f = redis.call('HMGET', k, 'name', 'payload', 'max_attempts', 'timeout_ms', 'backoff', 'attempts', 'cancel', 'cancel_ttl')
-    -- A job whose hash is gone (removed while it waited) is skipped; one cancelled while it
-    -- ran and put back (by an older version) ends cancelled.
-    if f[7] == '1' then
-      cancelled(id, now, f[8] or '0')
-      event('cancelled', id)
-    elseif f[1] then
-      local attempts = tonumber(f[6] or '0') + 1
-      local t = token .. ':' .. id
-      redis.call('HSET', k, 'state', 'active', 'token', t, 'worker', worker, 'started', now, 'attempts', attempts)
-      taken[#taken + 1] = id
-      active[#active + 1] = deadline
-      active[#active + 1] = id
-      out[#out + 1] = {id, f[1], f[2], attempts, f[3], f[4], f[5], t}
+  local taken, active, apart = {}, {}, {}
+  local popped = 0
+  -- The death groups this worker holds jobs of (read when a job taken has one).
+  local held = nil
+  -- Two rounds at most: the second fills the slots of the jobs the first kept apart.
+  for _ = 1, 2 do
+    local ids = pop_fair(want - #taken)
+    popped = popped + #ids
+    for _, id in ipairs(ids) do
+      local k = jk(id)
+      local f = redis.call('HMGET', k, 'name', 'payload', 'max_attempts', 'timeout_ms', 'backoff', 'attempts', 'cancel', 'cancel_ttl', 'group', 'blame')
+      local group = f[9] or ''
+      local together = false
+      if group ~= '' and f[1] and f[7] ~= '1' and tonumber(f[10] or '0') >= WHOLE / 2 then
+        if not held then held = held_groups(worker) end
+        together = held[group]
+        held[group] = true
+      end
+      -- A job whose hash is gone (removed while it waited) is skipped; one cancelled while it
+      -- ran and put back (by an older version) ends cancelled; one of a group this worker
+      -- already runs goes back to waiting, below.
+      if together then
+        apart[#apart + 1] = id
+      elseif f[7] == '1' then
+        cancelled(id, now, f[8] or '0')
+        event('cancelled', id)
+      elseif f[1] then
+        local attempts = tonumber(f[6] or '0') + 1
+        local t = token .. ':' .. id
+        redis.call('HSET', k, 'state', 'active', 'token', t, 'worker', worker, 'started', now, 'attempts', attempts)
+        taken[#taken + 1] = id
+        active[#active + 1] = deadline
+        active[#active + 1] = id
+        out[#out + 1] = {id, f[1], f[2], attempts, f[3], f[4], f[5], t}
+      end
     end
+    if #apart == 0 or #ids == 0 or #taken >= want then break end
   end
   if #taken > 0 then
     redis.call('ZADD', P .. 'active', unpack(active))
     redis.call('SADD', wk(worker) .. ':jobs', unpack(taken))
     events('active', taken, worker)
+  end
+  for _, id in ipairs(apart) do to_wait(id) end
+  local started = popped - #apart
+  if limit and started > 0 then
+    local used = redis.call('INCRBY', P .. 'rate', started)
+    if used == started then redis.call('PEXPIRE', P .. 'rate', limit[2]) end
+    if used >= limit[1] then out[1] = math.max(redis.call('PTTL', P .. 'rate'), 1) end
   end
   return out
 end
@@ -161,11 +201,6 @@ local function die(id, now_s, why, unique)
   event('dead', id, why)
 end
 
--- A stall is charged in millionths. A worker that died holding k jobs charges each of them 1/k:
--- one of them may have killed it, or none (a kill storm, a node lost), and a poison job still
--- reaches the bound after at most k times as many deaths. A lock that expired under a live
--- worker charges its one job in full.
-local WHOLE = 1000000
 
 -- An active job whose worker is gone or whose lock expired. Its run was interrupted: that is a
 -- stall, not an attempt (`attempts` counts the runs that ended). A cancelled job ends cancelled;
@@ -173,10 +208,11 @@ local WHOLE = 1000000
 -- max_stalls whole stalls goes there as stalled too often. Otherwise it runs again: at once
 -- while it has been charged less than one whole stall, then after a wait that doubles with each
 -- whole stall (1 s, 2 s, 4 s, … at most a minute), so that a job that kills its workers kills
--- few of them, and slowly.
-local function stall(id, now, now_s, max_stalls, why, charge)
+-- few of them, and slowly. `group` names the jobs that died together ('' for one alone).
+local function stall(id, now, now_s, max_stalls, why, charge, group)
   local k = jk(id)
   redis.call('ZREM', P .. 'active', id)
+  redis.call('HSET', k, 'group', group)
   local f = redis.call('HMGET', k, 'worker', 'cancel', 'cancel_ttl', 'unique', 'once')
   if f[1] then redis.call('SREM', wk(f[1]) .. ':jobs', id) end
   redis.call('HDEL', k, 'token')

@@ -15,7 +15,7 @@ for _, w in ipairs(redis.call('ZRANGEBYSCORE', P .. 'workers', '-inf', now - wor
   end
   local share = math.ceil(WHOLE / math.max(#held, 1))
   for _, id in ipairs(held) do
-    stall(id, now, now_s, max_stalls, 'worker ' .. w .. ' lost', share)
+    stall(id, now, now_s, max_stalls, 'worker ' .. w .. ' lost', share, #held > 1 and w or '')
   end
   taken = taken + #held
   redis.call('DEL', wk(w), wk(w) .. ':jobs')
@@ -23,7 +23,7 @@ for _, w in ipairs(redis.call('ZRANGEBYSCORE', P .. 'workers', '-inf', now - wor
   event('worker-lost', w)
 end
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. 'active', '-inf', now, 'LIMIT', 0, 100)) do
-  stall(id, now, now_s, max_stalls, 'lock expired', WHOLE)
+  stall(id, now, now_s, max_stalls, 'lock expired', WHOLE, '')
   taken = taken + 1
 end
 return taken
