@@ -23,28 +23,44 @@ pub trait Connector: Send + Sync + 'static {
     /// The connection.
     type Connection: ConnectionLike + Send + 'static;
 
+    /// A connection shared by many callers (reconnecting by itself), for queues.
+    type Shared: ConnectionLike + Clone + Send + Sync + 'static;
+
     /// A new connection whose commands may wait well over a second for their answer.
     async fn blocking(&self) -> redis::RedisResult<Self::Connection>;
+
+    /// A new shared connection.
+    async fn shared(&self) -> redis::RedisResult<Self::Shared>;
 }
 
 #[async_trait]
 impl Connector for redis::Client {
     type Connection = redis::aio::MultiplexedConnection;
+    type Shared = redis::aio::ConnectionManager;
 
     async fn blocking(&self) -> redis::RedisResult<Self::Connection> {
         let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
         self.get_multiplexed_async_connection_with_config(&config)
             .await
     }
+
+    async fn shared(&self) -> redis::RedisResult<Self::Shared> {
+        redis::aio::ConnectionManager::new(self.clone()).await
+    }
 }
 
 #[async_trait]
 impl Connector for redis::cluster::ClusterClient {
     type Connection = redis::cluster_async::ClusterConnection;
+    type Shared = redis::cluster_async::ClusterConnection;
 
     async fn blocking(&self) -> redis::RedisResult<Self::Connection> {
         let config =
             redis::cluster::ClusterConfig::new().set_response_timeout(Duration::from_secs(60));
         self.get_async_connection_with_config(config).await
+    }
+
+    async fn shared(&self) -> redis::RedisResult<Self::Shared> {
+        self.get_async_connection().await
     }
 }

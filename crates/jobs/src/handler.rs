@@ -8,7 +8,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use redis::aio::ConnectionLike;
 
-use crate::scripts::PROGRESS;
+use crate::scripts::{LOG, PROGRESS};
 use crate::{Job, JobId, Queue, Result};
 
 /// What a handler's context needs of its queue, whatever its connection.
@@ -16,6 +16,7 @@ use crate::{Job, JobId, Queue, Result};
 pub(crate) trait Reporter: Send + Sync {
     fn name(&self) -> &str;
     async fn progress(&self, id: &JobId, token: &str, progress: String) -> Result<bool>;
+    async fn log(&self, id: &JobId, token: &str, line: &str) -> Result<bool>;
 }
 
 #[async_trait]
@@ -34,6 +35,18 @@ where
             .arg(id.as_str())
             .arg(token)
             .arg(progress)
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(kept == 1)
+    }
+
+    async fn log(&self, id: &JobId, token: &str, line: &str) -> Result<bool> {
+        let kept: i64 = LOG
+            .key(self.route_key())
+            .arg(self.key_prefix())
+            .arg(id.as_str())
+            .arg(token)
+            .arg(line)
             .invoke_async(&mut self.conn())
             .await?;
         Ok(kept == 1)
@@ -93,6 +106,16 @@ impl JobContext {
         self.queue
             .progress(&self.id, &self.token, progress.to_string())
             .await
+    }
+
+    /// Appends `line` to the job's log, which [`Queue::logs`] reads (the last 1000 lines are
+    /// kept, and removed with the job). Returns `false` when this attempt has lost its lock.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::Unavailable`].
+    pub async fn log(&self, line: &str) -> Result<bool> {
+        self.queue.log(&self.id, &self.token, line).await
     }
 }
 

@@ -28,7 +28,7 @@ pub enum JobState {
 }
 
 impl JobState {
-    fn parse(s: &str) -> Self {
+    pub(crate) fn parse(s: &str) -> Self {
         match s {
             "waiting" => Self::Waiting,
             "delayed" => Self::Delayed,
@@ -36,6 +36,18 @@ impl JobState {
             "completed" => Self::Completed,
             "cancelled" => Self::Cancelled,
             _ => Self::Dead,
+        }
+    }
+
+    /// The name of the sorted set that holds the queue's jobs in this state.
+    pub(crate) fn set(self) -> &'static str {
+        match self {
+            Self::Waiting => "wait",
+            Self::Delayed => "delayed",
+            Self::Active => "active",
+            Self::Completed => "completed",
+            Self::Dead => "dead",
+            Self::Cancelled => "cancelled",
         }
     }
 }
@@ -116,6 +128,8 @@ pub struct QueueCounts {
     pub completed: u64,
     /// In the dead letter.
     pub dead: u64,
+    /// Cancelled and still kept.
+    pub cancelled: u64,
 }
 
 /// `t` as milliseconds since the Unix epoch (`null` when absent or before it).
@@ -266,40 +280,7 @@ where
         if fields.is_empty() {
             return Ok(None);
         }
-        let state = JobState::parse(fields.get("state").map_or("", String::as_str));
-        let time = |name: &str| {
-            fields
-                .get(name)
-                .and_then(|ms| ms.parse::<u64>().ok())
-                .map(|ms| UNIX_EPOCH + Duration::from_millis(ms))
-        };
-        Ok(Some(JobStatus {
-            id: id.clone(),
-            name: fields.get("name").cloned().unwrap_or_default(),
-            state,
-            attempts: fields
-                .get("attempts")
-                .and_then(|a| a.parse().ok())
-                .unwrap_or(0),
-            stalls: fields
-                .get("stalls")
-                .and_then(|a| a.parse().ok())
-                .unwrap_or(0),
-            error: fields.get("error").filter(|e| !e.is_empty()).cloned(),
-            result: fields
-                .get("result")
-                .and_then(|r| serde_json::from_str(r).ok()),
-            payload: fields
-                .get("payload")
-                .and_then(|p| serde_json::from_str(p).ok()),
-            created: time("created"),
-            started: time("started"),
-            finished: time("finished"),
-            progress: fields
-                .get("progress")
-                .and_then(|p| serde_json::from_str(p).ok()),
-            tenant: fields.get("tenant").filter(|t| !t.is_empty()).cloned(),
-        }))
+        Ok(Some(job_status(id.clone(), &fields)))
     }
 
     /// Cancels the job `id`: a waiting or delayed job at once; a running one is stopped by its
@@ -359,20 +340,23 @@ where
     /// [`Error::Unavailable`].
     pub async fn counts(&self) -> Result<QueueCounts> {
         let p = &self.prefix;
-        let (waiting, delayed, active, completed, dead): (u64, u64, u64, u64, u64) = redis::pipe()
-            .zcard(format!("{p}wait"))
-            .zcard(format!("{p}delayed"))
-            .zcard(format!("{p}active"))
-            .zcard(format!("{p}completed"))
-            .zcard(format!("{p}dead"))
-            .query_async(&mut self.conn.clone())
-            .await?;
+        let (waiting, delayed, active, completed, dead, cancelled): (u64, u64, u64, u64, u64, u64) =
+            redis::pipe()
+                .zcard(format!("{p}wait"))
+                .zcard(format!("{p}delayed"))
+                .zcard(format!("{p}active"))
+                .zcard(format!("{p}completed"))
+                .zcard(format!("{p}dead"))
+                .zcard(format!("{p}cancelled"))
+                .query_async(&mut self.conn.clone())
+                .await?;
         Ok(QueueCounts {
             waiting,
             delayed,
             active,
             completed,
             dead,
+            cancelled,
         })
     }
 
@@ -452,22 +436,7 @@ where
             .arg(count)
             .query_async(&mut self.conn.clone())
             .await?;
-        let mut events = Vec::with_capacity(entries.len());
-        for (id, mut f) in entries {
-            let kind = f.remove("event").unwrap_or_default();
-            let detail = f.remove("detail").unwrap_or_default();
-            let jobs = f.remove("id").unwrap_or_default();
-            // One entry holds the same event of all the jobs a script call handled.
-            for job in jobs.split(',') {
-                events.push(QueueEvent {
-                    id: id.clone(),
-                    kind: kind.clone(),
-                    job: job.to_owned(),
-                    detail: detail.clone(),
-                });
-            }
-        }
-        Ok(events)
+        Ok(queue_events(entries))
     }
 
     /// Moves up to `max` jobs from the dead letter back to the wait queue with fresh attempts.
@@ -502,6 +471,64 @@ where
     /// jobs by owner, say).
     pub fn conn(&self) -> C {
         self.conn.clone()
+    }
+}
+
+/// The events of stream entries, one per job (one entry holds the same event of all the jobs a
+/// script call handled).
+pub(crate) fn queue_events(entries: Vec<(String, HashMap<String, String>)>) -> Vec<QueueEvent> {
+    let mut events = Vec::with_capacity(entries.len());
+    for (id, mut f) in entries {
+        let kind = f.remove("event").unwrap_or_default();
+        let detail = f.remove("detail").unwrap_or_default();
+        let jobs = f.remove("id").unwrap_or_default();
+        for job in jobs.split(',') {
+            events.push(QueueEvent {
+                id: id.clone(),
+                kind: kind.clone(),
+                job: job.to_owned(),
+                detail: detail.clone(),
+            });
+        }
+    }
+    events
+}
+
+/// A job's status from the fields of its hash.
+pub(crate) fn job_status(id: JobId, fields: &HashMap<String, String>) -> JobStatus {
+    let state = JobState::parse(fields.get("state").map_or("", String::as_str));
+    let time = |name: &str| {
+        fields
+            .get(name)
+            .and_then(|ms| ms.parse::<u64>().ok())
+            .map(|ms| UNIX_EPOCH + Duration::from_millis(ms))
+    };
+    JobStatus {
+        id,
+        name: fields.get("name").cloned().unwrap_or_default(),
+        state,
+        attempts: fields
+            .get("attempts")
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(0),
+        stalls: fields
+            .get("stalls")
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(0),
+        error: fields.get("error").filter(|e| !e.is_empty()).cloned(),
+        result: fields
+            .get("result")
+            .and_then(|r| serde_json::from_str(r).ok()),
+        payload: fields
+            .get("payload")
+            .and_then(|p| serde_json::from_str(p).ok()),
+        created: time("created"),
+        started: time("started"),
+        finished: time("finished"),
+        progress: fields
+            .get("progress")
+            .and_then(|p| serde_json::from_str(p).ok()),
+        tenant: fields.get("tenant").filter(|t| !t.is_empty()).cloned(),
     }
 }
 

@@ -73,14 +73,37 @@ local function pop_fair(n)
   return ids
 end
 
+-- A job's log lines (JobContext::log), kept and removed with it.
+local function lk(id) return P .. 'logs:' .. id end
+
 -- Ends a job as cancelled, kept for ttl_ms (0: kept until removed); the caller writes the event.
+-- P..'cancelled' holds the cancelled jobs scored by when they go (+inf: never).
 local function cancelled(id, now, ttl_ms)
   local k = jk(id)
   redis.call('HSET', k, 'state', 'cancelled', 'error', 'cancelled', 'finished', now)
   redis.call('HDEL', k, 'token', 'cancel', 'cancel_ttl')
   local unique = redis.call('HGET', k, 'unique')
   if unique and unique ~= '' then redis.call('DEL', P .. 'unique:' .. unique) end
-  if tonumber(ttl_ms) > 0 then redis.call('PEXPIRE', k, ttl_ms) end
+  if tonumber(ttl_ms) > 0 then
+    redis.call('PEXPIRE', k, ttl_ms)
+    redis.call('PEXPIRE', lk(id), ttl_ms)
+    redis.call('ZADD', P .. 'cancelled', tonumber(now) + tonumber(ttl_ms), id)
+  else
+    redis.call('ZADD', P .. 'cancelled', 'inf', id)
+  end
+end
+
+-- Per-minute counts of jobs that completed or died (kind 'completed' or 'dead'), in a hash of
+-- minute (since the epoch) to count; a day of minutes is kept.
+local function count_minute(kind, n, now)
+  local key = P .. 'metrics:' .. kind
+  local minute = math.floor(now / 60000)
+  if redis.call('HINCRBY', key, minute, n) == n then
+    -- The first count of a minute: drop the minutes older than a day.
+    for _, m in ipairs(redis.call('HKEYS', key)) do
+      if tonumber(m) <= minute - 1440 then redis.call('HDEL', key, m) end
+    end
+  end
 end
 
 -- Moves due delayed jobs to the wait queues (at most 100 per call).
@@ -92,12 +115,13 @@ local function promote(now)
   end
 end
 
--- The queue's rate limit (set by Queue::rate_limit): {max, window ms}, or nil for none.
-local function rate_limit()
-  local limit = redis.call('HMGET', P .. 'meta', 'rate_max', 'rate_ms')
-  local max = tonumber(limit[1] or '0')
-  if max <= 0 then return nil end
-  return {max, tonumber(limit[2])}
+-- Whether the queue is paused (Queue::pause), and its rate limit (Queue::rate_limit):
+-- {max, window ms}, or nil for none.
+local function queue_meta()
+  local meta = redis.call('HMGET', P .. 'meta', 'rate_max', 'rate_ms', 'paused')
+  local max = tonumber(meta[1] or '0')
+  if max <= 0 then return meta[3] == '1', nil end
+  return meta[3] == '1', {max, tonumber(meta[2])}
 end
 
 -- A stall is charged in millionths. A worker that died holding k jobs charges each of them 1/k:
@@ -130,7 +154,8 @@ local function take(now, deadline, token, worker, want)
   local out = {0}
   if want <= 0 then return out end
   promote(now)
-  local limit = rate_limit()
+  local paused, limit = queue_meta()
+  if paused then return out end
   if limit then
     local used = tonumber(redis.call('GET', P .. 'rate') or '0')
     if used >= limit[1] then
@@ -197,6 +222,7 @@ end
 local function die(id, now_s, why, unique)
   redis.call('HSET', jk(id), 'state', 'dead', 'error', why, 'finished', now_s)
   redis.call('ZADD', P .. 'dead', now_s, id)
+  count_minute('dead', 1, tonumber(now_s))
   if unique and unique ~= '' then redis.call('DEL', P .. 'unique:' .. unique) end
   event('dead', id, why)
 end
@@ -246,9 +272,28 @@ end
 local function remove_finished(set, ids)
   if #ids == 0 then return end
   local keys = {}
-  for i, id in ipairs(ids) do keys[i] = jk(id) end
+  for _, id in ipairs(ids) do
+    keys[#keys + 1] = jk(id)
+    keys[#keys + 1] = lk(id)
+  end
   redis.call('ZREM', set, unpack(ids))
   redis.call('DEL', unpack(keys))
+end
+
+-- Removes job `id` whatever its state but active: out of every set, its hash, its logs, and
+-- its unique key when that still names it. Returns the state it had, or false for no job.
+local function forget(id)
+  local k = jk(id)
+  local f = redis.call('HMGET', k, 'state', 'unique')
+  if f[1] == 'waiting' then from_wait(id) end
+  for _, set in ipairs({'delayed', 'completed', 'dead', 'cancelled'}) do
+    redis.call('ZREM', P .. set, id)
+  end
+  if f[2] and f[2] ~= '' and redis.call('GET', P .. 'unique:' .. f[2]) == id then
+    redis.call('DEL', P .. 'unique:' .. f[2])
+  end
+  redis.call('DEL', k, lk(id))
+  return f[1] or false
 end
 -- Keeps at most max_count jobs in the finished set `set` (a negative count: no limit) and none
 -- older than max_age_ms (0: no limit); removes at most 100 of each per call.

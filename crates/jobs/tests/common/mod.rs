@@ -24,8 +24,8 @@ pub use serde::{Deserialize, Serialize};
 #[derive(Serialize, Deserialize, Clone, Debug)]
 pub struct Task {
     pub n: u32,
-    /// What the handler does: "ok", "fail", "fatal", "panic", "sleep:<ms>", "progress" (reports
-    /// `{"step": n}`, then sleeps 300 ms).
+    /// What the handler does: "ok", "fail", "fatal", "panic", "sleep:<ms>", "block:<ms>",
+    /// "progress" (reports `{"step": n}`, then sleeps 300 ms), "log" (logs two lines).
     pub action: String,
 }
 
@@ -62,6 +62,12 @@ impl Handler<Task> for Recorder {
                     .unwrap();
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 Ok(serde_json::json!("progressed"))
+            }
+            "log" => {
+                for line in ["reading", "writing"] {
+                    assert!(ctx.log(line).await.unwrap());
+                }
+                Ok(serde_json::json!("logged"))
             }
             // Blocks its thread, as CPU-bound work written without spawn_blocking does.
             a if a.starts_with("block:") => {
