@@ -279,6 +279,13 @@ async fn serve_answers_with_its_keys_and_drains_a_request_in_flight_on_sigterm()
         metrics.contains("geostack_batch_jobs{state=\"waiting\"} 0"),
         "{metrics}"
     );
+    // This serve runs no batch worker (batch_workers = 0); the queue is not paused.
+    assert!(metrics.contains("geostack_batch_workers 0"), "{metrics}");
+    assert!(metrics.contains("geostack_batch_paused 0"), "{metrics}");
+    assert!(
+        metrics.contains("geostack_batch_jobs_last_minute{outcome=\"dead\"} 0"),
+        "{metrics}"
+    );
     assert!(metrics.contains("geostack_pool_connections{"), "{metrics}");
     // A request of about two seconds, then SIGTERM while it runs.
     let slow = tokio::spawn({

@@ -10,7 +10,12 @@
 //! | `geostack_tile_cache_total` | counter | `result`: `hit`, `miss` |
 //! | `geostack_refused_total` | counter | `reason`: `rate`, `running`, `renders` |
 //! | `geostack_pool_connections` | gauge, at [`Server::record_gauges`] | `role`, `state`: `open`, `in_use` |
-//! | `geostack_batch_jobs` | gauge, at [`Server::record_gauges`] | `state`: `waiting`, `delayed`, `active`, `completed`, `dead` |
+//! | `geostack_batch_jobs` | gauge, at [`Server::record_gauges`] | `state`: `waiting`, `delayed`, `active`, `completed`, `dead`, `cancelled` |
+//! | `geostack_batch_workers` | gauge, at [`Server::record_gauges`]: the batch queue's live workers | |
+//! | `geostack_batch_paused` | gauge, at [`Server::record_gauges`]: 1 while the batch queue is paused | |
+//! | `geostack_batch_jobs_last_minute` | gauge, at [`Server::record_gauges`]: batch jobs that ended in the last whole minute | `outcome`: `completed`, `dead` |
+
+use geostack_jobs::Metric;
 
 use super::{RedisConnection, Server};
 
@@ -53,15 +58,34 @@ impl<C: RedisConnection> Server<C> {
             metrics::gauge!("geostack_pool_connections", "role" => role, "state" => "in_use")
                 .set(f64::from(in_use));
         }
-        let counts = self.batch().queue().counts().await?;
+        let queue = self.batch().queue();
+        let counts = queue.counts().await?;
         for (state, n) in [
             ("waiting", counts.waiting),
             ("delayed", counts.delayed),
             ("active", counts.active),
             ("completed", counts.completed),
             ("dead", counts.dead),
+            ("cancelled", counts.cancelled),
         ] {
             metrics::gauge!("geostack_batch_jobs", "state" => state).set(n as f64);
+        }
+        metrics::gauge!("geostack_batch_workers").set(queue.workers().await?.len() as f64);
+        metrics::gauge!("geostack_batch_paused").set(if queue.is_paused().await? {
+            1.0
+        } else {
+            0.0
+        });
+        for (outcome, metric) in [("completed", Metric::Completed), ("dead", Metric::Dead)] {
+            // The last whole minute: the current one is still counting.
+            let last = queue
+                .metrics(metric, 2)
+                .await?
+                .first()
+                .copied()
+                .unwrap_or(0);
+            metrics::gauge!("geostack_batch_jobs_last_minute", "outcome" => outcome)
+                .set(last as f64);
         }
         Ok(())
     }
