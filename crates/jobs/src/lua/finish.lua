@@ -70,8 +70,6 @@ if #done > 0 then
   count_minute('completed', #done, now_n)
   events('completed', done)
 end
--- The cancelled jobs whose hash expired leave the cancelled set.
-redis.call('ZREMRANGEBYSCORE', P .. 'cancelled', '-inf', now)
 -- On every call, so that a worker with free slots (which calls each second) keeps it.
 retain(P .. 'completed', tonumber(ARGV[8]), tonumber(ARGV[9]), now_n)
 if #dead > 0 then retain(P .. 'dead', tonumber(ARGV[10]), tonumber(ARGV[11]), now_n) end

@@ -26,4 +26,6 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. 'active', '-inf', now, 'LIM
   stall(id, now, now_s, max_stalls, 'lock expired', WHOLE, '')
   taken = taken + 1
 end
+-- The cancelled jobs whose hash expired leave the cancelled set.
+redis.call('ZREMRANGEBYSCORE', P .. 'cancelled', '-inf', now)
 return taken

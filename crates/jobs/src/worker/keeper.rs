@@ -5,10 +5,10 @@
 //! jobs however long their handlers block.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
 use crate::Connector;
@@ -57,9 +57,22 @@ enum Command {
     Forget(String),
 }
 
+/// What the worker asks of its keeper, picked up at the keeper's next tick (at most 100 ms
+/// later, well inside the first renewal): a job's take and end cost no wake-up of the keeper's
+/// thread, which matters at one job at a time.
+type Inbox = Arc<Mutex<Vec<Command>>>;
+
+fn post(inbox: &Inbox, command: Command) {
+    inbox
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(command);
+}
+
 /// The keeper's handle; dropping it ends the keeper (its thread returns).
 pub(super) struct Keeper {
-    tx: mpsc::UnboundedSender<Command>,
+    inbox: Inbox,
+    _stop: oneshot::Sender<()>,
     lease: Duration,
 }
 
@@ -67,14 +80,15 @@ pub(super) struct Keeper {
 pub(super) struct Watch {
     pub(super) lease: watch::Receiver<Lease>,
     token: String,
-    tx: mpsc::UnboundedSender<Command>,
+    inbox: Inbox,
 }
 
 impl Drop for Watch {
     fn drop(&mut self) {
-        let _ = self
-            .tx
-            .send(Command::Forget(std::mem::take(&mut self.token)));
+        post(
+            &self.inbox,
+            Command::Forget(std::mem::take(&mut self.token)),
+        );
     }
 }
 
@@ -86,30 +100,39 @@ impl Keeper {
         beat: Beat,
         lease: Duration,
     ) -> std::io::Result<Self> {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (stop, stopped) = oneshot::channel();
+        let inbox = Inbox::default();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
+        let kept = Arc::clone(&inbox);
         std::thread::Builder::new()
             .name("geostack-jobs-keeper".into())
-            .spawn(move || runtime.block_on(keep(connector, rx, beat, lease)))?;
-        Ok(Self { tx, lease })
+            .spawn(move || runtime.block_on(keep(connector, kept, stopped, beat, lease)))?;
+        Ok(Self {
+            inbox,
+            _stop: stop,
+            lease,
+        })
     }
 
     /// Watches the lease of job `id` (locked with `token`) in `queue` from now on.
     pub(super) fn watch(&self, queue: &Arc<BeatIn>, id: &str, token: &str) -> Watch {
         let (reply, lease) = watch::channel(Lease::Held);
-        let _ = self.tx.send(Command::Watch(Watched {
-            queue: Arc::clone(queue),
-            id: id.to_owned(),
-            token: token.to_owned(),
-            next: Instant::now() + renewal(self.lease),
-            reply,
-        }));
+        post(
+            &self.inbox,
+            Command::Watch(Watched {
+                queue: Arc::clone(queue),
+                id: id.to_owned(),
+                token: token.to_owned(),
+                next: Instant::now() + renewal(self.lease),
+                reply,
+            }),
+        );
         Watch {
             lease,
             token: token.to_owned(),
-            tx: self.tx.clone(),
+            inbox: Arc::clone(&self.inbox),
         }
     }
 }
@@ -121,7 +144,8 @@ fn renewal(lease: Duration) -> Duration {
 
 async fn keep<K: Connector>(
     connector: Arc<K>,
-    mut rx: mpsc::UnboundedReceiver<Command>,
+    inbox: Inbox,
+    mut stopped: oneshot::Receiver<()>,
     beat: Beat,
     lease: Duration,
 ) {
@@ -137,15 +161,7 @@ async fn keep<K: Connector>(
     renewals.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            command = rx.recv() => match command {
-                None => return,
-                Some(Command::Watch(w)) => {
-                    jobs.insert(w.token.clone(), w);
-                }
-                Some(Command::Forget(token)) => {
-                    jobs.remove(&token);
-                }
-            },
+            _ = &mut stopped => return,
             _ = beats.tick() => {
                 for q in &beat.queues {
                     let invocation = crate::registry::heartbeat(
@@ -159,6 +175,19 @@ async fn keep<K: Connector>(
                 }
             }
             _ = renewals.tick() => {
+                let commands = std::mem::take(
+                    &mut *inbox.lock().unwrap_or_else(PoisonError::into_inner),
+                );
+                for command in commands {
+                    match command {
+                        Command::Watch(w) => {
+                            jobs.insert(w.token.clone(), w);
+                        }
+                        Command::Forget(token) => {
+                            jobs.remove(&token);
+                        }
+                    }
+                }
                 let now = Instant::now();
                 let due: Vec<String> = jobs
                     .values()
