@@ -108,14 +108,7 @@ where
             .arg(start.saturating_add(count) - 1)
             .query_async(&mut self.conn())
             .await?;
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut pipe = redis::pipe();
-        for id in &ids {
-            pipe.hgetall(format!("{}job:{id}", self.key_prefix()));
-        }
-        let hashes: Vec<HashMap<String, String>> = pipe.query_async(&mut self.conn()).await?;
+        let hashes = self.hashes("job", &ids).await?;
         let mut jobs = Vec::with_capacity(ids.len());
         for (id, fields) in ids.into_iter().zip(hashes) {
             // A cancelled job's hash expires before its entry leaves the set.

@@ -453,6 +453,23 @@ where
             .await?)
     }
 
+    /// The hashes `<prefix><kind>:<id>` of `ids` (a job's, a worker's), read in one round
+    /// trip; empty for one that is gone.
+    pub(crate) async fn hashes(
+        &self,
+        kind: &str,
+        ids: &[String],
+    ) -> Result<Vec<HashMap<String, String>>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.hgetall(format!("{}{kind}:{id}", self.prefix));
+        }
+        Ok(pipe.query_async(&mut self.conn.clone()).await?)
+    }
+
     /// The Redis server's clock, in milliseconds since the Unix epoch: the one clock the queue
     /// compares times with (leases, heartbeats, delays, schedules), whatever the clocks of its
     /// clients say.

@@ -44,14 +44,7 @@ where
             .arg(-1)
             .query_async(&mut self.conn())
             .await?;
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut pipe = redis::pipe();
-        for id in &ids {
-            pipe.hgetall(format!("{}worker:{id}", self.key_prefix()));
-        }
-        let records: Vec<HashMap<String, String>> = pipe.query_async(&mut self.conn()).await?;
+        let records = self.hashes("worker", &ids).await?;
         let time = |f: &HashMap<String, String>, name: &str| {
             UNIX_EPOCH
                 + Duration::from_millis(f.get(name).and_then(|v| v.parse().ok()).unwrap_or(0))

@@ -67,7 +67,7 @@ async fn completes_once_without_a_stall(
     id: &geostack_jobs::JobId,
     config: WorkerConfig,
     limit: Duration,
-) -> Recorder {
+) {
     let direct = queue(redis, f.queue.name().as_str()).await;
     let recorder = Recorder::default();
     let started = Instant::now();
@@ -90,106 +90,95 @@ async fn completes_once_without_a_stall(
         "{events:?} after {took:?}"
     );
     w.stop().await;
-    recorder
+}
+
+/// Enqueues a job doing `action` on queue `name`, aims `fault` at the calls of a worker behind a
+/// proxy (given the proxy and the job's id), runs the job with `config`, and checks that it ran
+/// once, as its first attempt, with no stall charged, within `limit`, and that the fault struck.
+#[expect(clippy::unwrap_used, reason = "a test helper")]
+async fn survives(
+    name: &str,
+    action: &str,
+    config: WorkerConfig,
+    limit: Duration,
+    fault: impl FnOnce(&FaultProxy, Vec<u8>),
+) {
+    let redis = TestRedis::new().await;
+    let f = faulty(&redis, name).await;
+    let id = queue(&redis, name)
+        .await
+        .enqueue(&task(1, action), JobOptions::default())
+        .await
+        .unwrap();
+    fault(&f.proxy, id.as_str().as_bytes().to_vec());
+    completes_once_without_a_stall(&redis, &f, &id, config, limit).await;
+    assert_eq!(f.proxy.lost(), 1);
 }
 
 #[tokio::test]
 async fn a_lost_reply_to_the_call_that_took_a_job_strands_nothing() {
-    let redis = TestRedis::new().await;
-    let f = faulty(&redis, "lost-take").await;
-    let id = queue(&redis, "lost-take")
-        .await
-        .enqueue(&task(1, "ok"), JobOptions::default())
-        .await
-        .unwrap();
-    // The call that takes the job runs; its reply, which carries the job, never arrives.
-    let needle = id.as_str().as_bytes().to_vec();
-    f.proxy
-        .lose_reply(move |command, reply| is_script(command) && contains(reply, &needle));
-    // The default lease is 30 s: only the worker's own recovery can run the job sooner.
-    completes_once_without_a_stall(
-        &redis,
-        &f,
-        &id,
+    // The call that takes the job runs; its reply, which carries the job, never arrives. The
+    // default lease is 30 s: only the worker's own recovery can run the job sooner.
+    survives(
+        "lost-take",
+        "ok",
         WorkerConfig::default(),
         Duration::from_secs(5),
+        |proxy, job| {
+            proxy.lose_reply(move |command, reply| is_script(command) && contains(reply, &job));
+        },
     )
     .await;
-    assert_eq!(f.proxy.lost(), 1);
 }
 
 #[tokio::test]
 async fn a_reply_cut_in_its_middle_strands_nothing() {
-    let redis = TestRedis::new().await;
-    let f = faulty(&redis, "cut-take").await;
-    let id = queue(&redis, "cut-take")
-        .await
-        .enqueue(&task(1, "ok"), JobOptions::default())
-        .await
-        .unwrap();
-    let needle = id.as_str().as_bytes().to_vec();
-    f.proxy
-        .cut_mid_reply(move |command, reply| is_script(command) && contains(reply, &needle));
-    completes_once_without_a_stall(
-        &redis,
-        &f,
-        &id,
+    survives(
+        "cut-take",
+        "ok",
         WorkerConfig::default(),
         Duration::from_secs(5),
+        |proxy, job| {
+            proxy.cut_mid_reply(move |command, reply| is_script(command) && contains(reply, &job));
+        },
     )
     .await;
-    assert_eq!(f.proxy.lost(), 1);
 }
 
 #[tokio::test]
 async fn a_lost_reply_to_the_call_that_recorded_an_outcome_changes_nothing() {
-    let redis = TestRedis::new().await;
-    let f = faulty(&redis, "lost-finish").await;
-    let id = queue(&redis, "lost-finish")
-        .await
-        .enqueue(&task(1, "ok"), JobOptions::default())
-        .await
-        .unwrap();
     // The call that reports the job done runs; the worker never hears so, and reports again.
-    let job = id.as_str().as_bytes().to_vec();
-    f.proxy.lose_reply(move |command, _| {
-        is_script(command) && has_arg(command, &job) && has_arg(command, b"done")
-    });
-    completes_once_without_a_stall(
-        &redis,
-        &f,
-        &id,
+    survives(
+        "lost-finish",
+        "ok",
         WorkerConfig::default(),
         Duration::from_secs(5),
+        |proxy, job| {
+            proxy.lose_reply(move |command, _| {
+                is_script(command) && has_arg(command, &job) && has_arg(command, b"done")
+            });
+        },
     )
     .await;
-    assert_eq!(f.proxy.lost(), 1);
 }
 
 #[tokio::test]
 async fn a_lost_reply_to_a_lease_renewal_keeps_the_job() {
-    let redis = TestRedis::new().await;
-    let f = faulty(&redis, "lost-extend").await;
-    // Runs 2.5 s under a 900 ms lease: renewed every 300 ms, and it must be.
-    let id = queue(&redis, "lost-extend")
-        .await
-        .enqueue(&task(1, "sleep:2500"), JobOptions::default())
-        .await
-        .unwrap();
-    // A renewal: the script call naming the job with four arguments (prefix, id, token, lease).
-    let job = id.as_str().as_bytes().to_vec();
-    f.proxy.lose_reply(move |command, _| {
-        is_script(command) && command.len() == 8 && has_arg(command, &job)
-    });
-    completes_once_without_a_stall(
-        &redis,
-        &f,
-        &id,
-        WorkerConfig::default().lease(Duration::from_millis(900)),
+    // Runs 2.5 s under a 900 ms lease: renewed every 300 ms, and it must be. A renewal is the
+    // script call naming the job with four arguments (prefix, id, token, lease).
+    let config = WorkerConfig::default().lease(Duration::from_millis(900));
+    survives(
+        "lost-extend",
+        "sleep:2500",
+        config,
         Duration::from_secs(8),
+        |proxy, job| {
+            proxy.lose_reply(move |command, _| {
+                is_script(command) && command.len() == 8 && has_arg(command, &job)
+            });
+        },
     )
     .await;
-    assert_eq!(f.proxy.lost(), 1);
 }
 
 #[tokio::test]

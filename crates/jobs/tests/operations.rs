@@ -96,7 +96,11 @@ async fn jobs_are_listed_by_state_a_page_at_a_time() {
     w.stop().await;
     let done = q.jobs(JobState::Completed, 0, 10).await.unwrap();
     assert_eq!(done.len(), 6);
-    assert_eq!(done[0].id, waiting[4]);
+    // Jobs finished in the same millisecond come in any order among themselves.
+    assert!(
+        done.windows(2).all(|w| w[0].finished >= w[1].finished),
+        "{done:?}"
+    );
     assert!(
         done.iter()
             .all(|j| j.state == JobState::Completed && j.result.is_some())
