@@ -252,6 +252,34 @@ async fn table_tiles_match_postgis_and_only_readable_tables_are_served() {
             app.addr
         )])
     );
+    // The attributes the tiles carry, typed.
+    assert_eq!(
+        tilejson["vector_layers"][0]["fields"],
+        serde_json::json!({"iso": "String", "name": "String"})
+    );
+    let places = app.get("/tiles/places").await.json();
+    assert_eq!(
+        places["vector_layers"][0]["fields"]["pop_max"], "Number",
+        "{places}"
+    );
+    // A keyed caller's URLs carry its key; a forwarded scheme from an untrusted peer is not
+    // believed.
+    let keyed = app
+        .request(
+            "GET",
+            &format!("/tiles/countries?api_key={}", app.regular),
+            &[("X-Forwarded-Proto", "https")],
+            b"",
+        )
+        .await
+        .json();
+    assert_eq!(
+        keyed["tiles"],
+        serde_json::json!([format!(
+            "http://{}/tiles/public.countries/{{z}}/{{x}}/{{y}}.mvt?api_key={}",
+            app.addr, app.regular
+        )])
+    );
     assert_eq!(app.get("/tiles/public.places/0/0/0.mvt").await.status, 200);
     sqlx::raw_sql("create table hidden (id int primary key, geom geometry(Point, 4326))")
         .execute(app.db.pool())

@@ -87,7 +87,7 @@ async fn list_keys<C: RedisConnection>(server: &AuthApi<C>, req: &ApiRequest) ->
         if descending { by.reverse() } else { by }
     });
     let total = keys.len();
-    let base = base_url(req, &user);
+    let base = base_url(&server.inner.gate, req, &user);
     let result: Vec<Value> = keys
         .iter()
         .skip(page.saturating_sub(1).saturating_mul(per_page))
@@ -139,7 +139,7 @@ async fn me<C: RedisConnection>(State(server): State<AuthApi<C>>, req: ApiReques
                 .rate(principal, &req.headers, req.peer, "auth", quota, anonymous)
                 .await?;
             let user = caller.principal.user();
-            let base = base_url(&req, user);
+            let base = base_url(gate, &req, user);
             let base = base.trim_end_matches("/api/v3/api_keys");
             let mut response = reply(
                 StatusCode::OK,
@@ -400,24 +400,17 @@ fn timestamp(t: SystemTime) -> String {
 }
 
 /// The collection's URL as the client reached it (its `/user/{user}` form when it used it).
-fn base_url(req: &ApiRequest, user: &UserName) -> String {
-    let host = req
-        .headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("localhost");
-    let scheme = req
-        .headers
-        .get("x-forwarded-proto")
-        .and_then(|h| h.to_str().ok())
-        .filter(|p| *p == "https")
-        .unwrap_or("http");
+fn base_url<C: RedisConnection>(
+    gate: &super::Gate<C>,
+    req: &ApiRequest,
+    user: &UserName,
+) -> String {
     let prefix = if req.path.contains_key("user") {
         format!("/user/{user}")
     } else {
         String::new()
     };
-    format!("{scheme}://{host}{prefix}/api/v3/api_keys")
+    format!("{}{prefix}/api/v3/api_keys", gate.origin(req))
 }
 
 /// `s` percent-encoded for a path segment.

@@ -223,9 +223,11 @@ impl ServerConfig {
         self
     }
 
-    /// Proxies whose `X-Forwarded-For` is believed: behind them, a client's address is the
-    /// last one of the header that is not a trusted proxy; from anyone else the header is
-    /// ignored. The client's address needs the server started with connect info
+    /// Proxies whose `X-Forwarded-For`, `X-Forwarded-Proto` and `X-Forwarded-Host` are
+    /// believed: behind them, a client's address is the last one of `X-Forwarded-For` that is
+    /// not a trusted proxy, and the URLs the server writes (TileJSON, map metadata, the Auth
+    /// API's links) take the forwarded scheme and host; from anyone else these headers are
+    /// ignored. Needs the server started with connect info
     /// (`into_make_service_with_connect_info::<SocketAddr>()`). Default none.
     pub fn trusted_proxies(mut self, proxies: impl IntoIterator<Item = std::net::IpAddr>) -> Self {
         self.trusted_proxies = proxies.into_iter().collect();

@@ -233,6 +233,12 @@ struct GateInner<C> {
 }
 
 impl<C: RedisConnection> Gate<C> {
+    /// `<scheme>://<host>` of `req` as its client reached it: forwarded scheme and host are
+    /// believed from the trusted proxies only ([`ServerConfig::trusted_proxies`]).
+    pub(crate) fn origin(&self, req: &ApiRequest) -> String {
+        super::tile::origin(req.peer, &req.headers, &self.inner.config.trusted_proxies)
+    }
+
     /// A gate verifying keys with `verifier`, counting rates with `limiter`, with `config`'s
     /// users (default user, host suffix), quotas, trusted proxies and shares.
     pub fn new(

@@ -14,7 +14,7 @@ use geoauth::{Api, UserName};
 use geostack_tiles::{DataviewQuery, MapConfig, TileKey};
 
 use super::gate::{ApiRequest, Gate, Params, respond};
-use super::tile::{coord, origin, tile_response, tilejson as tilejson_of};
+use super::tile::{coord, tile_response, tilejson as tilejson_of, with_key};
 use super::{Error, RedisConnection, Result, Sandbox, ServerConfig, Tiles};
 
 /// How long a stored map config lives after its last instantiation.
@@ -349,7 +349,7 @@ impl<C: RedisConnection> MapsApi<C> {
         };
         let base = format!(
             "{}{}/api/v1/map/{layergroupid}",
-            origin(&req.headers),
+            self.inner.gate.origin(req),
             user_path(&req.path),
         );
         let both = |url: String| serde_json::json!({ "http": url, "https": url });
@@ -683,10 +683,13 @@ async fn tilejson<C: RedisConnection>(State(api): State<MapsApi<C>>, req: ApiReq
                 .map(String::as_str)
                 .unwrap_or_default();
             let config = api.load_map(&caller, &req, token).await?.config;
-            let url = format!(
-                "{}{}/api/v1/map/{token}/{{z}}/{{x}}/{{y}}.mvt",
-                origin(&req.headers),
-                user_path(&req.path)
+            let url = with_key(
+                format!(
+                    "{}{}/api/v1/map/{token}/{{z}}/{{x}}/{{y}}.mvt",
+                    api.inner.gate.origin(&req),
+                    user_path(&req.path)
+                ),
+                req.query.as_deref(),
             );
             Ok::<_, Error>(Json(tilejson_of(token, vec![url], &zooms(&config))).into_response())
         }

@@ -10,11 +10,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use geoauth::{Api, Principal};
-use geostack_tiles::{TableSource, TileKey, discover};
+use geostack_tiles::{AttributeKind, TableSource, TileKey, discover};
 
 use super::gate::{ApiRequest, Gate, respond};
 use super::maps::user_path;
-use super::tile::{coord, origin, tilejson as tilejson_of};
+use super::tile::{coord, tilejson_with_fields, with_key};
 use super::{Error, RedisConnection, Result, Sandbox, Tiles};
 
 /// How long a role's list of tables is kept before it is looked up again.
@@ -164,14 +164,31 @@ async fn tilejson<C: RedisConnection>(
         async {
             let caller = api.inner.gate.caller(&req, Api::Maps).await?;
             let source = api.table(&caller.principal, table_name(&req.path)).await?;
-            let url = format!(
-                "{}{}/tiles/{}/{{z}}/{{x}}/{{y}}.mvt",
-                origin(&req.headers),
-                user_path(&req.path),
-                source.name()
+            let url = with_key(
+                format!(
+                    "{}{}/tiles/{}/{{z}}/{{x}}/{{y}}.mvt",
+                    api.inner.gate.origin(&req),
+                    user_path(&req.path),
+                    source.name()
+                ),
+                req.query.as_deref(),
             );
             let layers = [(source.table.clone(), 0, 22)];
-            Ok::<_, Error>(Json(tilejson_of(&source.name(), vec![url], &layers)).into_response())
+            // The attributes its tiles carry, typed.
+            let fields = source
+                .attributes
+                .iter()
+                .map(|(name, kind)| {
+                    let kind = match kind {
+                        AttributeKind::Text => "String",
+                        AttributeKind::Bool => "Boolean",
+                        _ => "Number",
+                    };
+                    (name.clone(), serde_json::Value::from(kind))
+                })
+                .collect();
+            let json = tilejson_with_fields(&source.name(), vec![url], &layers, &fields);
+            Ok::<_, Error>(Json(json).into_response())
         }
         .await,
     )

@@ -184,6 +184,17 @@ pub(crate) fn tilejson(
     tiles: Vec<String>,
     layers: &[(String, u8, u8)],
 ) -> serde_json::Value {
+    tilejson_with_fields(name, tiles, layers, &serde_json::Map::new())
+}
+
+/// As [`tilejson`], each layer's `fields` (attribute name to `Number`, `String` or `Boolean`)
+/// given.
+pub(crate) fn tilejson_with_fields(
+    name: &str,
+    tiles: Vec<String>,
+    layers: &[(String, u8, u8)],
+    fields: &serde_json::Map<String, serde_json::Value>,
+) -> serde_json::Value {
     let minzoom = layers.iter().map(|l| l.1).min().unwrap_or(0);
     let maxzoom = layers.iter().map(|l| l.2).max().unwrap_or(22).min(22);
     serde_json::json!({
@@ -195,18 +206,57 @@ pub(crate) fn tilejson(
         "bounds": [-180, -85.0511, 180, 85.0511],
         "vector_layers": layers
             .iter()
-            .map(|(id, min, max)| serde_json::json!({ "id": id, "minzoom": min, "maxzoom": max, "fields": {} }))
+            .map(|(id, min, max)| serde_json::json!({ "id": id, "minzoom": min, "maxzoom": max, "fields": fields }))
             .collect::<Vec<_>>(),
     })
 }
 
-/// `http://<host>` of the request, for absolute tile URLs.
-pub(crate) fn origin(headers: &HeaderMap) -> String {
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
+/// `<scheme>://<host>` of the request as its client reached it, for absolute URLs: from a
+/// trusted proxy (its address in `trusted`), `X-Forwarded-Proto` (`http` or `https`) and
+/// `X-Forwarded-Host`; from anyone else, `http` and `Host`.
+pub(crate) fn origin(
+    peer: Option<std::net::SocketAddr>,
+    headers: &HeaderMap,
+    trusted: &[std::net::IpAddr],
+) -> String {
+    let value = |name| {
+        headers
+            .get(name)
+            .and_then(|h: &HeaderValue| h.to_str().ok())
+    };
+    let proxied = peer.is_some_and(|p| trusted.contains(&p.ip()));
+    let forwarded = |name| {
+        value(name)
+            .filter(|_| proxied)
+            .and_then(|v| v.split(',').next())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+    };
+    let host = forwarded("x-forwarded-host")
+        .or_else(|| value(header::HOST.as_str()))
         .unwrap_or("localhost");
-    format!("http://{host}")
+    let scheme = match forwarded("x-forwarded-proto") {
+        Some("https") => "https",
+        _ => "http",
+    };
+    format!("{scheme}://{host}")
+}
+
+/// `url` with the caller's `api_key` when the request carried one in its query, so that a
+/// client following a TileJSON's URLs is the same caller.
+pub(crate) fn with_key(url: String, query: Option<&str>) -> String {
+    let key = query.and_then(|q| {
+        form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "api_key")
+            .map(|(_, v)| v.into_owned())
+    });
+    match key {
+        Some(key) => format!(
+            "{url}?api_key={}",
+            form_urlencoded::byte_serialize(key.as_bytes()).collect::<String>()
+        ),
+        None => url,
+    }
 }
 
 #[cfg(test)]
@@ -218,6 +268,46 @@ mod tests {
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect()
+    }
+
+    #[test]
+    fn forwarded_scheme_and_host_are_believed_from_trusted_proxies_only() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_static("10.0.0.5:8080"));
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        headers.insert(
+            "x-forwarded-host",
+            HeaderValue::from_static("maps.example.org, inner"),
+        );
+        let proxy: std::net::SocketAddr = "10.0.0.1:5000".parse().unwrap();
+        let stranger: std::net::SocketAddr = "192.0.2.7:5000".parse().unwrap();
+        let trusted = [proxy.ip()];
+        assert_eq!(
+            origin(Some(proxy), &headers, &trusted),
+            "https://maps.example.org"
+        );
+        assert_eq!(
+            origin(Some(stranger), &headers, &trusted),
+            "http://10.0.0.5:8080"
+        );
+        assert_eq!(origin(None, &headers, &trusted), "http://10.0.0.5:8080");
+        // A scheme other than http or https is not taken.
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("javascript"));
+        assert_eq!(
+            origin(Some(proxy), &headers, &trusted),
+            "http://maps.example.org"
+        );
+    }
+
+    #[test]
+    fn tile_urls_carry_the_caller_s_key() {
+        let url = "http://h/tiles/t/{z}/{x}/{y}.mvt".to_owned();
+        assert_eq!(
+            with_key(url.clone(), Some("a=1&api_key=k%2B1")),
+            "http://h/tiles/t/{z}/{x}/{y}.mvt?api_key=k%2B1"
+        );
+        assert_eq!(with_key(url.clone(), Some("a=1")), url);
+        assert_eq!(with_key(url.clone(), None), url);
     }
 
     #[test]
