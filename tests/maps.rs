@@ -262,6 +262,39 @@ async fn table_tiles_match_postgis_and_only_readable_tables_are_served() {
         places["vector_layers"][0]["fields"]["pop_max"], "Number",
         "{places}"
     );
+    // Once analyzed, its bounds are where its data is, not the world's.
+    sqlx::raw_sql("analyze places")
+        .execute(app.db.pool())
+        .await
+        .unwrap();
+    let (west, south, east, north): (f64, f64, f64, f64) = sqlx::query_as(
+        "select st_xmin(e), st_ymin(e), st_xmax(e), st_ymax(e) from (select st_extent(geom) e from places) s",
+    )
+    .fetch_one(app.db.pool())
+    .await
+    .unwrap();
+    let places = app.get("/tiles/places").await.json();
+    let bounds: Vec<f64> = serde_json::from_value(places["bounds"].clone()).unwrap();
+    assert_ne!(bounds, [-180.0, -85.0511, 180.0, 85.0511], "{places}");
+    // The estimate holds the data, within its padding (a few percent of the span).
+    let pad = |a: f64, b: f64| (b - a) * 0.05;
+    let facts = format!("{bounds:?} against {west} {south} {east} {north}");
+    assert!(
+        bounds[0] <= west && west - bounds[0] <= pad(west, east),
+        "{facts}"
+    );
+    assert!(
+        bounds[1] <= south && south - bounds[1] <= pad(south, north),
+        "{facts}"
+    );
+    assert!(
+        bounds[2] >= east && bounds[2] - east <= pad(west, east),
+        "{facts}"
+    );
+    assert!(
+        bounds[3] >= north && bounds[3] - north <= pad(south, north),
+        "{facts}"
+    );
     // A keyed caller's URLs carry its key; a forwarded scheme from an untrusted peer is not
     // believed.
     let keyed = app

@@ -187,7 +187,10 @@ async fn tilejson<C: RedisConnection>(
                     (name.clone(), serde_json::Value::from(kind))
                 })
                 .collect();
-            let json = tilejson_with_fields(&source.name(), vec![url], &layers, &fields);
+            // Where the data is, from the table's statistics (the world before it is analyzed).
+            let pool = api.inner.sandbox.pool_of(&caller.principal)?;
+            let bounds = source.bounds(&pool).await?;
+            let json = tilejson_with_fields(&source.name(), vec![url], &layers, &fields, bounds);
             Ok::<_, Error>(Json(json).into_response())
         }
         .await,

@@ -184,16 +184,17 @@ pub(crate) fn tilejson(
     tiles: Vec<String>,
     layers: &[(String, u8, u8)],
 ) -> serde_json::Value {
-    tilejson_with_fields(name, tiles, layers, &serde_json::Map::new())
+    tilejson_with_fields(name, tiles, layers, &serde_json::Map::new(), None)
 }
 
 /// As [`tilejson`], each layer's `fields` (attribute name to `Number`, `String` or `Boolean`)
-/// given.
+/// given, and the data's `bounds` when known (the world's otherwise).
 pub(crate) fn tilejson_with_fields(
     name: &str,
     tiles: Vec<String>,
     layers: &[(String, u8, u8)],
     fields: &serde_json::Map<String, serde_json::Value>,
+    bounds: Option<[f64; 4]>,
 ) -> serde_json::Value {
     let minzoom = layers.iter().map(|l| l.1).min().unwrap_or(0);
     let maxzoom = layers.iter().map(|l| l.2).max().unwrap_or(22).min(22);
@@ -203,7 +204,7 @@ pub(crate) fn tilejson_with_fields(
         "tiles": tiles,
         "minzoom": minzoom,
         "maxzoom": maxzoom,
-        "bounds": [-180, -85.0511, 180, 85.0511],
+        "bounds": bounds.unwrap_or([-180.0, -85.0511, 180.0, 85.0511]),
         "vector_layers": layers
             .iter()
             .map(|(id, min, max)| serde_json::json!({ "id": id, "minzoom": min, "maxzoom": max, "fields": fields }))

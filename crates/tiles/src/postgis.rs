@@ -90,6 +90,40 @@ pub async fn discover(pool: &PgPool) -> Result<Vec<TableSource>> {
 }
 
 impl TableSource {
+    /// The table's extent in degrees, `[west, south, east, north]`, from its planner
+    /// statistics (`ST_EstimatedExtent`: read at once, slightly padded, as fresh as the last
+    /// `ANALYZE`), within Web Mercator's latitudes; `None` before the table was analyzed or for
+    /// a geometry column of unknown SRID.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Database`] when the query fails.
+    pub async fn bounds(&self, pool: &PgPool) -> Result<Option<[f64; 4]>> {
+        if self.srid <= 0 {
+            return Ok(None);
+        }
+        // West, south, east, north; all NULL without statistics.
+        type Extent = (Option<f64>, Option<f64>, Option<f64>, Option<f64>);
+        let row: Extent = sqlx::query_as(
+            "SELECT ST_XMin(b), ST_YMin(b), ST_XMax(b), ST_YMax(b) FROM (SELECT \
+             ST_Transform(ST_SetSRID(ST_EstimatedExtent($1, $2, $3)::geometry, $4), 4326) AS b) s",
+        )
+        .bind(&self.schema)
+        .bind(&self.table)
+        .bind(&self.geometry_column)
+        .bind(self.srid)
+        .persistent(false)
+        .fetch_one(pool)
+        .await
+        .map_err(Error::Database)?;
+        let (Some(west), Some(south), Some(east), Some(north)) = row else {
+            return Ok(None);
+        };
+        let lat = |v: f64| v.clamp(-85.0511, 85.0511);
+        let lon = |v: f64| v.clamp(-180.0, 180.0);
+        Ok(Some([lon(west), lat(south), lon(east), lat(north)]))
+    }
+
     /// `schema.table`.
     pub fn name(&self) -> String {
         format!("{}.{}", self.schema, self.table)
