@@ -107,7 +107,9 @@ pub struct QueueEvent {
     /// events of one batch.
     pub id: String,
     /// `added`, `active`, `progress`, `completed`, `retrying`, `dead`, `stalled`, `released`,
-    /// `cancelled`, `redriven` or `worker-lost`.
+    /// `cancelled`, `updated`, `redriven`, `retried`, `promoted`, `removed` (its detail: the
+    /// state it was in, `drained` or `cleaned`), `paused`, `resumed` (no job), `repeat_parked`
+    /// (the repeat's key) or `worker-lost` (the worker's id).
     pub kind: String,
     /// The job's id (the worker's, for `worker-lost`).
     pub job: String,

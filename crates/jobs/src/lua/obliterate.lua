@@ -11,10 +11,8 @@ for _, set in ipairs({'wait', 'delayed', 'active', 'completed', 'dead', 'cancell
   if n >= max then break end
   local ids = redis.call('ZRANGE', P .. set, 0, max - n - 1)
   for _, id in ipairs(ids) do
-    if set == 'active' then
-      redis.call('ZREM', P .. 'active', id)
-      redis.call('HSET', jk(id), 'state', 'dead')
-    end
+    -- forget() leaves the active set alone: a running job is taken out of it here.
+    if set == 'active' then redis.call('ZREM', P .. 'active', id) end
     forget(id)
   end
   n = n + #ids
