@@ -45,6 +45,7 @@ pub struct ServerConfig {
     pub(crate) map_config_limit: usize,
     pub(crate) maps_per_user: usize,
     pub(crate) key_layout: KeyLayout,
+    pub(crate) operators: Vec<String>,
 }
 
 /// Where the server reads API keys.
@@ -108,6 +109,7 @@ impl Default for ServerConfig {
             map_config_limit: 256 << 10,
             maps_per_user: 1000,
             key_layout: KeyLayout::Native,
+            operators: Vec::new(),
         }
     }
 }
@@ -297,6 +299,15 @@ impl ServerConfig {
     /// Where API keys are read. Default [`KeyLayout::Native`].
     pub fn key_layout(mut self, layout: KeyLayout) -> Self {
         self.key_layout = layout;
+        self
+    }
+
+    /// The users whose master key operates the server's job queues: the jobs dashboard
+    /// ([`JobsDashboard`](super::JobsDashboard)) shows every tenant's jobs and acts on whole
+    /// queues, so it is not for every user's master key. Default none: the dashboard answers
+    /// 403 to everyone.
+    pub fn operators(mut self, users: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.operators = users.into_iter().map(Into::into).collect();
         self
     }
 }

@@ -9,6 +9,7 @@
 //! | `GET /api/v1/map/{token}[/{layers}]/{z}/{x}/{y}.mvt`, `…/{token}/tilejson.json` | its tiles |
 //! | `GET\|POST /api/v3/api_keys`, `GET\|DELETE /api/v3/api_keys/{name}`, `POST …/{name}/token/regenerate` | CARTO's Auth API: keys listed, made, shown, deleted, given a new token (the master key manages them all) |
 //! | `GET /tiles/{table}/{z}/{x}/{y}.mvt`, `/tiles/{table}.json` | tiles of a table the caller may read |
+//! | `GET /jobs`, `/api/v1/jobs/…` | the jobs dashboard and its JSON API, live by Server-Sent Events, for the operators' master keys ([`JobsDashboard`]) |
 //! | `GET /` | a MapLibre page of the tables and a SQL box (feature `page`) |
 //! | `GET /health`, `GET /ready` | the process answers; PostgreSQL and Redis answer too (503 otherwise) |
 //!
@@ -20,8 +21,9 @@
 //!
 //! [`Server`] composes them all. Each API is also a router of its own, to mount beside one's
 //! own routes: [`SqlApi`], [`BatchApi`], [`MapsApi`], [`TablesApi`], [`AuthApi`],
-//! [`Health`] and [`page`], built from the pieces they share — the [`Gate`] every request
-//! passes (user, key, rate, fair share), the [`Sandbox`] every caller's SQL runs in and the
+//! [`JobsDashboard`], [`Health`] and [`page`], built from the pieces they share — the [`Gate`]
+//! every request passes (user, key, rate, fair share), the [`Sandbox`] every caller's SQL runs
+//! in and the
 //! [`Tiles`] cache — and wrapped, if one likes, in the same [`edge`]. Every piece is generic
 //! over its Redis connection ([`RedisConnection`]): a `ConnectionManager` for one Redis, a
 //! cluster connection for a Redis Cluster.
@@ -47,6 +49,7 @@ mod batch_sql;
 mod config;
 mod conn;
 mod copy;
+mod dashboard;
 mod edge;
 mod error;
 mod fair;
@@ -75,6 +78,7 @@ pub use batch::{BatchApi, BatchHandler, BatchQuery};
 pub use batch_sql::{BatchSql, Fallback, MAX_STATEMENTS, Step};
 pub use config::{KeyLayout, ServerConfig};
 pub use conn::{GuardedListener, GuardedStream, Peer};
+pub use dashboard::JobsDashboard;
 pub use edge::edge;
 pub use error::{Error, Result};
 pub use fair::Admission;
@@ -163,8 +167,8 @@ where
 pub const BATCH_QUEUE: &str = "batch-sql";
 
 /// Every API of the composed server, on one Redis connection (`C`) and one PostgreSQL: SQL,
-/// Batch, Maps, table tiles, Auth, health and (feature `page`) the map page, sharing one
-/// [`Gate`], one [`Sandbox`] and one [`Tiles`] cache. Cheap to clone.
+/// Batch, Maps, table tiles, Auth, the jobs dashboard, health and (feature `page`) the map
+/// page, sharing one [`Gate`], one [`Sandbox`] and one [`Tiles`] cache. Cheap to clone.
 #[derive(Clone)]
 pub struct Server<C = ConnectionManager> {
     inner: Arc<Inner<C>>,
@@ -179,6 +183,7 @@ struct Inner<C> {
     maps: MapsApi<C>,
     tables: TablesApi<C>,
     auth: AuthApi<C>,
+    dashboard: JobsDashboard<C>,
     health: Health<C>,
     config: ServerConfig,
 }
@@ -270,6 +275,7 @@ impl<C: RedisConnection> Server<C> {
         Self {
             inner: Arc::new(Inner {
                 sql: SqlApi::new(gate.clone(), sandbox.clone()).invalidating(tiles.clone()),
+                dashboard: JobsDashboard::new(gate.clone(), [queue.clone()]),
                 batch: BatchApi::new(gate.clone(), sandbox.clone(), queue),
                 maps: MapsApi::new(
                     gate.clone(),
@@ -298,7 +304,8 @@ impl<C: RedisConnection> Server<C> {
             .merge(inner.batch.router())
             .merge(inner.maps.router())
             .merge(inner.tables.router())
-            .merge(inner.auth.router());
+            .merge(inner.auth.router())
+            .merge(inner.dashboard.router());
         // The map page and MapLibre's files (about 800 KB) only when asked for.
         #[cfg(feature = "page")]
         let router = router.merge(page());
@@ -343,6 +350,11 @@ impl<C: RedisConnection> Server<C> {
     /// The Auth API, and keys made and revoked by a program.
     pub fn auth(&self) -> &AuthApi<C> {
         &self.inner.auth
+    }
+
+    /// The jobs dashboard over the batch queue.
+    pub fn dashboard(&self) -> &JobsDashboard<C> {
+        &self.inner.dashboard
     }
 
     /// A worker for the batch queue: [`BatchApi::worker`].

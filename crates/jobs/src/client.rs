@@ -93,24 +93,14 @@ impl<K: Connector + Clone> Jobs<K> {
     where
         C: redis::aio::ConnectionLike + Clone + Send + Sync + 'static,
     {
-        let mut conn = self.connector.blocking().await?;
+        let conn = self.connector.blocking().await?;
         let key = format!("{}events", queue.key_prefix());
         let last = match after {
             Some(id) => id.to_owned(),
-            None => {
-                // The newest entry's id: what comes after it is new.
-                let newest: Vec<(String, HashMap<String, String>)> = redis::cmd("XREVRANGE")
-                    .arg(&key)
-                    .arg("+")
-                    .arg("-")
-                    .arg("COUNT")
-                    .arg(1)
-                    .query_async(&mut conn)
-                    .await?;
-                newest
-                    .first()
-                    .map_or_else(|| "0-0".to_owned(), |(id, _)| id.clone())
-            }
+            None => queue
+                .newest_event()
+                .await?
+                .unwrap_or_else(|| "0-0".to_owned()),
         };
         Ok(Subscription { conn, key, last })
     }

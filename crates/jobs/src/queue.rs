@@ -441,6 +441,24 @@ where
         Ok(queue_events(entries))
     }
 
+    /// The id of the newest entry of the queue's event stream (`None` while it is empty): what
+    /// comes after it is new, for [`Queue::events`]' `after`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unavailable`].
+    pub async fn newest_event(&self) -> Result<Option<String>> {
+        let newest: Vec<(String, HashMap<String, String>)> = redis::cmd("XREVRANGE")
+            .arg(format!("{}events", self.prefix))
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(newest.into_iter().next().map(|(id, _)| id))
+    }
+
     /// Moves up to `max` jobs from the dead letter back to the wait queue with fresh attempts.
     ///
     /// # Errors

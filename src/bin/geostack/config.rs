@@ -16,7 +16,7 @@ use serde::Deserialize;
 
 /// The top-level settings and sections, as named in the file (and, upper-cased, in
 /// `GEOSTACK_…` variables).
-const SETTINGS: [&str; 20] = [
+const SETTINGS: [&str; 21] = [
     "listen",
     "database_url",
     "redis_url",
@@ -32,6 +32,7 @@ const SETTINGS: [&str; 20] = [
     "key_layout",
     "carto_keys_db",
     "trusted_proxies",
+    "operators",
     "sql",
     "quotas",
     "pools",
@@ -71,6 +72,7 @@ pub(crate) struct Config {
     pub(crate) key_layout: Layout,
     carto_keys_db: Option<i64>,
     trusted_proxies: Option<Vec<IpAddr>>,
+    operators: Option<Vec<String>>,
     #[serde(default)]
     sql: Sql,
     #[serde(default)]
@@ -258,6 +260,13 @@ impl Config {
         }
         if let Some(proxies) = &self.trusted_proxies {
             c = c.trusted_proxies(proxies.iter().copied());
+        }
+        if let Some(users) = &self.operators {
+            for user in users {
+                geostack::auth::UserName::new(user.as_str())
+                    .map_err(|e| Invalid(format!("operators: {e}")))?;
+            }
+            c = c.operators(users.iter().cloned());
         }
         let secs = Duration::from_secs;
         let s = &self.sql;
