@@ -926,3 +926,139 @@ async fn a_write_through_the_sql_api_drops_its_tables_cached_tiles() {
     assert_ne!(second.header("etag"), first.header("etag"));
     assert_eq!(decode(&second.body).unwrap().layers[0].features.len(), 2);
 }
+
+#[tokio::test]
+async fn table_sources_are_shaped_by_their_path_and_seen_once_granted() {
+    let app = app().await;
+    let role = app.regular_role.name().to_owned();
+    let keyed = |path: &str| format!("{path}?api_key={}", app.regular);
+    sqlx::raw_sql(
+        "create table shaped (gid int, name text, geom geometry(Point, 4326),
+                              geom3857 geometry(Point, 3857));
+         insert into shaped
+           select n, 'p' || n, ST_SetSRID(ST_MakePoint(n * 10, n * 5), 4326),
+                  ST_Transform(ST_SetSRID(ST_MakePoint(-n * 10, -n * 5), 4326), 3857)
+           from generate_series(1, 3) n;
+         create view shaped_view as select gid as cartodb_id, name, geom from shaped;",
+    )
+    .execute(app.db.pool())
+    .await
+    .unwrap();
+    // Not granted yet: not there; granted, there within a second.
+    let r = app.get(&keyed("/tiles/shaped/0/0/0.mvt")).await;
+    assert_eq!(r.status, 404, "{}", r.text());
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "grant select on shaped, shaped_view to \"{role}\""
+    )))
+    .execute(app.db.pool())
+    .await
+    .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let first = app.get(&keyed("/tiles/shaped/0/0/0.mvt")).await;
+    assert_eq!(first.status, 200, "{}", first.text());
+
+    // Its other geometry column, chosen by name (its points mirror the first column's: west
+    // and south of 0/0 instead of east and north); the table has no key, so no ids.
+    let points = |body: &[u8]| {
+        let tile = decode(body).unwrap();
+        let layer = &tile.layers[0];
+        let points: Vec<(Option<u64>, [i32; 2])> = layer
+            .features
+            .iter()
+            .map(|f| match &f.geometry {
+                TileGeometry::Points(p) => (f.id, p[0]),
+                other => panic!("not a point: {other:?}"),
+            })
+            .collect();
+        (layer.name.clone(), points)
+    };
+    let (_, east) = points(&first.body);
+    assert!(
+        east.iter().all(|(_, [x, y])| *x > 2048 && *y < 2048),
+        "{east:?}"
+    );
+    let other = app.get(&keyed("/tiles/shaped.geom3857/0/0/0.mvt")).await;
+    assert_eq!(other.status, 200, "{}", other.text());
+    let (name, west) = points(&other.body);
+    assert_eq!(name, "shaped");
+    assert_eq!(west.len(), 3);
+    assert!(
+        west.iter().all(|(_, [x, y])| *x < 2048 && *y > 2048),
+        "{west:?}"
+    );
+    assert!(west.iter().all(|(id, _)| id.is_none()));
+    let tilejson = app.get(&keyed("/tiles/shaped.geom3857")).await.json();
+    assert_eq!(
+        tilejson["tiles"][0].as_str().unwrap(),
+        format!(
+            "http://{}/tiles/public.shaped.geom3857/{{z}}/{{x}}/{{y}}.mvt?api_key={}",
+            app.addr, app.regular
+        )
+    );
+    assert_eq!(
+        app.get(&keyed("/tiles/shaped.nothing/0/0/0.mvt"))
+            .await
+            .status,
+        404
+    );
+
+    // A view: ids from its cartodb_id column.
+    let view = app.get(&keyed("/tiles/shaped_view/0/0/0.mvt")).await;
+    assert_eq!(view.status, 200, "{}", view.text());
+    let mut ids: Vec<u64> = points(&view.body)
+        .1
+        .into_iter()
+        .map(|(id, _)| id.unwrap())
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, [1, 2, 3]);
+
+    // Two sources, one tile: a layer each, as each alone; TileJSON lists both with their own
+    // fields.
+    let both = app.get("/tiles/countries,places/0/0/0.mvt").await;
+    assert_eq!(both.status, 200, "{}", both.text());
+    let both = decode(&both.body).unwrap();
+    let names: Vec<&str> = both.layers.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(names, ["countries", "places"]);
+    for (i, table) in ["countries", "places"].into_iter().enumerate() {
+        let alone = decode(&app.get(&format!("/tiles/{table}/0/0/0.mvt")).await.body).unwrap();
+        assert_eq!(
+            both.layers[i].features.len(),
+            alone.layers[0].features.len()
+        );
+    }
+    let tilejson = app.get("/tiles/countries,places").await.json();
+    let layers = tilejson["vector_layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 2);
+    assert_eq!(layers[0]["fields"]["iso"], "String");
+    assert_eq!(layers[1]["fields"]["pop_max"], "Number");
+    assert!(layers[0]["fields"].get("pop_max").is_none());
+    // A source the caller may not read spoils the whole tile; one layer name twice is refused.
+    assert_eq!(
+        app.get("/tiles/countries,notes/0/0/0.mvt").await.status,
+        404
+    );
+    assert_eq!(
+        app.get("/tiles/countries,public.countries/0/0/0.mvt")
+            .await
+            .status,
+        400
+    );
+}
+
+#[tokio::test]
+async fn without_a_tile_cache_every_tile_is_rendered_afresh() {
+    let app = app_with(|c| c.tile_cache(0, std::time::Duration::from_secs(300))).await;
+    let tile = format!("/tiles/notes/0/0/0.mvt?api_key={}", app.regular);
+    assert_eq!(app.get(&tile).await.status, 204);
+    // Written straight into PostgreSQL (no API write to drop a cached tile): seen at once.
+    sqlx::raw_sql(
+        "insert into notes (note, geom) values ('x', ST_SetSRID(ST_MakePoint(1, 1), 4326))",
+    )
+    .execute(app.db.pool())
+    .await
+    .unwrap();
+    let after = app.get(&tile).await;
+    assert_eq!(after.status, 200, "{}", after.text());
+    assert_eq!(decode(&after.body).unwrap().layers[0].features.len(), 1);
+}

@@ -46,6 +46,7 @@ pub struct ServerConfig {
     pub(crate) maps_per_user: usize,
     pub(crate) key_layout: KeyLayout,
     pub(crate) operators: Vec<String>,
+    pub(crate) tile_id_columns: Vec<String>,
 }
 
 /// Where the server reads API keys.
@@ -110,6 +111,9 @@ impl Default for ServerConfig {
             maps_per_user: 1000,
             key_layout: KeyLayout::Native,
             operators: Vec::new(),
+            tile_id_columns: geostack_tiles::DEFAULT_ID_COLUMNS
+                .map(str::to_owned)
+                .to_vec(),
         }
     }
 }
@@ -288,11 +292,20 @@ impl ServerConfig {
         self
     }
 
-    /// How many bytes of tiles the in-process cache keeps, and for how long. Default 64 MiB,
-    /// 300 s.
+    /// How many bytes of tiles the in-process cache keeps, and for how long; 0 bytes switches
+    /// the cache off (every tile is rendered when asked; concurrent requests for one tile still
+    /// share one render). Default 64 MiB, 300 s.
     pub fn tile_cache(mut self, bytes: u64, ttl: Duration) -> Self {
         self.tile_cache_bytes = bytes;
         self.tile_cache_ttl = ttl;
+        self
+    }
+
+    /// The columns table tiles take feature ids from when a table has no one-column integer
+    /// primary key (a view has none), the first an integer column of the table has. Default
+    /// [`DEFAULT_ID_COLUMNS`](geostack_tiles::DEFAULT_ID_COLUMNS): `cartodb_id`, then `id`.
+    pub fn tile_id_columns(mut self, columns: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.tile_id_columns = columns.into_iter().map(Into::into).collect();
         self
     }
 

@@ -8,7 +8,7 @@
 //! | `POST /api/v1/map` | a layergroup config → its token and TileJSON |
 //! | `GET /api/v1/map/{token}[/{layers}]/{z}/{x}/{y}.mvt`, `…/{token}/tilejson.json` | its tiles |
 //! | `GET\|POST /api/v3/api_keys`, `GET\|DELETE /api/v3/api_keys/{name}`, `POST …/{name}/token/regenerate` | CARTO's Auth API: keys listed, made, shown, deleted, given a new token (the master key manages them all) |
-//! | `GET /tiles/{table}/{z}/{x}/{y}.mvt`, `/tiles/{table}.json` | tiles of a table the caller may read |
+//! | `GET /tiles/{source}/{z}/{x}/{y}.mvt`, `/tiles/{source}` | tiles of tables and views the caller may read ([`TablesApi`]: a geometry column chosen, several sources in one tile) |
 //! | `GET /jobs`, `/api/v1/jobs/…` | the jobs dashboard and its JSON API, live by Server-Sent Events, for the operators' master keys ([`JobsDashboard`]) |
 //! | `GET /` | a MapLibre page of the tables and a SQL box (feature `page`) |
 //! | `GET /health`, `GET /ready` | the process answers; PostgreSQL and Redis answer too (503 otherwise) |

@@ -1,5 +1,7 @@
-//! Table tiles, as Martin serves them: `/tiles/{table}/{z}/{x}/{y}.mvt` for every table with a
-//! geometry column the caller's role may read, and `/tiles/{table}` as TileJSON.
+//! Table tiles, as Martin serves them: `/tiles/{source}/{z}/{x}/{y}.mvt` for every table and
+//! view with a geometry column the caller's role may read, and `/tiles/{source}` as TileJSON. A
+//! source is `table` or `schema.table`, with `.column` to choose another geometry column than
+//! the first; several joined by commas make one tile with a layer each.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -10,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use geoauth::{Api, Principal};
-use geostack_tiles::{AttributeKind, TableSource, TileKey, discover};
+use geostack_tiles::{AttributeKind, TableSource, TileBuilder, TileKey, discover_with_ids};
 
 use super::gate::{ApiRequest, Gate, respond};
 use super::maps::user_path;
@@ -19,14 +21,23 @@ use super::{Error, RedisConnection, Result, Sandbox, Tiles};
 
 /// How long a role's list of tables is kept before it is looked up again.
 const TABLES_TTL: Duration = Duration::from_secs(60);
+/// A table the list lacks is looked up again at once, at most this often per role: a grant
+/// made a moment ago is seen, and unknown names cannot make every request a lookup.
+const TABLES_RECHECK: Duration = Duration::from_secs(1);
+/// The most sources one composite tile joins.
+const MAX_SOURCES: usize = 16;
 
 /// A role's readable tables and when they were looked up.
 type Discovered = (Instant, Arc<Vec<TableSource>>);
 
-/// Tiles of the tables a caller may read, as Martin serves them:
-/// `GET /tiles/{table}/{z}/{x}/{y}.mvt` and `GET /tiles/{table}` (TileJSON), also under
-/// `/user/{user}`. The caller's role must be able to read the table, and a key that lists its
-/// tables must list it.
+/// Tiles of the tables and views a caller may read, as Martin serves them:
+/// `GET /tiles/{source}/{z}/{x}/{y}.mvt` and `GET /tiles/{source}` (TileJSON), also under
+/// `/user/{user}`. A source is `table` or `schema.table` (its first geometry column), or either
+/// with `.column` (that geometry column: `places.geom3857`); `a,b` joins sources into one tile
+/// with a layer each, named after their tables (at most 16). Feature ids come from the primary
+/// key, else from [`ServerConfig::tile_id_columns`](super::ServerConfig::tile_id_columns). The
+/// caller's role must be able to read each table, and a key that lists its tables must list it.
+/// A table the caller was granted a moment ago is found at once.
 ///
 /// ```no_run
 /// # fn demo(gate: geostack::server::Gate, sandbox: geostack::server::Sandbox) {
@@ -73,41 +84,110 @@ impl<C: RedisConnection> TablesApi<C> {
         )
     }
 
-    /// The table `name` (`table` or `schema.table`) among those the caller's role may read.
-    async fn table(&self, principal: &Principal, name: &str) -> Result<TableSource> {
+    /// The sources `names` (comma-separated) among the tables the caller's role may read, each
+    /// also allowed by the caller's key, with their canonical names (`schema.table`, and
+    /// `.column` when one was chosen).
+    async fn sources(
+        &self,
+        principal: &Principal,
+        names: &str,
+    ) -> Result<Vec<(TableSource, String)>> {
+        let names: Vec<&str> = names.split(',').collect();
+        if names.len() > MAX_SOURCES {
+            return Err(Error::BadRequest(format!(
+                "at most {MAX_SOURCES} sources in one tile"
+            )));
+        }
         let role = principal.db_role().name().to_owned();
-        let cached = {
+        let mut tables = self.discovered(principal, &role, false).await?;
+        let mut sources = Vec::with_capacity(names.len());
+        for name in names {
+            let mut found = find(&tables.1, name);
+            // Not there: granted since the list was made, perhaps.
+            if found.is_none() && tables.0.elapsed() >= TABLES_RECHECK {
+                tables = self.discovered(principal, &role, true).await?;
+                found = find(&tables.1, name);
+            }
+            let (source, chosen) = found.ok_or_else(|| {
+                Error::NotFound(format!("no table {name} with a geometry column"))
+            })?;
+            let source = source.clone();
+            // The key's grants as well as its role's: a key that lists its tables reads no
+            // other, whatever its role could.
+            let table: geoauth::TableName = source
+                .name()
+                .parse()
+                .map_err(|_| Error::NotFound(format!("no table {}", source.name())))?;
+            principal.authorize_table(&table, geoauth::Privilege::Select)?;
+            if sources
+                .iter()
+                .any(|(s, _): &(TableSource, String)| s.table == source.table)
+            {
+                return Err(Error::BadRequest(format!(
+                    "two layers of one tile would be named {}",
+                    source.table
+                )));
+            }
+            let canonical = if chosen {
+                format!("{}.{}", source.name(), source.geometry_column)
+            } else {
+                source.name()
+            };
+            sources.push((source, canonical));
+        }
+        Ok(sources)
+    }
+
+    /// The tables `role` may read: as last looked up (within [`TABLES_TTL`]), or afresh.
+    async fn discovered(
+        &self,
+        principal: &Principal,
+        role: &str,
+        fresh: bool,
+    ) -> Result<Discovered> {
+        if !fresh {
             let tables = self
                 .inner
                 .tables
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            tables
-                .get(&role)
-                .filter(|(at, _)| at.elapsed() < TABLES_TTL)
-                .map(|(_, t)| Arc::clone(t))
-        };
-        let tables = match cached {
-            Some(t) => t,
-            None => {
-                let found = Arc::new(discover(&self.inner.sandbox.pool_of(principal)?).await?);
-                self.inner
-                    .tables
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .insert(role, (Instant::now(), Arc::clone(&found)));
-                found
+            if let Some((at, found)) = tables.get(role).filter(|(at, _)| at.elapsed() < TABLES_TTL)
+            {
+                return Ok((*at, Arc::clone(found)));
             }
-        };
-        tables
-            .iter()
-            .find(|t| t.name() == name || (t.schema == "public" && t.table == name))
-            .cloned()
-            .ok_or_else(|| Error::NotFound(format!("no table {name} with a geometry column")))
+        }
+        let ids = &self.inner.gate.config().tile_id_columns;
+        let found =
+            Arc::new(discover_with_ids(&self.inner.sandbox.pool_of(principal)?, ids).await?);
+        let at = Instant::now();
+        self.inner
+            .tables
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(role.to_owned(), (at, Arc::clone(&found)));
+        Ok((at, found))
     }
 }
 
-/// The table's name without the tile path's extension.
+/// The source `name` among `tables`: `schema.table` or a `public` table's name (its first
+/// geometry column), else either followed by `.column` (then `true`).
+fn find<'a>(tables: &'a [TableSource], name: &str) -> Option<(&'a TableSource, bool)> {
+    let is = |t: &TableSource, table: &str| {
+        t.name() == table || (t.schema == "public" && t.table == table)
+    };
+    match tables.iter().find(|t| is(t, name)) {
+        Some(t) => Some((t, false)),
+        None => {
+            let (table, column) = name.rsplit_once('.')?;
+            tables
+                .iter()
+                .find(|t| is(t, table) && t.geometry_column == column)
+                .map(|t| (t, true))
+        }
+    }
+}
+
+/// The sources' names in the tile path, without the extension.
 fn table_name(path: &HashMap<String, String>) -> &str {
     let raw = path.get("table").map(String::as_str).unwrap_or_default();
     raw.strip_suffix(".json").unwrap_or(raw)
@@ -119,25 +199,25 @@ async fn tile<C: RedisConnection>(State(api): State<TablesApi<C>>, req: ApiReque
         async {
             let caller = inner.gate.caller(&req, Api::Maps).await?;
             let coord = coord(&req.path)?;
-            let source = api.table(&caller.principal, table_name(&req.path)).await?;
-            // The key's grants as well as its role's: a key that lists its tables reads no
-            // other, whatever its role could.
-            let table: geoauth::TableName = source
-                .name()
-                .parse()
-                .map_err(|_| Error::NotFound(format!("no table {}", source.name())))?;
-            caller
-                .principal
-                .authorize_table(&table, geoauth::Privilege::Select)?;
+            let named = api
+                .sources(&caller.principal, table_name(&req.path))
+                .await?;
             let pool = inner.sandbox.pool_of(&caller.principal)?;
+            // Each source with its geometry column: one table's columns are different tiles.
+            let ids: Vec<String> = named
+                .iter()
+                .map(|(s, _)| format!("{}.{}", s.name(), s.geometry_column))
+                .collect();
+            let sources: Vec<TableSource> = named.into_iter().map(|(s, _)| s).collect();
             let key = TileKey::new(
                 format!(
                     "table:{}:{}",
-                    source.name(),
+                    ids.join(","),
                     caller.principal.db_role().name()
                 ),
                 coord,
             );
+            let tags = sources.iter().map(TableSource::name).collect();
             let options = inner.tiles.options().clone();
             let sandbox = inner.sandbox.options();
             inner
@@ -147,8 +227,16 @@ async fn tile<C: RedisConnection>(State(api): State<TablesApi<C>>, req: ApiReque
                     &caller,
                     &req.headers,
                     key,
-                    vec![source.name()],
-                    || async move { source.tile(&pool, &sandbox, coord, &options).await },
+                    tags,
+                    || async move {
+                        let mut tile = TileBuilder::new(coord, &options);
+                        for source in &sources {
+                            let mut layer = tile.layer(&source.table);
+                            source.fill(&pool, &sandbox, &mut layer).await?;
+                            layer.finish()?;
+                        }
+                        tile.into_bytes()
+                    },
                 )
                 .await
         }
@@ -163,34 +251,57 @@ async fn tilejson<C: RedisConnection>(
     respond(
         async {
             let caller = api.inner.gate.caller(&req, Api::Maps).await?;
-            let source = api.table(&caller.principal, table_name(&req.path)).await?;
+            let named = api
+                .sources(&caller.principal, table_name(&req.path))
+                .await?;
+            let names: Vec<&str> = named.iter().map(|(_, name)| name.as_str()).collect();
+            let names = names.join(",");
             let url = with_key(
                 format!(
-                    "{}{}/tiles/{}/{{z}}/{{x}}/{{y}}.mvt",
+                    "{}{}/tiles/{names}/{{z}}/{{x}}/{{y}}.mvt",
                     api.inner.gate.origin(&req),
                     user_path(&req.path),
-                    source.name()
                 ),
                 req.query.as_deref(),
             );
-            let layers = [(source.table.clone(), 0, 22)];
-            // The attributes its tiles carry, typed.
-            let fields = source
-                .attributes
+            let sources: Vec<TableSource> = named.into_iter().map(|(s, _)| s).collect();
+            let layers: Vec<_> = sources.iter().map(|s| (s.table.clone(), 0, 22)).collect();
+            // The attributes each layer's features carry, typed.
+            let fields: Vec<_> = sources
                 .iter()
-                .map(|(name, kind)| {
-                    let kind = match kind {
-                        AttributeKind::Text => "String",
-                        AttributeKind::Bool => "Boolean",
-                        _ => "Number",
-                    };
-                    (name.clone(), serde_json::Value::from(kind))
+                .map(|s| {
+                    s.attributes
+                        .iter()
+                        .map(|(name, kind)| {
+                            let kind = match kind {
+                                AttributeKind::Text => "String",
+                                AttributeKind::Bool => "Boolean",
+                                _ => "Number",
+                            };
+                            (name.clone(), serde_json::Value::from(kind))
+                        })
+                        .collect()
                 })
                 .collect();
-            // Where the data is, from the table's statistics (the world before it is analyzed).
+            // Where the data is, from the tables' statistics (the world before they are
+            // analyzed): the box around them all.
             let pool = api.inner.sandbox.pool_of(&caller.principal)?;
-            let bounds = source.bounds(&pool).await?;
-            let json = tilejson_with_fields(&source.name(), vec![url], &layers, &fields, bounds);
+            let mut bounds: Option<[f64; 4]> = None;
+            for source in &sources {
+                let Some(b) = source.bounds(&pool).await? else {
+                    bounds = None;
+                    break;
+                };
+                bounds = Some(bounds.map_or(b, |a| {
+                    [
+                        a[0].min(b[0]),
+                        a[1].min(b[1]),
+                        a[2].max(b[2]),
+                        a[3].max(b[3]),
+                    ]
+                }));
+            }
+            let json = tilejson_with_fields(&names, vec![url], &layers, &fields, bounds);
             Ok::<_, Error>(Json(json).into_response())
         }
         .await,

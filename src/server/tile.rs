@@ -38,6 +38,8 @@ pub struct Tiles {
 
 struct Inner {
     cache: MemoryTileCache,
+    /// Whether tiles are kept (a cache of 0 bytes: never).
+    caching: bool,
     flights: SingleFlight,
     options: TileOptions,
 }
@@ -48,6 +50,7 @@ impl Tiles {
         Self {
             inner: Arc::new(Inner {
                 cache: MemoryTileCache::new(config.tile_cache_bytes, config.tile_cache_ttl),
+                caching: config.tile_cache_bytes > 0,
                 flights: SingleFlight::default(),
                 options: config.tile_options.clone(),
             }),
@@ -103,12 +106,15 @@ impl Tiles {
         Ok(tile_response(caller, headers, &tile))
     }
 
-    /// The tile under `key` if the cache holds it.
+    /// The tile under `key` if the cache holds it (never with the cache switched off).
     ///
     /// # Errors
     ///
     /// [`Error::Tiles`](super::Error::Tiles) when the cache cannot be read.
     pub async fn cached(&self, key: &TileKey) -> Result<Option<CachedTile>> {
+        if !self.inner.caching {
+            return Ok(None);
+        }
         let tile = self.inner.cache.get(key).await?;
         super::metrics::tile_cache(tile.is_some());
         Ok(tile)
@@ -142,7 +148,9 @@ impl Tiles {
             .flights
             .run(key, || async {
                 let tile = CachedTile::new(render().await?);
-                cache.put(key, &tile, tables).await?;
+                if self.inner.caching {
+                    cache.put(key, &tile, tables).await?;
+                }
                 Ok(tile)
             })
             .await?)
@@ -184,7 +192,7 @@ pub(crate) fn tilejson(
     tiles: Vec<String>,
     layers: &[(String, u8, u8)],
 ) -> serde_json::Value {
-    tilejson_with_fields(name, tiles, layers, &serde_json::Map::new(), None)
+    tilejson_with_fields(name, tiles, layers, &[], None)
 }
 
 /// As [`tilejson`], each layer's `fields` (attribute name to `Number`, `String` or `Boolean`)
@@ -193,7 +201,7 @@ pub(crate) fn tilejson_with_fields(
     name: &str,
     tiles: Vec<String>,
     layers: &[(String, u8, u8)],
-    fields: &serde_json::Map<String, serde_json::Value>,
+    fields: &[serde_json::Map<String, serde_json::Value>],
     bounds: Option<[f64; 4]>,
 ) -> serde_json::Value {
     let minzoom = layers.iter().map(|l| l.1).min().unwrap_or(0);
@@ -207,7 +215,11 @@ pub(crate) fn tilejson_with_fields(
         "bounds": bounds.unwrap_or([-180.0, -85.0511, 180.0, 85.0511]),
         "vector_layers": layers
             .iter()
-            .map(|(id, min, max)| serde_json::json!({ "id": id, "minzoom": min, "maxzoom": max, "fields": fields }))
+            .enumerate()
+            .map(|(i, (id, min, max))| {
+                let fields = fields.get(i).cloned().unwrap_or_default();
+                serde_json::json!({ "id": id, "minzoom": min, "maxzoom": max, "fields": fields })
+            })
             .collect::<Vec<_>>(),
     })
 }

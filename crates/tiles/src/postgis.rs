@@ -44,13 +44,42 @@ pub struct TableSource {
     pub attributes: Vec<(String, AttributeKind)>,
 }
 
-/// Every table with a geometry column that the pool's role may read.
+/// The columns a table without a one-column integer primary key (a view, say) takes its
+/// feature ids from, the first found first: CARTO's `cartodb_id`, then `id`.
+pub const DEFAULT_ID_COLUMNS: [&str; 2] = ["cartodb_id", "id"];
+
+/// Every table and view with a geometry column that the pool's role may read; feature ids from
+/// each one's primary key, else from the first of [`DEFAULT_ID_COLUMNS`] it has.
 ///
 /// # Errors
 ///
 /// [`Error::Database`] when the query fails.
 pub async fn discover(pool: &PgPool) -> Result<Vec<TableSource>> {
+    discover_with_ids(pool, &DEFAULT_ID_COLUMNS).await
+}
+
+/// [`discover`], the feature ids of a table without a one-column integer primary key taken
+/// from the first integer column it has among `id_columns`.
+///
+/// ```no_run
+/// # async fn demo(pool: sqlx::PgPool) -> geostack_tiles::Result<()> {
+/// let tables = geostack_tiles::discover_with_ids(&pool, &["gid", "cartodb_id"]).await?;
+/// for t in &tables {
+///     println!("{} ids from {:?}", t.name(), t.id_column);
+/// }
+/// # Ok(()) }
+/// ```
+///
+/// # Errors
+///
+/// [`Error::Database`] when the query fails.
+pub async fn discover_with_ids(
+    pool: &PgPool,
+    id_columns: &[impl AsRef<str>],
+) -> Result<Vec<TableSource>> {
+    let id_columns: Vec<&str> = id_columns.iter().map(AsRef::as_ref).collect();
     let rows: Vec<PgRow> = sqlx::query(include_str!("sql/discover.sql"))
+        .bind(id_columns)
         .persistent(false)
         .fetch_all(pool)
         .await

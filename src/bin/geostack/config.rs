@@ -163,6 +163,7 @@ struct Tiles {
     cache_bytes: Option<u64>,
     cache_ttl_secs: Option<u64>,
     max_renders_per_caller: Option<u32>,
+    id_columns: Option<Vec<String>>,
 }
 
 #[derive(Default, Deserialize)]
@@ -342,10 +343,14 @@ impl Config {
             t.cache_ttl_secs,
             "tiles.cache_bytes and tiles.cache_ttl_secs",
         )? {
-            c = c.tile_cache(positive("tiles.cache_bytes", bytes)?, secs(ttl));
+            // 0 bytes: no cache.
+            c = c.tile_cache(bytes, secs(ttl));
         }
         if let Some(n) = t.max_renders_per_caller {
             c = c.max_renders_per_caller(n);
+        }
+        if let Some(columns) = &t.id_columns {
+            c = c.tile_id_columns(columns.iter().cloned());
         }
         let m = &self.maps;
         if let Some((bytes, per_user)) = pair(

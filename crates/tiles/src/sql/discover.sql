@@ -1,16 +1,25 @@
--- Tables with a geometry column the current role may read: the column, its SRID and type, an
--- integer key usable as feature id (a one-column primary key), and the other columns with the
+-- Tables and views with a geometry column the current role may read: the column, its SRID and
+-- type, an integer column usable as feature id (a one-column primary key, else the first of the
+-- names in $1 that is an integer column: views have no key), and the other columns with the
 -- types tiles can carry (text, integers, floats, numeric, bool).
 select g.f_table_schema::text as schema,
        g.f_table_name::text as "table",
        g.f_geometry_column::text as geometry_column,
        g.srid,
        g.type::text as geometry_type,
-       (select a.attname::text
-          from pg_index i
-          join pg_attribute a on a.attrelid = i.indrelid and a.attnum = i.indkey[0]
-         where i.indrelid = c.oid and i.indisprimary and i.indnatts = 1
-           and a.atttypid in ('int2'::regtype, 'int4'::regtype, 'int8'::regtype)) as id_column,
+       coalesce(
+         (select a.attname::text
+            from pg_index i
+            join pg_attribute a on a.attrelid = i.indrelid and a.attnum = i.indkey[0]
+           where i.indrelid = c.oid and i.indisprimary and i.indnatts = 1
+             and a.atttypid in ('int2'::regtype, 'int4'::regtype, 'int8'::regtype)),
+         (select a.attname::text
+            from pg_attribute a
+           where a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
+             and a.atttypid in ('int2'::regtype, 'int4'::regtype, 'int8'::regtype)
+             and a.attname::text = any($1::text[])
+           order by array_position($1::text[], a.attname::text)
+           limit 1)) as id_column,
        coalesce((select array_agg(a.attname::text order by a.attnum)
           from pg_attribute a
          where a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
