@@ -1062,3 +1062,81 @@ async fn without_a_tile_cache_every_tile_is_rendered_afresh() {
     assert_eq!(after.status, 200, "{}", after.text());
     assert_eq!(decode(&after.body).unwrap().layers[0].features.len(), 1);
 }
+
+#[tokio::test]
+async fn writes_straight_into_postgresql_and_batch_writes_drop_cached_tiles() {
+    let app = app().await;
+    let tile = format!("/tiles/notes/0/0/0.mvt?api_key={}", app.regular);
+    let config = serde_json::json!({"layers": [{"options": {
+        "sql": "select id, ST_Transform(geom, 3857) as the_geom_webmercator from notes"}}]});
+    let r = app
+        .post_json(&format!("/api/v1/map?api_key={}", app.regular), &config)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let token = r.json()["layergroupid"].as_str().unwrap().to_owned();
+    let map_tile = format!("/api/v1/map/{token}/0/0/0.mvt?api_key={}", app.regular);
+    let features = |body: &[u8]| {
+        if body.is_empty() {
+            0
+        } else {
+            decode(body).unwrap().layers[0].features.len()
+        }
+    };
+    // Both kept, empty.
+    for path in [&tile, &map_tile] {
+        let first = app.get(path).await;
+        assert_eq!(first.status, 204, "{}", first.text());
+        assert_eq!(app.get(path).await.header("etag"), first.header("etag"));
+    }
+    // A client of its own writes: both tiles show it within a second.
+    sqlx::raw_sql(
+        "insert into notes (note, geom) values ('direct', ST_SetSRID(ST_MakePoint(3, 3), 4326))",
+    )
+    .execute(app.db.pool())
+    .await
+    .unwrap();
+    let started = std::time::Instant::now();
+    for path in [&tile, &map_tile] {
+        support::until(
+            "the write seen",
+            std::time::Duration::from_secs(1),
+            async || {
+                let r = app.get(path).await;
+                (features(&r.body) == 1).then_some(())
+            },
+        )
+        .await;
+    }
+    eprintln!("a direct write seen after {:?}", started.elapsed());
+    // A batch query's write too.
+    let r = app
+        .post_form(
+            &format!("/api/v2/sql/job?api_key={}", app.regular),
+            &[(
+                "query",
+                "insert into notes (note, geom) values ('batch', ST_SetSRID(ST_MakePoint(4, 4), 4326))",
+            )],
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    support::until(
+        "the batch write seen",
+        std::time::Duration::from_secs(20),
+        async || {
+            let r = app.get(&tile).await;
+            (features(&r.body) == 2).then_some(())
+        },
+    )
+    .await;
+    // A rolled-back write changes nothing: the tile stays as kept.
+    let kept = app.get(&tile).await;
+    sqlx::raw_sql(
+        "begin; insert into notes (note, geom) values ('no', ST_SetSRID(ST_MakePoint(5, 5), 4326)); rollback;",
+    )
+    .execute(app.db.pool())
+    .await
+    .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(app.get(&tile).await.header("etag"), kept.header("etag"));
+    assert_eq!(features(&kept.body), 2);
+}

@@ -352,6 +352,51 @@ impl<C: RedisConnection> Server<C> {
         &self.inner.auth
     }
 
+    /// Follows the committed changes of the database's tables, whoever makes them (the APIs,
+    /// batch jobs, `COPY`, a client writing straight into PostgreSQL), and drops the tiles made
+    /// from a changed table — the table's own and those of map layers reading it. `pg` is the
+    /// database's own address (LISTEN needs a session: not pgbouncer's transaction mode).
+    /// Tables are tracked when the server's administrative role is a superuser (every table),
+    /// or by `CDB_CartodbfyTable` (`geostack tables cartodbfy`). Runs until dropped; after a
+    /// lost connection, every tile is dropped (changes may have gone unheard meanwhile).
+    ///
+    /// ```no_run
+    /// # async fn demo(server: geostack::server::Server) {
+    /// let pg: sqlx::postgres::PgConnectOptions = "postgres://127.0.0.1/test".parse().unwrap();
+    /// tokio::spawn(server.follow_table_changes(pg));
+    /// # }
+    /// ```
+    pub fn follow_table_changes(
+        &self,
+        pg: sqlx::postgres::PgConnectOptions,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let tiles = self.inner.tiles.clone();
+        async move {
+            loop {
+                match sqlpass::TableChanges::listen(&pg).await {
+                    Ok(mut changes) => {
+                        // Anything may have changed while nobody listened.
+                        tiles.invalidate_all();
+                        loop {
+                            match changes.next().await {
+                                Ok(sqlpass::TableChange::Changed(table)) => {
+                                    let _ = tiles.invalidate_table(&table).await;
+                                }
+                                Ok(_) => tiles.invalidate_all(),
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "table changes: not listening");
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "table changes: cannot listen"),
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
+    }
+
     /// The jobs dashboard over the batch queue.
     pub fn dashboard(&self) -> &JobsDashboard<C> {
         &self.inner.dashboard

@@ -67,6 +67,11 @@ impl Tiles {
         &self.inner.cache
     }
 
+    /// Drops every cached tile.
+    pub fn invalidate_all(&self) {
+        self.inner.cache.clear();
+    }
+
     /// Drops the cached tiles of `table` (`schema.table`); returns how many.
     ///
     /// # Errors

@@ -199,6 +199,8 @@ async fn app_on(configure: impl FnOnce(ServerConfig) -> ServerConfig, pgbouncer:
         let app = router.into_make_service_with_connect_info::<geostack::server::Peer>();
         let _ = axum::serve(geostack::server::GuardedListener::new(listener), app).await;
     });
+    // Table changes heard on the database's own address (LISTEN needs a session).
+    let changes = tokio::spawn(server.follow_table_changes(db.connect_options()));
     let worker = server.batch_worker(redis.client().clone(), 2);
     let work = tokio::spawn(async move {
         let _ = worker
@@ -218,7 +220,7 @@ async fn app_on(configure: impl FnOnce(ServerConfig) -> ServerConfig, pgbouncer:
         bob: bob.expose().to_owned(),
         server,
         stop: Some(stop),
-        tasks: vec![serve, work],
+        tasks: vec![serve, work, changes],
         _pgbouncer: pgbouncer,
     }
 }

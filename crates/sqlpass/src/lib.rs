@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod body;
+mod changes;
 mod copy;
 mod error;
 mod format;
@@ -20,6 +21,7 @@ mod value;
 mod write;
 
 pub use body::{Body, Outcome};
+pub use changes::{CHANGES_CHANNEL, TableChange, TableChanges};
 pub use copy::{CopyDirection, CopyStatement, copy_from, copy_to};
 pub use error::{Error, Result};
 pub use options::{

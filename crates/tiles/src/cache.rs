@@ -193,6 +193,12 @@ impl MemoryTileCache {
         self.len() == 0
     }
 
+    /// Drops every tile (when changes may have gone unheard: any table may have changed).
+    pub fn clear(&self) {
+        self.tiles.invalidate_all();
+        lock(&self.by_table).clear();
+    }
+
     /// The bytes the tiles held weigh (after pending evictions).
     pub fn weight(&self) -> u64 {
         self.tiles.run_pending_tasks();

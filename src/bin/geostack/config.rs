@@ -16,9 +16,10 @@ use serde::Deserialize;
 
 /// The top-level settings and sections, as named in the file (and, upper-cased, in
 /// `GEOSTACK_…` variables).
-const SETTINGS: [&str; 21] = [
+const SETTINGS: [&str; 22] = [
     "listen",
     "database_url",
+    "changes_database_url",
     "redis_url",
     "redis_ca_file",
     "batch_workers",
@@ -50,6 +51,9 @@ pub(crate) struct Config {
     /// The admin connection: it provisions keys' roles and cancels callers' queries.
     #[serde(default = "default_database")]
     pub(crate) database_url: String,
+    /// Where `serve` listens for table changes (LISTEN needs a session of its own): the
+    /// database's own address when `database_url` is pgbouncer's. Default `database_url`.
+    pub(crate) changes_database_url: Option<String>,
     #[serde(default = "default_redis")]
     pub(crate) redis_url: String,
     /// The authority (PEM) a `rediss://` server's certificate is checked against, instead of

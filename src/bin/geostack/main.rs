@@ -447,6 +447,13 @@ async fn server(config: &Config) -> Result<(Server, redis::Client), Failure> {
 }
 
 async fn serve(server: Server, client: redis::Client, config: &Config) -> Result<(), Failure> {
+    let changes: sqlx::postgres::PgConnectOptions = config
+        .changes_database_url
+        .as_deref()
+        .unwrap_or(&config.database_url)
+        .parse()
+        .map_err(|_| "changes_database_url: not a PostgreSQL URL")?;
+    let following = tokio::spawn(server.follow_table_changes(changes));
     let worker = (config.batch_workers > 0).then(|| {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let run = tokio::spawn(
@@ -490,6 +497,7 @@ async fn serve(server: Server, client: redis::Client, config: &Config) -> Result
         let _ = stop.send(());
         let _ = run.await;
     }
+    following.abort();
     tracing::info!("stopped");
     Ok(())
 }

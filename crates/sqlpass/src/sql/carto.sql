@@ -98,6 +98,8 @@ BEGIN
                  left(short, 50) || '_the_geom_idx', tbl);
   EXECUTE format('CREATE INDEX IF NOT EXISTS %I ON %s USING gist (the_geom_webmercator)',
                  left(short, 50) || '_the_geom_webmercator_idx', tbl);
+  -- Its changes announced, whoever writes (sqlpass.track_changes).
+  PERFORM sqlpass.track_changes(reloid);
   RETURN reloid;
 END
 $fn$;

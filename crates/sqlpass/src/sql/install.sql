@@ -60,3 +60,75 @@ BEGIN
   END IF;
 END
 $do$;
+
+-- Table changes, announced: a statement-level trigger on a tracked table notifies channel
+-- `sqlpass_table_change` with the table's `schema.table` after each statement that changes
+-- it. PostgreSQL delivers notifications when the transaction commits (never for one rolled
+-- back) and folds the same table's of one transaction into one. Whoever writes — an API, a
+-- batch job, COPY, a client of its own — caches reading the table hear of it.
+-- SECURITY DEFINER: callers' roles may not notify (pg_notify is revoked from them), their
+-- writes announce all the same; a trigger function cannot be called by itself.
+CREATE OR REPLACE FUNCTION sqlpass.announce_change() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $fn$
+BEGIN
+  PERFORM pg_catalog.pg_notify('sqlpass_table_change', TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME);
+  RETURN NULL;
+EXCEPTION WHEN insufficient_privilege THEN
+  -- Its owner may not notify either: the write goes on unannounced, never refused.
+  RETURN NULL;
+END
+$fn$;
+GRANT EXECUTE ON FUNCTION sqlpass.announce_change() TO PUBLIC;
+-- Tracks `rel` (idempotent); needs its owner or a superuser.
+CREATE OR REPLACE FUNCTION sqlpass.track_changes(rel regclass) RETURNS void
+LANGUAGE plpgsql SECURITY INVOKER SET search_path = pg_catalog AS $fn$
+BEGIN
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger
+                 WHERE tgrelid = rel AND tgname = 'sqlpass_announce_change') THEN
+    EXECUTE pg_catalog.format(
+      'CREATE TRIGGER sqlpass_announce_change AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE '
+      'ON %s FOR EACH STATEMENT EXECUTE FUNCTION sqlpass.announce_change()', rel);
+  END IF;
+END
+$fn$;
+GRANT EXECUTE ON FUNCTION sqlpass.track_changes(regclass) TO PUBLIC;
+-- As a superuser: every table made from now on is tracked (an event trigger), and every one
+-- there is now. Otherwise tables are tracked by their owners (CDB_CartodbfyTable does it).
+CREATE OR REPLACE FUNCTION sqlpass.track_new_tables() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $fn$
+DECLARE
+  made record;
+BEGIN
+  FOR made IN SELECT objid FROM pg_catalog.pg_event_trigger_ddl_commands()
+              WHERE object_type = 'table' AND command_tag IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO')
+                AND schema_name NOT IN ('pg_catalog', 'information_schema', 'sqlpass')
+                AND schema_name NOT LIKE 'pg_temp%'
+  LOOP
+    PERFORM sqlpass.track_changes(made.objid::regclass);
+  END LOOP;
+END
+$fn$;
+REVOKE ALL ON FUNCTION sqlpass.track_new_tables() FROM PUBLIC;
+DO $do$
+DECLARE
+  t regclass;
+BEGIN
+  IF (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN
+    DROP EVENT TRIGGER IF EXISTS sqlpass_track_new_tables;
+    CREATE EVENT TRIGGER sqlpass_track_new_tables ON ddl_command_end
+      WHEN TAG IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO')
+      EXECUTE FUNCTION sqlpass.track_new_tables();
+    FOR t IN SELECT c.oid::regclass FROM pg_catalog.pg_class AS c
+             JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+             WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
+               AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'sqlpass', 'topology')
+               AND n.nspname NOT LIKE 'pg_%'
+               AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend AS d
+                               WHERE d.classid = 'pg_catalog.pg_class'::regclass
+                                 AND d.objid = c.oid AND d.deptype = 'e')
+    LOOP
+      PERFORM sqlpass.track_changes(t);
+    END LOOP;
+  END IF;
+END
+$do$;
