@@ -1028,7 +1028,9 @@ async fn table_sources_are_shaped_by_their_path_and_seen_once_granted() {
         );
     }
     let tilejson = app.get("/tiles/countries,places").await.json();
-    let layers = tilejson["vector_layers"].as_array().unwrap();
+    let layers = tilejson["vector_layers"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{tilejson}"));
     assert_eq!(layers.len(), 2);
     assert_eq!(layers[0]["fields"]["iso"], "String");
     assert_eq!(layers[1]["fields"]["pop_max"], "Number");

@@ -78,12 +78,16 @@ pub async fn discover_with_ids(
     id_columns: &[impl AsRef<str>],
 ) -> Result<Vec<TableSource>> {
     let id_columns: Vec<&str> = id_columns.iter().map(AsRef::as_ref).collect();
+    // In a transaction: behind pgbouncer in transaction mode, the statement's parse and its
+    // execution then reach the same server connection.
+    let mut tx = pool.begin().await.map_err(Error::Database)?;
     let rows: Vec<PgRow> = sqlx::query(include_str!("sql/discover.sql"))
         .bind(id_columns)
         .persistent(false)
-        .fetch_all(pool)
+        .fetch_all(&mut *tx)
         .await
         .map_err(Error::Database)?;
+    tx.commit().await.map_err(Error::Database)?;
     let mut out = Vec::new();
     for row in rows {
         let get = |name: &str| row.try_get::<String, _>(name).map_err(Error::Database);
@@ -133,6 +137,8 @@ impl TableSource {
         }
         // West, south, east, north; all NULL without statistics.
         type Extent = (Option<f64>, Option<f64>, Option<f64>, Option<f64>);
+        // In a transaction, as discover's query.
+        let mut tx = pool.begin().await.map_err(Error::Database)?;
         let row: Extent = sqlx::query_as(
             "SELECT ST_XMin(b), ST_YMin(b), ST_XMax(b), ST_YMax(b) FROM (SELECT \
              ST_Transform(ST_SetSRID(ST_EstimatedExtent($1, $2, $3)::geometry, $4), 4326) AS b) s",
@@ -142,9 +148,10 @@ impl TableSource {
         .bind(&self.geometry_column)
         .bind(self.srid)
         .persistent(false)
-        .fetch_one(pool)
+        .fetch_one(&mut *tx)
         .await
         .map_err(Error::Database)?;
+        tx.commit().await.map_err(Error::Database)?;
         let (Some(west), Some(south), Some(east), Some(north)) = row else {
             return Ok(None);
         };
