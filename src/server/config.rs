@@ -47,6 +47,7 @@ pub struct ServerConfig {
     pub(crate) key_layout: KeyLayout,
     pub(crate) operators: Vec<String>,
     pub(crate) tile_id_columns: Vec<String>,
+    pub(crate) purge: Vec<super::Purge>,
 }
 
 /// Where the server reads API keys.
@@ -114,6 +115,7 @@ impl Default for ServerConfig {
             tile_id_columns: geostack_tiles::DEFAULT_ID_COLUMNS
                 .map(str::to_owned)
                 .to_vec(),
+            purge: Vec::new(),
         }
     }
 }
@@ -306,6 +308,16 @@ impl ServerConfig {
     /// [`DEFAULT_ID_COLUMNS`](geostack_tiles::DEFAULT_ID_COLUMNS): `cartodb_id`, then `id`.
     pub fn tile_id_columns(mut self, columns: impl IntoIterator<Item = impl Into<String>>) -> Self {
         self.tile_id_columns = columns.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// A cache in front of the server to purge when a table's tiles are dropped (a write
+    /// through the SQL API; any committed write while
+    /// [`Server::follow_table_changes`](super::Server::follow_table_changes) runs); may be given
+    /// several times. Tiles answer with `X-Cache-Channel` naming the tables they were made from,
+    /// which [`Purge::Varnish`](super::Purge::Varnish) bans by. Default none.
+    pub fn purge(mut self, target: super::Purge) -> Self {
+        self.purge.push(target);
         self
     }
 

@@ -61,6 +61,7 @@ mod metrics;
 mod named;
 #[cfg(feature = "page")]
 mod page;
+mod purge;
 mod sandbox;
 mod sql;
 mod tables;
@@ -88,6 +89,7 @@ pub use keys::{AuthApi, KeyRequest};
 pub use maps::MapsApi;
 #[cfg(feature = "page")]
 pub use page::page;
+pub use purge::Purge;
 pub use sandbox::Sandbox;
 pub use sql::SqlApi;
 pub use tables::TablesApi;

@@ -40,6 +40,8 @@ struct Inner {
     cache: MemoryTileCache,
     /// Whether tiles are kept (a cache of 0 bytes: never).
     caching: bool,
+    /// The caches in front to purge when a table's tiles are dropped.
+    purge: Vec<super::Purge>,
     flights: SingleFlight,
     options: TileOptions,
 }
@@ -51,6 +53,7 @@ impl Tiles {
             inner: Arc::new(Inner {
                 cache: MemoryTileCache::new(config.tile_cache_bytes, config.tile_cache_ttl),
                 caching: config.tile_cache_bytes > 0,
+                purge: config.purge.clone(),
                 flights: SingleFlight::default(),
                 options: config.tile_options.clone(),
             }),
@@ -72,14 +75,17 @@ impl Tiles {
         self.inner.cache.clear();
     }
 
-    /// Drops the cached tiles of `table` (`schema.table`); returns how many.
+    /// Drops the cached tiles of `table` (`schema.table`) and purges the caches in front
+    /// ([`ServerConfig::purge`](super::ServerConfig::purge)); returns how many it held.
     ///
     /// # Errors
     ///
     /// [`Error::Tiles`](super::Error::Tiles) when the cache cannot be asked.
     pub async fn invalidate_table(&self, table: &str) -> Result<u64> {
         use geostack_tiles::TileCache as _;
-        Ok(self.inner.cache.invalidate_table(table).await?)
+        let dropped = self.inner.cache.invalidate_table(table).await?;
+        super::purge::purge(&self.inner.purge, table);
+        Ok(dropped)
     }
 
     /// The tile under `key`: from the cache, else rendered once however many ask at the same
@@ -108,7 +114,12 @@ impl Tiles {
             Some(tile) => tile,
             None => self.render(gate, caller, &key, &tables, render).await?,
         };
-        Ok(tile_response(caller, headers, &tile))
+        let mut response = tile_response(caller, headers, &tile);
+        // What a cache in front bans by when one of them changes (as CARTO's tiles say).
+        if let Ok(channel) = HeaderValue::from_str(&tables.join(",")) {
+            response.headers_mut().insert("x-cache-channel", channel);
+        }
+        Ok(response)
     }
 
     /// The tile under `key` if the cache holds it (never with the cache switched off).

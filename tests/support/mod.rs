@@ -199,8 +199,20 @@ async fn app_on(configure: impl FnOnce(ServerConfig) -> ServerConfig, pgbouncer:
         let app = router.into_make_service_with_connect_info::<geostack::server::Peer>();
         let _ = axum::serve(geostack::server::GuardedListener::new(listener), app).await;
     });
-    // Table changes heard on the database's own address (LISTEN needs a session).
+    // Table changes heard on the database's own address (LISTEN needs a session), from before
+    // the test's first write.
     let changes = tokio::spawn(server.follow_table_changes(db.connect_options()));
+    until("the server listens for table changes", Duration::from_secs(10), async || {
+        let (listening,): (bool,) = sqlx::query_as(
+            "select exists (select from pg_stat_activity
+                            where datname = current_database() and query like 'LISTEN%sqlpass_table_change%')",
+        )
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+        listening.then_some(())
+    })
+    .await;
     let worker = server.batch_worker(redis.client().clone(), 2);
     let work = tokio::spawn(async move {
         let _ = worker

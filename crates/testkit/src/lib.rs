@@ -16,6 +16,7 @@ mod redis_prefix;
 mod redis_server;
 mod tls;
 mod unavailable;
+mod varnish;
 
 pub use fault_proxy::FaultProxy;
 pub use pg::{TestDb, TestRole};
@@ -25,6 +26,20 @@ pub use redis_prefix::TestRedis;
 pub use redis_server::RedisServer;
 pub use tls::{TlsPostgres, TlsRedis};
 pub use unavailable::Unavailable;
+pub use varnish::TestVarnish;
+
+/// A port of 127.0.0.1 free a moment ago, for a service whose address must be known before
+/// it starts.
+///
+/// # Panics
+///
+/// When the system gives no free port.
+pub fn free_port() -> u16 {
+    match os::free_port() {
+        Ok(port) => port,
+        Err(e) => panic!("{}", Unavailable::new("a free local port", e)),
+    }
+}
 
 /// The command that provisions every service the tests need.
 pub const PROVISION: &str = "scripts/services";

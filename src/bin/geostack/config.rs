@@ -11,12 +11,12 @@ use std::time::Duration;
 use figment::Figment;
 use figment::providers::{Env, Format as _, Toml};
 use geostack::auth::{KeyPrefix, Quota};
-use geostack::server::{KeyLayout, ServerConfig};
+use geostack::server::{KeyLayout, Purge, ServerConfig};
 use serde::Deserialize;
 
 /// The top-level settings and sections, as named in the file (and, upper-cased, in
 /// `GEOSTACK_…` variables).
-const SETTINGS: [&str; 22] = [
+const SETTINGS: [&str; 24] = [
     "listen",
     "database_url",
     "changes_database_url",
@@ -34,6 +34,8 @@ const SETTINGS: [&str; 22] = [
     "carto_keys_db",
     "trusted_proxies",
     "operators",
+    "purge_varnish",
+    "purge_hooks",
     "sql",
     "quotas",
     "pools",
@@ -77,6 +79,10 @@ pub(crate) struct Config {
     carto_keys_db: Option<i64>,
     trusted_proxies: Option<Vec<IpAddr>>,
     operators: Option<Vec<String>>,
+    /// Varnish addresses to send CARTO's `PURGE` to when a table changes.
+    purge_varnish: Option<Vec<String>>,
+    /// Addresses to `POST` `{"tables": […]}` to when a table changes.
+    purge_hooks: Option<Vec<String>>,
     #[serde(default)]
     sql: Sql,
     #[serde(default)]
@@ -272,6 +278,30 @@ impl Config {
                     .map_err(|e| Invalid(format!("operators: {e}")))?;
             }
             c = c.operators(users.iter().cloned());
+        }
+        let targets = [
+            (
+                "purge_varnish",
+                &self.purge_varnish,
+                Purge::Varnish as fn(_) -> Purge,
+            ),
+            (
+                "purge_hooks",
+                &self.purge_hooks,
+                Purge::Hook as fn(_) -> Purge,
+            ),
+        ];
+        for (name, urls, target) in targets {
+            for url in urls.iter().flatten() {
+                let uri: axum::http::Uri = url
+                    .parse()
+                    .ok()
+                    .filter(|u: &axum::http::Uri| {
+                        u.scheme_str() == Some("http") && u.host().is_some()
+                    })
+                    .ok_or_else(|| Invalid(format!("{name}: {url:?} is not an http:// address")))?;
+                c = c.purge(target(uri));
+            }
         }
         let secs = Duration::from_secs;
         let s = &self.sql;
