@@ -1,22 +1,5 @@
-//! The jobs dashboard: what Bull Board, Sidekiq Web and Flower show, for the server's queues.
-//!
-//! `GET /jobs` is the page; everything it shows and does is a JSON API, for the operator's own
-//! tools as well:
-//!
-//! | route | what |
-//! |---|---|
-//! | `GET /api/v1/jobs` | every queue: counts by state, paused, live workers' count, completed and dead per minute over the last hour |
-//! | `GET /api/v1/jobs/{queue}` | the same for one queue, with its `workers` (id, host, pid, start, last heartbeat) |
-//! | `GET /api/v1/jobs/{queue}/jobs?state=…&start=…&count=…` | a page of its jobs in a state (at most 100) |
-//! | `GET /api/v1/jobs/{queue}/jobs/{id}` | one job: payload, attempts, stalls, error, result, progress and its log |
-//! | `POST /api/v1/jobs/{queue}/jobs/{id}/{retry\|remove\|promote\|cancel}` | acts on one job |
-//! | `POST /api/v1/jobs/{queue}/{pause\|resume\|redrive}` | acts on the queue (redrive: every dead job runs again) |
-//! | `GET /api/v1/jobs/{queue}/events` | Server-Sent Events: `counts` (the queue's counts, paused and workers) at once and after every change, at most four times a second, and `job` (each event of its stream) |
-//!
-//! The queues hold every tenant's jobs and the actions change whole queues, so only the master
-//! key of a user named in [`ServerConfig::operators`](super::ServerConfig::operators) opens the
-//! dashboard; any other key is refused (403), a request without a key too (401). Tenants follow
-//! their own batch queries through the Batch API.
+//! The jobs dashboard ([`JobsDashboard`]): what Bull Board, Sidekiq Web and Flower show, for
+//! the server's queues.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -48,9 +31,27 @@ const LOG_LINES: usize = 1000;
 /// How often a queue's event stream is read while someone watches it.
 const POLL: Duration = Duration::from_millis(250);
 
-/// The jobs dashboard and its JSON API over `queues` (see the [module](self) for its routes),
-/// opened by the operators' master keys only. The composed [`Server`](super::Server) mounts
-/// it over the batch queue; one's own server may mount it over its own queues.
+/// The jobs dashboard over some queues, as Bull Board, Sidekiq Web and Flower show theirs. The
+/// composed [`Server`](super::Server) mounts it over the batch queue; one's own server may mount
+/// it over its own queues.
+///
+/// `GET /jobs` is the page; everything it shows and does is a JSON API, for the operator's own
+/// tools as well:
+///
+/// | route | what |
+/// |---|---|
+/// | `GET /api/v1/jobs` | every queue: counts by state, paused, live workers' count, completed and dead per minute over the last hour |
+/// | `GET /api/v1/jobs/{queue}` | the same for one queue, with its `workers` (id, host, pid, start, last heartbeat) |
+/// | `GET /api/v1/jobs/{queue}/jobs?state=…&start=…&count=…` | a page of its jobs in a state (at most 100) |
+/// | `GET /api/v1/jobs/{queue}/jobs/{id}` | one job: payload, attempts, stalls, error, result, progress and its log |
+/// | `POST /api/v1/jobs/{queue}/jobs/{id}/{retry\|remove\|promote\|cancel}` | acts on one job |
+/// | `POST /api/v1/jobs/{queue}/{pause\|resume\|redrive}` | acts on the queue (redrive: every dead job runs again) |
+/// | `GET /api/v1/jobs/{queue}/events` | Server-Sent Events: `counts` (the queue's counts, paused and workers) at once and after every change, at most four times a second, and `job` (each event of its stream) |
+///
+/// The queues hold every tenant's jobs and the actions change whole queues, so only the master
+/// key of a user named in [`ServerConfig::operators`](super::ServerConfig::operators) opens the
+/// dashboard; any other key is refused (403), a request without a key too (401). Tenants follow
+/// their own batch queries through the Batch API.
 ///
 /// ```no_run
 /// # async fn demo(gate: geostack::server::Gate) -> Result<(), Box<dyn std::error::Error>> {
