@@ -1142,3 +1142,75 @@ async fn writes_straight_into_postgresql_and_batch_writes_drop_cached_tiles() {
     assert_eq!(app.get(&tile).await.header("etag"), kept.header("etag"));
     assert_eq!(features(&kept.body), 2);
 }
+
+#[tokio::test]
+async fn a_table_tile_carries_the_attributes_its_request_chose() {
+    let app = app().await;
+    let attributes = |body: &[u8]| {
+        let tile = decode(body).unwrap();
+        let mut names: Vec<String> = tile.layers[0]
+            .features
+            .iter()
+            .flat_map(|f| f.attributes.keys().cloned())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    };
+    let all = app.get("/tiles/places/0/0/0.mvt").await;
+    assert!(
+        attributes(&all.body).len() > 2,
+        "{:?}",
+        attributes(&all.body)
+    );
+    let chosen = app.get("/tiles/places/0/0/0.mvt?fields=pop_max,name").await;
+    assert_eq!(chosen.status, 200, "{}", chosen.text());
+    assert_eq!(attributes(&chosen.body), ["name", "pop_max"]);
+    // Each its own tile: the full one is still whole.
+    let again = app.get("/tiles/places/0/0/0.mvt").await;
+    assert_eq!(again.header("etag"), all.header("etag"));
+    let none = app.get("/tiles/places/0/0/0.mvt?fields=").await;
+    assert!(attributes(&none.body).is_empty());
+    assert_eq!(
+        decode(&none.body).unwrap().layers[0].features.len(),
+        decode(&all.body).unwrap().layers[0].features.len()
+    );
+    // Across a composite: each layer keeps those it has.
+    let both = app
+        .get("/tiles/countries,places/0/0/0.mvt?fields=name,iso")
+        .await;
+    let both = decode(&both.body).unwrap();
+    let keys = |i: usize| {
+        let mut k: Vec<String> = both.layers[i]
+            .features
+            .iter()
+            .flat_map(|f| f.attributes.keys().cloned())
+            .collect();
+        k.sort();
+        k.dedup();
+        k
+    };
+    assert_eq!(keys(0), ["iso", "name"]);
+    assert_eq!(keys(1), ["name"]);
+    // TileJSON says so and passes the choice on to its tiles.
+    let tilejson = app.get("/tiles/places?fields=name").await.json();
+    assert_eq!(
+        tilejson["vector_layers"][0]["fields"],
+        serde_json::json!({"name": "String"})
+    );
+    assert!(
+        tilejson["tiles"][0]
+            .as_str()
+            .unwrap()
+            .ends_with("/tiles/public.places/{z}/{x}/{y}.mvt?fields=name"),
+        "{tilejson}"
+    );
+    let unknown = app.get("/tiles/places/0/0/0.mvt?fields=secret").await;
+    assert_eq!(unknown.status, 400);
+    assert!(
+        unknown.json()["error"][0]
+            .as_str()
+            .unwrap()
+            .contains("secret")
+    );
+}

@@ -34,7 +34,8 @@ type Discovered = (Instant, Arc<Vec<TableSource>>);
 /// `GET /tiles/{source}/{z}/{x}/{y}.mvt` and `GET /tiles/{source}` (TileJSON), also under
 /// `/user/{user}`. A source is `table` or `schema.table` (its first geometry column), or either
 /// with `.column` (that geometry column: `places.geom3857`); `a,b` joins sources into one tile
-/// with a layer each, named after their tables (at most 16). Feature ids come from the primary
+/// with a layer each, named after their tables (at most 16). `fields=name,pop_max` chooses the
+/// attributes the features carry (empty: none; by default every column of a type tiles carry). Feature ids come from the primary
 /// key, else from [`ServerConfig::tile_id_columns`](super::ServerConfig::tile_id_columns). The
 /// caller's role must be able to read each table, and a key that lists its tables must list it.
 /// A table the caller was granted a moment ago is found at once.
@@ -187,6 +188,37 @@ fn find<'a>(tables: &'a [TableSource], name: &str) -> Option<(&'a TableSource, b
     }
 }
 
+/// The attributes the request chose (`fields=name,pop_max`; empty: none), sorted, or `None`
+/// when it chose none; `sources` keep only those. A name none of them carries is refused.
+fn choose_fields(sources: &mut [TableSource], query: Option<&str>) -> Result<Option<String>> {
+    let Some(asked) = query.and_then(|q| {
+        form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "fields")
+            .map(|(_, v)| v.into_owned())
+    }) else {
+        return Ok(None);
+    };
+    let mut names: Vec<&str> = asked.split(',').filter(|n| !n.is_empty()).collect();
+    names.sort_unstable();
+    names.dedup();
+    for name in &names {
+        if !sources
+            .iter()
+            .any(|s| s.attributes.iter().any(|(a, _)| a == name))
+        {
+            return Err(Error::BadRequest(format!(
+                "fields: no attribute {name:?} in these tiles"
+            )));
+        }
+    }
+    for source in sources.iter_mut() {
+        source
+            .attributes
+            .retain(|(a, _)| names.contains(&a.as_str()));
+    }
+    Ok(Some(names.join(",")))
+}
+
 /// The sources' names in the tile path, without the extension.
 fn table_name(path: &HashMap<String, String>) -> &str {
     let raw = path.get("table").map(String::as_str).unwrap_or_default();
@@ -208,12 +240,14 @@ async fn tile<C: RedisConnection>(State(api): State<TablesApi<C>>, req: ApiReque
                 .iter()
                 .map(|(s, _)| format!("{}.{}", s.name(), s.geometry_column))
                 .collect();
-            let sources: Vec<TableSource> = named.into_iter().map(|(s, _)| s).collect();
+            let mut sources: Vec<TableSource> = named.into_iter().map(|(s, _)| s).collect();
+            let fields = choose_fields(&mut sources, req.query.as_deref())?;
             let key = TileKey::new(
                 format!(
-                    "table:{}:{}",
+                    "table:{}:{}{}",
                     ids.join(","),
-                    caller.principal.db_role().name()
+                    caller.principal.db_role().name(),
+                    fields.map_or_else(String::new, |f| format!(":fields={f}"))
                 ),
                 coord,
             );
@@ -256,7 +290,9 @@ async fn tilejson<C: RedisConnection>(
                 .await?;
             let names: Vec<&str> = named.iter().map(|(_, name)| name.as_str()).collect();
             let names = names.join(",");
-            let url = with_key(
+            let mut sources: Vec<TableSource> = named.into_iter().map(|(s, _)| s).collect();
+            let fields = choose_fields(&mut sources, req.query.as_deref())?;
+            let mut url = with_key(
                 format!(
                     "{}{}/tiles/{names}/{{z}}/{{x}}/{{y}}.mvt",
                     api.inner.gate.origin(&req),
@@ -264,7 +300,12 @@ async fn tilejson<C: RedisConnection>(
                 ),
                 req.query.as_deref(),
             );
-            let sources: Vec<TableSource> = named.into_iter().map(|(s, _)| s).collect();
+            // The tiles it names carry the chosen attributes too.
+            if let Some(fields) = fields {
+                url.push(if url.contains('?') { '&' } else { '?' });
+                url.push_str("fields=");
+                url.extend(form_urlencoded::byte_serialize(fields.as_bytes()));
+            }
             let layers: Vec<_> = sources.iter().map(|s| (s.table.clone(), 0, 22)).collect();
             // The attributes each layer's features carry, typed.
             let fields: Vec<_> = sources
