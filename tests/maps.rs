@@ -1214,3 +1214,48 @@ async fn a_table_tile_carries_the_attributes_its_request_chose() {
             .contains("secret")
     );
 }
+
+#[tokio::test]
+async fn last_modified_follows_the_table_s_last_change() {
+    let app = app().await;
+    let tile = format!("/tiles/notes/0/0/0.mvt?api_key={}", app.regular);
+    let first = app.get(&tile).await;
+    let modified = first.header("last-modified").unwrap().to_owned();
+    assert!(modified.ends_with(" GMT"), "{modified}");
+    // Validated by date alone: not modified since.
+    let same = app
+        .get_with(&tile, &[("if-modified-since", modified.as_str())])
+        .await;
+    assert_eq!(same.status, 304, "{}", same.text());
+    assert!(same.body.is_empty());
+    // Another table's change leaves it as it was.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    sqlx::raw_sql("update countries set name = name")
+        .execute(app.db.pool())
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let other = app.get(&tile).await;
+    assert_eq!(other.header("last-modified"), Some(modified.as_str()));
+    // Its own table's change moves it on, and the old date no longer validates.
+    sqlx::raw_sql("insert into notes (note) values ('later')")
+        .execute(app.db.pool())
+        .await
+        .unwrap();
+    let later = support::until(
+        "a later date",
+        std::time::Duration::from_secs(2),
+        async || {
+            let r = app.get(&tile).await;
+            (r.header("last-modified") != Some(modified.as_str())).then_some(r)
+        },
+    )
+    .await;
+    let stale = app
+        .get_with(&tile, &[("if-modified-since", modified.as_str())])
+        .await;
+    assert_ne!(stale.status, 304);
+    let fresh = later.header("last-modified").unwrap();
+    let again = app.get_with(&tile, &[("if-modified-since", fresh)]).await;
+    assert_eq!(again.status, 304);
+}

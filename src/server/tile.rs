@@ -44,6 +44,15 @@ struct Inner {
     purge: Vec<super::Purge>,
     flights: SingleFlight,
     options: TileOptions,
+    /// When each table was last heard to change, and since when changes are heard at all:
+    /// a tile's `Last-Modified` is the latest of them for its tables.
+    changes: std::sync::Mutex<Changes>,
+}
+
+/// The changes heard: per table its last, and since when everything is known.
+struct Changes {
+    since: std::time::SystemTime,
+    tables: HashMap<String, std::time::SystemTime>,
 }
 
 impl Tiles {
@@ -56,6 +65,10 @@ impl Tiles {
                 purge: config.purge.clone(),
                 flights: SingleFlight::default(),
                 options: config.tile_options.clone(),
+                changes: std::sync::Mutex::new(Changes {
+                    since: std::time::SystemTime::now(),
+                    tables: HashMap::new(),
+                }),
             }),
         }
     }
@@ -73,6 +86,27 @@ impl Tiles {
     /// Drops every cached tile.
     pub fn invalidate_all(&self) {
         self.inner.cache.clear();
+        let mut changes = self.changes();
+        changes.since = std::time::SystemTime::now();
+        changes.tables.clear();
+    }
+
+    fn changes(&self) -> std::sync::MutexGuard<'_, Changes> {
+        self.inner
+            .changes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// When the latest of `tables` was last heard to change (or, if none was, since when
+    /// changes are heard): a tile made from them has not changed since.
+    pub fn last_modified(&self, tables: &[String]) -> std::time::SystemTime {
+        let changes = self.changes();
+        tables
+            .iter()
+            .filter_map(|t| changes.tables.get(t))
+            .copied()
+            .fold(changes.since, std::cmp::max)
     }
 
     /// Drops the cached tiles of `table` (`schema.table`) and purges the caches in front
@@ -83,6 +117,9 @@ impl Tiles {
     /// [`Error::Tiles`](super::Error::Tiles) when the cache cannot be asked.
     pub async fn invalidate_table(&self, table: &str) -> Result<u64> {
         use geostack_tiles::TileCache as _;
+        self.changes()
+            .tables
+            .insert(table.to_owned(), std::time::SystemTime::now());
         let dropped = self.inner.cache.invalidate_table(table).await?;
         super::purge::purge(&self.inner.purge, table);
         Ok(dropped)
@@ -115,9 +152,27 @@ impl Tiles {
             None => self.render(gate, caller, &key, &tables, render).await?,
         };
         let mut response = tile_response(caller, headers, &tile);
+        let modified = http_date(self.last_modified(&tables));
+        // A client that validates by date alone is answered 304 when nothing changed since.
+        if !headers.contains_key(header::IF_NONE_MATCH)
+            && response.status().is_success()
+            && headers
+                .get(header::IF_MODIFIED_SINCE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_http_date)
+                .is_some_and(|since| since >= modified.0)
+        {
+            *response.status_mut() = axum::http::StatusCode::NOT_MODIFIED;
+            *response.body_mut() = axum::body::Body::empty();
+            response.headers_mut().remove(header::CONTENT_LENGTH);
+        }
+        let h = response.headers_mut();
+        if let Ok(date) = HeaderValue::from_str(&modified.1) {
+            h.insert(header::LAST_MODIFIED, date);
+        }
         // What a cache in front bans by when one of them changes (as CARTO's tiles say).
         if let Ok(channel) = HeaderValue::from_str(&tables.join(",")) {
-            response.headers_mut().insert("x-cache-channel", channel);
+            h.insert("x-cache-channel", channel);
         }
         Ok(response)
     }
@@ -200,6 +255,26 @@ pub fn tile_response(caller: &Caller, headers: &HeaderMap, tile: &CachedTile) ->
     h.insert(header::VARY, HeaderValue::from_static("Authorization"));
     caller.rate.write_headers(h);
     response
+}
+
+/// `t` in whole seconds since the Unix epoch, and as an HTTP date
+/// (`Thu, 03 Dec 2026 20:55:37 GMT`).
+fn http_date(t: std::time::SystemTime) -> (i64, String) {
+    let t = jiff::Timestamp::try_from(t).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+    (
+        t.as_second(),
+        t.strftime("%a, %d %b %Y %H:%M:%S GMT").to_string(),
+    )
+}
+
+/// An HTTP date's seconds since the Unix epoch.
+fn parse_http_date(text: &str) -> Option<i64> {
+    let text = text.trim().strip_suffix("GMT")?.trim_end();
+    jiff::civil::DateTime::strptime("%a, %d %b %Y %H:%M:%S", text)
+        .ok()?
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .ok()
+        .map(|z| z.timestamp().as_second())
 }
 
 /// TileJSON 3.0.0 for `tiles` (URL templates), `layers` as `(name, minzoom, maxzoom)`.
@@ -291,6 +366,15 @@ pub(crate) fn with_key(url: String, query: Option<&str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn http_dates_print_and_read_back() {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_796_331_337);
+        let (secs, text) = http_date(t);
+        assert_eq!(text, "Thu, 03 Dec 2026 20:55:37 GMT");
+        assert_eq!(parse_http_date(&text), Some(secs));
+        assert_eq!(parse_http_date("yesterday"), None);
+    }
 
     fn path(z: &str, x: &str, y: &str) -> HashMap<String, String> {
         [("z", z), ("x", x), ("y", y)]
