@@ -907,14 +907,7 @@ async fn a_write_through_the_sql_api_drops_its_tables_cached_tiles() {
     assert_eq!(app.get(&tile).await.header("etag"), after.header("etag"));
 
     // A map's tiles too: they are kept under the tables their layers read.
-    let config = serde_json::json!({"layers": [{"options": {
-        "sql": "select id, ST_Transform(geom, 3857) as the_geom_webmercator from notes"}}]});
-    let r = app
-        .post_json(&format!("/api/v1/map?api_key={}", app.regular), &config)
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    let token = r.json()["layergroupid"].as_str().unwrap().to_owned();
-    let map_tile = format!("/api/v1/map/{token}/0/0/0.mvt?api_key={}", app.regular);
+    let map_tile = notes_map_tile(&app).await;
     let first = app.get(&map_tile).await;
     assert_eq!(decode(&first.body).unwrap().layers[0].features.len(), 1);
     assert_eq!(
@@ -1069,14 +1062,7 @@ async fn without_a_tile_cache_every_tile_is_rendered_afresh() {
 async fn writes_straight_into_postgresql_and_batch_writes_drop_cached_tiles() {
     let app = app().await;
     let tile = format!("/tiles/notes/0/0/0.mvt?api_key={}", app.regular);
-    let config = serde_json::json!({"layers": [{"options": {
-        "sql": "select id, ST_Transform(geom, 3857) as the_geom_webmercator from notes"}}]});
-    let r = app
-        .post_json(&format!("/api/v1/map?api_key={}", app.regular), &config)
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    let token = r.json()["layergroupid"].as_str().unwrap().to_owned();
-    let map_tile = format!("/api/v1/map/{token}/0/0/0.mvt?api_key={}", app.regular);
+    let map_tile = notes_map_tile(&app).await;
     let features = |body: &[u8]| {
         if body.is_empty() {
             0
@@ -1258,4 +1244,16 @@ async fn last_modified_follows_the_table_s_last_change() {
     let fresh = later.header("last-modified").unwrap();
     let again = app.get_with(&tile, &[("if-modified-since", fresh)]).await;
     assert_eq!(again.status, 304);
+}
+
+/// Tile 0/0/0 of a map of `notes` made with the regular key, its path.
+async fn notes_map_tile(app: &App) -> String {
+    let config = serde_json::json!({"layers": [{"options": {
+        "sql": "select id, ST_Transform(geom, 3857) as the_geom_webmercator from notes"}}]});
+    let r = app
+        .post_json(&format!("/api/v1/map?api_key={}", app.regular), &config)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let token = r.json()["layergroupid"].as_str().unwrap().to_owned();
+    format!("/api/v1/map/{token}/0/0/0.mvt?api_key={}", app.regular)
 }

@@ -146,6 +146,12 @@ impl<C: RedisConnection> JobsDashboard<C> {
         Ok(())
     }
 
+    /// The queue the path names, for an operator's request ([`JobsDashboard::operator`]).
+    async fn operated_queue(&self, req: &ApiRequest) -> Result<&Queue<C>> {
+        self.operator(req).await?;
+        self.queue(req)
+    }
+
     /// The queue the path names.
     fn queue(&self, req: &ApiRequest) -> Result<&Queue<C>> {
         let name = req
@@ -277,8 +283,7 @@ async fn queue_detail<C: RedisConnection>(
 ) -> Response {
     respond(
         async {
-            dash.operator(&req).await?;
-            let queue = dash.queue(&req)?;
+            let queue = dash.operated_queue(&req).await?;
             let mut detail = JobsDashboard::summary(queue).await?;
             let workers: Vec<Value> = queue
                 .workers()
@@ -311,8 +316,7 @@ async fn list<C: RedisConnection>(
 ) -> Response {
     respond(
         async {
-            dash.operator(&req).await?;
-            let queue = dash.queue(&req)?;
+            let queue = dash.operated_queue(&req).await?;
             let params = Params::new(req.query.as_deref(), &req.headers, &[])?;
             let state = match params.get("state").unwrap_or("waiting") {
                 "waiting" => JobState::Waiting,
@@ -349,8 +353,7 @@ async fn job<C: RedisConnection>(
 ) -> Response {
     respond(
         async {
-            dash.operator(&req).await?;
-            let queue = dash.queue(&req)?;
+            let queue = dash.operated_queue(&req).await?;
             let (id, status) = the_job(queue, &req).await?;
             let mut detail = json!(status);
             detail["logs"] = json!(queue.logs(&id, 0, LOG_LINES).await?);
@@ -367,8 +370,7 @@ async fn job_action<C: RedisConnection>(
 ) -> Response {
     respond(
         async {
-            dash.operator(&req).await?;
-            let queue = dash.queue(&req)?;
+            let queue = dash.operated_queue(&req).await?;
             let (id, _) = the_job(queue, &req).await?;
             let action = req.path.get("action").map(String::as_str);
             let state = match action {
@@ -399,8 +401,7 @@ async fn queue_action<C: RedisConnection>(
 ) -> Response {
     respond(
         async {
-            dash.operator(&req).await?;
-            let queue = dash.queue(&req)?;
+            let queue = dash.operated_queue(&req).await?;
             let mut redriven = None;
             match req.path.get("action").map(String::as_str) {
                 Some("pause") => queue.pause().await?,
@@ -436,8 +437,7 @@ async fn events<C: RedisConnection>(
 ) -> Response {
     respond(
         async {
-            dash.operator(&req).await?;
-            let queue = dash.queue(&req)?;
+            let queue = dash.operated_queue(&req).await?;
             // Subscribed before the first counts, so that no change between the two is missed.
             let viewer = dash.feed(queue);
             let first = JobsDashboard::counts(queue).await?.to_string();
