@@ -23,10 +23,9 @@
 //! own routes: [`SqlApi`], [`BatchApi`], [`MapsApi`], [`TablesApi`], [`AuthApi`],
 //! [`JobsDashboard`], [`Health`] and [`page`], built from the pieces they share — the [`Gate`]
 //! every request passes (user, key, rate, fair share), the [`Sandbox`] every caller's SQL runs
-//! in and the
-//! [`Tiles`] cache — and wrapped, if one likes, in the same [`edge`]. Every piece is generic
-//! over its Redis connection ([`RedisConnection`]): a `ConnectionManager` for one Redis, a
-//! cluster connection for a Redis Cluster.
+//! in and the [`Tiles`] cache — and wrapped, if one likes, in the same [`edge`]. Every piece is
+//! generic over its Redis connection ([`RedisConnection`]): a `ConnectionManager` for one
+//! Redis, a cluster connection for a Redis Cluster.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {

@@ -37,7 +37,9 @@ pub use memory::{AttributeValue, MemoryFeature, MemorySource};
 pub use options::{DEFAULT_SOURCE_BYTES, DEFAULT_SOURCE_ROWS, TileOptions};
 pub use pipeline::{TileGeometry, TilePoint, tile_geometry};
 #[cfg(feature = "postgis")]
-pub use postgis::{AttributeKind, DEFAULT_ID_COLUMNS, TableSource, discover, discover_with_ids};
+pub use postgis::{
+    AttributeKind, DEFAULT_ID_COLUMNS, TableSource, discover, discover_with_ids, tables_tile,
+};
 #[cfg(all(feature = "axum", feature = "postgis"))]
 pub use response::TableTiles;
 #[cfg(feature = "axum")]

@@ -122,6 +122,38 @@ pub async fn discover_with_ids(
     Ok(out)
 }
 
+/// The tile `coord` of several tables: a layer each, named after its table and filled by
+/// [`TableSource::fill`], in order, encoded with `options`.
+///
+/// ```no_run
+/// # async fn demo(pool: sqlx::PgPool) -> geostack_tiles::Result<()> {
+/// use geostack_tiles::{TileCoord, TileOptions, discover, tables_tile};
+///
+/// let tables = discover(&pool).await?;
+/// let coord = TileCoord::new_checked(0, 0, 0).expect("a tile");
+/// let bytes = tables_tile(&tables, &pool, &Default::default(), coord, &TileOptions::default()).await?;
+/// # let _ = bytes; Ok(()) }
+/// ```
+///
+/// # Errors
+///
+/// As [`TableSource::fill`].
+pub async fn tables_tile(
+    tables: &[TableSource],
+    pool: &PgPool,
+    sandbox: &sqlpass::Options,
+    coord: crate::TileCoord,
+    options: &crate::TileOptions,
+) -> Result<Vec<u8>> {
+    let mut tile = crate::TileBuilder::new(coord, options);
+    for table in tables {
+        let mut layer = tile.layer(&table.table);
+        table.fill(pool, sandbox, &mut layer).await?;
+        layer.finish()?;
+    }
+    tile.into_bytes()
+}
+
 impl TableSource {
     /// The table's extent in degrees, `[west, south, east, north]`, from its planner
     /// statistics (`ST_EstimatedExtent`: read at once, slightly padded, as fresh as the last
@@ -227,11 +259,7 @@ impl TableSource {
         coord: crate::TileCoord,
         options: &crate::TileOptions,
     ) -> Result<Vec<u8>> {
-        let mut tile = crate::TileBuilder::new(coord, options);
-        let mut layer = tile.layer(&self.table);
-        self.fill(pool, sandbox, &mut layer).await?;
-        layer.finish()?;
-        tile.into_bytes()
+        tables_tile(std::slice::from_ref(self), pool, sandbox, coord, options).await
     }
 
     /// Adds this table's features near `coord` to `layer`, read in a read-only
