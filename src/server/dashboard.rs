@@ -285,21 +285,7 @@ async fn queue_detail<C: RedisConnection>(
         async {
             let queue = dash.operated_queue(&req).await?;
             let mut detail = JobsDashboard::summary(queue).await?;
-            let workers: Vec<Value> = queue
-                .workers()
-                .await?
-                .into_iter()
-                .map(|w| {
-                    json!({
-                        "id": w.id,
-                        "host": w.host,
-                        "pid": w.pid,
-                        "queues": w.queues,
-                        "started": epoch_ms(w.started),
-                        "heartbeat": epoch_ms(w.heartbeat),
-                    })
-                })
-                .collect();
+            let workers = queue.workers().await?;
             detail["workers"] = json!(workers);
             Ok(Json(detail).into_response())
         }
@@ -318,19 +304,12 @@ async fn list<C: RedisConnection>(
         async {
             let queue = dash.operated_queue(&req).await?;
             let params = Params::new(req.query.as_deref(), &req.headers, &[])?;
-            let state = match params.get("state").unwrap_or("waiting") {
-                "waiting" => JobState::Waiting,
-                "delayed" => JobState::Delayed,
-                "active" => JobState::Active,
-                "completed" => JobState::Completed,
-                "dead" => JobState::Dead,
-                "cancelled" => JobState::Cancelled,
-                other => {
-                    return Err(Error::BadRequest(format!(
-                        "state: {other:?} is none of waiting, delayed, active, completed, dead, cancelled"
-                    )));
-                }
-            };
+            let name = params.get("state").unwrap_or("waiting");
+            let state = JobState::from_name(name).ok_or_else(|| {
+                Error::BadRequest(format!(
+                    "state: {name:?} is none of waiting, delayed, active, completed, dead, cancelled"
+                ))
+            })?;
             let number = |name: &str, default: usize| -> Result<usize> {
                 params.get(name).map_or(Ok(default), |v| {
                     v.parse()
@@ -480,10 +459,4 @@ async fn the_job<C: RedisConnection>(
     let id = JobId::new(raw).map_err(|_| not_found())?;
     let status = queue.status(&id).await?.ok_or_else(not_found)?;
     Ok((id, status))
-}
-
-/// `t` in milliseconds since the Unix epoch.
-fn epoch_ms(t: std::time::SystemTime) -> u64 {
-    t.duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }

@@ -28,15 +28,29 @@ pub enum JobState {
 }
 
 impl JobState {
-    pub(crate) fn parse(s: &str) -> Self {
-        match s {
+    /// The state named `name` as it serializes (`"waiting"`, `"dead"`…), `None` for another.
+    ///
+    /// ```
+    /// use geostack_jobs::JobState;
+    ///
+    /// assert_eq!(JobState::from_name("delayed"), Some(JobState::Delayed));
+    /// assert_eq!(JobState::from_name("lost"), None);
+    /// ```
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
             "waiting" => Self::Waiting,
             "delayed" => Self::Delayed,
             "active" => Self::Active,
             "completed" => Self::Completed,
+            "dead" => Self::Dead,
             "cancelled" => Self::Cancelled,
-            _ => Self::Dead,
-        }
+            _ => return None,
+        })
+    }
+
+    /// A state as a script wrote it (anything else: dead).
+    pub(crate) fn parse(s: &str) -> Self {
+        Self::from_name(s).unwrap_or(Self::Dead)
     }
 
     /// The name of the sorted set that holds the queue's jobs in this state.
@@ -134,15 +148,27 @@ pub struct QueueCounts {
     pub cancelled: u64,
 }
 
+/// `t` as milliseconds since the Unix epoch, `None` before it.
+fn ms_since_epoch(t: SystemTime) -> Option<u64> {
+    t.duration_since(UNIX_EPOCH)
+        .ok()
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// `t` as milliseconds since the Unix epoch (0 before it).
+pub(crate) fn epoch_millis_at<S: serde::Serializer>(
+    t: &SystemTime,
+    out: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    serde::Serialize::serialize(&ms_since_epoch(*t).unwrap_or(0), out)
+}
+
 /// `t` as milliseconds since the Unix epoch (`null` when absent or before it).
 fn epoch_millis<S: serde::Serializer>(
     t: &Option<SystemTime>,
     out: S,
 ) -> std::result::Result<S::Ok, S::Error> {
-    let ms = t
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    serde::Serialize::serialize(&ms, out)
+    serde::Serialize::serialize(&t.and_then(ms_since_epoch), out)
 }
 
 /// A named queue in Redis. Every key of a queue is under `<prefix>{<name>}:`, one hash tag, so

@@ -9,8 +9,9 @@ use crate::queue::millis;
 use crate::scripts::{HEARTBEAT, UNREGISTER};
 use crate::{Queue, Result};
 
-/// A worker as it registered itself.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A worker as it registered itself. Serializes for a status endpoint, times as milliseconds
+/// since the Unix epoch (as [`crate::JobStatus`]'s).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct WorkerInfo {
     /// Its id: `<pid>-<random>`.
@@ -22,8 +23,10 @@ pub struct WorkerInfo {
     /// The queues it takes jobs from.
     pub queues: Vec<String>,
     /// When it started.
+    #[serde(serialize_with = "crate::queue::epoch_millis_at")]
     pub started: SystemTime,
     /// Its last heartbeat.
+    #[serde(serialize_with = "crate::queue::epoch_millis_at")]
     pub heartbeat: SystemTime,
 }
 
