@@ -64,8 +64,10 @@ pub enum DecodedValue {
 
 /// Decodes a tile and checks it: version 2, geometry command counts, rings of at least three
 /// points without a repeated closing vertex, each polygon an exterior ring (positive area in
-/// tile space) followed by interior rings (negative), tags in pairs that index existing keys
-/// and values, unique feature ids within a layer.
+/// tile space) followed by interior rings (negative), rings valid as MVT 2.1 §4.3.4.4 asks (no
+/// repeated point, no spike, no ring crossing or touching itself, no two rings of a feature
+/// crossing or sharing a stretch of boundary), tags in pairs that index existing keys and
+/// values, unique feature ids within a layer.
 ///
 /// ```
 /// let decoded = geostack_tiles::decode(&[]).unwrap();
@@ -250,6 +252,7 @@ fn commands(kind: u64, cmds: &[u64]) -> Result<crate::TileGeometry> {
                     return Err(bad("a ring with zero area"));
                 }
             }
+            crate::validity::check(&polygons).map_err(bad)?;
             Ok(crate::TileGeometry::Polygons(polygons))
         }
         _ => Err(bad(format!("unknown geometry type {kind}"))),

@@ -21,6 +21,7 @@ mod project;
 mod response;
 #[cfg(feature = "postgis")]
 mod sql_layers;
+mod validity;
 
 pub use aggregate::{Aggregate, AggregationOptions, PointAggregator};
 pub use cache::{CachedTile, MemoryTileCache, SingleFlight, TileCache, TileKey};

@@ -1,7 +1,11 @@
-//! EPSG:3857 geometry → integer tile geometry: transform, clip, simplify, quantize, clean and
-//! orient. No I/O.
+//! EPSG:3857 geometry → integer tile geometry: transform, clip, simplify, quantize, and for
+//! polygons a validity repair on the grid. No I/O.
 
 use geo_types::{Coord, Geometry, LineString, Polygon};
+use i_overlay::core::fill_rule::FillRule;
+use i_overlay::core::overlay::IntOverlayOptions;
+use i_overlay::core::simplify::Simplify;
+use i_overlay::i_float::int::point::IntPoint;
 
 use crate::{Bounds, TileCoord, TileOptions};
 
@@ -165,36 +169,59 @@ fn lines<'a>(
     (!out.is_empty()).then_some(TileGeometry::Lines(out))
 }
 
+/// A feature's polygons: every ring clipped, simplified and snapped on its own, then the whole
+/// feature rebuilt from its rings' outlines by the even–odd rule on the integer grid, which is
+/// what makes the result valid whatever the steps before did (a simplified edge crossing
+/// another, a spike, a ring collapsing or folding when snapped, a bowtie in the input): a point
+/// is inside when it is inside an odd number of rings, as PostGIS's `ST_MakeValid` decides it.
+/// Rings come out without self-intersection or self-tangency, holes touching their exterior at
+/// most at a point (OGC simple features), exteriors positive and holes negative.
 fn polygons<'a>(
     ps: impl Iterator<Item = &'a Polygon<f64>>,
     frame: &Frame,
     contained: bool,
 ) -> Option<TileGeometry> {
-    let mut out = Vec::new();
+    let mut rings: Vec<Vec<IntPoint>> = Vec::new();
     for p in ps {
-        let Some(exterior) = ring(p.exterior(), frame, contained, true) else {
-            continue;
-        };
-        let mut rings = vec![exterior];
         rings.extend(
-            p.interiors()
-                .iter()
-                .filter_map(|r| ring(r, frame, contained, false)),
+            std::iter::once(p.exterior())
+                .chain(p.interiors())
+                .filter_map(|r| ring(r, frame, contained))
+                .map(|r| r.into_iter().map(|[x, y]| IntPoint::new(x, y)).collect()),
         );
-        out.push(rings);
     }
+    if rings.is_empty() {
+        return None;
+    }
+    let options = IntOverlayOptions {
+        ogc: true,
+        ..IntOverlayOptions::default()
+    };
+    let shapes = rings.simplify(FillRule::EvenOdd, options);
+    let out: Vec<Vec<Vec<TilePoint>>> = shapes
+        .into_iter()
+        .filter_map(|shape| {
+            let mut shape: Vec<Vec<TilePoint>> = shape
+                .into_iter()
+                .map(|c| c.into_iter().map(|p| [p.x, p.y]).collect())
+                .collect();
+            let exterior = area2(shape.first()?);
+            if exterior < 0 {
+                shape.iter_mut().for_each(|r| r.reverse());
+            }
+            (exterior != 0).then_some(shape)
+        })
+        .collect();
+    // Every tile the tests make is checked as `decode` checks it.
+    debug_assert_eq!(crate::validity::check(&out), Ok(()), "{out:?}");
     (!out.is_empty()).then_some(TileGeometry::Polygons(out))
 }
 
-/// A ring in tile space: clipped, simplified, quantized, without repeated points or the
-/// closing point; `None` when fewer than 3 distinct points or no area remain. Oriented positive
-/// (exterior) or negative (interior).
-fn ring(
-    r: &LineString<f64>,
-    frame: &Frame,
-    contained: bool,
-    exterior: bool,
-) -> Option<Vec<TilePoint>> {
+/// A ring in tile space: clipped, simplified, snapped to the grid, without repeated points or
+/// the closing point; `None` when it has no area left. A ring that simplification collapses is
+/// snapped again without it, so that a small island still shows as the few units it covers (as
+/// `ST_AsMVTGeom`, which snaps without simplifying, keeps it).
+fn ring(r: &LineString<f64>, frame: &Frame, contained: bool) -> Option<Vec<TilePoint>> {
     let mut t: Vec<Coord<f64>> = r.0.iter().map(|c| frame.project(*c)).collect();
     if t.len() > 1 && t.first() != t.last() {
         t.push(t[0]);
@@ -213,9 +240,19 @@ fn ring(
         }
         t.push(t[0]);
     }
-    // As PostGIS's ST_AsMVTGeom: simplify the closed ring, snap it to the grid, then clip it.
-    let simplified = simplify(&t, frame.tolerance);
-    let mut q: Vec<Coord<f64>> = dedupe(simplified.iter().map(|c| quantize(*c)))
+    let simplified = snapped(&simplify(&t, frame.tolerance), frame, contained);
+    match simplified {
+        Some(q) if area2(&q) != 0 => Some(q),
+        // Collapsed, or a figure eight whose lobes cancel (the repair splits those).
+        _ if frame.tolerance > 0.0 => snapped(&t, frame, contained),
+        _ => simplified,
+    }
+}
+
+/// A closed ring snapped to the grid and cut at the buffer; `None` when fewer than 3 points
+/// remain. Its signed area may be 0 (a line, or a bowtie): the repair decides what is left.
+fn snapped(ring: &[Coord<f64>], frame: &Frame, contained: bool) -> Option<Vec<TilePoint>> {
+    let mut q: Vec<Coord<f64>> = dedupe(ring.iter().map(|c| quantize(*c)))
         .into_iter()
         .map(|[x, y]| Coord {
             x: f64::from(x),
@@ -232,17 +269,7 @@ fn ring(
     while q.len() > 1 && q.first() == q.last() {
         q.pop();
     }
-    if q.len() < 3 {
-        return None;
-    }
-    let area = area2(&q);
-    if area == 0 {
-        return None;
-    }
-    if (area > 0) != exterior {
-        q.reverse();
-    }
-    Some(q)
+    (q.len() >= 3).then_some(q)
 }
 
 /// Twice the signed area by the surveyor's formula, in tile space (positive: clockwise with

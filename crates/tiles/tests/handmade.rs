@@ -408,3 +408,189 @@ fn clusters_sit_on_an_absolute_grid_and_are_never_duplicated_across_tiles() {
         .is_err()
     );
 }
+
+/// Twice the area of a tile geometry's polygons (exteriors positive, holes negative).
+fn area2(g: &TileGeometry) -> i64 {
+    let TileGeometry::Polygons(ps) = g else {
+        return 0;
+    };
+    ps.iter()
+        .flatten()
+        .map(|r| {
+            (0..r.len())
+                .map(|i| {
+                    let ([x0, y0], [x1, y1]) = (r[i], r[(i + 1) % r.len()]);
+                    i64::from(x0) * i64::from(y1) - i64::from(x1) * i64::from(y0)
+                })
+                .sum::<i64>()
+        })
+        .sum()
+}
+
+fn polygon(t: TileCoord, pts: &[(f64, f64)]) -> Geometry<f64> {
+    Polygon::new(ring(t, pts), vec![]).into()
+}
+
+#[test]
+fn a_bowtie_becomes_two_triangles_touching_at_their_tips() {
+    let t = tile(6, 20, 30);
+    let bowtie = polygon(
+        t,
+        &[
+            (100.0, 100.0),
+            (900.0, 900.0),
+            (900.0, 100.0),
+            (100.0, 900.0),
+        ],
+    );
+    let g = one(t, &bowtie).unwrap();
+    let TileGeometry::Polygons(ps) = &g else {
+        panic!("{g:?}")
+    };
+    assert_eq!(ps.len(), 2, "{g:?}");
+    assert!(ps.iter().all(|p| p.len() == 1 && p[0].len() == 3), "{g:?}");
+    assert!(ps.iter().all(|p| p[0].contains(&[500, 500])), "{g:?}");
+    assert_eq!(area2(&g), 2 * 2 * 160_000);
+}
+
+#[test]
+fn a_ring_touching_itself_comes_out_as_a_polygon_with_a_hole() {
+    let t = tile(6, 20, 30);
+    // The ring passes twice through (500, 900), enclosing a triangle that is outside the
+    // polygon by the even–odd rule.
+    let g = one(
+        t,
+        &polygon(
+            t,
+            &[
+                (100.0, 100.0),
+                (900.0, 100.0),
+                (900.0, 900.0),
+                (500.0, 900.0),
+                (300.0, 500.0),
+                (700.0, 500.0),
+                (500.0, 900.0),
+                (100.0, 900.0),
+            ],
+        ),
+    )
+    .unwrap();
+    assert_eq!(area2(&g), 2 * (640_000 - 80_000), "{g:?}");
+}
+
+#[test]
+fn repeated_points_and_spikes_go() {
+    let t = tile(6, 20, 30);
+    let g = one(
+        t,
+        &polygon(
+            t,
+            &[
+                (100.0, 100.0),
+                (100.0, 100.0),
+                (900.0, 100.0),
+                (900.0, 500.0),
+                (1500.0, 500.0),
+                (900.0, 500.0),
+                (900.0, 900.0),
+                (100.0, 900.0),
+                (100.0, 900.2),
+            ],
+        ),
+    );
+    assert_eq!(
+        g,
+        Some(TileGeometry::Polygons(vec![vec![vec![
+            [100, 100],
+            [900, 100],
+            [900, 900],
+            [100, 900]
+        ]]]))
+    );
+}
+
+#[test]
+fn rings_that_collapse_on_the_grid_go_and_small_islands_stay() {
+    let t = tile(0, 0, 0);
+    // A sliver 0.3 units high collapses onto one row of the grid: nothing is left.
+    let sliver = polygon(
+        t,
+        &[
+            (100.2, 100.1),
+            (900.2, 100.2),
+            (900.2, 100.4),
+            (100.2, 100.3),
+        ],
+    );
+    assert_eq!(one(t, &sliver), None);
+    // An island under a unit and a half across, drawn with 16 vertices: simplification at
+    // half a unit would leave a line of it, snapping alone leaves a unit or less of area.
+    let island: Vec<(f64, f64)> = (0..16)
+        .map(|i| {
+            let a = f64::from(i) * std::f64::consts::TAU / 16.0;
+            (2000.4 + 0.7 * a.cos(), 1000.6 + 0.7 * a.sin())
+        })
+        .collect();
+    let g = one(t, &polygon(t, &island)).expect("the island is kept");
+    assert!(area2(&g) > 0, "{g:?}");
+}
+
+/// A deterministic pseudo-random sequence (a 64-bit LCG), enough for shapes.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> f64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+#[test]
+fn random_tangles_come_out_valid_at_every_scale() {
+    // Rings of random points (crossing themselves everywhere), random stars and polygons with
+    // random holes, from a few units to many tiles across, each through clipping,
+    // simplification and snapping: `decode` checks every ring of every tile.
+    let mut rng = Lcg(7);
+    let t = tile(8, 130, 90);
+    let mut kept = 0;
+    for case in 0..400 {
+        let scale = [3.0, 20.0, 300.0, 5000.0][case % 4];
+        let (cx, cy) = (-500.0 + 5000.0 * rng.next(), -500.0 + 5000.0 * rng.next());
+        let n = 3 + (rng.next() * 40.0) as usize;
+        let star = case % 3 == 0;
+        let mut pts: Vec<(f64, f64)> = (0..n)
+            .map(|i| {
+                if star {
+                    let a = i as f64 * std::f64::consts::TAU / n as f64;
+                    let r = scale * (0.2 + rng.next());
+                    (cx + r * a.cos(), cy + r * a.sin())
+                } else {
+                    (
+                        cx + scale * (rng.next() - 0.5),
+                        cy + scale * (rng.next() - 0.5),
+                    )
+                }
+            })
+            .collect();
+        if case % 5 == 0 {
+            pts.push(pts[0]);
+            pts.push(pts[1]);
+        }
+        let holes = (0..case % 3)
+            .map(|_| {
+                let (hx, hy) = (
+                    cx + scale * (rng.next() - 0.5),
+                    cy + scale * (rng.next() - 0.5),
+                );
+                let s = scale * 0.2 * rng.next();
+                ring(t, &[(hx, hy), (hx + s, hy), (hx + s, hy + s), (hx, hy + s)])
+            })
+            .collect();
+        let g: Geometry<f64> = Polygon::new(ring(t, &pts), holes).into();
+        kept += usize::from(one(t, &g).is_some());
+    }
+    assert!(kept > 300, "only {kept} of 400 shapes reached the tile");
+}
