@@ -9,6 +9,7 @@ mod support;
 
 use std::collections::BTreeMap;
 
+use geostack::server::ServerConfig;
 use geostack::tiles::{DecodedValue, TileGeometry, decode};
 use support::{App, app, app_with, encode};
 
@@ -1056,6 +1057,35 @@ async fn without_a_tile_cache_every_tile_is_rendered_afresh() {
     let after = app.get(&tile).await;
     assert_eq!(after.status, 200, "{}", after.text());
     assert_eq!(decode(&after.body).unwrap().layers[0].features.len(), 1);
+}
+
+#[tokio::test]
+async fn table_tiles_are_served_at_the_configured_zooms_only() {
+    assert!(ServerConfig::default().tile_zooms(5, 4).is_err());
+    assert!(ServerConfig::default().tile_zooms(0, 31).is_err());
+    let app = app_with(|c| c.tile_zooms(1, 6).unwrap()).await;
+    let tilejson = app.get("/tiles/countries").await.json();
+    assert_eq!(
+        (&tilejson["minzoom"], &tilejson["maxzoom"]),
+        (&1.into(), &6.into())
+    );
+    assert_eq!(
+        (
+            &tilejson["vector_layers"][0]["minzoom"],
+            &tilejson["vector_layers"][0]["maxzoom"]
+        ),
+        (&1.into(), &6.into())
+    );
+    // Europe has countries at every zoom; outside 1 to 6 its tiles are empty.
+    for (z, x, y, status) in [
+        (0, 0, 0, 204),
+        (1, 1, 0, 200),
+        (6, 33, 21, 200),
+        (7, 66, 42, 204),
+    ] {
+        let got = app.get(&format!("/tiles/countries/{z}/{x}/{y}.mvt")).await;
+        assert_eq!(got.status, status, "{z}/{x}/{y}: {}", got.text());
+    }
 }
 
 #[tokio::test]

@@ -47,6 +47,7 @@ pub struct ServerConfig {
     pub(crate) key_layout: KeyLayout,
     pub(crate) operators: Vec<String>,
     pub(crate) tile_id_columns: Vec<String>,
+    pub(crate) tile_zooms: std::ops::RangeInclusive<u8>,
     pub(crate) purge: Vec<super::Purge>,
 }
 
@@ -115,6 +116,7 @@ impl Default for ServerConfig {
             tile_id_columns: geostack_tiles::DEFAULT_ID_COLUMNS
                 .map(str::to_owned)
                 .to_vec(),
+            tile_zooms: 0..=22,
             purge: Vec::new(),
         }
     }
@@ -309,6 +311,23 @@ impl ServerConfig {
     pub fn tile_id_columns(mut self, columns: impl IntoIterator<Item = impl Into<String>>) -> Self {
         self.tile_id_columns = columns.into_iter().map(Into::into).collect();
         self
+    }
+
+    /// The zooms the table tiles are served at, as their TileJSON says (`minzoom`, `maxzoom`);
+    /// a tile outside is empty (204) without a query, as a map layer's tile outside its zooms.
+    /// Default 0 to 22.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BadRequest`](super::Error::BadRequest) unless `min <= max <= 30`.
+    pub fn tile_zooms(mut self, min: u8, max: u8) -> Result<Self, super::Error> {
+        if min > max || max > 30 {
+            return Err(super::Error::BadRequest(format!(
+                "tile zooms: expected 0 <= min <= max <= 30, got {min} and {max}"
+            )));
+        }
+        self.tile_zooms = min..=max;
+        Ok(self)
     }
 
     /// A cache in front of the server to purge when a table's tiles are dropped (a write

@@ -254,6 +254,7 @@ async fn tile<C: RedisConnection>(State(api): State<TablesApi<C>>, req: ApiReque
             let tags = sources.iter().map(TableSource::name).collect();
             let options = inner.tiles.options().clone();
             let sandbox = inner.sandbox.options();
+            let served = inner.gate.config().tile_zooms.contains(&coord.z());
             inner
                 .tiles
                 .tile(
@@ -264,7 +265,7 @@ async fn tile<C: RedisConnection>(State(api): State<TablesApi<C>>, req: ApiReque
                     tags,
                     || async move {
                         let mut tile = TileBuilder::new(coord, &options);
-                        for source in &sources {
+                        for source in sources.iter().filter(|_| served) {
                             let mut layer = tile.layer(&source.table);
                             source.fill(&pool, &sandbox, &mut layer).await?;
                             layer.finish()?;
@@ -306,7 +307,11 @@ async fn tilejson<C: RedisConnection>(
                 url.push_str("fields=");
                 url.extend(form_urlencoded::byte_serialize(fields.as_bytes()));
             }
-            let layers: Vec<_> = sources.iter().map(|s| (s.table.clone(), 0, 22)).collect();
+            let zooms = &api.inner.gate.config().tile_zooms;
+            let layers: Vec<_> = sources
+                .iter()
+                .map(|s| (s.table.clone(), *zooms.start(), *zooms.end()))
+                .collect();
             // The attributes each layer's features carry, typed.
             let fields: Vec<_> = sources
                 .iter()

@@ -174,6 +174,8 @@ struct Tiles {
     cache_ttl_secs: Option<u64>,
     max_renders_per_caller: Option<u32>,
     id_columns: Option<Vec<String>>,
+    minzoom: Option<u8>,
+    maxzoom: Option<u8>,
 }
 
 #[derive(Default, Deserialize)]
@@ -385,6 +387,15 @@ impl Config {
         }
         if let Some(columns) = &t.id_columns {
             c = c.tile_id_columns(columns.iter().cloned());
+        }
+        if let Some((min, max)) = pair(t.minzoom, t.maxzoom, "tiles.minzoom and tiles.maxzoom")? {
+            c = c
+                .tile_zooms(min, max)
+                .map_err(|_| {
+                    Invalid(format!(
+                        "tiles.minzoom and tiles.maxzoom: expected 0 <= minzoom <= maxzoom <= 30, got {min} and {max}"
+                    ))
+                })?;
         }
         let m = &self.maps;
         if let Some((bytes, per_user)) = pair(
