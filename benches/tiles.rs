@@ -1,7 +1,9 @@
 //! Vector tiles of the Natural Earth countries, per tile, for the 85 tiles of zooms 0 to 3:
-//! encoding alone (points, lines and polygons already in tile space), the whole in-process
-//! pipeline from WKB bytes, and — fetch included on both sides, in the same run — the
-//! in-process table source against PostGIS's `ST_AsMVT(ST_AsMVTGeom(…))`. Criterion reports
+//! encoding alone (points, lines and polygons already in tile space) and the whole in-process
+//! pipeline from WKB bytes; then, fetch included on both sides, in the same run, the
+//! in-process table source against PostGIS's `ST_AsMVT(ST_AsMVTGeom(…))`: the countries from
+//! z0 to z5 (every tile to z3, the tiles over land at z4, every other one at z5) and 150 000
+//! points (`bench_points`, a third of them over central Europe) from z0 to z3. Criterion reports
 //! tiles/s (per-tile time is its inverse); `vertices` reports the pipeline's vertices/s.
 #![expect(
     clippy::expect_used,
@@ -23,6 +25,36 @@ use geostack::tiles::{TileBuilder, TileCoord, TileGeometry, TileOptions, Value, 
 type Convert = fn(&Geometry<f64>) -> Geometry<f64>;
 
 const TABLE_CHECK: &str = "select count(*) from pg_tables where tablename = 'bench_countries'";
+const POINTS_CHECK: &str = "select count(*) from pg_tables where tablename = 'bench_points'";
+
+/// 100 000 points over the world and 50 000 over central Europe, the same on every run.
+const POINTS: &str = "
+create table bench_points (id int primary key, name text, geom geometry(Point, 4326));
+select setseed(0.42);
+insert into bench_points
+select i, 'p' || i, ST_SetSRID(ST_MakePoint(
+         case when i <= 100000 then -180 + 360 * random() else 3 + 14 * random() end,
+         case when i <= 100000 then -85 + 170 * random() else 43 + 14 * random() end), 4326)
+from generate_series(1, 150000) i;
+create index on bench_points using gist (geom);
+analyze bench_points;
+";
+
+/// PostGIS's tile of a table with `gid`, `iso`, `name` and a `geom` in EPSG:4326.
+const COUNTRIES_ST_ASMVT: &str = include_str!("../crates/testkit/src/sql/st_asmvt_countries.sql");
+
+/// PostGIS's tile of the points.
+const POINTS_ST_ASMVT: &str = "
+select ST_AsMVT(q, 'points', 4096, 'geom', 'id') from (
+  select id, name,
+         ST_AsMVTGeom(ST_Transform(geom, 3857), ST_TileEnvelope($1, $2, $3), 4096, 64, true) as geom
+  from bench_points
+  where geom && (
+    select ST_Transform(ST_MakeEnvelope(
+             greatest(ST_XMin(e), -20037508.342789244), greatest(ST_YMin(e), -20037508.342789244),
+             least(ST_XMax(e), 20037508.342789244), least(ST_YMax(e), 20037508.342789244), 3857), 4326)
+    from ST_TileEnvelope($1, $2, $3, margin => 64.0 / 4096) as e)
+) q where geom is not null";
 
 fn tiles() -> Vec<TileCoord> {
     let mut out = Vec::new();
@@ -202,54 +234,100 @@ fn bench(c: &mut Criterion) {
         if exists == 0 {
             geostack_testkit::natural_earth::load_countries(&pool, "bench_countries").await;
         }
+        let (exists,): (i64,) = sqlx::query_as(POINTS_CHECK)
+            .fetch_one(&pool)
+            .await
+            .expect("pg_tables");
+        if exists == 0 {
+            sqlx::raw_sql(POINTS)
+                .execute(&pool)
+                .await
+                .expect("the points");
+        }
         lock.release().await;
         pool
     });
-    let source = rt.block_on(async {
-        geostack::tiles::discover(&pool)
-            .await
-            .expect("discover")
-            .into_iter()
-            .find(|s| s.table == "bench_countries")
-            .expect("bench_countries is a source")
-    });
-    let mut group = c.benchmark_group("tiles_fetch_and_encode");
-    group.measurement_time(Duration::from_secs(10));
-    group.throughput(Throughput::Elements(n));
-    group.bench_function("in_process", |b| {
-        b.to_async(&rt).iter(|| async {
-            let mut bytes = 0;
-            for t in &tiles {
-                let mut builder = TileBuilder::new(*t, &options);
-                let mut layer = builder.layer("countries");
-                source
-                    .fill(&pool, &sqlpass::Options::default(), &mut layer)
-                    .await
-                    .expect("fill");
-                layer.finish().expect("layer");
-                bytes += builder.into_bytes().expect("tile").len();
+    let source = |table: &str| {
+        rt.block_on(async {
+            geostack::tiles::discover(&pool)
+                .await
+                .expect("discover")
+                .into_iter()
+                .find(|s| s.table == table)
+                .expect("the table is a source")
+        })
+    };
+    // Countries z0–z5: every tile to z3, then every tile over a country at z4 and every other
+    // one at z5. Points z0–z3: every tile.
+    let mut over_land: Vec<TileCoord> = tiles.clone();
+    for z in 4..=5u8 {
+        let mut at = Vec::new();
+        for x in 0..(1u32 << z) {
+            for y in 0..(1u32 << z) {
+                let t = TileCoord::new_checked(z, x, y).expect("a tile");
+                if countries
+                    .iter()
+                    .any(|(_, _, g)| intersects(g, &t.bounds_3857()))
+                {
+                    at.push(t);
+                }
             }
-            black_box(bytes)
+        }
+        over_land.extend(at.into_iter().step_by(usize::from(z) - 3));
+    }
+    let sets = [
+        (
+            "countries",
+            source("bench_countries"),
+            over_land,
+            COUNTRIES_ST_ASMVT.replace("{table}", "bench_countries"),
+        ),
+        (
+            "points",
+            source("bench_points"),
+            tiles.clone(),
+            POINTS_ST_ASMVT.to_owned(),
+        ),
+    ];
+    for (name, source, tiles, st_asmvt) in &sets {
+        let mut group = c.benchmark_group(format!("tiles_fetch_and_encode_{name}"));
+        group.sample_size(10);
+        group.measurement_time(Duration::from_secs(10));
+        group.throughput(Throughput::Elements(tiles.len() as u64));
+        group.bench_function("in_process", |b| {
+            b.to_async(&rt).iter(|| async {
+                let mut bytes = 0;
+                for t in tiles {
+                    let mut builder = TileBuilder::new(*t, &options);
+                    let mut layer = builder.layer(name);
+                    source
+                        .fill(&pool, &sqlpass::Options::default(), &mut layer)
+                        .await
+                        .expect("fill");
+                    layer.finish().expect("layer");
+                    bytes += builder.into_bytes().expect("tile").len();
+                }
+                black_box(bytes)
+            });
         });
-    });
-    group.bench_function("postgis_st_asmvt", |b| {
-        b.to_async(&rt).iter(|| async {
-            let mut bytes = 0;
-            for t in &tiles {
-                let tile = geostack_testkit::natural_earth::st_asmvt_tile(
-                    &pool,
-                    "bench_countries",
-                    t.z(),
-                    t.x(),
-                    t.y(),
-                )
-                .await;
-                bytes += tile.len();
-            }
-            black_box(bytes)
+        group.bench_function("postgis_st_asmvt", |b| {
+            b.to_async(&rt).iter(|| async {
+                let mut bytes = 0;
+                for t in tiles {
+                    let (tile,): (Vec<u8>,) = sqlx::query_as(sqlx::AssertSqlSafe(st_asmvt.clone()))
+                        .bind(i32::from(t.z()))
+                        .bind(t.x() as i32)
+                        .bind(t.y() as i32)
+                        .fetch_one(&pool)
+                        .await
+                        .expect("ST_AsMVT");
+                    bytes += tile.len();
+                }
+                black_box(bytes)
+            });
         });
-    });
-    group.finish();
+        group.finish();
+    }
 }
 
 fn intersects(g: &Geometry<f64>, b: &geostack::tiles::Bounds) -> bool {

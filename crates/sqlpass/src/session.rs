@@ -349,6 +349,35 @@ impl Session {
         self.finish(false).await
     }
 
+    /// Ends a reader's session as [`Session::end`] does, on a task of its own: the caller
+    /// goes on with what it read while the rollback and the connection's check run, one round
+    /// trip off its path. A failure there is logged; the connection is then closed, never
+    /// reused. Outside a tokio runtime, it ends as a dropped session does.
+    ///
+    /// ```
+    /// # async fn demo(pool: sqlx::PgPool) -> sqlpass::Result<()> {
+    /// let mut session = sqlpass::Session::begin(&pool, &sqlpass::Options::default()).await?;
+    /// let mut rows = 0;
+    /// session
+    ///     .for_each_row(sqlx::query("select 1"), |_| {
+    ///         rows += 1;
+    ///         std::ops::ControlFlow::Continue(())
+    ///     })
+    ///     .await?;
+    /// session.end_in_background();
+    /// assert_eq!(rows, 1);
+    /// # Ok(()) }
+    /// ```
+    pub fn end_in_background(mut self) {
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(e) = self.finish(false).await {
+                    tracing::warn!(error = %e, "a session ended in the background failed to end");
+                }
+            });
+        }
+    }
+
     /// Commits (a writer's session), then cleans up as [`Session::end`] does.
     ///
     /// # Errors

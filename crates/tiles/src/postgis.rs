@@ -316,9 +316,9 @@ impl TableSource {
                 })
                 .await;
         }
-        let ended = session.end().await;
+        // The rows read, the tile goes on while the session's rollback and check run.
+        session.end_in_background();
         read?;
-        ended?;
         reader.finish()
     }
 

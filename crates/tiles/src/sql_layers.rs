@@ -101,8 +101,9 @@ impl MapConfig {
                 }
             }
         }
-        // Nothing of the caller's outlives the tile.
-        session.end().await?;
+        // Nothing of the caller's outlives the tile: rolled back and checked while the tile
+        // is encoded.
+        session.end_in_background();
         encode_within_budget(coord, options, &visible, &fetched)
     }
 }
@@ -654,9 +655,8 @@ impl FunctionSource {
                 ControlFlow::Continue(())
             })
             .await;
-        let ended = session.end().await;
+        session.end_in_background();
         read?;
-        ended?;
         tile
     }
 }
