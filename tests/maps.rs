@@ -1287,3 +1287,105 @@ async fn notes_map_tile(app: &App) -> String {
     let token = r.json()["layergroupid"].as_str().unwrap().to_owned();
     format!("/api/v1/map/{token}/0/0/0.mvt?api_key={}", app.regular)
 }
+
+/// A PNG's size and its pixels (RGBA, rows top down).
+fn png_pixels(bytes: &[u8]) -> (u32, Vec<u8>) {
+    let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+    let mut reader = decoder.read_info().unwrap();
+    let mut pixels = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut pixels).unwrap();
+    assert_eq!(info.width, info.height);
+    assert_eq!(info.color_type, png::ColorType::Rgba);
+    (info.width, pixels)
+}
+
+#[tokio::test]
+async fn raster_tiles_draw_each_layer_s_cartocss() {
+    let app = app().await;
+    let style = "#layer { polygon-fill: #ff0000; polygon-gamma: 0.5;
+        [name = 'Brazil'] { polygon-fill: #0000ff; } }";
+    let config = serde_json::json!({"version": "1.3.0", "layers": [{"type": "mapnik", "options": {
+        "sql": "select gid, name, ST_Transform(geom, 3857) as the_geom_webmercator from countries",
+        "cartocss": style, "cartocss_version": "3.0.12"}}]});
+    let r = app.post_json("/api/v1/map", &config).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let doc = r.json();
+    let token = doc["layergroupid"].as_str().unwrap().to_owned();
+    assert_eq!(
+        doc["metadata"]["layers"][0]["meta"]["warnings"],
+        serde_json::json!(["polygon-gamma is not drawn by this renderer (ignored)"])
+    );
+    assert_eq!(
+        doc["metadata"]["url"]["raster"]["urlTemplate"],
+        format!(
+            "http://{}/api/v1/map/{token}/{{z}}/{{x}}/{{y}}.png",
+            app.addr
+        )
+    );
+
+    // Where (lon, lat) falls on the z0 image of `side` pixels: its colour.
+    let at = |side: u32, pixels: &[u8], lon: f64, lat: f64| {
+        let [x, y] = z0(lon, lat);
+        let (x, y) = (
+            (f64::from(x) * f64::from(side) / 4096.0) as usize,
+            (f64::from(y) * f64::from(side) / 4096.0) as usize,
+        );
+        let i = (y * side as usize + x) * 4;
+        <[u8; 4]>::try_from(&pixels[i..i + 4]).unwrap()
+    };
+    for (path, side) in [
+        (format!("/api/v1/map/{token}/0/0/0.png"), 256),
+        (format!("/api/v1/map/{token}/0/0/0/0@2x.png"), 512),
+    ] {
+        let r = app.get(&path).await;
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+        assert_eq!(r.header("content-type"), Some("image/png"));
+        let (got, pixels) = png_pixels(&r.body);
+        assert_eq!(got, side);
+        // Central Africa and Siberia are red, Brazil blue (its own rule), the oceans clear.
+        assert_eq!(at(side, &pixels, 22.0, 5.0), [255, 0, 0, 255], "{path}");
+        assert_eq!(at(side, &pixels, 100.0, 62.0), [255, 0, 0, 255], "{path}");
+        assert_eq!(at(side, &pixels, -50.0, -10.0), [0, 0, 255, 255], "{path}");
+        assert_eq!(at(side, &pixels, -140.0, 0.0)[3], 0, "{path}");
+        assert_eq!(at(side, &pixels, -30.0, -30.0)[3], 0, "{path}");
+        // Cached: the same image under the same ETag.
+        let again = app.get(&path).await;
+        assert_eq!(again.body, r.body);
+        assert_eq!(again.header("etag"), r.header("etag"));
+    }
+    // Out of range and an unknown extension stay errors.
+    assert_eq!(
+        app.get(&format!("/api/v1/map/{token}/1/2/0.png"))
+            .await
+            .status,
+        400
+    );
+    assert_eq!(
+        app.get(&format!("/api/v1/map/{token}/0/0/0.gif"))
+            .await
+            .status,
+        400
+    );
+
+    // A style that does not parse, or reads a column the SQL lacks, is refused when the map
+    // is made, in Windshaft's shape.
+    for (cartocss, message) in [
+        (
+            "#layer {\n  polygon-fil: red;\n}",
+            "invalid CartoCSS: 2:3 unrecognized property polygon-fil",
+        ),
+        (
+            "#layer [pop_est > 1e6] { polygon-fill: red; }",
+            "column \"pop_est\" does not exist in the layer's SQL",
+        ),
+    ] {
+        let mut bad = config.clone();
+        bad["layers"][0]["options"]["cartocss"] = cartocss.into();
+        let r = app.post_json("/api/v1/map", &bad).await;
+        assert_eq!(r.status, 400, "{}", r.text());
+        let got = r.json();
+        let text = got["errors"][0].as_str().unwrap();
+        assert!(text.contains(message), "{got}");
+        assert_eq!(got["errors_with_context"][0]["layer"]["index"], 0, "{got}");
+    }
+}

@@ -363,6 +363,8 @@ impl<C: RedisConnection> MapsApi<C> {
                         "cartocss": l.cartocss(),
                         "cartocss_version": l.cartocss_version(),
                         "cartocss_meta": { "rules": [] },
+                        // What the style has that raster tiles do not draw.
+                        "warnings": l.style().map(|s| s.warnings()).unwrap_or_default(),
                         "minzoom": l.minzoom(),
                         "maxzoom": l.maxzoom(),
                     })
@@ -396,6 +398,7 @@ impl<C: RedisConnection> MapsApi<C> {
             vec![serde_json::json!({ "nodes": nodes })]
         };
         let mvt = format!("{base}/{{z}}/{{x}}/{{y}}.mvt");
+        let png = format!("{base}/{{z}}/{{x}}/{{y}}.png");
         let mut response = Json(serde_json::json!({
             "layergroupid": layergroupid,
             // Windshaft's time of the tables' last change; none is kept here.
@@ -404,8 +407,14 @@ impl<C: RedisConnection> MapsApi<C> {
                 "layers": layers,
                 "dataviews": dataviews,
                 "analyses": analyses,
-                "tilejson": { "vector": tilejson_of(&layergroupid, vec![mvt.clone()], &zooms(&config)) },
-                "url": { "vector": { "urlTemplate": mvt, "subdomains": [] } },
+                "tilejson": {
+                    "vector": tilejson_of(&layergroupid, vec![mvt.clone()], &zooms(&config)),
+                    "raster": tilejson_of(&layergroupid, vec![png.clone()], &zooms(&config)),
+                },
+                "url": {
+                    "vector": { "urlTemplate": mvt, "subdomains": [] },
+                    "raster": { "urlTemplate": png, "subdomains": [] },
+                },
             },
             // No CDN: CARTO.js then builds URLs from its own server URL.
             "cdn_url": { "templates": {} },
@@ -702,7 +711,7 @@ async fn tile<C: RedisConnection>(State(api): State<MapsApi<C>>, req: ApiRequest
     respond(
         async {
             let caller = inner.gate.caller(&req, Api::Maps).await?;
-            let coord = coord(&req.path)?;
+            let (coord, format) = map_tile_coord(&req.path)?;
             let token = req
                 .path
                 .get("token")
@@ -719,10 +728,13 @@ async fn tile<C: RedisConnection>(State(api): State<MapsApi<C>>, req: ApiRequest
             } else {
                 (None, caller.principal.db_role().name().to_owned())
             };
-            let key = TileKey::new(format!("map:{token}:{layers}:{role}"), coord);
+            let key = TileKey::new(
+                format!("map:{token}:{layers}:{role}{}", format.key()),
+                coord,
+            );
             // A cached tile needs neither the config nor a connection.
             if let Some(tile) = inner.tiles.cached(&key).await? {
-                return Ok(tile_response(&caller, &req.headers, &tile));
+                return Ok(format.answer(tile_response(&caller, &req.headers, &tile)));
             }
             let loaded = match loaded {
                 Some(loaded) => loaded,
@@ -753,13 +765,69 @@ async fn tile<C: RedisConnection>(State(api): State<MapsApi<C>>, req: ApiRequest
             let tile = inner
                 .tiles
                 .render(&inner.gate, &caller, &key, &tables, || async move {
-                    Ok(config.render(&pool, coord, &options, &sandbox).await?.bytes)
+                    match format {
+                        TileFormat::Mvt => {
+                            Ok(config.render(&pool, coord, &options, &sandbox).await?.bytes)
+                        }
+                        TileFormat::Png(scale) => {
+                            config
+                                .render_png(&pool, coord, scale, &options, &sandbox)
+                                .await
+                        }
+                    }
                 })
                 .await?;
-            Ok(tile_response(&caller, &req.headers, &tile))
+            Ok(format.answer(tile_response(&caller, &req.headers, &tile)))
         }
         .await,
     )
+}
+
+/// What a map tile's path asks for: a vector tile (`.mvt` or no extension) or an image
+/// (`.png`, `@2x.png` twice as large).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TileFormat {
+    Mvt,
+    Png(u8),
+}
+
+impl TileFormat {
+    /// What the cache key adds for it.
+    fn key(self) -> String {
+        match self {
+            Self::Mvt => String::new(),
+            Self::Png(scale) => format!(":png@{scale}"),
+        }
+    }
+
+    /// The tile's answer with the format's media type.
+    fn answer(self, mut response: Response) -> Response {
+        if let (Self::Png(_), true) = (self, response.status() == axum::http::StatusCode::OK) {
+            response.headers_mut().insert(
+                axum::http::header::CONTENT_TYPE,
+                axum::http::HeaderValue::from_static("image/png"),
+            );
+        }
+        response
+    }
+}
+
+/// A map tile's coordinate and format from its path (`y` may end in `.mvt`, `.png` or
+/// `@2x.png`).
+fn map_tile_coord(
+    path: &HashMap<String, String>,
+) -> Result<(geostack_tiles::TileCoord, TileFormat)> {
+    let y = path.get("y").map(String::as_str).unwrap_or_default();
+    let (y, format) = if let Some(y) = y.strip_suffix("@2x.png") {
+        (y, TileFormat::Png(2))
+    } else if let Some(y) = y.strip_suffix(".png") {
+        (y, TileFormat::Png(1))
+    } else {
+        (y, TileFormat::Mvt)
+    };
+    let mut path = path.clone();
+    path.insert("y".into(), y.to_owned());
+    Ok((coord(&path)?, format))
 }
 
 fn zooms(config: &MapConfig) -> Vec<(String, u8, u8)> {

@@ -56,6 +56,9 @@ pub enum Error {
     /// The `mvt` encoder refused a geometry or layer.
     #[error("encoding failed: {0}")]
     Encode(String),
+    /// A CartoCSS stylesheet that cannot be read: where (`line:column`) and why.
+    #[error("invalid CartoCSS: {0}")]
+    Style(String),
     /// The database refused or could not be asked.
     #[cfg(feature = "postgis")]
     #[error("database error")]
@@ -96,6 +99,7 @@ impl Error {
             | Self::InvalidCoordinate(_)
             | Self::InvalidOption { .. }
             | Self::InvalidMapConfig { .. }
+            | Self::Style(_)
             | Self::Limit(_) => 400,
             #[cfg(feature = "postgis")]
             Self::Database(sqlx::Error::Database(db)) => match db.code().as_deref() {

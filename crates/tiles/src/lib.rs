@@ -4,6 +4,8 @@ mod aggregate;
 mod cache;
 #[cfg(feature = "redis")]
 mod cache_redis;
+#[cfg(feature = "raster")]
+mod cartocss;
 mod coord;
 #[cfg(feature = "postgis")]
 mod dataview;
@@ -17,6 +19,8 @@ mod pipeline;
 #[cfg(feature = "postgis")]
 mod postgis;
 mod project;
+#[cfg(feature = "raster")]
+mod raster;
 #[cfg(feature = "axum")]
 mod response;
 #[cfg(feature = "postgis")]
@@ -27,6 +31,8 @@ pub use aggregate::{Aggregate, AggregationOptions, PointAggregator};
 pub use cache::{CachedTile, MemoryTileCache, SingleFlight, TileCache, TileKey};
 #[cfg(feature = "redis")]
 pub use cache_redis::RedisTileCache;
+#[cfg(feature = "raster")]
+pub use cartocss::{Attributes, Color, SUPPORTED as CARTOCSS_SUPPORTED, Style};
 pub use coord::{Bounds, MAX_ZOOM, TileCoord, WEB_MERCATOR_HALF, to_lon_lat, to_web_mercator};
 #[cfg(feature = "postgis")]
 pub use dataview::DataviewQuery;
@@ -41,6 +47,8 @@ pub use pipeline::{TileGeometry, TilePoint, tile_geometry};
 pub use postgis::{
     AttributeKind, DEFAULT_ID_COLUMNS, TableSource, discover, discover_with_ids, tables_tile,
 };
+#[cfg(feature = "raster")]
+pub use raster::Canvas;
 #[cfg(all(feature = "axum", feature = "postgis"))]
 pub use response::TableTiles;
 #[cfg(feature = "axum")]

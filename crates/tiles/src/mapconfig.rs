@@ -92,6 +92,22 @@ pub struct MapLayer {
     client_options: serde_json::Value,
     minzoom: u8,
     maxzoom: u8,
+    /// Its `cartocss`, parsed.
+    #[cfg(feature = "raster")]
+    style: ParsedStyle,
+}
+
+/// A layer's parsed style; equal whenever the `cartocss` it came from is (which the layer
+/// compares).
+#[cfg(feature = "raster")]
+#[derive(Clone, Debug, Default)]
+struct ParsedStyle(Option<std::sync::Arc<crate::Style>>);
+
+#[cfg(feature = "raster")]
+impl PartialEq for ParsedStyle {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 /// What a dataview computes over its source ([`Dataview`]).
@@ -367,6 +383,8 @@ impl MapConfig {
                     id_column: None,
                     columns: Vec::new(),
                     interactivity: Vec::new(),
+                    #[cfg(feature = "raster")]
+                    style: ParsedStyle::default(),
                     cartocss: None,
                     cartocss_version: None,
                     source: None,
@@ -433,6 +451,13 @@ impl MapConfig {
                 id_column: attributes.id,
                 columns: attributes.columns,
                 interactivity,
+                #[cfg(feature = "raster")]
+                style: ParsedStyle(match &options.cartocss {
+                    Some(text) => Some(std::sync::Arc::new(
+                        crate::Style::parse(text).map_err(|e| bad(&e.to_string()))?,
+                    )),
+                    None => None,
+                }),
                 cartocss: options.cartocss,
                 cartocss_version: options.cartocss_version,
                 source,
@@ -626,6 +651,32 @@ impl MapLayer {
     /// Whether its rows are in the tiles (a data layer).
     pub fn is_data(&self) -> bool {
         self.kind == LayerKind::Data
+    }
+
+    /// Its `cartocss`, parsed when the config was (a config whose CartoCSS does not parse is
+    /// refused); `None` without one.
+    #[cfg(feature = "raster")]
+    pub fn style(&self) -> Option<&crate::Style> {
+        self.style.0.as_deref()
+    }
+
+    #[cfg(feature = "raster")]
+    pub(crate) fn shared_style(&self) -> Option<std::sync::Arc<crate::Style>> {
+        self.style.0.clone()
+    }
+
+    /// The columns a raster tile of it reads: its attributes, its interactivity and what its
+    /// style's filters and values name.
+    #[cfg(feature = "raster")]
+    pub(crate) fn raster_columns(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        let style = self.style().map(crate::Style::fields).unwrap_or_default();
+        for c in self.columns.iter().chain(&self.interactivity).chain(style) {
+            if !out.contains(c) {
+                out.push(c.clone());
+            }
+        }
+        out
     }
 
     /// The columns its interactivity (UTFGrid, CARTO.js's feature events) names.

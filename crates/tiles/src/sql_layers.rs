@@ -82,18 +82,9 @@ impl MapConfig {
             .collect();
         let frame = TileBuilder::new(coord, options);
         let mut fetched = Vec::with_capacity(visible.len());
+        let bounds = frame.buffered_bounds();
         for layer in &visible {
-            let bounds = frame.buffered_bounds();
-            let mut rows = fetch_layer(&mut session, layer, &bounds, options).await;
-            // The unnamed statement replaced before its first row (sqlx's type look-up, or a
-            // pooler's server connection that lacks it): begun again once, as the SQL API does.
-            if matches!(&rows, Err(Error::Sql(e)) if e.sqlstate() == Some("26000")) {
-                match session.restart().await {
-                    Ok(()) => rows = fetch_layer(&mut session, layer, &bounds, options).await,
-                    Err(e) => rows = Err(e.into()),
-                }
-            }
-            match rows {
+            match fetch_retrying(&mut session, layer, layer.columns(), &bounds, options).await {
                 Ok(rows) => fetched.push(rows),
                 Err(e) => {
                     let _ = session.end().await;
@@ -106,6 +97,110 @@ impl MapConfig {
         session.end_in_background();
         encode_within_budget(coord, options, &visible, &fetched)
     }
+}
+
+#[cfg(feature = "raster")]
+impl MapConfig {
+    /// Renders the data layers visible at `coord`'s zoom that have a style, in order, as a PNG
+    /// of `256 × scale` pixels ([`crate::Canvas`]), reading them as [`MapConfig::render`]
+    /// does (one read-only session, the same limits) with the columns their styles and
+    /// interactivity name. A tile with nothing on it is a transparent image. The drawing runs
+    /// on the blocking pool, so tiles draw on every core.
+    ///
+    /// # Errors
+    ///
+    /// As [`MapConfig::render`]; [`Error::InvalidOption`] for a scale other than 1 to 4.
+    #[tracing::instrument(
+        name = "raster_tile",
+        skip_all,
+        fields(z = coord.z(), x = coord.x(), y = coord.y(), scale)
+    )]
+    pub async fn render_png(
+        &self,
+        pool: &PgPool,
+        coord: TileCoord,
+        scale: u8,
+        options: &TileOptions,
+        sandbox: &sqlpass::Options,
+    ) -> Result<Vec<u8>> {
+        let canvas = crate::Canvas::new(coord, scale)?;
+        let bounds = canvas.source_bounds();
+        let mut layers = Vec::new();
+        for layer in self.layers() {
+            if let (true, Some(style)) = (
+                layer.is_data() && layer.visible_at(coord.z()),
+                layer.shared_style(),
+            ) {
+                layers.push((layer, style, layer.raster_columns()));
+            }
+        }
+        let mut fetched = Vec::with_capacity(layers.len());
+        if !layers.is_empty() {
+            let sandbox = sandbox.clone().access(sqlpass::Access::ReadOnly);
+            let mut session = Session::begin(pool, &sandbox).await?;
+            for (layer, _, columns) in &layers {
+                match fetch_retrying(&mut session, layer, columns, &bounds, options).await {
+                    Ok(rows) => fetched.push(rows),
+                    Err(e) => {
+                        let _ = session.end().await;
+                        return Err(e);
+                    }
+                }
+            }
+            session.end_in_background();
+        }
+        let layers: Vec<_> = layers
+            .into_iter()
+            .zip(fetched)
+            .map(|((_, style, columns), rows)| (style, columns, rows))
+            .collect();
+        tokio::task::spawn_blocking(move || draw_layers(canvas, &layers))
+            .await
+            .map_err(|e| Error::Encode(format!("drawing stopped: {e}")))?
+    }
+}
+
+/// A fetched row's attributes, by column name.
+#[cfg(feature = "raster")]
+struct RowAttributes<'a> {
+    columns: &'a [String],
+    values: &'a [Option<serde_json::Value>],
+}
+
+#[cfg(feature = "raster")]
+impl crate::Attributes for RowAttributes<'_> {
+    fn attribute(&self, name: &str) -> Option<&serde_json::Value> {
+        let i = self.columns.iter().position(|c| c == name)?;
+        self.values.get(i)?.as_ref()
+    }
+}
+
+#[cfg(feature = "raster")]
+fn draw_layers(
+    mut canvas: crate::Canvas,
+    layers: &[(std::sync::Arc<crate::Style>, Vec<String>, Vec<Fetched>)],
+) -> Result<Vec<u8>> {
+    if let Some(background) = layers.iter().find_map(|(style, ..)| style.background()) {
+        canvas.fill(background);
+    }
+    for (style, columns, rows) in layers {
+        let features: Vec<(geo_types::Geometry<f64>, RowAttributes<'_>)> = rows
+            .iter()
+            .filter_map(|row| {
+                use geo_traits::to_geo::ToGeoGeometry as _;
+                let g = wkb::reader::read_wkb(&row.wkb).ok()?.try_to_geometry()?;
+                Some((
+                    g,
+                    RowAttributes {
+                        columns,
+                        values: &row.values,
+                    },
+                ))
+            })
+            .collect();
+        canvas.draw(style, features.iter().map(|(g, a)| (g, a)));
+    }
+    canvas.png()
 }
 
 impl MapConfig {
@@ -149,6 +244,15 @@ impl MapConfig {
                 .chain(layer.id_column())
                 .chain(layer.columns().iter().map(String::as_str))
                 .chain(layer.interactivity().iter().map(String::as_str));
+            #[cfg(feature = "raster")]
+            let wanted = wanted.chain(
+                layer
+                    .style()
+                    .map(crate::Style::fields)
+                    .unwrap_or_default()
+                    .iter()
+                    .map(String::as_str),
+            );
             for column in wanted {
                 if !columns.iter().any(|c| c == column) {
                     return Err(at(Error::InvalidMapConfig {
@@ -329,9 +433,29 @@ async fn describe_once(
     Ok(columns)
 }
 
+/// [`fetch_layer`], begun again once when the unnamed statement was replaced before its first
+/// row (sqlx's type look-up, or a pooler's server connection that lacks it), as the SQL API
+/// does.
+async fn fetch_retrying(
+    session: &mut Session,
+    layer: &MapLayer,
+    columns: &[String],
+    b: &crate::Bounds,
+    options: &TileOptions,
+) -> Result<Vec<Fetched>> {
+    let rows = fetch_layer(session, layer, columns, b, options).await;
+    if matches!(&rows, Err(Error::Sql(e)) if e.sqlstate() == Some("26000")) {
+        session.restart().await?;
+        return fetch_layer(session, layer, columns, b, options).await;
+    }
+    rows
+}
+
+/// The rows of `layer` in `b`: geometry, id and `columns`.
 async fn fetch_layer(
     session: &mut Session,
     layer: &MapLayer,
+    columns: &[String],
     b: &crate::Bounds,
     options: &TileOptions,
 ) -> Result<Vec<Fetched>> {
@@ -350,13 +474,12 @@ async fn fetch_layer(
             .map_or("null::int8".into(), |id| format!("{}::int8", q(id))),
     );
     select.extend(
-        layer
-            .columns()
+        columns
             .iter()
             .map(|c| guarded(q(c), format!("to_jsonb({})::text", q(c)))),
     );
     let sizes: Vec<String> = std::iter::once(g.clone())
-        .chain(layer.columns().iter().map(|c| q(c)))
+        .chain(columns.iter().map(|c| q(c)))
         .map(|c| format!("pg_column_size({c}) > {max}"))
         .collect();
     select.push(format!("coalesce({}, false)", sizes.join(" OR ")));
@@ -379,7 +502,7 @@ async fn fetch_layer(
                 let wkb: Option<Vec<u8>> = row.try_get(0).map_err(Error::Database)?;
                 let id: Option<i64> = row.try_get(1).map_err(Error::Database)?;
                 let Some(wkb) = wkb else { return Ok(()) };
-                let values = (0..layer.columns().len())
+                let values = (0..columns.len())
                     .map(|i| {
                         let text: Option<String> = row.try_get(i + 2).map_err(Error::Database)?;
                         Ok(text.and_then(|t| serde_json::from_str(&t).ok()))

@@ -1,0 +1,727 @@
+//! Raster tiles: features drawn in process with a CartoCSS [`Style`], anti-aliased
+//! (tiny-skia), encoded as PNG.
+//!
+//! Geometry goes through the vector pipeline first (clipped to the tile plus a 64-pixel
+//! buffer, simplified and snapped to 1/16 of a pixel, polygons made valid), so a raster tile
+//! draws exactly what the vector tile of the same features holds. Mapnik's defaults where the
+//! style is silent: polygons grey, lines black 1 px, markers blue ellipses 10 px wide with a
+//! black 0.5 px outline, placed once per geometry (a point: each point; a line or polygon:
+//! one point inside it) and kept apart unless `marker-allow-overlap` (one collision set per
+//! tile, across layers, as Mapnik's). Widths, sizes and dashes scale with the tile
+//! (`@2x` doubles them).
+
+use geo_types::Geometry;
+use tiny_skia::{
+    BlendMode, FillRule, LineCap, LineJoin, Paint, PathBuilder, Pixmap, PixmapPaint, Rect, Stroke,
+    StrokeDash, Transform,
+};
+
+use crate::cartocss::{Decl, GeomType, Val};
+use crate::pipeline::{Frame, prepare};
+use crate::{Attributes, Color, Error, Result, Style, TileCoord, TileGeometry, TileOptions};
+
+/// Tile units per pixel in the frame geometry is prepared in.
+const UNITS_PER_PIXEL: u32 = 16;
+/// The buffer drawn around the tile, in pixels at 1×: strokes and markers across the edge.
+const BUFFER_PIXELS: u32 = 64;
+
+/// One tile's image being drawn: 256 pixels square times its scale.
+///
+/// ```
+/// use geostack_tiles::{Canvas, Style, TileCoord};
+///
+/// let style = Style::parse("#layer { marker-fill: #ff0000; marker-width: 20; marker-line-width: 0; }").unwrap();
+/// let coord = TileCoord::new_checked(0, 0, 0).unwrap();
+/// let mut canvas = Canvas::new(coord, 1).unwrap();
+/// let point: geo_types::Geometry<f64> = geo_types::Point::new(0.0, 0.0).into();
+/// let attributes = serde_json::Map::new();
+/// canvas.draw(&style, [(&point, &attributes)]);
+/// // The marker sits at the centre of the world.
+/// assert_eq!(canvas.pixel(128, 128), [255, 0, 0, 255]);
+/// assert_eq!(canvas.pixel(10, 10), [0, 0, 0, 0]);
+/// let png = canvas.png().unwrap();
+/// assert_eq!(&png[1..4], b"PNG");
+/// ```
+pub struct Canvas {
+    pixmap: Pixmap,
+    coord: TileCoord,
+    scale: f32,
+    options: TileOptions,
+    placed: Collisions,
+}
+
+impl std::fmt::Debug for Canvas {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Canvas")
+            .field("coord", &self.coord)
+            .field("scale", &self.scale)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Canvas {
+    /// A transparent tile of `256 × scale` pixels.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidOption`] for a scale other than 1 to 4.
+    pub fn new(coord: TileCoord, scale: u8) -> Result<Self> {
+        if !(1..=4).contains(&scale) {
+            return Err(Error::InvalidOption {
+                name: "scale",
+                reason: "expected 1 to 4".into(),
+            });
+        }
+        let side = 256 * u32::from(scale);
+        let pixmap = Pixmap::new(side, side).ok_or_else(|| Error::InvalidOption {
+            name: "scale",
+            reason: "no image of that size".into(),
+        })?;
+        Ok(Self {
+            pixmap,
+            coord,
+            scale: f32::from(scale),
+            options: Self::frame_options(scale)?,
+            placed: Collisions::new(side),
+        })
+    }
+
+    /// The options geometry is prepared with for a tile of `scale`: 16 units a pixel and a
+    /// 64-pixel buffer. Their [`crate::Frame`]'s buffered bounds are what a source must read.
+    pub(crate) fn frame_options(scale: u8) -> Result<TileOptions> {
+        let extent = 256 * UNITS_PER_PIXEL * u32::from(scale);
+        TileOptions::default()
+            .extent(extent)?
+            .buffer(BUFFER_PIXELS * UNITS_PER_PIXEL * u32::from(scale))
+    }
+
+    /// The box (EPSG:3857) whose features can show on this tile.
+    pub fn source_bounds(&self) -> crate::Bounds {
+        Frame::new(self.coord, &self.options).buffered
+    }
+
+    /// Paints the whole tile `color` (a style's `Map { background-color }`).
+    pub fn fill(&mut self, color: Color) {
+        let [r, g, b, a] = color.to_rgba8();
+        self.pixmap.fill(tiny_skia::Color::from_rgba8(r, g, b, a));
+    }
+
+    /// Draws `features` (geometries in EPSG:3857 and their attributes) with `style`: each of
+    /// its attachments in turn, each feature with the symbolizers its rules give it.
+    pub fn draw<'f, A: Attributes + 'f>(
+        &mut self,
+        style: &Style,
+        features: impl IntoIterator<Item = (&'f Geometry<f64>, &'f A)>,
+    ) {
+        let frame = Frame::new(self.coord, &self.options);
+        let prepared: Vec<(TileGeometry, &A)> = features
+            .into_iter()
+            .filter_map(|(g, a)| prepare(g, &frame).ok().map(|g| (g, a)))
+            .collect();
+        let z = self.coord.z();
+        for attachment in &style.attachments {
+            if !Style::visible_at(attachment, z) {
+                continue;
+            }
+            let separate = attachment.opacity < 1.0 || attachment.comp_op.is_some();
+            let mut layer = if separate {
+                Pixmap::new(self.pixmap.width(), self.pixmap.height())
+            } else {
+                None
+            };
+            for (geometry, attributes) in &prepared {
+                let kind = match geometry {
+                    TileGeometry::Points(_) => GeomType::Point,
+                    TileGeometry::Lines(_) => GeomType::Line,
+                    TileGeometry::Polygons(_) => GeomType::Polygon,
+                };
+                let decls = Style::resolve(attachment, z, *attributes, kind);
+                if decls.is_empty() {
+                    continue;
+                }
+                let target = match layer.as_mut() {
+                    Some(l) => l,
+                    None => &mut self.pixmap,
+                };
+                draw_feature(
+                    target,
+                    &mut self.placed,
+                    self.scale,
+                    geometry,
+                    *attributes,
+                    &decls,
+                );
+            }
+            if let Some(layer) = layer {
+                let paint = PixmapPaint {
+                    opacity: attachment.opacity.clamp(0.0, 1.0) as f32,
+                    blend_mode: attachment
+                        .comp_op
+                        .as_deref()
+                        .map_or(BlendMode::SourceOver, blend_mode),
+                    ..PixmapPaint::default()
+                };
+                self.pixmap
+                    .draw_pixmap(0, 0, layer.as_ref(), &paint, Transform::identity(), None);
+            }
+        }
+    }
+
+    /// The colour at pixel (`x`, `y`), not premultiplied; transparent outside.
+    pub fn pixel(&self, x: u32, y: u32) -> [u8; 4] {
+        self.pixmap.pixel(x, y).map_or([0; 4], |p| {
+            let c = p.demultiply();
+            [c.red(), c.green(), c.blue(), c.alpha()]
+        })
+    }
+
+    /// The tile as PNG (8-bit RGBA).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Encode`] when the encoder fails.
+    pub fn png(&self) -> Result<Vec<u8>> {
+        let mut data = Vec::with_capacity(self.pixmap.data().len());
+        for p in self.pixmap.pixels() {
+            let c = p.demultiply();
+            data.extend_from_slice(&[c.red(), c.green(), c.blue(), c.alpha()]);
+        }
+        let mut out = Vec::new();
+        let mut encoder = png::Encoder::new(&mut out, self.pixmap.width(), self.pixmap.height());
+        encoder.set_color(png::ColorType::Rgba);
+        encoder.set_depth(png::BitDepth::Eight);
+        encoder.set_compression(png::Compression::Fast);
+        let fail = |e: png::EncodingError| Error::Encode(format!("png: {e}"));
+        let mut writer = encoder.write_header().map_err(fail)?;
+        writer.write_image_data(&data).map_err(fail)?;
+        writer.finish().map_err(fail)?;
+        Ok(out)
+    }
+}
+
+/// The symbolizers of one feature: `(instance, family)` in the order first declared.
+fn draw_feature(
+    pixmap: &mut Pixmap,
+    placed: &mut Collisions,
+    scale: f32,
+    geometry: &TileGeometry,
+    attributes: &dyn Attributes,
+    decls: &[&Decl],
+) {
+    let mut symbolizers: Vec<(&str, &str)> = Vec::new();
+    for d in decls {
+        let family = match d.property.split('-').next() {
+            Some(f @ ("polygon" | "line" | "marker")) => f,
+            _ => continue,
+        };
+        if !symbolizers.contains(&(d.instance.as_str(), family)) {
+            symbolizers.push((d.instance.as_str(), family));
+        }
+    }
+    for (instance, family) in symbolizers {
+        let props = Props {
+            decls,
+            instance,
+            attributes,
+        };
+        match family {
+            "polygon" => polygon(pixmap, geometry, &props),
+            "line" => line(pixmap, geometry, &props, scale),
+            _ => marker(pixmap, placed, geometry, &props, scale),
+        }
+    }
+}
+
+/// The resolved values of one symbolizer instance.
+struct Props<'a> {
+    decls: &'a [&'a Decl],
+    instance: &'a str,
+    attributes: &'a dyn Attributes,
+}
+
+impl Props<'_> {
+    fn get(&self, property: &str) -> Option<Val> {
+        self.decls
+            .iter()
+            .find(|d| d.instance == self.instance && d.property == property)
+            .map(|d| d.value.eval(self.attributes))
+    }
+
+    fn num(&self, property: &str, default: f64) -> f64 {
+        self.get(property)
+            .and_then(|v| v.num())
+            .filter(|n| n.is_finite())
+            .unwrap_or(default)
+    }
+
+    fn color(&self, property: &str, default: Color) -> Color {
+        match self.get(property) {
+            Some(Val::Color(c)) => c,
+            Some(Val::Str(s)) => Color::parse(&s).unwrap_or(default),
+            _ => default,
+        }
+    }
+
+    fn word(&self, property: &str) -> Option<String> {
+        match self.get(property) {
+            Some(Val::Str(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    fn flag(&self, property: &str) -> bool {
+        matches!(self.get(property), Some(Val::Bool(true)))
+    }
+
+    fn paint(&self, color: Color, opacity: f64, comp_op: &str) -> Paint<'static> {
+        let mut paint = Paint::default();
+        let [r, g, b, a] =
+            Color::rgba(color.r, color.g, color.b, color.a * opacity.clamp(0.0, 1.0)).to_rgba8();
+        paint.set_color_rgba8(r, g, b, a);
+        paint.anti_alias = true;
+        if let Some(op) = self.word(comp_op) {
+            paint.blend_mode = blend_mode(&op);
+        }
+        paint
+    }
+}
+
+fn pixel(p: [i32; 2]) -> (f32, f32) {
+    let unit = UNITS_PER_PIXEL as f32;
+    (p[0] as f32 / unit, p[1] as f32 / unit)
+}
+
+fn ring_path(pb: &mut PathBuilder, ring: &[[i32; 2]], close: bool) {
+    let mut points = ring.iter().map(|p| pixel(*p));
+    if let Some((x, y)) = points.next() {
+        pb.move_to(x, y);
+        for (x, y) in points {
+            pb.line_to(x, y);
+        }
+        if close {
+            pb.close();
+        }
+    }
+}
+
+fn polygon(pixmap: &mut Pixmap, geometry: &TileGeometry, props: &Props<'_>) {
+    let TileGeometry::Polygons(polygons) = geometry else {
+        return;
+    };
+    let mut pb = PathBuilder::new();
+    for ring in polygons.iter().flatten() {
+        ring_path(&mut pb, ring, true);
+    }
+    let Some(path) = pb.finish() else { return };
+    let paint = props.paint(
+        props.color("polygon-fill", Color::rgba(128.0, 128.0, 128.0, 1.0)),
+        props.num("polygon-opacity", 1.0),
+        "polygon-comp-op",
+    );
+    pixmap.fill_path(
+        &path,
+        &paint,
+        FillRule::EvenOdd,
+        Transform::identity(),
+        None,
+    );
+}
+
+fn line(pixmap: &mut Pixmap, geometry: &TileGeometry, props: &Props<'_>, scale: f32) {
+    let mut pb = PathBuilder::new();
+    match geometry {
+        TileGeometry::Lines(lines) => lines.iter().for_each(|l| ring_path(&mut pb, l, false)),
+        TileGeometry::Polygons(polygons) => polygons
+            .iter()
+            .flatten()
+            .for_each(|r| ring_path(&mut pb, r, true)),
+        TileGeometry::Points(_) => return,
+    }
+    let Some(path) = pb.finish() else { return };
+    let width = props.num("line-width", 1.0) as f32 * scale;
+    if width <= 0.0 {
+        return;
+    }
+    let paint = props.paint(
+        props.color("line-color", Color::rgba(0.0, 0.0, 0.0, 1.0)),
+        props.num("line-opacity", 1.0),
+        "line-comp-op",
+    );
+    let dash = match props.get("line-dasharray") {
+        Some(Val::List(values)) => {
+            let lengths: Vec<f32> = values
+                .iter()
+                .filter_map(Val::num)
+                .map(|n| n as f32 * scale)
+                .collect();
+            StrokeDash::new(lengths, 0.0)
+        }
+        _ => None,
+    };
+    let stroke = Stroke {
+        width,
+        line_join: match props.word("line-join").as_deref() {
+            Some("round") => LineJoin::Round,
+            Some("bevel") => LineJoin::Bevel,
+            Some("miter-revert") => LineJoin::MiterClip,
+            _ => LineJoin::Miter,
+        },
+        line_cap: match props.word("line-cap").as_deref() {
+            Some("round") => LineCap::Round,
+            Some("square") => LineCap::Square,
+            _ => LineCap::Butt,
+        },
+        dash,
+        ..Stroke::default()
+    };
+    pixmap.stroke_path(&path, &paint, &stroke, Transform::identity(), None);
+}
+
+/// Where a marker goes on a geometry: each point, or one point inside a line or polygon.
+fn anchors(geometry: &TileGeometry) -> Vec<(f32, f32)> {
+    match geometry {
+        TileGeometry::Points(points) => points.iter().map(|p| pixel(*p)).collect(),
+        TileGeometry::Lines(lines) => lines
+            .iter()
+            .max_by_key(|l| l.len())
+            .and_then(|l| l.get(l.len() / 2))
+            .map(|p| vec![pixel(*p)])
+            .unwrap_or_default(),
+        TileGeometry::Polygons(polygons) => polygons
+            .iter()
+            .filter_map(|p| p.first())
+            .max_by(|a, b| ring_area(a).total_cmp(&ring_area(b)))
+            .and_then(|ring| centroid(ring))
+            .map(|p| vec![p])
+            .unwrap_or_default(),
+    }
+}
+
+fn ring_area(ring: &[[i32; 2]]) -> f64 {
+    let n = ring.len();
+    (0..n)
+        .map(|i| {
+            let (a, b) = (ring[i], ring[(i + 1) % n]);
+            f64::from(a[0]) * f64::from(b[1]) - f64::from(b[0]) * f64::from(a[1])
+        })
+        .sum::<f64>()
+        / 2.0
+}
+
+fn centroid(ring: &[[i32; 2]]) -> Option<(f32, f32)> {
+    let n = ring.len();
+    let area = ring_area(ring);
+    if area == 0.0 {
+        return ring.first().map(|p| pixel(*p));
+    }
+    let (mut cx, mut cy) = (0.0, 0.0);
+    for i in 0..n {
+        let (a, b) = (ring[i], ring[(i + 1) % n]);
+        let cross = f64::from(a[0]) * f64::from(b[1]) - f64::from(b[0]) * f64::from(a[1]);
+        cx += (f64::from(a[0]) + f64::from(b[0])) * cross;
+        cy += (f64::from(a[1]) + f64::from(b[1])) * cross;
+    }
+    let unit = f64::from(UNITS_PER_PIXEL);
+    Some((
+        (cx / (6.0 * area) / unit) as f32,
+        (cy / (6.0 * area) / unit) as f32,
+    ))
+}
+
+fn marker(
+    pixmap: &mut Pixmap,
+    placed: &mut Collisions,
+    geometry: &TileGeometry,
+    props: &Props<'_>,
+    scale: f32,
+) {
+    let width = props.num("marker-width", 10.0) as f32 * scale;
+    let height = props.num("marker-height", f64::from(width / scale)) as f32 * scale;
+    if width <= 0.0 || height <= 0.0 {
+        return;
+    }
+    let opacity = props.num("marker-opacity", 1.0);
+    let fill = props.paint(
+        props.color("marker-fill", Color::rgba(0.0, 0.0, 255.0, 1.0)),
+        props.num("marker-fill-opacity", 1.0) * opacity,
+        "marker-comp-op",
+    );
+    let line_width = props.num("marker-line-width", 0.5) as f32 * scale;
+    let line = props.paint(
+        props.color("marker-line-color", Color::rgba(0.0, 0.0, 0.0, 1.0)),
+        props.num("marker-line-opacity", 1.0) * opacity,
+        "marker-comp-op",
+    );
+    let allow_overlap = props.flag("marker-allow-overlap");
+    let ignore_placement = props.flag("marker-ignore-placement");
+    let shape = props.word("marker-type");
+    let half = (line_width.max(0.0) / 2.0, line_width.max(0.0) / 2.0);
+    for (x, y) in anchors(geometry) {
+        let (left, top) = (x - width / 2.0, y - height / 2.0);
+        let reach = [
+            left - half.0,
+            top - half.1,
+            left + width + half.0,
+            top + height + half.1,
+        ];
+        if !allow_overlap && placed.collides(reach) {
+            continue;
+        }
+        if !ignore_placement {
+            placed.insert(reach);
+        }
+        let Some(rect) = Rect::from_xywh(left, top, width, height) else {
+            continue;
+        };
+        let path = match shape.as_deref() {
+            Some("rectangle") => Some(PathBuilder::from_rect(rect)),
+            Some("arrow") => {
+                let mut pb = PathBuilder::new();
+                pb.move_to(left, top + height * 0.25);
+                pb.line_to(left + width * 0.6, top + height * 0.25);
+                pb.line_to(left + width * 0.6, top);
+                pb.line_to(left + width, top + height * 0.5);
+                pb.line_to(left + width * 0.6, top + height);
+                pb.line_to(left + width * 0.6, top + height * 0.75);
+                pb.line_to(left, top + height * 0.75);
+                pb.close();
+                pb.finish()
+            }
+            _ => PathBuilder::from_oval(rect),
+        };
+        let Some(path) = path else { continue };
+        pixmap.fill_path(&path, &fill, FillRule::Winding, Transform::identity(), None);
+        if line_width > 0.0 {
+            let stroke = Stroke {
+                width: line_width,
+                ..Stroke::default()
+            };
+            pixmap.stroke_path(&path, &line, &stroke, Transform::identity(), None);
+        }
+    }
+}
+
+/// CartoCSS's `comp-op` names as tiny-skia's blend modes (`value`, which tiny-skia lacks,
+/// as luminosity).
+fn blend_mode(name: &str) -> BlendMode {
+    match name {
+        "clear" => BlendMode::Clear,
+        "src" => BlendMode::Source,
+        "dst" => BlendMode::Destination,
+        "dst-over" => BlendMode::DestinationOver,
+        "src-in" => BlendMode::SourceIn,
+        "dst-in" => BlendMode::DestinationIn,
+        "src-out" => BlendMode::SourceOut,
+        "dst-out" => BlendMode::DestinationOut,
+        "src-atop" => BlendMode::SourceAtop,
+        "dst-atop" => BlendMode::DestinationAtop,
+        "xor" => BlendMode::Xor,
+        "plus" => BlendMode::Plus,
+        "multiply" => BlendMode::Multiply,
+        "screen" => BlendMode::Screen,
+        "overlay" => BlendMode::Overlay,
+        "darken" => BlendMode::Darken,
+        "lighten" => BlendMode::Lighten,
+        "color-dodge" => BlendMode::ColorDodge,
+        "color-burn" => BlendMode::ColorBurn,
+        "hard-light" => BlendMode::HardLight,
+        "soft-light" => BlendMode::SoftLight,
+        "difference" => BlendMode::Difference,
+        "exclusion" => BlendMode::Exclusion,
+        "hue" => BlendMode::Hue,
+        "saturation" => BlendMode::Saturation,
+        "color" => BlendMode::Color,
+        "value" => BlendMode::Luminosity,
+        _ => BlendMode::SourceOver,
+    }
+}
+
+/// Boxes of the markers placed so far, in a grid of 32-pixel cells over the tile and its
+/// buffer.
+struct Collisions {
+    cells: Vec<Vec<[f32; 4]>>,
+    /// Cells per side.
+    side: usize,
+    /// The first cell's left and top edge, in pixels.
+    origin: f32,
+}
+
+const CELL: f32 = 32.0;
+
+impl Collisions {
+    fn new(pixels: u32) -> Self {
+        let origin = -(BUFFER_PIXELS as f32) * 2.0;
+        let side = ((pixels as f32 - 2.0 * origin) / CELL).ceil() as usize;
+        Self {
+            cells: vec![Vec::new(); side * side],
+            side,
+            origin,
+        }
+    }
+
+    /// The cells `b` touches.
+    fn cells(&self, b: [f32; 4]) -> impl Iterator<Item = usize> + use<> {
+        let last = self.side.saturating_sub(1);
+        let cell = |v: f32| (((v - self.origin) / CELL).floor().max(0.0) as usize).min(last);
+        let (x0, y0, x1, y1) = (cell(b[0]), cell(b[1]), cell(b[2]), cell(b[3]));
+        let side = self.side;
+        (y0..=y1).flat_map(move |y| (x0..=x1).map(move |x| y * side + x))
+    }
+
+    fn collides(&self, b: [f32; 4]) -> bool {
+        self.cells(b).any(|c| {
+            self.cells[c]
+                .iter()
+                .any(|o| b[0] < o[2] && o[0] < b[2] && b[1] < o[3] && o[1] < b[3])
+        })
+    }
+
+    fn insert(&mut self, b: [f32; 4]) {
+        for c in self.cells(b) {
+            self.cells[c].push(b);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use geo_types::{Geometry, LineString, Point, Polygon, coord};
+
+    use super::*;
+
+    fn attrs(json: &str) -> serde_json::Map<String, serde_json::Value> {
+        serde_json::from_str(json).unwrap()
+    }
+
+    /// A square of the z0 tile from pixel (x0, y0) to (x1, y1), in EPSG:3857.
+    fn square(x0: f64, y0: f64, x1: f64, y1: f64) -> Geometry<f64> {
+        let m = |px: f64, py: f64| {
+            let half = crate::WEB_MERCATOR_HALF;
+            coord! { x: px / 256.0 * 2.0 * half - half, y: half - py / 256.0 * 2.0 * half }
+        };
+        Polygon::new(
+            LineString::new(vec![m(x0, y0), m(x1, y0), m(x1, y1), m(x0, y1), m(x0, y0)]),
+            vec![],
+        )
+        .into()
+    }
+
+    fn point(px: f64, py: f64) -> Geometry<f64> {
+        let half = crate::WEB_MERCATOR_HALF;
+        Point::new(
+            px / 256.0 * 2.0 * half - half,
+            half - py / 256.0 * 2.0 * half,
+        )
+        .into()
+    }
+
+    fn z0(scale: u8) -> Canvas {
+        Canvas::new(TileCoord::new_checked(0, 0, 0).unwrap(), scale).unwrap()
+    }
+
+    #[test]
+    fn polygons_fill_by_attribute_and_outlines_draw_on_top() {
+        let style = Style::parse(
+            "#layer { polygon-fill: #0000ff; [kind='a'] { polygon-fill: #ff0000; }
+               ::outline { line-color: #00ff00; line-width: 4; } }",
+        )
+        .unwrap();
+        let (a, b) = (
+            square(20.0, 20.0, 100.0, 100.0),
+            square(150.0, 150.0, 240.0, 240.0),
+        );
+        let (ka, kb) = (attrs(r#"{"kind": "a"}"#), attrs(r#"{"kind": "b"}"#));
+        let mut canvas = z0(1);
+        canvas.draw(&style, [(&a, &ka), (&b, &kb)]);
+        assert_eq!(canvas.pixel(60, 60), [255, 0, 0, 255]);
+        assert_eq!(canvas.pixel(200, 200), [0, 0, 255, 255]);
+        // On the edge, the outline attachment (drawn after the fill).
+        assert_eq!(canvas.pixel(20, 60), [0, 255, 0, 255]);
+        assert_eq!(canvas.pixel(130, 130), [0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn at_2x_everything_is_twice_as_large() {
+        let style =
+            Style::parse("#l { marker-width: 10; marker-fill: #f00; marker-line-width: 0; }")
+                .unwrap();
+        let p = point(100.0, 100.0);
+        let none = attrs("{}");
+        let mut canvas = z0(2);
+        canvas.draw(&style, [(&p, &none)]);
+        assert_eq!(canvas.pixel(200, 200), [255, 0, 0, 255]);
+        assert_eq!(canvas.pixel(208, 200), [255, 0, 0, 255]);
+        assert_eq!(canvas.pixel(212, 200)[3], 0);
+        let png = canvas.png().unwrap();
+        let decoder = png::Decoder::new(std::io::Cursor::new(png));
+        let reader = decoder.read_info().unwrap();
+        assert_eq!((reader.info().width, reader.info().height), (512, 512));
+    }
+
+    #[test]
+    fn markers_keep_apart_unless_allowed_to_overlap() {
+        let close = [point(100.0, 100.0), point(104.0, 100.0)];
+        let blue = attrs("{}");
+        let count = |style: &str| {
+            let style = Style::parse(style).unwrap();
+            let mut canvas = z0(1);
+            canvas.draw(&style, close.iter().map(|g| (g, &blue)));
+            // Only the second marker reaches x = 106.
+            canvas.pixel(106, 100)[3] > 0
+        };
+        assert!(!count("#l { marker-width: 8; marker-line-width: 0; }"));
+        assert!(count(
+            "#l { marker-width: 8; marker-line-width: 0; marker-allow-overlap: true; }"
+        ));
+    }
+
+    #[test]
+    fn data_driven_sizes_dashes_and_layer_opacity() {
+        let style = Style::parse(
+            "#l { marker-width: [size] * 2; marker-fill: #000; marker-line-width: 0; marker-allow-overlap: true; }",
+        )
+        .unwrap();
+        let p = point(128.0, 128.0);
+        let big = attrs(r#"{"size": 20}"#);
+        let mut canvas = z0(1);
+        canvas.draw(&style, [(&p, &big)]);
+        assert_eq!(canvas.pixel(128 + 18, 128), [0, 0, 0, 255]);
+        assert_eq!(canvas.pixel(128 + 22, 128)[3], 0);
+
+        let style = Style::parse("#l { polygon-fill: #000; opacity: 0.5; }").unwrap();
+        let sq = square(0.0, 0.0, 256.0, 256.0);
+        let mut canvas = z0(1);
+        canvas.draw(&style, [(&sq, &big)]);
+        assert_eq!(canvas.pixel(50, 50), [0, 0, 0, 128]);
+
+        let style = Style::parse("#l { line-color: #000; line-width: 2; line-dasharray: 10, 10; }")
+            .unwrap();
+        let line: Geometry<f64> = {
+            let half = crate::WEB_MERCATOR_HALF;
+            LineString::new(vec![
+                coord! { x: -half, y: 0.0 },
+                coord! { x: half, y: 0.0 },
+            ])
+            .into()
+        };
+        let mut canvas = z0(1);
+        canvas.draw(&style, [(&line, &big)]);
+        assert_eq!(canvas.pixel(5, 128)[3], 255);
+        assert_eq!(canvas.pixel(15, 128)[3], 0);
+        assert_eq!(canvas.pixel(25, 128)[3], 255);
+    }
+
+    #[test]
+    fn multiply_blends_with_what_is_below() {
+        let under = Style::parse("#l { polygon-fill: #ffff00; }").unwrap();
+        let over =
+            Style::parse("#l { polygon-fill: #00ffff; polygon-comp-op: multiply; }").unwrap();
+        let sq = square(0.0, 0.0, 256.0, 256.0);
+        let none = attrs("{}");
+        let mut canvas = z0(1);
+        canvas.draw(&under, [(&sq, &none)]);
+        canvas.draw(&over, [(&sq, &none)]);
+        assert_eq!(canvas.pixel(100, 100), [0, 255, 0, 255]);
+        assert!(Canvas::new(TileCoord::new_checked(0, 0, 0).unwrap(), 0).is_err());
+    }
+}
