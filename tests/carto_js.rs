@@ -156,3 +156,134 @@ async fn carto_js_instantiates_a_map_and_its_dataviews_count_what_sql_counts() {
         assert_eq!(r.header("content-type"), Some("image/png"), "{tile}");
     }
 }
+
+/// A page whose map fills 512 × 512 pixels with the world at zoom 1: the countries drawn by
+/// their CartoCSS, a click's feature data kept.
+fn countries_page(clients: &str, server: &str) -> String {
+    format!(
+        r#"<!doctype html>
+<html><head>
+<link rel="stylesheet" href="file://{clients}/leaflet/dist/leaflet.css">
+<script src="file://{clients}/leaflet/dist/leaflet.js"></script>
+<script src="file://{clients}/carto.js/carto.js"></script>
+<style>body {{ margin: 0; background: #fff; }} .leaflet-container {{ background: #fff; }}</style>
+</head><body>
+<div id="map" style="width: 512px; height: 512px"></div>
+<script>
+window.result = {{ errors: [] }};
+const map = L.map('map', {{ zoomControl: false, attributionControl: false, fadeAnimation: false }}).setView([0, 0], 1);
+const client = new carto.Client({{ apiKey: 'default_public', username: 'alice', serverUrl: '{server}/user/{{username}}' }});
+const source = new carto.source.SQL('select gid as cartodb_id, name, ST_Transform(geom, 3857) as the_geom_webmercator from countries');
+const style = new carto.style.CartoCSS('#layer {{ polygon-fill: #ff0000; [name = "Brazil"] {{ polygon-fill: #0000ff; }} }}');
+const layer = new carto.layer.Layer(source, style, {{ featureClickColumns: ['name'] }});
+layer.on('featureClicked', e => {{ window.result.clicked = e.data; }});
+client.on('error', e => window.result.errors.push(e && e.message || String(e)));
+client.addLayer(layer)
+  .then(() => {{
+    const leaflet = client.getLeafletLayer();
+    leaflet.on('load', () => {{ window.result.loaded = true; }});
+    leaflet.addTo(map);
+  }})
+  .catch(e => window.result.errors.push('setup: ' + (e && e.message || String(e))));
+</script>
+</body></html>"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn carto_js_draws_the_cartocss_map_and_a_click_shows_the_feature() {
+    let clients = std::env::var("GEOSTACK_CLIENTS_JS").expect(
+        "GEOSTACK_CLIENTS_JS: run through scripts/test, or eval \"$(GEOSTACK_JS=1 scripts/services)\"",
+    );
+    let app = app().await;
+    // Interior points of large countries and points of open sea, from the data itself.
+    let land: Vec<(String, f64, f64)> = sqlx::query_as(
+        "select name, ST_X(p), ST_Y(p) from (
+           select name, ST_PointOnSurface(ST_Buffer(geom, -2)) as p from countries
+           where name in ('Russia', 'Brazil', 'Australia', 'Algeria', 'Canada', 'China')) s",
+    )
+    .fetch_all(app.db.pool())
+    .await
+    .unwrap();
+    assert_eq!(land.len(), 6);
+    let sea = [(-140.0, 0.0), (-30.0, -30.0), (80.0, -30.0), (-40.0, 30.0)];
+    // Where (lon, lat) shows on the 512-pixel world.
+    let pixel = |lon: f64, lat: f64| {
+        let x = (lon + 180.0) / 360.0 * 512.0;
+        let phi: f64 = lat.to_radians();
+        let y = (1.0 - (std::f64::consts::FRAC_PI_4 + phi / 2.0).tan().ln() / std::f64::consts::PI)
+            / 2.0
+            * 512.0;
+        (x, y)
+    };
+    let html = std::env::temp_dir().join(format!("geostack-carto-js-map-{}.html", app.db.name()));
+    std::fs::write(
+        &html,
+        countries_page(&clients, &format!("http://{}", app.addr)),
+    )
+    .unwrap();
+    let url = format!("file://{}", html.display());
+    let brazil = land
+        .iter()
+        .find(|(n, ..)| n == "Brazil")
+        .map(|(_, x, y)| pixel(*x, *y))
+        .unwrap();
+    let (shot, result) = tokio::task::spawn_blocking(move || {
+        let mut browser = Browser::start(512, 512);
+        browser.navigate(&url);
+        browser.wait_for(
+            "!!(window.result && (window.result.loaded || window.result.errors.length))",
+            Duration::from_secs(30),
+        );
+        let shot = browser.screenshot();
+        // The grid is fetched on the first interaction; click until the feature shows.
+        for _ in 0..50 {
+            browser.click(brazil.0, brazil.1);
+            if browser.eval("!!window.result.clicked") == serde_json::json!(true) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        (shot, browser.eval("JSON.stringify(window.result)"))
+    })
+    .await
+    .unwrap();
+    let _ = std::fs::remove_file(&html);
+    let got: serde_json::Value = serde_json::from_str(result.as_str().unwrap()).unwrap();
+    assert_eq!(got["errors"], serde_json::json!([]), "{got}");
+    // CARTO.js asks for cartodb_id besides the columns it was given.
+    let gid: i32 = sqlx::query_scalar("select gid from countries where name = 'Brazil'")
+        .fetch_one(app.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        got["clicked"],
+        serde_json::json!({"cartodb_id": gid, "name": "Brazil"}),
+        "{got}"
+    );
+
+    let decoder = png::Decoder::new(std::io::Cursor::new(shot));
+    let mut reader = decoder.read_info().unwrap();
+    let mut data = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut data).unwrap();
+    let channels = info.color_type.samples();
+    let at = |(x, y): (f64, f64)| {
+        let i = (y as usize * info.width as usize + x as usize) * channels;
+        [data[i], data[i + 1], data[i + 2]]
+    };
+    // CARTO.js shows its tile layer at opacity 0.99 over the white page: a channel of 0
+    // shows as 3.
+    let near = |got: [u8; 3], want: [u8; 3]| got.iter().zip(want).all(|(g, w)| g.abs_diff(w) <= 3);
+    for (name, lon, lat) in &land {
+        let want = if name == "Brazil" {
+            [0, 0, 255]
+        } else {
+            [255, 0, 0]
+        };
+        let got = at(pixel(*lon, *lat));
+        assert!(near(got, want), "{name}: {got:?}");
+    }
+    for (lon, lat) in sea {
+        assert_eq!(at(pixel(lon, lat)), [255, 255, 255], "sea at {lon} {lat}");
+    }
+}

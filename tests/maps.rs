@@ -1306,7 +1306,8 @@ async fn raster_tiles_draw_each_layer_s_cartocss() {
         [name = 'Brazil'] { polygon-fill: #0000ff; } }";
     let config = serde_json::json!({"version": "1.3.0", "layers": [{"type": "mapnik", "options": {
         "sql": "select gid, name, ST_Transform(geom, 3857) as the_geom_webmercator from countries",
-        "cartocss": style, "cartocss_version": "3.0.12"}}]});
+        "cartocss": style, "cartocss_version": "3.0.12", "interactivity": ["name"],
+        "attributes": {"id": "gid", "columns": ["name"]}}}]});
     let r = app.post_json("/api/v1/map", &config).await;
     assert_eq!(r.status, 200, "{}", r.text());
     let doc = r.json();
@@ -1353,6 +1354,59 @@ async fn raster_tiles_draw_each_layer_s_cartocss() {
         assert_eq!(again.body, r.body);
         assert_eq!(again.header("etag"), r.header("etag"));
     }
+    // The layer's UTFGrid: which country each 4-pixel cell shows, its interactivity the data,
+    // its id the key the attributes endpoint answers for.
+    let r = app
+        .get(&format!("/api/v1/map/{token}/0/0/0/0.grid.json"))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        r.header("content-type")
+            .unwrap()
+            .starts_with("application/json")
+    );
+    let grid = r.json();
+    let rows = grid["grid"].as_array().unwrap();
+    assert_eq!(rows.len(), 64);
+    let cell = |lon: f64, lat: f64| {
+        let [x, y] = z0(lon, lat);
+        let row: Vec<char> = rows[(y / 64) as usize].as_str().unwrap().chars().collect();
+        assert_eq!(row.len(), 64);
+        let mut code = row[(x / 64) as usize] as usize;
+        if code >= 93 {
+            code -= 1;
+        }
+        if code >= 35 {
+            code -= 1;
+        }
+        grid["keys"][code - 32].as_str().unwrap().to_owned()
+    };
+    let brazil = cell(-50.0, -10.0);
+    assert_eq!(
+        grid["data"][&brazil],
+        serde_json::json!({"name": "Brazil"}),
+        "{grid}"
+    );
+    let gid: i32 = sqlx::query_scalar("select gid from countries where name = 'Brazil'")
+        .fetch_one(app.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(brazil, gid.to_string());
+    let attributes = app
+        .get(&format!("/api/v1/map/{token}/0/attributes/{brazil}"))
+        .await
+        .json();
+    assert_eq!(attributes, serde_json::json!({"name": "Brazil"}));
+    assert_eq!(cell(-140.0, 0.0), "");
+    assert_eq!(grid["keys"][0], "");
+    // A grid is of one layer.
+    assert_eq!(
+        app.get(&format!("/api/v1/map/{token}/0/0/0.grid.json"))
+            .await
+            .status,
+        400
+    );
+
     // Out of range and an unknown extension stay errors.
     assert_eq!(
         app.get(&format!("/api/v1/map/{token}/1/2/0.png"))

@@ -718,6 +718,11 @@ async fn tile<C: RedisConnection>(State(api): State<MapsApi<C>>, req: ApiRequest
                 .map(String::as_str)
                 .unwrap_or_default();
             let layers = req.path.get("layers").map_or("all", String::as_str);
+            if format == TileFormat::Grid && (layers == "all" || layers.contains(',')) {
+                return Err(Error::BadRequest(
+                    "a grid is of one layer: …/{layer}/{z}/{x}/{y}.grid.json".into(),
+                ));
+            }
             // Tiles differ by role (each reads what its grants allow): the role is in the key.
             // A named map's instance is loaded first: its template decides who may see it,
             // and its tiles are its owner's.
@@ -774,6 +779,11 @@ async fn tile<C: RedisConnection>(State(api): State<MapsApi<C>>, req: ApiRequest
                                 .render_png(&pool, coord, scale, &options, &sandbox)
                                 .await
                         }
+                        TileFormat::Grid => Ok(config
+                            .render_grid(&pool, coord, &options, &sandbox)
+                            .await?
+                            .to_string()
+                            .into_bytes()),
                     }
                 })
                 .await?;
@@ -783,12 +793,13 @@ async fn tile<C: RedisConnection>(State(api): State<MapsApi<C>>, req: ApiRequest
     )
 }
 
-/// What a map tile's path asks for: a vector tile (`.mvt` or no extension) or an image
-/// (`.png`, `@2x.png` twice as large).
+/// What a map tile's path asks for: a vector tile (`.mvt` or no extension), an image
+/// (`.png`, `@2x.png` twice as large) or a layer's UTFGrid (`.grid.json`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum TileFormat {
     Mvt,
     Png(u8),
+    Grid,
 }
 
 impl TileFormat {
@@ -797,28 +808,36 @@ impl TileFormat {
         match self {
             Self::Mvt => String::new(),
             Self::Png(scale) => format!(":png@{scale}"),
+            Self::Grid => ":grid".to_owned(),
         }
     }
 
     /// The tile's answer with the format's media type.
     fn answer(self, mut response: Response) -> Response {
-        if let (Self::Png(_), true) = (self, response.status() == axum::http::StatusCode::OK) {
+        let media = match self {
+            Self::Mvt => return response,
+            Self::Png(_) => "image/png",
+            Self::Grid => "application/json; charset=utf-8",
+        };
+        if response.status() == axum::http::StatusCode::OK {
             response.headers_mut().insert(
                 axum::http::header::CONTENT_TYPE,
-                axum::http::HeaderValue::from_static("image/png"),
+                axum::http::HeaderValue::from_static(media),
             );
         }
         response
     }
 }
 
-/// A map tile's coordinate and format from its path (`y` may end in `.mvt`, `.png` or
-/// `@2x.png`).
+/// A map tile's coordinate and format from its path (`y` may end in `.mvt`, `.png`,
+/// `@2x.png` or `.grid.json`).
 fn map_tile_coord(
     path: &HashMap<String, String>,
 ) -> Result<(geostack_tiles::TileCoord, TileFormat)> {
     let y = path.get("y").map(String::as_str).unwrap_or_default();
-    let (y, format) = if let Some(y) = y.strip_suffix("@2x.png") {
+    let (y, format) = if let Some(y) = y.strip_suffix(".grid.json") {
+        (y, TileFormat::Grid)
+    } else if let Some(y) = y.strip_suffix("@2x.png") {
         (y, TileFormat::Png(2))
     } else if let Some(y) = y.strip_suffix(".png") {
         (y, TileFormat::Png(1))

@@ -155,6 +155,18 @@ impl Browser {
         }
     }
 
+    /// Clicks the left mouse button at (`x`, `y`) of the page, as a person does: the pointer
+    /// moves there, presses and releases.
+    #[allow(dead_code, reason = "only some test binaries click")]
+    pub fn click(&mut self, x: f64, y: f64) {
+        for kind in ["mouseMoved", "mousePressed", "mouseReleased"] {
+            self.page(
+                "Input.dispatchMouseEvent",
+                json!({"type": kind, "x": x, "y": y, "button": "left", "clickCount": 1}),
+            );
+        }
+    }
+
     /// A PNG of the page as it shows now.
     pub fn screenshot(&mut self) -> Vec<u8> {
         let r = self.page("Page.captureScreenshot", json!({"format": "png"}));

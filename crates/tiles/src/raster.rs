@@ -48,6 +48,11 @@ pub struct Canvas {
     scale: f32,
     options: TileOptions,
     placed: Collisions,
+    /// Drawing which feature covers each pixel (a UTFGrid) rather than an image: each feature
+    /// in its own opaque colour, without anti-aliasing or blending.
+    grid: bool,
+    /// In a grid, the features drawn so far (their colours count from 1).
+    drawn: u32,
 }
 
 impl std::fmt::Debug for Canvas {
@@ -83,7 +88,56 @@ impl Canvas {
             scale: f32::from(scale),
             options: Self::frame_options(scale)?,
             placed: Collisions::new(side),
+            grid: false,
+            drawn: 0,
         })
+    }
+
+    /// A canvas that records which feature covers each pixel, for [`Canvas::utf_grid`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Canvas::new`].
+    pub fn for_grid(coord: TileCoord) -> Result<Self> {
+        let mut canvas = Self::new(coord, 1)?;
+        canvas.grid = true;
+        Ok(canvas)
+    }
+
+    /// The grid of a [`Canvas::for_grid`] canvas, one cell per `resolution` pixels (UTFGrid's
+    /// usual 4 gives 64 × 64): per cell, which feature covers its centre, counting the
+    /// features given to [`Canvas::draw`] from 1 across calls (0: none).
+    ///
+    /// ```
+    /// use geostack_tiles::{Canvas, Style, TileCoord};
+    ///
+    /// let style = Style::parse("#l { marker-width: 16; }").unwrap();
+    /// let mut canvas = Canvas::for_grid(TileCoord::new_checked(0, 0, 0).unwrap()).unwrap();
+    /// let point: geo_types::Geometry<f64> = geo_types::Point::new(0.0, 0.0).into();
+    /// canvas.draw(&style, [(&point, &serde_json::Map::new())]);
+    /// let grid = canvas.utf_grid(4);
+    /// assert_eq!((grid.len(), grid[32][32], grid[0][0]), (64, 1, 0));
+    /// ```
+    pub fn utf_grid(&self, resolution: u32) -> Vec<Vec<u32>> {
+        let resolution = resolution.max(1);
+        let cells = self.pixmap.width() / resolution;
+        (0..cells)
+            .map(|row| {
+                (0..cells)
+                    .map(|col| {
+                        let [r, g, b, a] = self.pixel(
+                            col * resolution + resolution / 2,
+                            row * resolution + resolution / 2,
+                        );
+                        if a == 255 {
+                            u32::from_be_bytes([0, r, g, b])
+                        } else {
+                            0
+                        }
+                    })
+                    .collect()
+            })
+            .collect()
     }
 
     /// The options geometry is prepared with for a tile of `scale`: 16 units a pixel and a
@@ -114,22 +168,29 @@ impl Canvas {
         features: impl IntoIterator<Item = (&'f Geometry<f64>, &'f A)>,
     ) {
         let frame = Frame::new(self.coord, &self.options);
-        let prepared: Vec<(TileGeometry, &A)> = features
+        let first = self.drawn + 1;
+        let mut count = 0;
+        let prepared: Vec<(TileGeometry, &A, u32)> = features
             .into_iter()
-            .filter_map(|(g, a)| prepare(g, &frame).ok().map(|g| (g, a)))
+            .filter_map(|(g, a)| {
+                count += 1;
+                let id = first + count - 1;
+                prepare(g, &frame).ok().map(|g| (g, a, id))
+            })
             .collect();
+        self.drawn += count;
         let z = self.coord.z();
         for attachment in &style.attachments {
             if !Style::visible_at(attachment, z) {
                 continue;
             }
-            let separate = attachment.opacity < 1.0 || attachment.comp_op.is_some();
+            let separate = !self.grid && (attachment.opacity < 1.0 || attachment.comp_op.is_some());
             let mut layer = if separate {
                 Pixmap::new(self.pixmap.width(), self.pixmap.height())
             } else {
                 None
             };
-            for (geometry, attributes) in &prepared {
+            for (geometry, attributes, id) in &prepared {
                 let kind = match geometry {
                     TileGeometry::Points(_) => GeomType::Point,
                     TileGeometry::Lines(_) => GeomType::Line,
@@ -143,6 +204,10 @@ impl Canvas {
                     Some(l) => l,
                     None => &mut self.pixmap,
                 };
+                let grid = self.grid.then(|| {
+                    let [_, r, g, b] = id.to_be_bytes();
+                    [r, g, b]
+                });
                 draw_feature(
                     target,
                     &mut self.placed,
@@ -150,6 +215,7 @@ impl Canvas {
                     geometry,
                     *attributes,
                     &decls,
+                    grid,
                 );
             }
             if let Some(layer) = layer {
@@ -207,6 +273,7 @@ fn draw_feature(
     geometry: &TileGeometry,
     attributes: &dyn Attributes,
     decls: &[&Decl],
+    grid: Option<[u8; 3]>,
 ) {
     let mut symbolizers: Vec<(&str, &str)> = Vec::new();
     for d in decls {
@@ -223,6 +290,7 @@ fn draw_feature(
             decls,
             instance,
             attributes,
+            grid,
         };
         match family {
             "polygon" => polygon(pixmap, geometry, &props),
@@ -237,6 +305,8 @@ struct Props<'a> {
     decls: &'a [&'a Decl],
     instance: &'a str,
     attributes: &'a dyn Attributes,
+    /// In a grid, the feature's colour.
+    grid: Option<[u8; 3]>,
 }
 
 impl Props<'_> {
@@ -275,6 +345,12 @@ impl Props<'_> {
 
     fn paint(&self, color: Color, opacity: f64, comp_op: &str) -> Paint<'static> {
         let mut paint = Paint::default();
+        if let Some([r, g, b]) = self.grid {
+            // What is drawn at all, however faint, is the feature's.
+            paint.set_color_rgba8(r, g, b, if color.a * opacity > 0.0 { 255 } else { 0 });
+            paint.anti_alias = false;
+            return paint;
+        }
         let [r, g, b, a] =
             Color::rgba(color.r, color.g, color.b, color.a * opacity.clamp(0.0, 1.0)).to_rgba8();
         paint.set_color_rgba8(r, g, b, a);
@@ -321,7 +397,8 @@ fn polygon(pixmap: &mut Pixmap, geometry: &TileGeometry, props: &Props<'_>) {
     pixmap.fill_path(
         &path,
         &paint,
-        FillRule::EvenOdd,
+        // Exteriors run one way and holes the other: parts that touch or overlap stay filled.
+        FillRule::Winding,
         Transform::identity(),
         None,
     );
@@ -709,6 +786,32 @@ mod tests {
         assert_eq!(canvas.pixel(5, 128)[3], 255);
         assert_eq!(canvas.pixel(15, 128)[3], 0);
         assert_eq!(canvas.pixel(25, 128)[3], 255);
+    }
+
+    #[test]
+    fn a_grid_says_which_feature_is_on_top() {
+        let style = Style::parse(
+            "#l { polygon-fill: #000; polygon-opacity: 0.1; marker-width: 8; marker-allow-overlap: true; }",
+        )
+        .unwrap();
+        let (under, over) = (
+            square(0.0, 0.0, 128.0, 128.0),
+            square(64.0, 64.0, 192.0, 192.0),
+        );
+        let p = point(200.0, 40.0);
+        let none = attrs("{}");
+        let mut canvas = Canvas::for_grid(TileCoord::new_checked(0, 0, 0).unwrap()).unwrap();
+        canvas.draw(&style, [(&under, &none), (&over, &none)]);
+        canvas.draw(&style, [(&p, &none)]);
+        let grid = canvas.utf_grid(4);
+        assert_eq!(grid.len(), 64);
+        assert_eq!(grid[4][4], 1);
+        assert_eq!(grid[20][20], 2);
+        assert_eq!(grid[40][40], 2);
+        assert_eq!(grid[60][4], 0);
+        // The marker of the second call: its centre cell.
+        assert_eq!(grid[10][50], 3);
+        assert_eq!(grid[10][56], 0);
     }
 
     #[test]

@@ -124,7 +124,68 @@ impl MapConfig {
         sandbox: &sqlpass::Options,
     ) -> Result<Vec<u8>> {
         let canvas = crate::Canvas::new(coord, scale)?;
-        let bounds = canvas.source_bounds();
+        let layers = self
+            .fetch_styled(pool, coord, canvas.source_bounds(), options, sandbox)
+            .await?;
+        tokio::task::spawn_blocking(move || draw_layers(canvas, &layers))
+            .await
+            .map_err(|e| Error::Encode(format!("drawing stopped: {e}")))?
+    }
+
+    /// The UTFGrid (1.3, `grid.json`) of the config's only layer at `coord`: 64 × 64 cells of
+    /// 4 pixels, each naming the feature drawn on top at its centre as its raster tile draws
+    /// it; `keys` are the features' ids (the layer's `attributes.id`, or their order in the
+    /// tile) and `data` holds each drawn feature's interactivity columns. Read as
+    /// [`MapConfig::render_png`] reads.
+    ///
+    /// # Errors
+    ///
+    /// As [`MapConfig::render`]; [`Error::InvalidMapConfig`] unless the config has exactly one
+    /// layer and it has interactivity.
+    #[tracing::instrument(
+        name = "grid_tile",
+        skip_all,
+        fields(z = coord.z(), x = coord.x(), y = coord.y())
+    )]
+    pub async fn render_grid(
+        &self,
+        pool: &PgPool,
+        coord: TileCoord,
+        options: &TileOptions,
+        sandbox: &sqlpass::Options,
+    ) -> Result<serde_json::Value> {
+        let [layer] = self.layers() else {
+            return Err(Error::InvalidMapConfig {
+                layer: None,
+                reason: "a grid is of one layer".into(),
+            });
+        };
+        if layer.interactivity().is_empty() {
+            return Err(Error::InvalidMapConfig {
+                layer: None,
+                reason: format!("layer {} has no interactivity", layer.name()),
+            });
+        }
+        let interactivity = layer.interactivity().to_vec();
+        let canvas = crate::Canvas::for_grid(coord)?;
+        let layers = self
+            .fetch_styled(pool, coord, canvas.source_bounds(), options, sandbox)
+            .await?;
+        tokio::task::spawn_blocking(move || grid_json(canvas, &layers, &interactivity))
+            .await
+            .map_err(|e| Error::Encode(format!("drawing stopped: {e}")))
+    }
+
+    /// The data layers visible at `coord` that have a style, with the columns they draw with
+    /// and their rows in `bounds`, read in one read-only session.
+    async fn fetch_styled(
+        &self,
+        pool: &PgPool,
+        coord: TileCoord,
+        bounds: crate::Bounds,
+        options: &TileOptions,
+        sandbox: &sqlpass::Options,
+    ) -> Result<Vec<StyledRows>> {
         let mut layers = Vec::new();
         for layer in self.layers() {
             if let (true, Some(style)) = (
@@ -134,31 +195,29 @@ impl MapConfig {
                 layers.push((layer, style, layer.raster_columns()));
             }
         }
-        let mut fetched = Vec::with_capacity(layers.len());
-        if !layers.is_empty() {
-            let sandbox = sandbox.clone().access(sqlpass::Access::ReadOnly);
-            let mut session = Session::begin(pool, &sandbox).await?;
-            for (layer, _, columns) in &layers {
-                match fetch_retrying(&mut session, layer, columns, &bounds, options).await {
-                    Ok(rows) => fetched.push(rows),
-                    Err(e) => {
-                        let _ = session.end().await;
-                        return Err(e);
-                    }
+        let mut out = Vec::with_capacity(layers.len());
+        if layers.is_empty() {
+            return Ok(out);
+        }
+        let sandbox = sandbox.clone().access(sqlpass::Access::ReadOnly);
+        let mut session = Session::begin(pool, &sandbox).await?;
+        for (layer, style, columns) in layers {
+            match fetch_retrying(&mut session, layer, &columns, &bounds, options).await {
+                Ok(rows) => out.push((style, columns, rows)),
+                Err(e) => {
+                    let _ = session.end().await;
+                    return Err(e);
                 }
             }
-            session.end_in_background();
         }
-        let layers: Vec<_> = layers
-            .into_iter()
-            .zip(fetched)
-            .map(|((_, style, columns), rows)| (style, columns, rows))
-            .collect();
-        tokio::task::spawn_blocking(move || draw_layers(canvas, &layers))
-            .await
-            .map_err(|e| Error::Encode(format!("drawing stopped: {e}")))?
+        session.end_in_background();
+        Ok(out)
     }
 }
+
+/// A layer's style, the columns read for it and its rows.
+#[cfg(feature = "raster")]
+type StyledRows = (std::sync::Arc<crate::Style>, Vec<String>, Vec<Fetched>);
 
 /// A fetched row's attributes, by column name.
 #[cfg(feature = "raster")]
@@ -176,13 +235,17 @@ impl crate::Attributes for RowAttributes<'_> {
 }
 
 #[cfg(feature = "raster")]
-fn draw_layers(
-    mut canvas: crate::Canvas,
-    layers: &[(std::sync::Arc<crate::Style>, Vec<String>, Vec<Fetched>)],
-) -> Result<Vec<u8>> {
+fn draw_layers(mut canvas: crate::Canvas, layers: &[StyledRows]) -> Result<Vec<u8>> {
     if let Some(background) = layers.iter().find_map(|(style, ..)| style.background()) {
         canvas.fill(background);
     }
+    draw_rows(&mut canvas, layers);
+    canvas.png()
+}
+
+/// Draws each layer's rows with its style.
+#[cfg(feature = "raster")]
+fn draw_rows(canvas: &mut crate::Canvas, layers: &[StyledRows]) {
     for (style, columns, rows) in layers {
         let features: Vec<(geo_types::Geometry<f64>, RowAttributes<'_>)> = rows
             .iter()
@@ -200,7 +263,77 @@ fn draw_layers(
             .collect();
         canvas.draw(style, features.iter().map(|(g, a)| (g, a)));
     }
-    canvas.png()
+}
+
+/// The UTFGrid of one layer's rows (see [`MapConfig::render_grid`]).
+#[cfg(feature = "raster")]
+fn grid_json(
+    mut canvas: crate::Canvas,
+    layers: &[StyledRows],
+    interactivity: &[String],
+) -> serde_json::Value {
+    draw_rows(&mut canvas, layers);
+    let cells = canvas.utf_grid(4);
+    let rows: Vec<&Fetched> = layers.iter().flat_map(|(_, _, rows)| rows).collect();
+    let columns = layers
+        .first()
+        .map(|(_, c, _)| c.as_slice())
+        .unwrap_or_default();
+    // Keys in the order the features first show, row by row; "" for no feature.
+    let mut keys: Vec<String> = vec![String::new()];
+    let mut index_of: std::collections::HashMap<u32, usize> = std::collections::HashMap::new();
+    let mut data = serde_json::Map::new();
+    let grid: Vec<String> = cells
+        .iter()
+        .map(|row| {
+            row.iter()
+                .map(|&feature| {
+                    let index = match feature {
+                        0 => 0,
+                        f => *index_of.entry(f).or_insert_with(|| {
+                            let at = (f - 1) as usize;
+                            let key = rows
+                                .get(at)
+                                .and_then(|r| r.id)
+                                .map_or_else(|| f.to_string(), |id| id.to_string());
+                            let attributes = RowAttributes {
+                                columns,
+                                values: rows
+                                    .get(at)
+                                    .map(|r| r.values.as_slice())
+                                    .unwrap_or_default(),
+                            };
+                            let mut fields = serde_json::Map::new();
+                            for name in interactivity {
+                                let value = crate::Attributes::attribute(&attributes, name)
+                                    .cloned()
+                                    .unwrap_or(serde_json::Value::Null);
+                                fields.insert(name.clone(), value);
+                            }
+                            data.insert(key.clone(), serde_json::Value::Object(fields));
+                            keys.push(key);
+                            keys.len() - 1
+                        }),
+                    };
+                    utf_char(index)
+                })
+                .collect()
+        })
+        .collect();
+    serde_json::json!({ "grid": grid, "keys": keys, "data": data })
+}
+
+/// UTFGrid's character for key `index`: 32 up, skipping `"` and `\\`.
+#[cfg(feature = "raster")]
+fn utf_char(index: usize) -> char {
+    let mut code = index as u32 + 32;
+    if code >= 34 {
+        code += 1;
+    }
+    if code >= 92 {
+        code += 1;
+    }
+    char::from_u32(code).unwrap_or(' ')
 }
 
 impl MapConfig {
