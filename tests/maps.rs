@@ -1288,15 +1288,149 @@ async fn notes_map_tile(app: &App) -> String {
     format!("/api/v1/map/{token}/0/0/0.mvt?api_key={}", app.regular)
 }
 
-/// A PNG's size and its pixels (RGBA, rows top down).
+/// A square PNG's side and its pixels (RGBA, rows top down).
 fn png_pixels(bytes: &[u8]) -> (u32, Vec<u8>) {
+    let (width, height, pixels) = png_image(bytes);
+    assert_eq!(width, height);
+    (width, pixels)
+}
+
+/// A PNG's width, height and pixels (RGBA, rows top down).
+fn png_image(bytes: &[u8]) -> (u32, u32, Vec<u8>) {
     let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
     let mut reader = decoder.read_info().unwrap();
     let mut pixels = vec![0; reader.output_buffer_size().unwrap()];
     let info = reader.next_frame(&mut pixels).unwrap();
-    assert_eq!(info.width, info.height);
     assert_eq!(info.color_type, png::ColorType::Rgba);
-    (info.width, pixels)
+    (info.width, info.height, pixels)
+}
+
+/// `lon`/`lat` as a fraction of the Web Mercator world, from its top left corner.
+fn world(lon: f64, lat: f64) -> [f64; 2] {
+    let phi = lat.to_radians();
+    [
+        (lon + 180.0) / 360.0,
+        (1.0 - (std::f64::consts::FRAC_PI_4 + phi / 2.0).tan().ln() / std::f64::consts::PI) / 2.0,
+    ]
+}
+
+/// A JPEG's width and height, from its frame header.
+fn jpeg_size(bytes: &[u8]) -> Option<(u16, u16)> {
+    assert_eq!(&bytes[..2], &[0xff, 0xd8], "a JPEG starts with SOI");
+    let mut at = 2;
+    while at + 9 < bytes.len() {
+        assert_eq!(bytes[at], 0xff, "a marker at {at}");
+        let marker = bytes[at + 1];
+        let len = usize::from(u16::from_be_bytes([bytes[at + 2], bytes[at + 3]]));
+        if (0xc0..=0xc2).contains(&marker) {
+            let h = u16::from_be_bytes([bytes[at + 5], bytes[at + 6]]);
+            let w = u16::from_be_bytes([bytes[at + 7], bytes[at + 8]]);
+            return Some((w, h));
+        }
+        at += 2 + len;
+    }
+    None
+}
+
+#[tokio::test]
+async fn static_maps_draw_every_layer_by_centre_and_by_box() {
+    let app = app_with(|c| c.static_map_limit(1000)).await;
+    let config = serde_json::json!({"version": "1.3.0", "layers": [
+        {"type": "cartodb", "options": {
+            "sql": "select gid, name, ST_Transform(geom, 3857) as the_geom_webmercator from countries",
+            "cartocss": "#countries { polygon-fill: #ff0000; [name = 'Brazil'] { polygon-fill: #0000ff; } }",
+            "cartocss_version": "2.1.1"}},
+        {"type": "cartodb", "options": {
+            "sql": "select 1 as cartodb_id, ST_Transform(ST_SetSRID(ST_MakePoint(-30, -30), 4326), 3857) as the_geom_webmercator",
+            "cartocss": "#points { marker-width: 20; marker-fill: #00ff00; marker-line-width: 0; marker-allow-overlap: true; }",
+            "cartocss_version": "2.1.1"}}]});
+    let r = app.post_json("/api/v1/map", &config).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let token = r.json()["layergroupid"].as_str().unwrap().to_owned();
+
+    // By centre: zoom 2 (a world of 1024 pixels) around (0, 0), 600 × 300.
+    let path = format!("/api/v1/map/static/center/{token}/2/0/0/600/300.png");
+    let r = app.get(&path).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("content-type"), Some("image/png"));
+    let (width, height, pixels) = png_image(&r.body);
+    assert_eq!((width, height), (600, 300));
+    let at = |lon: f64, lat: f64| {
+        let ([x, y], [cx, cy]) = (world(lon, lat), world(0.0, 0.0));
+        let x = (300.0 + (x - cx) * 1024.0) as usize;
+        let y = (150.0 + (y - cy) * 1024.0) as usize;
+        let i = (y * 600 + x) * 4;
+        <[u8; 4]>::try_from(&pixels[i..i + 4]).unwrap()
+    };
+    assert_eq!(at(22.0, 5.0), [255, 0, 0, 255], "Central Africa");
+    assert_eq!(at(-50.0, -10.0), [0, 0, 255, 255], "Brazil");
+    assert_eq!(
+        at(-30.0, -30.0),
+        [0, 255, 0, 255],
+        "the second layer's marker"
+    );
+    assert_eq!(at(-20.0, 0.0)[3], 0, "the Atlantic");
+    let again = app.get(&path).await;
+    assert_eq!(
+        (again.body.as_slice(), again.header("etag")),
+        (r.body.as_slice(), r.header("etag")),
+        "cached"
+    );
+
+    // The same as JPEG, over white.
+    let r = app
+        .get(&format!(
+            "/api/v1/map/static/center/{token}/2/0/0/600/300.jpg"
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("content-type"), Some("image/jpeg"));
+    assert_eq!(jpeg_size(&r.body), Some((600, 300)));
+
+    // By box: South America, whole and centred in 400 × 400, at the zoom it fits.
+    let (w, s, e, n) = (-80.0, -40.0, -30.0, 10.0);
+    let r = app
+        .get(&format!(
+            "/api/v1/map/static/bbox/{token}/{w},{s},{e},{n}/400/400.png"
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let (width, height, pixels) = png_image(&r.body);
+    assert_eq!((width, height), (400, 400));
+    let ([x0, y1], [x1, y0]) = (world(w, s), world(e, n));
+    let per_pixel = ((x1 - x0) / 400.0).max((y1 - y0) / 400.0);
+    let at = |lon: f64, lat: f64| {
+        let [x, y] = world(lon, lat);
+        let x = (200.0 + (x - (x0 + x1) / 2.0) / per_pixel) as usize;
+        let y = (200.0 + (y - (y0 + y1) / 2.0) / per_pixel) as usize;
+        let i = (y * 400 + x) * 4;
+        <[u8; 4]>::try_from(&pixels[i..i + 4]).unwrap()
+    };
+    assert_eq!(at(-50.0, -10.0), [0, 0, 255, 255], "Brazil");
+    assert_eq!(at(-65.0, -35.0), [255, 0, 0, 255], "Argentina");
+    assert_eq!(at(-40.0, -30.0)[3], 0, "the Atlantic");
+
+    // Bad sizes, places and formats: 400 in CARTO's shape.
+    for bad in [
+        format!("static/center/{token}/2/0/0/1001/300.png"),
+        format!("static/center/{token}/2/0/0/0/300.png"),
+        format!("static/center/{token}/2/0/0/600/300.gif"),
+        format!("static/center/{token}/31/0/0/600/300.png"),
+        format!("static/center/{token}/2/89/0/600/300.png"),
+        format!("static/center/{token}/2/x/0/600/300.png"),
+        format!("static/bbox/{token}/-80,-40,-30/400/400.png"),
+        format!("static/bbox/{token}/-30,-40,-80,10/400/400.png"),
+    ] {
+        let r = app.get(&format!("/api/v1/map/{bad}")).await;
+        assert_eq!(r.status, 400, "{bad}: {}", r.text());
+        assert!(r.json()["error"][0].is_string(), "{bad}: {}", r.text());
+    }
+    assert_eq!(
+        app.get("/api/v1/map/static/center/nosuchmap/2/0/0/600/300.png")
+            .await
+            .status,
+        404
+    );
 }
 
 #[tokio::test]

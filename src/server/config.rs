@@ -44,6 +44,7 @@ pub struct ServerConfig {
     pub(crate) query_limit: usize,
     pub(crate) map_config_limit: usize,
     pub(crate) maps_per_user: usize,
+    pub(crate) static_map_limit: u32,
     pub(crate) key_layout: KeyLayout,
     pub(crate) operators: Vec<String>,
     pub(crate) tile_id_columns: Vec<String>,
@@ -111,6 +112,7 @@ impl Default for ServerConfig {
             query_limit: 1 << 20,
             map_config_limit: 256 << 10,
             maps_per_user: 1000,
+            static_map_limit: 2048,
             key_layout: KeyLayout::Native,
             operators: Vec::new(),
             tile_id_columns: geostack_tiles::DEFAULT_ID_COLUMNS
@@ -285,6 +287,13 @@ impl ServerConfig {
     pub fn map_limits(mut self, config_bytes: usize, per_user: usize) -> Self {
         self.map_config_limit = config_bytes;
         self.maps_per_user = per_user.max(1);
+        self
+    }
+
+    /// The largest static map (`/api/v1/map/static/…`), in pixels a side; a larger one is
+    /// answered 400. Default 2 048, at most 4 096.
+    pub fn static_map_limit(mut self, pixels: u32) -> Self {
+        self.static_map_limit = pixels.clamp(1, 4096);
         self
     }
 

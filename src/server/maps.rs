@@ -55,6 +55,8 @@ pub(super) struct Inner<C> {
     pub(super) prefix: String,
     pub(super) config_limit: usize,
     pub(super) per_user: usize,
+    /// The largest static map, in pixels a side.
+    pub(super) static_limit: u32,
 }
 
 impl<C: RedisConnection> MapsApi<C> {
@@ -76,6 +78,7 @@ impl<C: RedisConnection> MapsApi<C> {
                 prefix: config.redis_prefix.clone(),
                 config_limit: config.map_config_limit,
                 per_user: config.maps_per_user,
+                static_limit: config.static_map_limit,
             }),
         }
     }
@@ -104,6 +107,14 @@ impl<C: RedisConnection> MapsApi<C> {
             (
                 "/api/v1/map/{token}/{layers}/attributes/{id}".to_owned(),
                 get(attributes::<C>),
+            ),
+            (
+                "/api/v1/map/static/center/{token}/{z}/{lat}/{lng}/{width}/{height}".to_owned(),
+                get(static_map::<C>),
+            ),
+            (
+                "/api/v1/map/static/bbox/{token}/{bbox}/{width}/{height}".to_owned(),
+                get(static_map::<C>),
             ),
             ("/api/v1/map/{token}/{z}/{x}/{y}".to_owned(), get(tile::<C>)),
             (
@@ -791,6 +802,171 @@ async fn tile<C: RedisConnection>(State(api): State<MapsApi<C>>, req: ApiRequest
         }
         .await,
     )
+}
+
+/// A static map of a config's layers (Windshaft's `static/center/{token}/{z}/{lat}/{lng}/{w}/{h}`
+/// and `static/bbox/{token}/{west},{south},{east},{north}/{w}/{h}`, `h` ending in `.png` or
+/// `.jpg`), each side at most `static_limit` pixels; cached and tagged with the config's tables
+/// as its tiles are.
+async fn static_map<C: RedisConnection>(
+    State(api): State<MapsApi<C>>,
+    req: ApiRequest,
+) -> Response {
+    let inner = &*api.inner;
+    respond(
+        async {
+            let caller = inner.gate.caller(&req, Api::Maps).await?;
+            let view = StaticView::parse(&req.path, inner.static_limit)?;
+            let canvas = view.canvas()?;
+            let token = path_part(&req, "token");
+            let loaded = api.load_map(&caller, &req, token).await?;
+            let role = match &loaded.owner {
+                Some(owner) => owner.db_role.name().to_owned(),
+                None => caller.principal.db_role().name().to_owned(),
+            };
+            let key = TileKey::new(
+                format!("map:{token}:static:{}:{role}", view.key()),
+                geostack_tiles::TileCoord::new_checked(0, 0, 0)?,
+            );
+            let format = view.format;
+            let answer = |tile: &geostack_tiles::CachedTile| {
+                let mut response = tile_response(&caller, &req.headers, tile);
+                if response.status() == axum::http::StatusCode::OK {
+                    response.headers_mut().insert(
+                        axum::http::header::CONTENT_TYPE,
+                        axum::http::HeaderValue::from_static(format.content_type()),
+                    );
+                }
+                response
+            };
+            if let Some(image) = inner.tiles.cached(&key).await? {
+                return Ok(answer(&image));
+            }
+            let (pool, _) = api.pool_for(&caller, &loaded)?;
+            let (config, tables) = (loaded.config, loaded.tables);
+            let options = inner.tiles.options().clone();
+            let sandbox = inner.sandbox.options();
+            let image = inner
+                .tiles
+                .render(&inner.gate, &caller, &key, &tables, || async move {
+                    config
+                        .render_image(&pool, canvas, format, &options, &sandbox)
+                        .await
+                })
+                .await?;
+            Ok(answer(&image))
+        }
+        .await,
+    )
+}
+
+/// What a static map's path asks for.
+#[derive(Debug, Clone, PartialEq)]
+struct StaticView {
+    /// By centre and zoom: (zoom, lat, lng); by box: (west, south, east, north).
+    place: Place,
+    width: u32,
+    height: u32,
+    format: geostack_tiles::ImageFormat,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Place {
+    Centre { zoom: u8, lat: f64, lng: f64 },
+    Box([f64; 4]),
+}
+
+impl StaticView {
+    /// The view of a `static/center/…` (with `z`, `lat`, `lng`) or `static/bbox/…` (with
+    /// `bbox`) path; each side at most `limit` pixels.
+    fn parse(path: &HashMap<String, String>, limit: u32) -> Result<Self> {
+        let part = |name: &str| path.get(name).map(String::as_str).unwrap_or_default();
+        let number = |name: &str, text: &str| {
+            text.trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|v| v.is_finite())
+                .ok_or_else(|| {
+                    Error::BadRequest(format!("invalid {name} {text}: expected a number"))
+                })
+        };
+        let place = if let Some(bbox) = path.get("bbox") {
+            let values = bbox
+                .split(',')
+                .map(|v| number("bbox", v))
+                .collect::<Result<Vec<_>>>()?;
+            let [w, s, e, n] = values[..] else {
+                return Err(Error::BadRequest(format!(
+                    "invalid bbox {bbox}: expected west,south,east,north"
+                )));
+            };
+            Place::Box([w, s, e, n])
+        } else {
+            let zoom = part("z")
+                .parse::<u8>()
+                .ok()
+                .filter(|z| *z <= 30)
+                .ok_or_else(|| {
+                    Error::BadRequest(format!("invalid zoom {}: expected 0 to 30", part("z")))
+                })?;
+            Place::Centre {
+                zoom,
+                lat: number("lat", part("lat"))?,
+                lng: number("lng", part("lng"))?,
+            }
+        };
+        let (height, format) = match part("height").rsplit_once('.') {
+            Some((h, "png")) => (h, geostack_tiles::ImageFormat::Png),
+            Some((h, "jpg" | "jpeg")) => (h, geostack_tiles::ImageFormat::Jpeg(85)),
+            _ => {
+                return Err(Error::BadRequest(format!(
+                    "invalid static map {}: expected a height ending in .png or .jpg",
+                    part("height")
+                )));
+            }
+        };
+        let side = |name: &str, text: &str| {
+            text.parse::<u32>()
+                .ok()
+                .filter(|v| (1..=limit).contains(v))
+                .ok_or_else(|| {
+                    Error::BadRequest(format!(
+                        "invalid {name} {text}: expected 1 to {limit} pixels"
+                    ))
+                })
+        };
+        Ok(Self {
+            place,
+            width: side("width", part("width"))?,
+            height: side("height", height)?,
+            format,
+        })
+    }
+
+    fn canvas(&self) -> Result<geostack_tiles::Canvas> {
+        let canvas = match self.place {
+            Place::Centre { zoom, lat, lng } => {
+                geostack_tiles::Canvas::centred(lng, lat, zoom, self.width, self.height)
+            }
+            Place::Box([w, s, e, n]) => {
+                geostack_tiles::Canvas::fitted(w, s, e, n, self.width, self.height)
+            }
+        };
+        canvas.map_err(|e| Error::BadRequest(e.to_string()))
+    }
+
+    /// What the cache key adds for it.
+    fn key(&self) -> String {
+        let place = match self.place {
+            Place::Centre { zoom, lat, lng } => format!("c{zoom},{lat},{lng}"),
+            Place::Box([w, s, e, n]) => format!("b{w},{s},{e},{n}"),
+        };
+        let format = match self.format {
+            geostack_tiles::ImageFormat::Jpeg(q) => format!("jpg{q}"),
+            _ => "png".to_owned(),
+        };
+        format!("{place}:{}x{}:{format}", self.width, self.height)
+    }
 }
 
 /// What a map tile's path asks for: a vector tile (`.mvt` or no extension), an image

@@ -48,7 +48,7 @@ pub use postgis::{
     AttributeKind, DEFAULT_ID_COLUMNS, TableSource, discover, discover_with_ids, tables_tile,
 };
 #[cfg(feature = "raster")]
-pub use raster::Canvas;
+pub use raster::{Canvas, ImageFormat};
 #[cfg(all(feature = "axum", feature = "postgis"))]
 pub use response::TableTiles;
 #[cfg(feature = "axum")]

@@ -40,7 +40,11 @@ pub(crate) struct Frame {
 
 impl Frame {
     pub(crate) fn new(coord: TileCoord, options: &TileOptions) -> Self {
-        let bounds = coord.bounds_3857();
+        Self::square(coord.bounds_3857(), options)
+    }
+
+    /// The frame of a square box (EPSG:3857) mapped onto `options`' extent.
+    pub(crate) fn square(bounds: Bounds, options: &TileOptions) -> Self {
         let extent = f64::from(options.extent);
         let scale = extent / (bounds.max_x - bounds.min_x);
         let buffer = f64::from(options.buffer);

@@ -25,6 +25,26 @@ const UNITS_PER_PIXEL: u32 = 16;
 /// The buffer drawn around the tile, in pixels at 1×: strokes and markers across the edge.
 const BUFFER_PIXELS: u32 = 64;
 
+/// How an image is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ImageFormat {
+    /// PNG, 8-bit RGBA.
+    Png,
+    /// Baseline JPEG of this quality (1–100), over white.
+    Jpeg(u8),
+}
+
+impl ImageFormat {
+    /// Its media type.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Self::Png => "image/png",
+            Self::Jpeg(_) => "image/jpeg",
+        }
+    }
+}
+
 /// One tile's image being drawn: 256 pixels square times its scale.
 ///
 /// ```
@@ -44,9 +64,12 @@ const BUFFER_PIXELS: u32 = 64;
 /// ```
 pub struct Canvas {
     pixmap: Pixmap,
-    coord: TileCoord,
+    /// The zoom its zoom filters see.
+    zoom: u8,
     scale: f32,
-    options: TileOptions,
+    /// Where geometry is prepared: a square from the image's top left corner, 16 units a
+    /// pixel, with a 64-pixel buffer.
+    frame: Frame,
     placed: Collisions,
     /// Drawing which feature covers each pixel (a UTFGrid) rather than an image: each feature
     /// in its own opaque colour, without anti-aliasing or blending.
@@ -58,7 +81,9 @@ pub struct Canvas {
 impl std::fmt::Debug for Canvas {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Canvas")
-            .field("coord", &self.coord)
+            .field("zoom", &self.zoom)
+            .field("width", &self.pixmap.width())
+            .field("height", &self.pixmap.height())
             .field("scale", &self.scale)
             .finish_non_exhaustive()
     }
@@ -84,13 +109,137 @@ impl Canvas {
         })?;
         Ok(Self {
             pixmap,
-            coord,
+            zoom: coord.z(),
             scale: f32::from(scale),
-            options: Self::frame_options(scale)?,
+            frame: Frame::square(coord.bounds_3857(), &Self::frame_options(side)?),
             placed: Collisions::new(side),
             grid: false,
             drawn: 0,
         })
+    }
+
+    /// A transparent image of `width × height` pixels showing the map at `zoom` centred on
+    /// (`lon`, `lat`) (a static map by centre).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidOption`] for a size of 0 or over 4096 pixels, a zoom over
+    /// [`crate::MAX_ZOOM`] or a centre off the map.
+    ///
+    /// ```
+    /// let canvas = geostack_tiles::Canvas::centred(0.0, 0.0, 2, 600, 300).unwrap();
+    /// assert_eq!(canvas.size(), (600, 300));
+    /// ```
+    pub fn centred(lon: f64, lat: f64, zoom: u8, width: u32, height: u32) -> Result<Self> {
+        if zoom > crate::MAX_ZOOM
+            || !(-180.0..=180.0).contains(&lon)
+            || !(-85.06..=85.06).contains(&lat)
+        {
+            return Err(Error::InvalidOption {
+                name: "center",
+                reason: "expected a zoom up to 30 and a centre on the map".into(),
+            });
+        }
+        let per_pixel = 2.0 * crate::WEB_MERCATOR_HALF / (256.0 * f64::from(1u32 << zoom.min(30)));
+        let (x, y) = crate::to_web_mercator(lon, lat);
+        Self::view(
+            x - f64::from(width) / 2.0 * per_pixel,
+            y + f64::from(height) / 2.0 * per_pixel,
+            per_pixel,
+            zoom,
+            width,
+            height,
+        )
+    }
+
+    /// A transparent image of `width × height` pixels showing the box from (`west`, `south`)
+    /// to (`east`, `north`) (degrees) whole, centred, at the zoom it fits (a static map by
+    /// bounding box).
+    ///
+    /// # Errors
+    ///
+    /// As [`Canvas::centred`]; also for an empty box.
+    pub fn fitted(
+        west: f64,
+        south: f64,
+        east: f64,
+        north: f64,
+        width: u32,
+        height: u32,
+    ) -> Result<Self> {
+        let clamp_lat = |v: f64| v.clamp(-85.06, 85.06);
+        let (x0, y0) = crate::to_web_mercator(west.clamp(-180.0, 180.0), clamp_lat(south));
+        let (x1, y1) = crate::to_web_mercator(east.clamp(-180.0, 180.0), clamp_lat(north));
+        if !(x1 > x0 && y1 > y0) || width == 0 || height == 0 {
+            return Err(Error::InvalidOption {
+                name: "bbox",
+                reason: "expected west < east and south < north".into(),
+            });
+        }
+        let per_pixel = ((x1 - x0) / f64::from(width)).max((y1 - y0) / f64::from(height));
+        let world = 2.0 * crate::WEB_MERCATOR_HALF;
+        let zoom = (world / (256.0 * per_pixel))
+            .log2()
+            .floor()
+            .clamp(0.0, f64::from(crate::MAX_ZOOM)) as u8;
+        let (cx, cy) = ((x0 + x1) / 2.0, (y0 + y1) / 2.0);
+        Self::view(
+            cx - f64::from(width) / 2.0 * per_pixel,
+            cy + f64::from(height) / 2.0 * per_pixel,
+            per_pixel,
+            zoom,
+            width,
+            height,
+        )
+    }
+
+    /// An image whose top left corner is (`left`, `top`) (EPSG:3857) at `per_pixel` metres a
+    /// pixel.
+    fn view(
+        left: f64,
+        top: f64,
+        per_pixel: f64,
+        zoom: u8,
+        width: u32,
+        height: u32,
+    ) -> Result<Self> {
+        if !(1..=4096).contains(&width) || !(1..=4096).contains(&height) {
+            return Err(Error::InvalidOption {
+                name: "size",
+                reason: "expected 1 to 4096 pixels a side".into(),
+            });
+        }
+        let pixmap = Pixmap::new(width, height).ok_or_else(|| Error::InvalidOption {
+            name: "size",
+            reason: "no image of that size".into(),
+        })?;
+        let side = width.max(height);
+        let span = f64::from(side) * per_pixel;
+        let square = crate::Bounds {
+            min_x: left,
+            min_y: top - span,
+            max_x: left + span,
+            max_y: top,
+        };
+        Ok(Self {
+            pixmap,
+            zoom,
+            scale: 1.0,
+            frame: Frame::square(square, &Self::frame_options(side)?),
+            placed: Collisions::new(side),
+            grid: false,
+            drawn: 0,
+        })
+    }
+
+    /// Its width and height in pixels.
+    pub fn size(&self) -> (u32, u32) {
+        (self.pixmap.width(), self.pixmap.height())
+    }
+
+    /// The zoom its styles' zoom filters see.
+    pub fn zoom(&self) -> u8 {
+        self.zoom
     }
 
     /// A canvas that records which feature covers each pixel, for [`Canvas::utf_grid`].
@@ -140,18 +289,17 @@ impl Canvas {
             .collect()
     }
 
-    /// The options geometry is prepared with for a tile of `scale`: 16 units a pixel and a
-    /// 64-pixel buffer. Their [`crate::Frame`]'s buffered bounds are what a source must read.
-    pub(crate) fn frame_options(scale: u8) -> Result<TileOptions> {
-        let extent = 256 * UNITS_PER_PIXEL * u32::from(scale);
+    /// The options geometry is prepared with for a square of `side` pixels: 16 units a pixel
+    /// and a 64-pixel buffer.
+    fn frame_options(side: u32) -> Result<TileOptions> {
         TileOptions::default()
-            .extent(extent)?
-            .buffer(BUFFER_PIXELS * UNITS_PER_PIXEL * u32::from(scale))
+            .extent(side * UNITS_PER_PIXEL)?
+            .buffer((BUFFER_PIXELS * UNITS_PER_PIXEL).min(side * UNITS_PER_PIXEL))
     }
 
-    /// The box (EPSG:3857) whose features can show on this tile.
+    /// The box (EPSG:3857) whose features can show on this image.
     pub fn source_bounds(&self) -> crate::Bounds {
-        Frame::new(self.coord, &self.options).buffered
+        self.frame.buffered
     }
 
     /// Paints the whole tile `color` (a style's `Map { background-color }`).
@@ -167,7 +315,7 @@ impl Canvas {
         style: &Style,
         features: impl IntoIterator<Item = (&'f Geometry<f64>, &'f A)>,
     ) {
-        let frame = Frame::new(self.coord, &self.options);
+        let frame = self.frame;
         let first = self.drawn + 1;
         let mut count = 0;
         let prepared: Vec<(TileGeometry, &A, u32)> = features
@@ -179,7 +327,7 @@ impl Canvas {
             })
             .collect();
         self.drawn += count;
-        let z = self.coord.z();
+        let z = self.zoom;
         for attachment in &style.attachments {
             if !Style::visible_at(attachment, z) {
                 continue;
@@ -261,6 +409,51 @@ impl Canvas {
         let mut writer = encoder.write_header().map_err(fail)?;
         writer.write_image_data(&data).map_err(fail)?;
         writer.finish().map_err(fail)?;
+        Ok(out)
+    }
+
+    /// The image as `format`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Canvas::png`] and [`Canvas::jpeg`].
+    pub fn encode(&self, format: ImageFormat) -> Result<Vec<u8>> {
+        match format {
+            ImageFormat::Png => self.png(),
+            ImageFormat::Jpeg(quality) => self.jpeg(quality),
+        }
+    }
+
+    /// The image as baseline JPEG of `quality` (1–100), over white where it is transparent
+    /// (JPEG has no alpha).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Encode`] when the encoder fails (an image over 65,535 pixels a side).
+    ///
+    /// ```
+    /// let canvas = geostack_tiles::Canvas::centred(0.0, 0.0, 1, 300, 200).unwrap();
+    /// let jpeg = canvas.jpeg(85).unwrap();
+    /// assert_eq!(&jpeg[..3], &[0xff, 0xd8, 0xff]);
+    /// ```
+    pub fn jpeg(&self, quality: u8) -> Result<Vec<u8>> {
+        // Premultiplied colour over white: c + (1 - a) · 255.
+        let mut data = Vec::with_capacity(self.pixmap.pixels().len() * 3);
+        for p in self.pixmap.pixels() {
+            let under = 255 - p.alpha();
+            data.extend_from_slice(&[p.red() + under, p.green() + under, p.blue() + under]);
+        }
+        let fail = |e: jpeg_encoder::EncodingError| Error::Encode(format!("jpeg: {e}"));
+        let side = |v: u32| u16::try_from(v).map_err(|_| Error::Encode("jpeg: too large".into()));
+        let mut out = Vec::new();
+        jpeg_encoder::Encoder::new(&mut out, quality.clamp(1, 100))
+            .encode(
+                &data,
+                side(self.pixmap.width())?,
+                side(self.pixmap.height())?,
+                jpeg_encoder::ColorType::Rgb,
+            )
+            .map_err(fail)?;
         Ok(out)
     }
 }

@@ -124,10 +124,36 @@ impl MapConfig {
         sandbox: &sqlpass::Options,
     ) -> Result<Vec<u8>> {
         let canvas = crate::Canvas::new(coord, scale)?;
+        self.render_image(pool, canvas, crate::ImageFormat::Png, options, sandbox)
+            .await
+    }
+
+    /// Renders the data layers visible at `canvas`'s zoom that have a style onto `canvas`, in
+    /// order, as `format`: a static map, by centre ([`crate::Canvas::centred`]) or by box
+    /// ([`crate::Canvas::fitted`]). Read and drawn as [`MapConfig::render_png`] does.
+    ///
+    /// # Errors
+    ///
+    /// As [`MapConfig::render`].
+    #[tracing::instrument(name = "static_map", skip_all, fields(zoom = canvas.zoom()))]
+    pub async fn render_image(
+        &self,
+        pool: &PgPool,
+        canvas: crate::Canvas,
+        format: crate::ImageFormat,
+        options: &TileOptions,
+        sandbox: &sqlpass::Options,
+    ) -> Result<Vec<u8>> {
         let layers = self
-            .fetch_styled(pool, coord, canvas.source_bounds(), options, sandbox)
+            .fetch_styled(
+                pool,
+                canvas.zoom(),
+                canvas.source_bounds(),
+                options,
+                sandbox,
+            )
             .await?;
-        tokio::task::spawn_blocking(move || draw_layers(canvas, &layers))
+        tokio::task::spawn_blocking(move || draw_layers(canvas, &layers, format))
             .await
             .map_err(|e| Error::Encode(format!("drawing stopped: {e}")))?
     }
@@ -169,19 +195,19 @@ impl MapConfig {
         let interactivity = layer.interactivity().to_vec();
         let canvas = crate::Canvas::for_grid(coord)?;
         let layers = self
-            .fetch_styled(pool, coord, canvas.source_bounds(), options, sandbox)
+            .fetch_styled(pool, coord.z(), canvas.source_bounds(), options, sandbox)
             .await?;
         tokio::task::spawn_blocking(move || grid_json(canvas, &layers, &interactivity))
             .await
             .map_err(|e| Error::Encode(format!("drawing stopped: {e}")))
     }
 
-    /// The data layers visible at `coord` that have a style, with the columns they draw with
+    /// The data layers visible at `zoom` that have a style, with the columns they draw with
     /// and their rows in `bounds`, read in one read-only session.
     async fn fetch_styled(
         &self,
         pool: &PgPool,
-        coord: TileCoord,
+        zoom: u8,
         bounds: crate::Bounds,
         options: &TileOptions,
         sandbox: &sqlpass::Options,
@@ -189,7 +215,7 @@ impl MapConfig {
         let mut layers = Vec::new();
         for layer in self.layers() {
             if let (true, Some(style)) = (
-                layer.is_data() && layer.visible_at(coord.z()),
+                layer.is_data() && layer.visible_at(zoom),
                 layer.shared_style(),
             ) {
                 layers.push((layer, style, layer.raster_columns()));
@@ -235,12 +261,16 @@ impl crate::Attributes for RowAttributes<'_> {
 }
 
 #[cfg(feature = "raster")]
-fn draw_layers(mut canvas: crate::Canvas, layers: &[StyledRows]) -> Result<Vec<u8>> {
+fn draw_layers(
+    mut canvas: crate::Canvas,
+    layers: &[StyledRows],
+    format: crate::ImageFormat,
+) -> Result<Vec<u8>> {
     if let Some(background) = layers.iter().find_map(|(style, ..)| style.background()) {
         canvas.fill(background);
     }
     draw_rows(&mut canvas, layers);
-    canvas.png()
+    canvas.encode(format)
 }
 
 /// Draws each layer's rows with its style.

@@ -183,6 +183,7 @@ struct Tiles {
 struct Maps {
     config_limit: Option<usize>,
     per_user: Option<usize>,
+    static_limit: Option<u32>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -404,6 +405,14 @@ impl Config {
             "maps.config_limit and maps.per_user",
         )? {
             c = c.map_limits(bytes, per_user);
+        }
+        if let Some(pixels) = m.static_limit {
+            if !(1..=4096).contains(&pixels) {
+                return Err(Invalid(format!(
+                    "maps.static_limit: expected 1 to 4096 pixels, got {pixels}"
+                )));
+            }
+            c = c.static_map_limit(pixels);
         }
         Ok(c)
     }
