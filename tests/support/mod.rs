@@ -14,6 +14,7 @@
 )]
 
 pub mod cdp;
+pub mod mapnik;
 
 use std::time::Duration;
 

@@ -641,10 +641,27 @@ fn line(pixmap: &mut Pixmap, geometry: &TileGeometry, props: &Props<'_>, scale: 
             Some("square") => LineCap::Square,
             _ => LineCap::Butt,
         },
-        dash,
         ..Stroke::default()
     };
-    pixmap.stroke_path(&path, &paint, &stroke, Transform::identity(), None);
+    // Stroked into an outline and filled, whatever the width: tiny-skia would draw a stroke
+    // of a pixel or less as a hairline, lighter than the band a pixel wide that Mapnik (AGG)
+    // covers.
+    let path = match dash {
+        Some(dash) => match path.dash(&dash, 1.0) {
+            Some(dashed) => dashed,
+            None => return,
+        },
+        None => path,
+    };
+    if let Some(outline) = path.stroke(&stroke, 1.0) {
+        pixmap.fill_path(
+            &outline,
+            &paint,
+            FillRule::Winding,
+            Transform::identity(),
+            None,
+        );
+    }
 }
 
 /// Where a marker goes on a geometry: each point, or one point inside a line or polygon.
