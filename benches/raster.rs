@@ -24,8 +24,6 @@ use std::time::Duration;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use geostack::tiles::{MapConfig, TileCoord, TileOptions};
 
-const TABLE_CHECK: &str = "select count(*) from pg_tables where tablename = 'bench_countries'";
-
 fn bench(c: &mut Criterion) {
     let measuring = std::env::args().any(|a| a == "--bench");
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -39,15 +37,7 @@ fn bench(c: &mut Criterion) {
         .expect("a tokio runtime");
     let pool = rt.block_on(async {
         let pool = support::bench_pool("select 1", "").await;
-        let lock = support::SetupLock::take(&pool).await;
-        let (exists,): (i64,) = sqlx::query_as(TABLE_CHECK)
-            .fetch_one(&pool)
-            .await
-            .expect("pg_tables");
-        if exists == 0 {
-            geostack_testkit::natural_earth::load_countries(&pool, "bench_countries").await;
-        }
-        lock.release().await;
+        support::countries(&pool).await;
         pool
     });
     let url = std::env::var("DATABASE_URL")

@@ -24,7 +24,6 @@ use geostack::tiles::{TileBuilder, TileCoord, TileGeometry, TileOptions, Value, 
 /// Turns a country into the geometry kind under test.
 type Convert = fn(&Geometry<f64>) -> Geometry<f64>;
 
-const TABLE_CHECK: &str = "select count(*) from pg_tables where tablename = 'bench_countries'";
 const POINTS_CHECK: &str = "select count(*) from pg_tables where tablename = 'bench_points'";
 
 /// 100 000 points over the world and 50 000 over central Europe, the same on every run.
@@ -225,15 +224,9 @@ fn bench(c: &mut Criterion) {
         .expect("a tokio runtime");
     let pool = rt.block_on(async {
         let pool = support::bench_pool("select 1", "").await;
+        support::countries(&pool).await;
         // Another binary (or this one, listed twice by the test runner) may be loading it.
         let lock = support::SetupLock::take(&pool).await;
-        let (exists,): (i64,) = sqlx::query_as(TABLE_CHECK)
-            .fetch_one(&pool)
-            .await
-            .expect("pg_tables");
-        if exists == 0 {
-            geostack_testkit::natural_earth::load_countries(&pool, "bench_countries").await;
-        }
         let (exists,): (i64,) = sqlx::query_as(POINTS_CHECK)
             .fetch_one(&pool)
             .await

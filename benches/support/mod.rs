@@ -87,3 +87,25 @@ impl SetupLock {
             .expect("the set-up lock");
     }
 }
+
+/// Makes sure `bench_countries` (the Natural Earth countries) is in the benchmark database,
+/// loading it under the set-up lock when another binary has not.
+#[allow(
+    clippy::allow_attributes,
+    dead_code,
+    reason = "the tile benchmarks use it, the others include this module too"
+)]
+pub(crate) async fn countries(pool: &PgPool) {
+    // Another binary (or this one, listed twice by the test runner) may be loading it.
+    let lock = SetupLock::take(pool).await;
+    let exists: bool = sqlx::query_scalar(
+        "select exists(select 1 from pg_tables where tablename = 'bench_countries')",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("pg_tables");
+    if !exists {
+        geostack_testkit::natural_earth::load_countries(pool, "bench_countries").await;
+    }
+    lock.release().await;
+}

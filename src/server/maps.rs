@@ -830,14 +830,10 @@ async fn static_map<C: RedisConnection>(
             );
             let format = view.format;
             let answer = |tile: &geostack_tiles::CachedTile| {
-                let mut response = tile_response(&caller, &req.headers, tile);
-                if response.status() == axum::http::StatusCode::OK {
-                    response.headers_mut().insert(
-                        axum::http::header::CONTENT_TYPE,
-                        axum::http::HeaderValue::from_static(format.content_type()),
-                    );
-                }
-                response
+                with_media(
+                    tile_response(&caller, &req.headers, tile),
+                    format.content_type(),
+                )
             };
             if let Some(image) = inner.tiles.cached(&key).await? {
                 return Ok(answer(&image));
@@ -989,20 +985,24 @@ impl TileFormat {
     }
 
     /// The tile's answer with the format's media type.
-    fn answer(self, mut response: Response) -> Response {
-        let media = match self {
-            Self::Mvt => return response,
-            Self::Png(_) => "image/png",
-            Self::Grid => "application/json; charset=utf-8",
-        };
-        if response.status() == axum::http::StatusCode::OK {
-            response.headers_mut().insert(
-                axum::http::header::CONTENT_TYPE,
-                axum::http::HeaderValue::from_static(media),
-            );
+    fn answer(self, response: Response) -> Response {
+        match self {
+            Self::Mvt => response,
+            Self::Png(_) => with_media(response, "image/png"),
+            Self::Grid => with_media(response, "application/json; charset=utf-8"),
         }
-        response
     }
+}
+
+/// A tile's answer (a 200; not a 304 or an error) as `media`.
+fn with_media(mut response: Response, media: &'static str) -> Response {
+    if response.status() == axum::http::StatusCode::OK {
+        response.headers_mut().insert(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static(media),
+        );
+    }
+    response
 }
 
 /// A map tile's coordinate and format from its path (`y` may end in `.mvt`, `.png`,
