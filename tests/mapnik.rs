@@ -6,7 +6,8 @@
 //! more than 16 apart; for styles without dashes also at most 1% of its pixels with a channel
 //! more than 48 apart (anti-aliased edges land a pixel apart) and a mean difference under 2 of
 //! 255. Dashes are compared by block only: where a dash starts depends on where each renderer
-//! starts a clipped ring.
+//! starts a clipped ring; so are dense labels: of two labels whose boxes all but touch, one
+//! renderer may keep one that the other drops (their glyph metrics differ below a pixel).
 mod support;
 
 use support::app;

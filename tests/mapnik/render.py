@@ -7,11 +7,14 @@ GEOSTACK_MAPNIK_PYTHON (Debian's python3-mapnik).
 """
 
 import math
+import os
 import sys
 
 import mapnik
 
 HALF = math.pi * 6378137.0
+# The fonts the renderer under test bundles, so that labels are set in the same faces.
+FONTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "crates", "tiles", "fonts")
 
 
 def tile_box(z, x, y):
@@ -22,6 +25,7 @@ def tile_box(z, x, y):
 
 
 def main():
+    mapnik.register_fonts(FONTS)
     tile = mapnik.Map(256, 256)
     mapnik.load_map(tile, sys.argv[1])
     out = sys.stdout.buffer

@@ -24,7 +24,8 @@ pub struct Reference {
     /// The `<Style>`'s rules in Mapnik XML.
     pub rules: &'static str,
     /// Whether pixels are compared one by one; not for dashes, whose phase depends on where
-    /// each renderer starts a clipped ring.
+    /// each renderer starts a clipped ring, nor for dense labels, where two whose boxes all
+    /// but touch may be kept by one renderer and dropped by the other.
     pub by_pixel: bool,
 }
 
@@ -32,8 +33,12 @@ const COUNTRIES: &str =
     "select gid, iso, name, ST_Transform(geom, 3857) as the_geom_webmercator from {table}";
 const POINTS: &str = "select gid, name, ST_Transform(ST_PointOnSurface(geom), 3857) as the_geom_webmercator from {table}";
 
+const LABELS: &str = "select gid, name, ST_Transform(ST_PointOnSurface(geom), 3857) as the_geom_webmercator from {table} order by gid";
+
 /// The styles compared: fills and outlines, attribute filters (a comparison and a regular
-/// expression, the later rule winning), dashed translucent lines with joins, and markers.
+/// expression, the later rule winning), dashed translucent lines with joins, markers, and
+/// labels (haloed point labels kept apart; bold, upper-cased, wrapped and displaced ones). Both
+/// renderers set the labels in the fonts the tiles crate bundles.
 pub const STYLES: &[Reference] = &[
     Reference {
         name: "fill_outline",
@@ -69,6 +74,23 @@ pub const STYLES: &[Reference] = &[
             marker-line-width: 1; marker-allow-overlap: true; }",
         rules: r##"<Rule><MarkersSymbolizer width="8" height="8" fill="#6a3d9a" stroke="#ffffff" stroke-width="1" allow-overlap="true" placement="point"/></Rule>"##,
         by_pixel: true,
+    },
+    Reference {
+        name: "labels",
+        sql: LABELS,
+        cartocss: "#points { text-name: [name]; text-face-name: 'DejaVu Sans Book'; text-size: 10;
+            text-fill: #333333; text-halo-fill: #ffffff; text-halo-radius: 1.5; }",
+        rules: r##"<Rule><TextSymbolizer face-name="DejaVu Sans Book" size="10" fill="#333333" halo-fill="#ffffff" halo-radius="1.5" placement="point">[name]</TextSymbolizer></Rule>"##,
+        by_pixel: true,
+    },
+    Reference {
+        name: "label_layout",
+        sql: LABELS,
+        cartocss: "#points { text-name: [name]; text-face-name: 'DejaVu Sans Bold'; text-size: 10;
+            text-wrap-width: 50; text-transform: uppercase; text-dy: 6; text-line-spacing: 1;
+            text-fill: #1f78b4; text-halo-radius: 1; }",
+        rules: r##"<Rule><TextSymbolizer face-name="DejaVu Sans Bold" size="10" wrap-width="50" text-transform="uppercase" dy="6" line-spacing="1" fill="#1f78b4" halo-radius="1" placement="point">[name]</TextSymbolizer></Rule>"##,
+        by_pixel: false,
     },
 ];
 

@@ -25,6 +25,8 @@ mod raster;
 mod response;
 #[cfg(feature = "postgis")]
 mod sql_layers;
+#[cfg(feature = "raster")]
+mod text;
 mod validity;
 
 pub use aggregate::{Aggregate, AggregationOptions, PointAggregator};

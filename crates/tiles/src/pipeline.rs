@@ -58,7 +58,8 @@ impl Frame {
         }
     }
 
-    fn project(&self, c: Coord<f64>) -> Coord<f64> {
+    /// `c` (EPSG:3857) in tile units.
+    pub(crate) fn project(&self, c: Coord<f64>) -> Coord<f64> {
         Coord {
             x: (c.x - self.bounds.min_x) * self.scale,
             y: (self.bounds.max_y - c.y) * self.scale,

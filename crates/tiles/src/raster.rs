@@ -7,8 +7,9 @@
 //! style is silent: polygons grey, lines black 1 px, markers blue ellipses 10 px wide with a
 //! black 0.5 px outline, placed once per geometry (a point: each point; a line or polygon:
 //! one point inside it) and kept apart unless `marker-allow-overlap` (one collision set per
-//! tile, across layers, as Mapnik's). Widths, sizes and dashes scale with the tile
-//! (`@2x` doubles them).
+//! tile, across layers, as Mapnik's); labels black 10 px DejaVu Sans Book, placed as markers
+//! are (or along lines, or inside polygons) in the same collision set. Widths, sizes and
+//! dashes scale with the tile (`@2x` doubles them).
 
 use geo_types::Geometry;
 use tiny_skia::{
@@ -18,6 +19,7 @@ use tiny_skia::{
 
 use crate::cartocss::{Decl, GeomType, Val};
 use crate::pipeline::{Frame, prepare};
+use crate::text;
 use crate::{Attributes, Color, Error, Result, Style, TileCoord, TileGeometry, TileOptions};
 
 /// Tile units per pixel in the frame geometry is prepared in.
@@ -318,12 +320,12 @@ impl Canvas {
         let frame = self.frame;
         let first = self.drawn + 1;
         let mut count = 0;
-        let prepared: Vec<(TileGeometry, &A, u32)> = features
+        let prepared: Vec<(TileGeometry, &Geometry<f64>, &A, u32)> = features
             .into_iter()
             .filter_map(|(g, a)| {
                 count += 1;
                 let id = first + count - 1;
-                prepare(g, &frame).ok().map(|g| (g, a, id))
+                prepare(g, &frame).ok().map(|tile| (tile, g, a, id))
             })
             .collect();
         self.drawn += count;
@@ -338,7 +340,7 @@ impl Canvas {
             } else {
                 None
             };
-            for (geometry, attributes, id) in &prepared {
+            for (geometry, source, attributes, id) in &prepared {
                 let kind = match geometry {
                     TileGeometry::Points(_) => GeomType::Point,
                     TileGeometry::Lines(_) => GeomType::Line,
@@ -356,15 +358,13 @@ impl Canvas {
                     let [_, r, g, b] = id.to_be_bytes();
                     [r, g, b]
                 });
-                draw_feature(
-                    target,
-                    &mut self.placed,
-                    self.scale,
+                let feature = Feature {
                     geometry,
-                    *attributes,
-                    &decls,
-                    grid,
-                );
+                    source,
+                    frame: &frame,
+                    attributes: *attributes,
+                };
+                draw_feature(target, &mut self.placed, self.scale, &feature, &decls, grid);
             }
             if let Some(layer) = layer {
                 let paint = PixmapPaint {
@@ -458,20 +458,31 @@ impl Canvas {
     }
 }
 
+/// A feature being drawn.
+struct Feature<'f> {
+    /// Its geometry clipped, simplified and snapped to the canvas.
+    geometry: &'f TileGeometry,
+    /// Its geometry as given (EPSG:3857), for labels along lines, which are placed on whole
+    /// lines rather than on their parts on the tile.
+    source: &'f Geometry<f64>,
+    frame: &'f Frame,
+    attributes: &'f dyn Attributes,
+}
+
 /// The symbolizers of one feature: `(instance, family)` in the order first declared.
 fn draw_feature(
     pixmap: &mut Pixmap,
     placed: &mut Collisions,
     scale: f32,
-    geometry: &TileGeometry,
-    attributes: &dyn Attributes,
+    feature: &Feature<'_>,
     decls: &[&Decl],
     grid: Option<[u8; 3]>,
 ) {
+    let (geometry, attributes) = (feature.geometry, feature.attributes);
     let mut symbolizers: Vec<(&str, &str)> = Vec::new();
     for d in decls {
         let family = match d.property.split('-').next() {
-            Some(f @ ("polygon" | "line" | "marker")) => f,
+            Some(f @ ("polygon" | "line" | "marker" | "text")) => f,
             _ => continue,
         };
         if !symbolizers.contains(&(d.instance.as_str(), family)) {
@@ -488,6 +499,7 @@ fn draw_feature(
         match family {
             "polygon" => polygon(pixmap, geometry, &props),
             "line" => line(pixmap, geometry, &props, scale),
+            "text" => text(pixmap, placed, feature, &props, scale),
             _ => marker(pixmap, placed, geometry, &props, scale),
         }
     }
@@ -788,6 +800,231 @@ fn marker(
     }
 }
 
+/// A label: `text-name` set in the bundled font at the geometry's anchors (`point`: as
+/// markers are placed; `interior`: a point inside a polygon; `vertex`: every vertex) or along
+/// its lines (`line`), skipped where it would overlap a label or marker placed before it
+/// unless `text-allow-overlap`.
+fn text(
+    pixmap: &mut Pixmap,
+    placed: &mut Collisions,
+    feature: &Feature<'_>,
+    props: &Props<'_>,
+    scale: f32,
+) {
+    let Some(name) = props.get("text-name") else {
+        return;
+    };
+    let name = name.text();
+    let name = match props.word("text-transform").as_deref() {
+        Some("uppercase") => name.to_uppercase(),
+        Some("lowercase") => name.to_lowercase(),
+        Some("capitalize") => capitalize(&name),
+        _ => name,
+    };
+    let name = name.trim();
+    let size = props.num("text-size", 10.0) as f32 * scale;
+    if name.is_empty() || size <= 0.0 {
+        return;
+    }
+    let font = match props.get("text-face-name") {
+        Some(Val::List(names)) => {
+            let names: Vec<String> = names.iter().map(Val::text).collect();
+            text::Font::for_names(names.iter().map(String::as_str)).0
+        }
+        Some(Val::Str(n)) => text::Font::for_names([n.as_str()]).0,
+        _ => text::Font::Book,
+    };
+    let word = |property: &str| props.word(property).unwrap_or_else(|| "auto".into());
+    let layout = text::Layout {
+        font,
+        size,
+        line_spacing: props.num("text-line-spacing", 0.0) as f32 * scale,
+        character_spacing: props.num("text-character-spacing", 0.0) as f32 * scale,
+        wrap_width: props.num("text-wrap-width", 0.0) as f32 * scale,
+        horizontal: word("text-horizontal-alignment"),
+        vertical: word("text-vertical-alignment"),
+        align: word("text-align"),
+        dx: props.num("text-dx", 0.0) as f32 * scale,
+        dy: props.num("text-dy", 0.0) as f32 * scale,
+    };
+    let opacity = props.num("text-opacity", 1.0);
+    let fill = props.paint(
+        props.color("text-fill", Color::rgba(0.0, 0.0, 0.0, 1.0)),
+        opacity,
+        "text-comp-op",
+    );
+    let halo_radius = props.num("text-halo-radius", 0.0) as f32 * scale;
+    let halo = props.paint(
+        props.color("text-halo-fill", Color::rgba(255.0, 255.0, 255.0, 1.0)),
+        props.num("text-halo-opacity", 1.0) * opacity,
+        "text-halo-comp-op",
+    );
+    let allow_overlap = props.flag("text-allow-overlap");
+    let avoid_edges = props.flag("text-avoid-edges");
+    let distance = props.num("text-min-distance", 0.0).max(0.0) as f32 * scale;
+    let padding = props.num("text-min-padding", 0.0).max(0.0) as f32 * scale;
+    let max_angle = (props.num("text-max-char-angle-delta", 22.5) as f32).to_radians();
+    let placement = props.word("text-placement");
+    let (width, height) = (pixmap.width() as f32, pixmap.height() as f32);
+    let grown = |b: &[f32; 4], by: f32| [b[0] - by, b[1] - by, b[2] + by, b[3] + by];
+    let outside = |b: [f32; 4]| b[0] < 0.0 || b[1] < 0.0 || b[2] > width || b[3] > height;
+    // Whether a label with these boxes may go here: inside the image if it must avoid the
+    // edges or keep a padding, clear of what is placed unless it may overlap.
+    let fits = |placed: &Collisions, boxes: &[[f32; 4]]| {
+        !boxes.iter().any(|b| {
+            (avoid_edges && outside(*b))
+                || (padding > 0.0 && outside(grown(b, padding)))
+                || (!allow_overlap && placed.collides(grown(b, distance)))
+        })
+    };
+    let geometry = feature.geometry;
+    let mut labels = Vec::new();
+    if placement.as_deref() == Some("line") {
+        for line in source_lines(feature.source, feature.frame) {
+            let fits = |boxes: &[[f32; 4]]| fits(placed, boxes);
+            if let Some(label) = text::along_line(name, &layout, &line, max_angle, fits) {
+                placed.insert_all(&label.boxes);
+                labels.push(label);
+            }
+        }
+    } else {
+        let points = match placement.as_deref() {
+            Some("vertex") => paths(geometry).into_iter().flatten().collect(),
+            Some("interior") => interior(geometry),
+            _ => anchors(geometry),
+        };
+        for point in points {
+            if let Some(label) = text::at_point(name, &layout, point)
+                && fits(placed, &label.boxes)
+            {
+                placed.insert_all(&label.boxes);
+                labels.push(label);
+            }
+        }
+    }
+    for label in labels {
+        if halo_radius > 0.0 {
+            let stroke = Stroke {
+                width: halo_radius * 2.0,
+                line_join: LineJoin::Round,
+                ..Stroke::default()
+            };
+            if let Some(outline) = label.path.stroke(&stroke, 1.0) {
+                pixmap.fill_path(
+                    &outline,
+                    &halo,
+                    FillRule::Winding,
+                    Transform::identity(),
+                    None,
+                );
+            }
+        }
+        pixmap.fill_path(
+            &label.path,
+            &fill,
+            FillRule::Winding,
+            Transform::identity(),
+            None,
+        );
+    }
+}
+
+/// The lines and rings of `geometry` (EPSG:3857) in the canvas's pixels, whole.
+fn source_lines(geometry: &Geometry<f64>, frame: &Frame) -> Vec<Vec<(f64, f64)>> {
+    let unit = f64::from(UNITS_PER_PIXEL);
+    let line = |l: &geo_types::LineString<f64>| {
+        l.0.iter()
+            .map(|c| {
+                let p = frame.project(*c);
+                (p.x / unit, p.y / unit)
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut out = Vec::new();
+    let add_polygon = |p: &geo_types::Polygon<f64>, out: &mut Vec<_>| {
+        out.push(line(p.exterior()));
+        out.extend(p.interiors().iter().map(line));
+    };
+    match geometry {
+        Geometry::LineString(l) => out.push(line(l)),
+        Geometry::MultiLineString(m) => out.extend(m.0.iter().map(line)),
+        Geometry::Polygon(p) => add_polygon(p, &mut out),
+        Geometry::MultiPolygon(m) => m.0.iter().for_each(|p| add_polygon(p, &mut out)),
+        Geometry::GeometryCollection(c) => {
+            out.extend(c.0.iter().flat_map(|g| source_lines(g, frame)));
+        }
+        _ => {}
+    }
+    out
+}
+
+/// `text-transform: capitalize`: each word's first letter in upper case.
+fn capitalize(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut start = true;
+    for c in text.chars() {
+        if start {
+            out.extend(c.to_uppercase());
+        } else {
+            out.push(c);
+        }
+        start = c.is_whitespace();
+    }
+    out
+}
+
+/// A geometry's lines and rings, in pixels (points: each alone).
+fn paths(geometry: &TileGeometry) -> Vec<Vec<(f32, f32)>> {
+    let all = |rings: &mut dyn Iterator<Item = &Vec<[i32; 2]>>| {
+        rings
+            .map(|r| r.iter().map(|p| pixel(*p)).collect())
+            .collect()
+    };
+    match geometry {
+        TileGeometry::Points(points) => points.iter().map(|p| vec![pixel(*p)]).collect(),
+        TileGeometry::Lines(lines) => all(&mut lines.iter()),
+        TileGeometry::Polygons(polygons) => all(&mut polygons.iter().flatten()),
+    }
+}
+
+/// A point inside the largest polygon: the middle of the widest span across it at its
+/// centroid's height (the centroid of a crescent or a ring is outside it); points and lines
+/// as [`anchors`].
+fn interior(geometry: &TileGeometry) -> Vec<(f32, f32)> {
+    let TileGeometry::Polygons(polygons) = geometry else {
+        return anchors(geometry);
+    };
+    let Some(largest) = polygons.iter().max_by(|a, b| {
+        let area = |p: &&Vec<Vec<[i32; 2]>>| p.first().map_or(0.0, |r| ring_area(r).abs());
+        area(a).total_cmp(&area(b))
+    }) else {
+        return Vec::new();
+    };
+    let Some((cx, cy)) = largest.first().and_then(|r| centroid(r)) else {
+        return Vec::new();
+    };
+    let y = cy * UNITS_PER_PIXEL as f32;
+    let mut crossings: Vec<f32> = Vec::new();
+    for ring in largest {
+        for i in 0..ring.len() {
+            let (a, b) = (ring[i], ring[(i + 1) % ring.len()]);
+            let (ya, yb) = (a[1] as f32, b[1] as f32);
+            if (ya <= y) != (yb <= y) {
+                let t = (y - ya) / (yb - ya);
+                crossings.push(a[0] as f32 + t * (b[0] - a[0]) as f32);
+            }
+        }
+    }
+    crossings.sort_by(f32::total_cmp);
+    let widest = crossings
+        .chunks_exact(2)
+        .max_by(|a, b| (a[1] - a[0]).total_cmp(&(b[1] - b[0])));
+    match widest {
+        Some(span) => vec![((span[0] + span[1]) / 2.0 / UNITS_PER_PIXEL as f32, cy)],
+        None => vec![(cx, cy)],
+    }
+}
+
 /// CartoCSS's `comp-op` names as tiny-skia's blend modes (`value`, which tiny-skia lacks,
 /// as luminosity).
 fn blend_mode(name: &str) -> BlendMode {
@@ -867,6 +1104,10 @@ impl Collisions {
         for c in self.cells(b) {
             self.cells[c].push(b);
         }
+    }
+
+    fn insert_all(&mut self, boxes: &[[f32; 4]]) {
+        boxes.iter().for_each(|b| self.insert(*b));
     }
 }
 
@@ -1022,6 +1263,109 @@ mod tests {
         // The marker of the second call: its centre cell.
         assert_eq!(grid[10][50], 3);
         assert_eq!(grid[10][56], 0);
+    }
+
+    /// The box of pixels at least half covered in `canvas`, if any.
+    fn inked(canvas: &Canvas) -> Option<[u32; 4]> {
+        let (w, h) = canvas.size();
+        let mut b: Option<[u32; 4]> = None;
+        for y in 0..h {
+            for x in 0..w {
+                if canvas.pixel(x, y)[3] >= 128 {
+                    let o = b.get_or_insert([x, y, x, y]);
+                    *o = [o[0].min(x), o[1].min(y), o[2].max(x), o[3].max(y)];
+                }
+            }
+        }
+        b
+    }
+
+    #[test]
+    fn labels_sit_on_their_point_with_a_halo_and_keep_apart() {
+        let style = Style::parse(
+            "#l { text-name: [name]; text-size: 12; text-fill: #ff0000; text-halo-radius: 2; }",
+        )
+        .unwrap();
+        let p = point(128.0, 128.0);
+        let lisbon = attrs(r#"{"name": "Lisbon"}"#);
+        let mut canvas = z0(1);
+        canvas.draw(&style, [(&p, &lisbon)]);
+        let [x0, y0, x1, y1] = inked(&canvas).unwrap();
+        // Centred on the point: about 40 pixels wide and 9 (the ink of "L", "b") tall, plus
+        // the halo.
+        assert!(
+            (x0 + x1).abs_diff(256) <= 2 && (y0 + y1).abs_diff(256) <= 3,
+            "{x0} {y0} {x1} {y1}"
+        );
+        assert!(
+            (40..60).contains(&(x1 - x0)) && (10..18).contains(&(y1 - y0)),
+            "{x0} {y0} {x1} {y1}"
+        );
+        // Red glyphs inside a white halo.
+        let colours: Vec<[u8; 4]> = (x0..=x1).map(|x| canvas.pixel(x, 128)).collect();
+        assert!(colours.contains(&[255, 0, 0, 255]) && colours.contains(&[255, 255, 255, 255]));
+
+        // A second label on nearly the same spot is dropped, unless it may overlap.
+        let q = point(130.0, 130.0);
+        let porto = attrs(r#"{"name": "Porto"}"#);
+        let mut both = z0(1);
+        both.draw(&style, [(&p, &lisbon), (&q, &porto)]);
+        assert_eq!(both.png().unwrap(), canvas.png().unwrap());
+        let overlapping = Style::parse(
+            "#l { text-name: [name]; text-size: 12; text-halo-radius: 2; text-allow-overlap: true; }",
+        )
+        .unwrap();
+        let mut both = z0(1);
+        both.draw(&overlapping, [(&p, &lisbon), (&q, &porto)]);
+        let mut one = z0(1);
+        one.draw(&overlapping, [(&p, &lisbon)]);
+        assert_ne!(both.png().unwrap(), one.png().unwrap());
+
+        // Markers and labels share the placements.
+        let marker_first = Style::parse(
+            "#l { marker-width: 30; text-name: [name]; text-size: 12; text-fill: #ff0000; }",
+        )
+        .unwrap();
+        let mut canvas = z0(1);
+        canvas.draw(&marker_first, [(&p, &lisbon)]);
+        assert!((0..256).all(|x| canvas.pixel(x, 128) != [255, 0, 0, 255]));
+    }
+
+    #[test]
+    fn labels_follow_lines_and_wrap() {
+        let style = Style::parse(
+            "#l { text-name: 'Rua Augusta'; text-size: 10; text-placement: line; text-fill: #000; }",
+        )
+        .unwrap();
+        let half = crate::WEB_MERCATOR_HALF;
+        let m = |px: f64| px / 256.0 * 2.0 * half - half;
+        // A diagonal from the top left to the bottom right.
+        let line: Geometry<f64> = LineString::new(vec![
+            coord! { x: m(20.0), y: -m(20.0) },
+            coord! { x: m(236.0), y: -m(236.0) },
+        ])
+        .into();
+        let none = attrs("{}");
+        let mut canvas = z0(1);
+        canvas.draw(&style, [(&line, &none)]);
+        let [x0, y0, x1, y1] = inked(&canvas).unwrap();
+        // Centred on the line's middle and as tall as it is wide (turned 45°).
+        assert!(
+            (x0 + x1).abs_diff(256) <= 4 && (y0 + y1).abs_diff(256) <= 4,
+            "{x0} {y0} {x1} {y1}"
+        );
+        assert!((x1 - x0).abs_diff(y1 - y0) <= 6, "{x0} {y0} {x1} {y1}");
+
+        let wrapped = Style::parse(
+            "#l { text-name: 'Rua Augusta Lisboa'; text-size: 10; text-wrap-width: 20; }",
+        )
+        .unwrap();
+        let p = point(128.0, 128.0);
+        let mut canvas = z0(1);
+        canvas.draw(&wrapped, [(&p, &none)]);
+        let [_, y0, _, y1] = inked(&canvas).unwrap();
+        // Three lines.
+        assert!(y1 - y0 > 28, "{y0} {y1}");
     }
 
     #[test]

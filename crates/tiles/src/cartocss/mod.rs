@@ -54,12 +54,38 @@ pub const SUPPORTED: &[&str] = &[
     "marker-type",
     "marker-placement",
     "marker-comp-op",
+    "text-name",
+    "text-face-name",
+    "text-size",
+    "text-fill",
+    "text-opacity",
+    "text-halo-fill",
+    "text-halo-radius",
+    "text-halo-opacity",
+    "text-allow-overlap",
+    "text-placement",
+    "text-dx",
+    "text-dy",
+    "text-transform",
+    "text-wrap-width",
+    "text-line-spacing",
+    "text-character-spacing",
+    "text-min-distance",
+    "text-min-padding",
+    "text-avoid-edges",
+    "text-horizontal-alignment",
+    "text-vertical-alignment",
+    "text-align",
+    "text-max-char-angle-delta",
+    "text-comp-op",
+    "text-halo-comp-op",
     "opacity",
     "comp-op",
     "background-color",
 ];
 
-/// Families of Mapnik's reference not drawn at all (every property of theirs is a warning).
+/// Families of Mapnik's reference whose properties, those of [`SUPPORTED`] aside, are not drawn
+/// (each a warning): `text-placement-type`, `text-orientation` and the like, and all of `shield-`.
 const UNDRAWN_FAMILIES: &[&str] = &[
     "text-",
     "shield-",
@@ -129,6 +155,10 @@ enum Kind {
     Bool,
     Keyword(&'static [&'static str]),
     Numbers,
+    /// A string or a list of them (font names).
+    Text,
+    /// Any value (a label's text).
+    Any,
 }
 
 const COMP_OPS: &[&str] = &[
@@ -166,7 +196,18 @@ fn kind_of(property: &str) -> Kind {
     match property {
         "polygon-fill" | "line-color" | "marker-fill" | "marker-line-color"
         | "background-color" => Kind::Color,
-        "marker-allow-overlap" | "marker-ignore-placement" => Kind::Bool,
+        "text-fill" | "text-halo-fill" => Kind::Color,
+        "marker-allow-overlap"
+        | "marker-ignore-placement"
+        | "text-allow-overlap"
+        | "text-avoid-edges" => Kind::Bool,
+        "text-name" => Kind::Any,
+        "text-face-name" => Kind::Text,
+        "text-placement" => Kind::Keyword(&["point", "line", "vertex", "interior"]),
+        "text-transform" => Kind::Keyword(&["none", "uppercase", "lowercase", "capitalize"]),
+        "text-horizontal-alignment" => Kind::Keyword(&["left", "middle", "right", "auto"]),
+        "text-vertical-alignment" => Kind::Keyword(&["top", "middle", "bottom", "auto"]),
+        "text-align" => Kind::Keyword(&["left", "right", "center", "auto"]),
         "line-join" => Kind::Keyword(&["miter", "miter-revert", "round", "bevel"]),
         "line-cap" => Kind::Keyword(&["butt", "round", "square"]),
         "marker-type" => Kind::Keyword(&["ellipse", "rectangle", "arrow"]),
@@ -225,7 +266,7 @@ impl Val {
         }
     }
 
-    fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         match self {
             Val::Num(n) => n.to_string(),
             Val::Str(s) => s.clone(),
@@ -794,7 +835,13 @@ impl Parser {
             property = self.name()?;
         }
         self.expect(":")?;
-        let value = self.value()?;
+        let mut value = self.value()?;
+        // carto's older form of a label: `text-name: "[name] ([pop])"`.
+        if property == "text-name"
+            && let Expr::Val(Val::Str(s)) = &value
+        {
+            value = template(s);
+        }
         let at = self.i;
         self.i = start;
         self.check_property(&property, &value)?;
@@ -832,11 +879,30 @@ impl Parser {
             (Kind::Numbers, Val::Num(_)) => true,
             (Kind::Numbers, Val::List(l)) => l.iter().all(|v| matches!(v, Val::Num(_))),
             (Kind::Keyword(words), Val::Str(w)) => words.contains(&w.as_str()),
+            (Kind::Any, _) => true,
+            (Kind::Text, Val::Str(_)) => true,
+            (Kind::Text, Val::List(l)) => l.iter().all(|v| matches!(v, Val::Str(_))),
             // `marker-width: null` and the like: the default.
             (_, Val::Null) => true,
             _ => false,
         };
         if ok {
+            if property == "text-face-name" {
+                let names = match v {
+                    Val::List(l) => l.iter().map(Val::text).collect(),
+                    other => vec![other.text()],
+                };
+                let (font, bundled) =
+                    crate::text::Font::for_names(names.iter().map(String::as_str));
+                let warning = format!(
+                    "text-face-name {} is not bundled: drawn with {}",
+                    names.join(", "),
+                    font.name()
+                );
+                if !bundled && !self.warnings.contains(&warning) {
+                    self.warnings.push(warning);
+                }
+            }
             Ok(())
         } else {
             Err(self.error(format!("invalid value for {property}: {}", v.text())))
@@ -1165,6 +1231,34 @@ impl Parser {
             .map(|c| Expr::Val(Val::Color(c)))
             .ok_or_else(|| self.error(format!("invalid arguments to {name}()")))
     }
+}
+
+/// A string with `[field]`s in it as the expression joining its parts.
+fn template(text: &str) -> Expr {
+    let mut parts: Vec<Expr> = Vec::new();
+    let mut rest = text;
+    while let Some(open) = rest.find('[') {
+        let Some(close) = rest[open..].find(']').map(|c| open + c) else {
+            break;
+        };
+        if open > 0 {
+            parts.push(Expr::Val(Val::Str(rest[..open].to_owned())));
+        }
+        parts.push(Expr::Field(rest[open + 1..close].trim().to_owned()));
+        rest = &rest[close + 1..];
+    }
+    if !rest.is_empty() || parts.is_empty() {
+        parts.push(Expr::Val(Val::Str(rest.to_owned())));
+    }
+    if parts.len() == 1 {
+        return parts.remove(0);
+    }
+    // Joined as text from an empty string, so that two numeric fields are not added.
+    parts
+        .into_iter()
+        .fold(Expr::Val(Val::Str(String::new())), |joined, part| {
+            Expr::Bin('+', Box::new(joined), Box::new(part))
+        })
 }
 
 fn same_selector(a: &Selector, b: &Selector) -> bool {

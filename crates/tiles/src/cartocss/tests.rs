@@ -294,7 +294,7 @@ fn data_driven_values_and_geometry_type_filters() {
 }
 
 #[test]
-fn labels_and_other_unsupported_properties_are_warnings() {
+fn unsupported_properties_and_missing_fonts_are_warnings() {
     let style = Style::parse(
         "Map { background-color: #b8dee6; }
 #layer::labels {
@@ -314,8 +314,10 @@ fn labels_and_other_unsupported_properties_are_warnings() {
         "Map { background-color: #b8dee6; }
 #layer::labels {
   text-name: [name];
-  text-face-name: 'DejaVu Sans Book';
+  text-face-name: 'Open Sans Semibold', 'Lato Regular';
   text-size: 10;
+  text-placement-type: simple;
+  shield-name: [name];
   polygon-gamma: 0.5;
   polygon-fill: #fff;
   comp-op: multiply;
@@ -326,9 +328,9 @@ fn labels_and_other_unsupported_properties_are_warnings() {
     assert_eq!(
         style.warnings(),
         [
-            "text-name is not drawn by this renderer (ignored)",
-            "text-face-name is not drawn by this renderer (ignored)",
-            "text-size is not drawn by this renderer (ignored)",
+            "text-face-name Open Sans Semibold, Lato Regular is not bundled: drawn with DejaVu Sans Bold",
+            "text-placement-type is not drawn by this renderer (ignored)",
+            "shield-name is not drawn by this renderer (ignored)",
             "polygon-gamma is not drawn by this renderer (ignored)",
         ]
     );
@@ -388,4 +390,25 @@ fn comma_selectors_and_nested_attachments() {
         resolved(&style, 0, "{}", GeomType::Line)[1].1,
         strings(&["line-width=4", "line-color=#00ff00ff"])
     );
+}
+
+#[test]
+fn label_text_reads_fields_in_either_form() {
+    let style = Style::parse(
+        "#l { text-name: \"[name] ([pop])\"; text-face-name: 'DejaVu Sans Bold';
+              text-placement: line; text-transform: uppercase; text-fill: #333; }",
+    )
+    .unwrap();
+    assert!(style.warnings().is_empty(), "{:?}", style.warnings());
+    assert_eq!(style.fields(), ["name", "pop"]);
+    let attachment = &style.attachments[0];
+    let attributes: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(r#"{"name": "Lisbon", "pop": 545923}"#).unwrap();
+    let decls = Style::resolve(attachment, 4, &attributes, GeomType::Point);
+    let name = decls.iter().find(|d| d.property == "text-name").unwrap();
+    assert_eq!(name.value.eval(&attributes).text(), "Lisbon (545923)");
+    let style = Style::parse("#l { text-name: [a] + [b]; }").unwrap();
+    assert_eq!(style.fields(), ["a", "b"]);
+    assert!(Style::parse("#l { text-placement: diagonal; }").is_err());
+    assert!(Style::parse("#l { text-fill: 12; }").is_err());
 }
