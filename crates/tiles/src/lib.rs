@@ -7,6 +7,8 @@ mod cache_redis;
 #[cfg(feature = "raster")]
 mod cartocss;
 mod coord;
+#[cfg(feature = "raster")]
+mod coverage;
 #[cfg(feature = "postgis")]
 mod dataview;
 mod decode;

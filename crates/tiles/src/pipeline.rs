@@ -36,6 +36,9 @@ pub(crate) struct Frame {
     lo: f64,
     hi: f64,
     tolerance: f64,
+    /// Whether polygons are rebuilt valid (MVT's rule); an image drawn by the even–odd rule
+    /// needs no repair: it fills what the repair would keep.
+    repair: bool,
 }
 
 impl Frame {
@@ -55,6 +58,16 @@ impl Frame {
             lo: -buffer,
             hi: extent + buffer,
             tolerance: options.tolerance,
+            repair: true,
+        }
+    }
+
+    /// This frame, polygons left as clipped, simplified and snapped, unrepaired: for drawing
+    /// by the even–odd rule.
+    pub(crate) fn unrepaired(self) -> Self {
+        Self {
+            repair: false,
+            ..self
         }
     }
 
@@ -186,6 +199,23 @@ fn polygons<'a>(
     frame: &Frame,
     contained: bool,
 ) -> Option<TileGeometry> {
+    if !frame.repair {
+        let out: Vec<Vec<Vec<TilePoint>>> = ps
+            .filter_map(|p| {
+                let exterior = ring(p.exterior(), frame, contained)?;
+                Some(
+                    std::iter::once(exterior)
+                        .chain(
+                            p.interiors()
+                                .iter()
+                                .filter_map(|r| ring(r, frame, contained)),
+                        )
+                        .collect(),
+                )
+            })
+            .collect();
+        return (!out.is_empty()).then_some(TileGeometry::Polygons(out));
+    }
     let mut rings: Vec<Vec<IntPoint>> = Vec::new();
     for p in ps {
         rings.extend(
