@@ -1,11 +1,15 @@
-//! Anti-aliased fills by exact area coverage: zeno's scanline-cell rasterizer (the algorithm
-//! of FreeType's and AGG's, which Mapnik draws with) computes each pixel's coverage of a path
-//! in the box where it meets the image, and the colour is laid over the pixmap source-over.
-//! tiny-skia supersamples instead, which costs more on the large polygons of map tiles; other
-//! blend modes, shaders and unanti-aliased paints (UTFGrids) still go through tiny-skia.
+//! Anti-aliased fills and strokes by exact area coverage: zeno's scanline-cell rasterizer
+//! (the algorithm of FreeType's and AGG's, which Mapnik draws with) computes each pixel's
+//! coverage of a path, or of its stroke, in the box where it meets the image, and the colour
+//! is laid over the pixmap source-over. tiny-skia supersamples instead, which costs more on
+//! the large polygons of map tiles; other blend modes, shaders and unanti-aliased paints
+//! (UTFGrids) still go through tiny-skia.
 
-use tiny_skia::{BlendMode, FillRule, Paint, Path, PathSegment, Pixmap, Shader, Transform};
-use zeno::{Command, Fill, Mask, Point};
+use tiny_skia::{
+    BlendMode, FillRule, LineCap, LineJoin, Paint, Path, PathSegment, Pixmap, PremultipliedColorU8,
+    Shader, Transform,
+};
+use zeno::{Cap, Command, Fill, Join, Mask, Point, Style};
 
 /// Reusable buffers for filling paths.
 pub(crate) struct Filler {
@@ -31,27 +35,87 @@ impl Filler {
         paint: &Paint<'_>,
         rule: FillRule,
     ) {
-        let color = match &paint.shader {
-            Shader::SolidColor(c)
-                if paint.anti_alias && paint.blend_mode == BlendMode::SourceOver =>
-            {
-                c.premultiply().to_color_u8()
-            }
-            _ => {
-                pixmap.fill_path(path, paint, rule, Transform::identity(), None);
-                return;
-            }
+        let Some(color) = solid(paint) else {
+            pixmap.fill_path(path, paint, rule, Transform::identity(), None);
+            return;
         };
+        let fill = match rule {
+            FillRule::EvenOdd => Fill::EvenOdd,
+            FillRule::Winding => Fill::NonZero,
+        };
+        self.cover(pixmap, path, 0.0, Style::Fill(fill), color);
+    }
+
+    /// Strokes `path` on `pixmap` with `paint`, dashed by `dashes` (on, off, … lengths) if
+    /// any: every stroke is an area covered, however thin (as AGG covers it), not a
+    /// hairline.
+    pub(crate) fn stroke(
+        &mut self,
+        pixmap: &mut Pixmap,
+        path: &Path,
+        paint: &Paint<'_>,
+        stroke: &tiny_skia::Stroke,
+        dashes: &[f32],
+    ) {
+        let Some(color) = solid(paint) else {
+            let dashed = match tiny_skia::StrokeDash::new(dashes.to_vec(), 0.0) {
+                Some(dash) => path.dash(&dash, 1.0),
+                None => Some(path.clone()),
+            };
+            if let Some(outline) = dashed.and_then(|p| p.stroke(stroke, 1.0)) {
+                pixmap.fill_path(
+                    &outline,
+                    paint,
+                    FillRule::Winding,
+                    Transform::identity(),
+                    None,
+                );
+            }
+            return;
+        };
+        let style = zeno::Stroke {
+            width: stroke.width,
+            join: match stroke.line_join {
+                LineJoin::Round => Join::Round,
+                LineJoin::Bevel => Join::Bevel,
+                LineJoin::Miter | LineJoin::MiterClip => Join::Miter,
+            },
+            miter_limit: stroke.miter_limit,
+            start_cap: cap(stroke.line_cap),
+            end_cap: cap(stroke.line_cap),
+            dashes: if dashes.iter().sum::<f32>() > 0.0 {
+                dashes
+            } else {
+                &[]
+            },
+            offset: 0.0,
+            scale: false,
+        };
+        // How far the outline reaches beyond the path: half the width, a miter's length.
+        let reach = stroke.width / 2.0 * stroke.miter_limit.max(1.5);
+        self.cover(pixmap, path, reach, Style::Stroke(style), color);
+    }
+
+    /// Lays `color` over `pixmap` where `style` covers `path` (which stays within `reach`
+    /// pixels of the path's own box).
+    fn cover(
+        &mut self,
+        pixmap: &mut Pixmap,
+        path: &Path,
+        reach: f32,
+        style: Style<'_>,
+        color: PremultipliedColorU8,
+    ) {
         if color.alpha() == 0 {
             return;
         }
         // The box of pixels the path can touch, within the image.
         let bounds = path.bounds();
         let (width, height) = (pixmap.width() as i64, pixmap.height() as i64);
-        let x0 = (bounds.left().floor() as i64).clamp(0, width);
-        let y0 = (bounds.top().floor() as i64).clamp(0, height);
-        let x1 = (bounds.right().ceil() as i64 + 1).clamp(0, width);
-        let y1 = (bounds.bottom().ceil() as i64 + 1).clamp(0, height);
+        let x0 = ((bounds.left() - reach).floor() as i64).clamp(0, width);
+        let y0 = ((bounds.top() - reach).floor() as i64).clamp(0, height);
+        let x1 = ((bounds.right() + reach).ceil() as i64 + 1).clamp(0, width);
+        let y1 = ((bounds.bottom() + reach).ceil() as i64 + 1).clamp(0, height);
         if x0 >= x1 || y0 >= y1 {
             return;
         }
@@ -68,10 +132,7 @@ impl Filler {
         self.mask.clear();
         self.mask.resize(w * h, 0);
         Mask::with_scratch(&self.commands, &mut self.scratch)
-            .style(match rule {
-                FillRule::EvenOdd => Fill::EvenOdd,
-                FillRule::Winding => Fill::NonZero,
-            })
+            .style(style)
             .offset((-(x0 as f32), -(y0 as f32)))
             .size(w as u32, h as u32)
             .render_into(&mut self.mask, None);
@@ -95,6 +156,24 @@ impl Filler {
                 }
             }
         }
+    }
+}
+
+/// The premultiplied colour of a paint this module draws: solid, anti-aliased, source-over.
+fn solid(paint: &Paint<'_>) -> Option<PremultipliedColorU8> {
+    match &paint.shader {
+        Shader::SolidColor(c) if paint.anti_alias && paint.blend_mode == BlendMode::SourceOver => {
+            Some(c.premultiply().to_color_u8())
+        }
+        _ => None,
+    }
+}
+
+fn cap(cap: LineCap) -> Cap {
+    match cap {
+        LineCap::Butt => Cap::Butt,
+        LineCap::Round => Cap::Round,
+        LineCap::Square => Cap::Square,
     }
 }
 

@@ -16,7 +16,7 @@
 use geo_types::Geometry;
 use tiny_skia::{
     BlendMode, FillRule, LineCap, LineJoin, Paint, PathBuilder, Pixmap, PixmapPaint, Rect, Stroke,
-    StrokeDash, Transform,
+    Transform,
 };
 
 use crate::cartocss::{Decl, GeomType, Val};
@@ -505,6 +505,16 @@ impl Surface<'_> {
     fn fill(&mut self, path: &tiny_skia::Path, paint: &Paint<'_>, rule: FillRule) {
         self.filler.fill(self.pixmap, path, paint, rule);
     }
+
+    fn stroke(
+        &mut self,
+        path: &tiny_skia::Path,
+        paint: &Paint<'_>,
+        stroke: &Stroke,
+        dashes: &[f32],
+    ) {
+        self.filler.stroke(self.pixmap, path, paint, stroke, dashes);
+    }
 }
 
 /// The symbolizers of one feature: `(instance, family)` in the order first declared.
@@ -661,16 +671,14 @@ fn line(out: &mut Surface<'_>, geometry: &TileGeometry, props: &Props<'_>, scale
         props.num("line-opacity", 1.0),
         "line-comp-op",
     );
-    let dash = match props.get("line-dasharray") {
-        Some(Val::List(values)) => {
-            let lengths: Vec<f32> = values
-                .iter()
-                .filter_map(Val::num)
-                .map(|n| n as f32 * scale)
-                .collect();
-            StrokeDash::new(lengths, 0.0)
-        }
-        _ => None,
+    let dashes: Vec<f32> = match props.get("line-dasharray") {
+        Some(Val::List(values)) => values
+            .iter()
+            .filter_map(Val::num)
+            .map(|n| n as f32 * scale)
+            .filter(|n| n.is_finite() && *n >= 0.0)
+            .collect(),
+        _ => Vec::new(),
     };
     let stroke = Stroke {
         width,
@@ -687,19 +695,13 @@ fn line(out: &mut Surface<'_>, geometry: &TileGeometry, props: &Props<'_>, scale
         },
         ..Stroke::default()
     };
-    // Stroked into an outline and filled, whatever the width: tiny-skia would draw a stroke
-    // of a pixel or less as a hairline, lighter than the band a pixel wide that Mapnik (AGG)
-    // covers.
-    let path = match dash {
-        Some(dash) => match path.dash(&dash, 1.0) {
-            Some(dashed) => dashed,
-            None => return,
-        },
-        None => path,
+    // An odd number of lengths repeats, as in SVG and Mapnik.
+    let dashes = if dashes.len() % 2 == 1 {
+        dashes.repeat(2)
+    } else {
+        dashes
     };
-    if let Some(outline) = path.stroke(&stroke, 1.0) {
-        out.fill(&outline, &paint, FillRule::Winding);
-    }
+    out.stroke(&path, &paint, &stroke, &dashes);
 }
 
 /// Where a marker goes on a geometry: each point, or one point inside a line or polygon.
