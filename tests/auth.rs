@@ -44,9 +44,13 @@ async fn credentials_are_checked_as_carto_checks_them() {
         malformed.header("www-authenticate"),
         Some("Basic realm=\"geostack\"")
     );
-    // A well-formed key that does not exist.
+    // A well-formed key that does not exist: two neighbouring characters after the prefix
+    // swapped (two that differ, or the key would be the same).
     let mut forged = app.regular.clone().into_bytes();
-    forged.swap(4, 5);
+    let at = (4..forged.len() - 1)
+        .find(|&i| forged[i] != forged[i + 1])
+        .unwrap();
+    forged.swap(at, at + 1);
     let forged = String::from_utf8(forged).unwrap();
     let r = app.get(&format!("{q}&api_key={forged}")).await;
     assert_eq!(r.status, 401);
