@@ -36,9 +36,10 @@ pub(crate) struct Frame {
     lo: f64,
     hi: f64,
     tolerance: f64,
-    /// Whether polygons are rebuilt valid (MVT's rule); an image drawn by the even–odd rule
-    /// needs no repair: it fills what the repair would keep.
-    repair: bool,
+    /// For drawing an image rather than a vector tile: polygons are not rebuilt valid (the
+    /// even–odd rule fills what the repair would keep), and lines are thinned by distance
+    /// alone (no Douglas–Peucker: the rasterizer costs less than the search).
+    drawing: bool,
 }
 
 impl Frame {
@@ -58,16 +59,25 @@ impl Frame {
             lo: -buffer,
             hi: extent + buffer,
             tolerance: options.tolerance,
-            repair: true,
+            drawing: false,
         }
     }
 
-    /// This frame, polygons left as clipped, simplified and snapped, unrepaired: for drawing
-    /// by the even–odd rule.
-    pub(crate) fn unrepaired(self) -> Self {
+    /// This frame for drawing an image by the even–odd rule: polygons left as clipped,
+    /// thinned and snapped, unrepaired.
+    pub(crate) fn for_drawing(self) -> Self {
         Self {
-            repair: false,
+            drawing: true,
             ..self
+        }
+    }
+
+    /// `line` simplified: by Douglas–Peucker for a vector tile, by distance for an image.
+    fn simplify(&self, line: &[Coord<f64>]) -> Vec<Coord<f64>> {
+        if self.drawing && self.tolerance > 0.0 && line.len() >= 3 {
+            remove_close(line, self.tolerance)
+        } else {
+            simplify(line, self.tolerance)
         }
     }
 
@@ -177,7 +187,7 @@ fn lines<'a>(
             clip_line(&t, frame.lo, frame.hi)
         };
         for part in parts {
-            let part = simplify(&part, frame.tolerance);
+            let part = frame.simplify(&part);
             let q = dedupe(part.iter().map(|c| quantize(*c)));
             if q.len() >= 2 {
                 out.push(q);
@@ -199,7 +209,7 @@ fn polygons<'a>(
     frame: &Frame,
     contained: bool,
 ) -> Option<TileGeometry> {
-    if !frame.repair {
+    if frame.drawing {
         let out: Vec<Vec<Vec<TilePoint>>> = ps
             .filter_map(|p| {
                 let exterior = ring(p.exterior(), frame, contained)?;
@@ -275,7 +285,7 @@ fn ring(r: &LineString<f64>, frame: &Frame, contained: bool) -> Option<Vec<TileP
         }
         t.push(t[0]);
     }
-    let simplified = snapped(&simplify(&t, frame.tolerance), frame, contained);
+    let simplified = snapped(&frame.simplify(&t), frame, contained);
     match simplified {
         Some(q) if area2(&q) != 0 => Some(q),
         // Collapsed, or a figure eight whose lobes cancel (the repair splits those).

@@ -3,7 +3,7 @@
 //! encoded as PNG.
 //!
 //! Geometry goes through the vector pipeline first (clipped to the tile plus a 64-pixel
-//! buffer, simplified and snapped to 1/16 of a pixel), so a raster tile draws what the vector
+//! buffer, thinned and snapped to 1/16 of a pixel), so a raster tile draws what the vector
 //! tile of the same features holds; polygons are filled by the even–odd rule, which covers
 //! what the vector tile's validity repair keeps without doing the repair. Mapnik's defaults where the
 //! style is silent: polygons grey, lines black 1 px, markers blue ellipses 10 px wide with a
@@ -27,8 +27,9 @@ use crate::{Attributes, Color, Error, Result, Style, TileCoord, TileGeometry, Ti
 
 /// Tile units per pixel in the frame geometry is prepared in.
 const UNITS_PER_PIXEL: u32 = 16;
-/// How far simplification may move a line, in tile units: a quarter of a pixel, which no
-/// anti-aliased edge shows, and fewer vertices to stroke and fill.
+/// Vertices closer than this to the one kept before them are dropped, in tile units: a
+/// quarter of a pixel, which no anti-aliased edge shows, and fewer vertices to stroke and
+/// fill.
 const SIMPLIFY_UNITS: f64 = 4.0;
 /// The buffer drawn around the tile, in pixels at 1×: strokes and markers across the edge.
 const BUFFER_PIXELS: u32 = 64;
@@ -120,7 +121,7 @@ impl Canvas {
             pixmap,
             zoom: coord.z(),
             scale: f32::from(scale),
-            frame: Frame::square(coord.bounds_3857(), &Self::frame_options(side)?).unrepaired(),
+            frame: Frame::square(coord.bounds_3857(), &Self::frame_options(side)?).for_drawing(),
             placed: Collisions::new(side),
             filler: Filler::new(),
             grid: false,
@@ -235,7 +236,7 @@ impl Canvas {
             pixmap,
             zoom,
             scale: 1.0,
-            frame: Frame::square(square, &Self::frame_options(side)?).unrepaired(),
+            frame: Frame::square(square, &Self::frame_options(side)?).for_drawing(),
             placed: Collisions::new(side),
             filler: Filler::new(),
             grid: false,
