@@ -626,30 +626,42 @@ async fn fetch_layer(
     let max = options.source_bytes;
     // Values over the byte limit are not sent: NULL in their place, and the last column says
     // so (the database measures them; the client never holds them).
-    let guarded = |size: String, value: String| {
+    let guarded = |size: &str, value: String| {
         format!("CASE WHEN pg_column_size({size}) > {max} THEN NULL ELSE {value} END")
     };
+    // The layer's SQL is inlined into this query, so each mention of one of its columns
+    // computes that column's expression again (an `ST_Transform` four times a row): the
+    // columns read more than once are taken once each, behind a barrier (`OFFSET 0`), as x.g
+    // and x.c0, x.c1, …; the box test stays on the layer's own column, where an index serves.
     let g = q(layer.geom_column());
-    let mut select = vec![guarded(g.clone(), format!("ST_AsBinary({g})"))];
+    let once: Vec<String> = std::iter::once(format!("{g} AS g"))
+        .chain(
+            columns
+                .iter()
+                .enumerate()
+                .map(|(i, c)| format!("{} AS c{i}", q(c))),
+        )
+        .collect();
+    let mut select = vec![guarded("x.g", "ST_AsBinary(x.g)".into())];
     select.push(
         layer
             .id_column()
             .map_or("null::int8".into(), |id| format!("{}::int8", q(id))),
     );
     select.extend(
-        columns
-            .iter()
-            .map(|c| guarded(q(c), format!("to_jsonb({})::text", q(c)))),
+        (0..columns.len()).map(|i| guarded(&format!("x.c{i}"), format!("to_jsonb(x.c{i})::text"))),
     );
-    let sizes: Vec<String> = std::iter::once(g.clone())
-        .chain(columns.iter().map(|c| q(c)))
+    let sizes: Vec<String> = std::iter::once("x.g".to_owned())
+        .chain((0..columns.len()).map(|i| format!("x.c{i}")))
         .map(|c| format!("pg_column_size({c}) > {max}"))
         .collect();
     select.push(format!("coalesce({}, false)", sizes.join(" OR ")));
     let sql = format!(
-        "SELECT {} FROM (\n{}\n) AS q WHERE {g} && ST_MakeEnvelope($1, $2, $3, $4, 3857) LIMIT {}",
+        "SELECT {} FROM (\n{}\n) AS q CROSS JOIN LATERAL (SELECT {} OFFSET 0) AS x \
+         WHERE {g} && ST_MakeEnvelope($1, $2, $3, $4, 3857) LIMIT {}",
         select.join(", "),
         layer.sql(),
+        once.join(", "),
         options.source_rows.saturating_add(1)
     );
     let query = sqlx::query(AssertSqlSafe(sql))
