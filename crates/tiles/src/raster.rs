@@ -1,12 +1,12 @@
 //! Raster tiles: features drawn in process with a CartoCSS [`Style`], anti-aliased (fills
-//! by exact area coverage with zeno, strokes, dashes and blend modes with tiny-skia),
+//! and strokes by exact area coverage with zeno, blend modes and grids with tiny-skia),
 //! encoded as PNG.
 //!
 //! Geometry goes through the vector pipeline first (clipped to the tile plus a 64-pixel
 //! buffer, thinned and snapped to 1/16 of a pixel), so a raster tile draws what the vector
 //! tile of the same features holds; polygons are filled by the even–odd rule, which covers
-//! what the vector tile's validity repair keeps without doing the repair. Mapnik's defaults where the
-//! style is silent: polygons grey, lines black 1 px, markers blue ellipses 10 px wide with a
+//! what the vector tile's validity repair keeps without doing the repair. Mapnik's defaults
+//! where the style is silent: polygons grey, lines black 1 px, markers blue ellipses 10 px wide with a
 //! black 0.5 px outline, placed once per geometry (a point: each point; a line or polygon:
 //! one point inside it) and kept apart unless `marker-allow-overlap` (one collision set per
 //! tile, across layers, as Mapnik's); labels black 10 px DejaVu Sans Book, placed as markers
@@ -824,8 +824,7 @@ fn marker(
                 width: line_width,
                 ..Stroke::default()
             };
-            out.pixmap
-                .stroke_path(&path, &line, &stroke, Transform::identity(), None);
+            out.stroke(&path, &line, &stroke, &[]);
         }
     }
 }
@@ -856,14 +855,11 @@ fn text(
     if name.is_empty() || size <= 0.0 {
         return;
     }
-    let font = match props.get("text-face-name") {
-        Some(Val::List(names)) => {
-            let names: Vec<String> = names.iter().map(Val::text).collect();
-            text::Font::for_names(names.iter().map(String::as_str)).0
-        }
-        Some(Val::Str(n)) => text::Font::for_names([n.as_str()]).0,
-        _ => text::Font::Book,
-    };
+    let font = props
+        .get("text-face-name")
+        .map_or(text::Font::Book, |names| {
+            text::Font::for_names(names.texts().iter().map(String::as_str)).0
+        });
     let word = |property: &str| props.word(property).unwrap_or_else(|| "auto".into());
     let layout = text::Layout {
         font,
@@ -939,9 +935,7 @@ fn text(
                 line_join: LineJoin::Round,
                 ..Stroke::default()
             };
-            if let Some(outline) = label.path.stroke(&stroke, 1.0) {
-                out.fill(&outline, &halo, FillRule::Winding);
-            }
+            out.stroke(&label.path, &halo, &stroke, &[]);
         }
         out.fill(&label.path, &fill, FillRule::Winding);
     }

@@ -101,6 +101,8 @@ struct Placed {
     advance: f32,
     /// HarfBuzz's offset from the origin (marks), in pixels, y up.
     offset: (f32, f32),
+    /// The byte offset in the text of the characters it draws (HarfBuzz's cluster).
+    cluster: usize,
     /// How far its ink reaches below and above the baseline, in pixels, y up.
     ink: (f32, f32),
 }
@@ -139,6 +141,7 @@ fn shape(text: &str, layout: &Layout, face: &Face<'_>) -> Line {
             x,
             advance,
             offset: (pos.x_offset as f32 * scale, pos.y_offset as f32 * scale),
+            cluster: info.cluster as usize,
             ink,
         });
         x += advance;
@@ -164,14 +167,9 @@ fn lines(text: &str, layout: &Layout, face: &Face<'_>) -> Vec<Line> {
         }
         // Each character's share of the width, by its byte offset.
         let mut widths = vec![0.0f32; paragraph.len() + 1];
-        let scale = scale(layout, face);
-        let mut buffer = UnicodeBuffer::new();
-        buffer.push_str(paragraph);
-        buffer.guess_segment_properties();
-        let shaped = rustybuzz::shape(face, &[], buffer);
-        for (info, pos) in shaped.glyph_infos().iter().zip(shaped.glyph_positions()) {
-            if let Some(w) = widths.get_mut(info.cluster as usize) {
-                *w += pos.x_advance as f32 * scale + layout.character_spacing;
+        for g in &whole.glyphs {
+            if let Some(w) = widths.get_mut(g.cluster) {
+                *w += g.advance;
             }
         }
         let mut start = 0;

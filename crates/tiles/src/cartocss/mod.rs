@@ -280,6 +280,14 @@ impl Val {
         }
     }
 
+    /// Its items as text: a list's each, or the value alone (font names).
+    pub(crate) fn texts(&self) -> Vec<String> {
+        match self {
+            Val::List(l) => l.iter().map(Val::text).collect(),
+            other => vec![other.text()],
+        }
+    }
+
     fn from_json(v: Option<&serde_json::Value>) -> Val {
         match v {
             None | Some(serde_json::Value::Null) => Val::Null,
@@ -888,10 +896,7 @@ impl Parser {
         };
         if ok {
             if property == "text-face-name" {
-                let names = match v {
-                    Val::List(l) => l.iter().map(Val::text).collect(),
-                    other => vec![other.text()],
-                };
+                let names = v.texts();
                 let (font, bundled) =
                     crate::text::Font::for_names(names.iter().map(String::as_str));
                 let warning = format!(
