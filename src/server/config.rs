@@ -37,6 +37,7 @@ pub struct ServerConfig {
     pub(crate) body_limit: usize,
     pub(crate) anonymous_sql_quota: Quota,
     pub(crate) anonymous_maps_quota: Quota,
+    pub(crate) rate_sync: Duration,
     pub(crate) trusted_proxies: Vec<std::net::IpAddr>,
     pub(crate) max_running_per_caller: u32,
     pub(crate) max_renders_per_caller: u32,
@@ -105,6 +106,7 @@ impl Default for ServerConfig {
             body_limit: 2 << 20,
             anonymous_sql_quota: quota(400, 200),
             anonymous_maps_quota: quota(4000, 2000),
+            rate_sync: Duration::from_millis(100),
             trusted_proxies: Vec::new(),
             max_running_per_caller: 2,
             max_renders_per_caller: 8,
@@ -232,6 +234,17 @@ impl ServerConfig {
     pub fn anonymous_quotas(mut self, sql: Quota, maps: Quota) -> Self {
         self.anonymous_sql_quota = sql;
         self.anonymous_maps_quota = maps;
+        self
+    }
+
+    /// How far apart, per rate-limited subject, this server reconciles its rate decisions with
+    /// Redis ([`geoauth::RateLimiter::deciding_locally`]): between reconciliations requests are
+    /// counted and decided in process, with no round trip. One server decides exactly as Redis
+    /// would; `n` servers sharing a Redis may together allow up to `(n - 1) × (burst + sync ×
+    /// rate)` requests beyond a quota's burst, taken back afterwards. Zero decides every
+    /// request in Redis. Default 100 ms.
+    pub fn rate_sync(mut self, sync: Duration) -> Self {
+        self.rate_sync = sync;
         self
     }
 

@@ -167,6 +167,10 @@ where
 /// The name of the batch-query queue.
 pub const BATCH_QUEUE: &str = "batch-sql";
 
+/// How many rate-limited subjects (keys, anonymous client addresses) a server decides in
+/// process; the least used beyond are decided in Redis again.
+const RATE_SUBJECTS: u64 = 100_000;
+
 /// Every API of the composed server, on one Redis connection (`C`) and one PostgreSQL: SQL,
 /// Batch, Maps, table tiles, Auth, the jobs dashboard, health and (feature `page`) the map
 /// page, sharing one [`Gate`], one [`Sandbox`] and one [`Tiles`] cache. Cheap to clone.
@@ -262,7 +266,10 @@ impl<C: RedisConnection> Server<C> {
         pg: sqlx::postgres::PgConnectOptions,
         config: ServerConfig,
     ) -> Self {
-        let limiter = RateLimiter::with_prefix(conn.clone(), config.key_prefix.clone());
+        let mut limiter = RateLimiter::with_prefix(conn.clone(), config.key_prefix.clone());
+        if !config.rate_sync.is_zero() {
+            limiter = limiter.deciding_locally(config.rate_sync, RATE_SUBJECTS);
+        }
         let gate = Gate::new(verifier, limiter, config.clone());
         let sandbox = Sandbox::new(pg, config.clone()).await;
         let tiles = Tiles::new(&config);

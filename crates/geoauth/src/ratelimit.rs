@@ -1,6 +1,8 @@
-//! Rate limits: GCRA in one Lua script, one round trip, no Redis module.
+//! Rate limits: GCRA in one Lua script, one round trip, no Redis module; optionally decided in
+//! process between reconciliations with Redis.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use redis::aio::{ConnectionLike, ConnectionManager};
@@ -204,6 +206,10 @@ fn ceil_secs(d: Duration) -> u64 {
 /// Checks rates in Redis: each check is one `EVALSHA` of a GCRA script, so every process
 /// sharing the Redis shares the limit exactly.
 ///
+/// With [`RateLimiter::deciding_locally`], checks are decided in process from the state Redis
+/// last gave, and reconciled with Redis at most `sync` apart per subject: the hot path then makes
+/// no round trip.
+///
 /// ```no_run
 /// # async fn demo(principal: geoauth::Principal) -> geoauth::Result<()> {
 /// use std::time::Duration;
@@ -220,6 +226,7 @@ fn ceil_secs(d: Duration) -> u64 {
 pub struct RateLimiter<C = ConnectionManager> {
     conn: C,
     prefix: KeyPrefix,
+    local: Option<Arc<Local>>,
 }
 
 impl<C> RateLimiter<C>
@@ -233,7 +240,44 @@ where
 
     /// A limiter on `conn` under `prefix`.
     pub fn with_prefix(conn: C, prefix: KeyPrefix) -> Self {
-        Self { conn, prefix }
+        Self {
+            conn,
+            prefix,
+            local: None,
+        }
+    }
+
+    /// Decides checks in this process, from each subject's state as Redis last gave it, and
+    /// reconciles with Redis at most `sync` apart per subject: the first check of a subject
+    /// after `sync` has passed goes to Redis, carrying the requests allowed here since the
+    /// last reconciliation, and is decided there; the others make no round trip. `subjects`
+    /// bounds how many subjects are kept (the least used leave first; a subject that left is
+    /// decided in Redis again).
+    ///
+    /// Every allowed request is counted in Redis, at the latest with the subject's next
+    /// reconciliation, so the long-run rate stays the quota's. What several processes sharing
+    /// one Redis may allow beyond the quota is bounded: each decides from a state at most
+    /// `sync` old, so `n` processes allow at most `(n - 1) × (burst + sync / interval)` more
+    /// requests than the quota's burst for a subject, and that excess is then taken back (the
+    /// subject is refused until it is repaid). A single process decides exactly as Redis
+    /// would, to the precision of the clocks' offset (measured at each reconciliation, within
+    /// a round trip). [`RateLimiter::check_at`] always goes to Redis.
+    ///
+    /// ```no_run
+    /// # async fn demo(conn: redis::aio::ConnectionManager) {
+    /// use std::time::Duration;
+    ///
+    /// let limiter = geoauth::RateLimiter::new(conn)
+    ///     .deciding_locally(Duration::from_millis(100), 100_000);
+    /// # }
+    /// ```
+    pub fn deciding_locally(mut self, sync: Duration, subjects: u64) -> Self {
+        self.local = Some(Arc::new(Local {
+            cells: moka::sync::Cache::builder().max_capacity(subjects).build(),
+            sync,
+            base: Instant::now(),
+        }));
+        self
     }
 
     /// Counts one request of `subject` now (Redis's clock) against `quota`.
@@ -242,10 +286,63 @@ where
     ///
     /// [`Error::Unavailable`] when Redis cannot be asked.
     pub async fn check(&self, subject: &RateSubject, quota: Quota) -> Result<RateDecision> {
-        self.run(subject, quota, 0).await
+        let key = self
+            .prefix
+            .rate(&subject.user, &subject.group, &subject.subject);
+        let Some(local) = &self.local else {
+            return Ok(self.run(key, quota, 0, 0).await?.decision);
+        };
+        let cell = local
+            .cells
+            .get_with_by_ref(&key, || Arc::new(Mutex::new(Cell::default())));
+        // Decided here, or the requests to carry to Redis (none when this check goes to Redis
+        // without reconciling: its quota changed while a reconciliation is out).
+        let counted = {
+            let mut c = lock(&cell);
+            if c.quota == Some(quota)
+                && (c.syncing || c.synced.is_some_and(|at| at.elapsed() < local.sync))
+            {
+                return Ok(c.decide(local.now(), quota));
+            }
+            (!c.syncing).then(|| {
+                c.syncing = true;
+                std::mem::take(&mut c.pending)
+            })
+        };
+        let Some(counted) = counted else {
+            return Ok(self.run(key, quota, 0, 0).await?.decision);
+        };
+        // Gives the counts back if this future is dropped before Redis answers.
+        let mut out = Out {
+            cell: &cell,
+            counted,
+            done: false,
+        };
+        let before = local.now();
+        let answer = self.run(key, quota, 0, counted).await;
+        let after = local.now();
+        out.done = true;
+        let mut c = lock(&cell);
+        c.syncing = false;
+        match answer {
+            Ok(answer) => {
+                // Requests allowed here while the call was out come on top of Redis's state.
+                let late = i64::try_from(c.pending).unwrap_or(i64::MAX);
+                c.offset = answer.now - (before + after) / 2;
+                c.tat = answer.tat.max(answer.now) + late.saturating_mul(quota.interval());
+                c.synced = Some(Instant::now());
+                c.quota = Some(quota);
+                Ok(answer.decision)
+            }
+            Err(e) => {
+                c.pending += counted;
+                Err(e)
+            }
+        }
     }
 
     /// Counts one request of `subject` at `now` (a clock of the caller's: tests, replays).
+    /// Always decided in Redis.
     ///
     /// # Errors
     ///
@@ -260,29 +357,123 @@ where
             .duration_since(UNIX_EPOCH)
             .map_err(|_| Error::invalid("time", "before 1970"))?
             .as_micros();
-        self.run(subject, quota, u64::try_from(us).unwrap_or(u64::MAX).max(1))
-            .await
+        let key = self
+            .prefix
+            .rate(&subject.user, &subject.group, &subject.subject);
+        let now = u64::try_from(us).unwrap_or(u64::MAX).max(1);
+        Ok(self.run(key, quota, now, 0).await?.decision)
     }
 
-    async fn run(&self, subject: &RateSubject, quota: Quota, now_us: u64) -> Result<RateDecision> {
-        let (allowed, remaining, reset, retry): (i64, i64, i64, i64) = GCRA
-            .key(
-                self.prefix
-                    .rate(&subject.user, &subject.group, &subject.subject),
-            )
+    /// One GCRA call: `counted` requests allowed elsewhere first, then this one.
+    async fn run(&self, key: String, quota: Quota, now_us: u64, counted: u64) -> Result<Answer> {
+        let (allowed, remaining, reset, retry, tat, now): (i64, i64, i64, i64, i64, i64) = GCRA
+            .key(key)
             .arg(quota.emission_us)
             .arg(quota.burst)
             .arg(now_us)
+            .arg(counted)
             .invoke_async(&mut self.conn.clone())
             .await?;
-        let micros = |v: i64| Duration::from_micros(u64::try_from(v).unwrap_or(0));
-        Ok(RateDecision {
-            allowed: allowed == 1,
-            limit: quota.burst,
-            remaining: u32::try_from(remaining).unwrap_or(0),
-            reset: micros(reset),
-            retry_after: (allowed != 1).then(|| micros(retry)),
+        Ok(Answer {
+            decision: decision(quota, allowed == 1, remaining, reset, retry),
+            tat,
+            now,
         })
+    }
+}
+
+/// What the script answered: the decision, the subject's TAT after it and Redis's clock (µs).
+struct Answer {
+    decision: RateDecision,
+    tat: i64,
+    now: i64,
+}
+
+fn decision(quota: Quota, allowed: bool, remaining: i64, reset: i64, retry: i64) -> RateDecision {
+    let micros = |v: i64| Duration::from_micros(u64::try_from(v).unwrap_or(0));
+    RateDecision {
+        allowed,
+        limit: quota.burst,
+        remaining: u32::try_from(remaining).unwrap_or(0),
+        reset: micros(reset),
+        retry_after: (!allowed).then(|| micros(retry)),
+    }
+}
+
+impl Quota {
+    /// The emission interval in µs, as the cells' arithmetic wants it.
+    fn interval(&self) -> i64 {
+        i64::try_from(self.emission_us).unwrap_or(i64::MAX)
+    }
+}
+
+/// The subjects decided in process ([`RateLimiter::deciding_locally`]).
+struct Local {
+    cells: moka::sync::Cache<String, Arc<Mutex<Cell>>>,
+    sync: Duration,
+    base: Instant,
+}
+
+impl Local {
+    /// This process's clock, µs since the limiter was made.
+    fn now(&self) -> i64 {
+        i64::try_from(self.base.elapsed().as_micros()).unwrap_or(i64::MAX)
+    }
+}
+
+/// One subject's state as decided in process.
+#[derive(Default)]
+struct Cell {
+    /// The theoretical arrival time, µs of Redis's clock.
+    tat: i64,
+    /// Redis's clock minus this process's ([`Local::now`]), as of the last reconciliation.
+    offset: i64,
+    /// Requests allowed here and not yet counted in Redis.
+    pending: u64,
+    /// When the last reconciliation ended (none yet: the next check goes to Redis).
+    synced: Option<Instant>,
+    /// A reconciliation is out; checks meanwhile are decided here.
+    syncing: bool,
+    /// The quota of the last reconciliation (another one goes to Redis).
+    quota: Option<Quota>,
+}
+
+impl Cell {
+    /// The script's GCRA, on this process's state.
+    fn decide(&mut self, local_now: i64, quota: Quota) -> RateDecision {
+        let now = local_now.saturating_add(self.offset);
+        let t = quota.interval();
+        let tat = self.tat.max(now);
+        let new_tat = tat.saturating_add(t);
+        let allow_at = new_tat.saturating_sub(i64::from(quota.burst).saturating_mul(t));
+        if now < allow_at {
+            return decision(quota, false, 0, tat - now, allow_at - now);
+        }
+        self.tat = new_tat;
+        self.pending += 1;
+        decision(quota, true, (now - allow_at) / t, new_tat - now, 0)
+    }
+}
+
+fn lock(cell: &Mutex<Cell>) -> MutexGuard<'_, Cell> {
+    cell.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A reconciliation out: if its future is dropped before Redis answers, the requests it carried
+/// go back to the cell's pending count and the next check reconciles again.
+struct Out<'a> {
+    cell: &'a Mutex<Cell>,
+    counted: u64,
+    done: bool,
+}
+
+impl Drop for Out<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let mut c = lock(self.cell);
+            c.syncing = false;
+            c.pending += self.counted;
+        }
     }
 }
 
@@ -301,6 +492,47 @@ mod tests {
                 .emission_interval(),
             Duration::from_millis(250)
         );
+    }
+
+    #[test]
+    fn cells_decide_as_the_script_does() {
+        // 4 at once, one every 100 ms; the clocks 1 s apart.
+        let quota = Quota::new(4, 10, Duration::from_secs(1)).unwrap();
+        let mut cell = Cell {
+            offset: 1_000_000,
+            ..Cell::default()
+        };
+        let remaining: Vec<Option<u32>> = (0..5)
+            .map(|_| {
+                let d = cell.decide(0, quota);
+                d.allowed.then_some(d.remaining)
+            })
+            .collect();
+        assert_eq!(remaining, [Some(3), Some(2), Some(1), Some(0), None]);
+        assert_eq!(cell.pending, 4);
+        let refused = cell.decide(50_000, quota);
+        assert_eq!(refused.retry_after, Some(Duration::from_millis(50)));
+        assert_eq!(refused.reset, Duration::from_millis(350));
+        // One interval later, one more passes.
+        assert!(cell.decide(100_000, quota).allowed);
+        assert_eq!(cell.pending, 5);
+    }
+
+    #[test]
+    fn a_reconciliation_dropped_midway_gives_its_counts_back() {
+        let cell = Mutex::new(Cell {
+            syncing: true,
+            pending: 2,
+            ..Cell::default()
+        });
+        drop(Out {
+            cell: &cell,
+            counted: 3,
+            done: false,
+        });
+        let c = lock(&cell);
+        assert!(!c.syncing);
+        assert_eq!(c.pending, 5);
     }
 
     #[test]

@@ -148,3 +148,96 @@ async fn the_cell_expires_once_the_bucket_is_empty() {
         .unwrap();
     assert!((1..=10).contains(&ttl), "pttl {ttl}");
 }
+
+/// A limiter deciding in process, reconciled with Redis `sync` apart.
+fn local(redis: &TestRedis, sync: Duration) -> RateLimiter {
+    limiter(redis).deciding_locally(sync, 1000)
+}
+
+#[tokio::test]
+async fn a_limiter_deciding_locally_allows_what_redis_would_and_counts_it_there_later() {
+    let redis = TestRedis::new().await;
+    let subject = RateSubject::user(&UserName::new("alice").unwrap(), "maps").unwrap();
+    // 5 at once, then one an hour: nothing refills during the test.
+    let quota = Quota::new(5, 1, Duration::from_secs(3600)).unwrap();
+    let sync = Duration::from_millis(300);
+    let fast = local(&redis, sync);
+    let mut remaining = Vec::new();
+    for _ in 0..8 {
+        let d = fast.check(&subject, quota).await.unwrap();
+        remaining.push(d.allowed.then_some(d.remaining));
+    }
+    // Exactly the burst, with the remaining counts Redis would give.
+    assert_eq!(
+        remaining,
+        [
+            Some(4),
+            Some(3),
+            Some(2),
+            Some(1),
+            Some(0),
+            None,
+            None,
+            None
+        ]
+    );
+    // Only the first went to Redis: a limiter asking Redis sees one request counted.
+    let exact = limiter(&redis);
+    let other = RateSubject::user(&UserName::new("alice").unwrap(), "maps").unwrap();
+    assert_eq!(exact.check(&other, quota).await.unwrap().remaining, 3);
+    // Past `sync`, the next check reconciles: the four allowed here are counted in Redis (the
+    // bucket is now over-full, so this one is refused) and so is the other limiter's request.
+    tokio::time::sleep(sync + Duration::from_millis(50)).await;
+    let d = fast.check(&subject, quota).await.unwrap();
+    assert!(!d.allowed);
+    let after = exact.check(&other, quota).await.unwrap();
+    assert!(!after.allowed, "Redis counted what was allowed in process");
+    // The retry after covers the excess: two requests over the burst at one an hour.
+    let retry = after.retry_after.unwrap();
+    assert!(retry > Duration::from_secs(3600), "{retry:?}");
+}
+
+#[tokio::test]
+async fn two_limiters_deciding_locally_overshoot_no_more_than_the_stated_bound() {
+    let redis = TestRedis::new().await;
+    let subject = RateSubject::user(&UserName::new("bob").unwrap(), "sql").unwrap();
+    // Bursts of 10, 100 a second (10 ms apart); reconciled every 50 ms.
+    let (burst, per_second) = (10_u32, 100_u32);
+    let quota = Quota::new(burst, per_second, Duration::from_secs(1)).unwrap();
+    let sync = Duration::from_millis(50);
+    let limiters = [local(&redis, sync), local(&redis, sync)];
+    let started = std::time::Instant::now();
+    let run = Duration::from_millis(1500);
+    let mut tasks = Vec::new();
+    for limiter in limiters {
+        let subject = subject.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut allowed = 0_u32;
+            let mut tick = tokio::time::interval(Duration::from_millis(1));
+            while started.elapsed() < run {
+                tick.tick().await;
+                if limiter.check(&subject, quota).await.unwrap().allowed {
+                    allowed += 1;
+                }
+            }
+            allowed
+        }));
+    }
+    let mut allowed = 0;
+    for t in tasks {
+        allowed += t.await.unwrap();
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    // The quota's own: the burst and the rate over the run. The bound adds, for the second
+    // process, a burst and what the rate gives in one sync interval.
+    let quota_allows = f64::from(burst) + f64::from(per_second) * elapsed;
+    let bound = quota_allows + f64::from(burst) + f64::from(per_second) * sync.as_secs_f64();
+    let allowed = f64::from(allowed);
+    assert!(allowed <= bound, "{allowed} allowed, bound {bound:.0}");
+    // And the limit still holds: far fewer than the ~3000 requests sent pass, and about what
+    // the quota allows.
+    assert!(
+        allowed >= 0.8 * quota_allows,
+        "{allowed} allowed, quota {quota_allows:.0}"
+    );
+}

@@ -148,6 +148,7 @@ struct Quotas {
     maps: Option<QuotaSetting>,
     anonymous_sql: Option<QuotaSetting>,
     anonymous_maps: Option<QuotaSetting>,
+    sync_ms: Option<u64>,
 }
 
 /// A GCRA quota: `burst` at once, then `per_second` a second.
@@ -358,6 +359,9 @@ impl Config {
                 quota("quotas.anonymous_sql", sql)?,
                 quota("quotas.anonymous_maps", maps)?,
             );
+        }
+        if let Some(ms) = q.sync_ms {
+            c = c.rate_sync(Duration::from_millis(ms));
         }
         let p = &self.pools;
         let mut pools = c.pool_config().clone();
