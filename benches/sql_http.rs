@@ -24,6 +24,10 @@ use geostack_testkit::{TestDb, TestRedis};
 use http_body_util::{BodyExt as _, Empty};
 use hyper::body::Bytes;
 
+/// The allocator the `geostack` binary serves with.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const SQL: &str = "SELECT id, cat, val, label, ts, geom FROM bench_small WHERE id = 4242";
 const CALLERS: usize = 16;
 /// Requests per measured batch, spread over the callers.

@@ -35,6 +35,10 @@ use geostack_testkit::{TestDb, TestRedis};
 use http_body_util::{BodyExt as _, Empty};
 use hyper::body::Bytes;
 
+/// The allocator the `geostack` binary serves with.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The dense cluster's tile.
 const SMALL: (u8, u32, u32) = (8, 135, 86);
 const CONNECTIONS: usize = 16;

@@ -304,7 +304,21 @@ impl<C: RedisConnection> Gate<C> {
         api: Api,
         peer: Option<std::net::SocketAddr>,
     ) -> Result<Caller> {
-        let principal = self.principal(path, headers, params).await?;
+        let query = params.encoded();
+        self.authenticate_query(path, headers, Some(&query), api, peer)
+            .await
+    }
+
+    /// [`Gate::authenticate`] with the credentials in a raw query string.
+    async fn authenticate_query(
+        &self,
+        path: &HashMap<String, String>,
+        headers: &HeaderMap,
+        query: Option<&str>,
+        api: Api,
+        peer: Option<std::net::SocketAddr>,
+    ) -> Result<Caller> {
+        let principal = self.principal_query(path, headers, query).await?;
         principal.authorize(api)?;
         let config = &self.inner.config;
         let (group, quota, anonymous_quota) = match api {
@@ -323,12 +337,22 @@ impl<C: RedisConnection> Gate<C> {
         headers: &HeaderMap,
         params: &Params,
     ) -> Result<Principal> {
+        let query = params.encoded();
+        self.principal_query(path, headers, Some(&query)).await
+    }
+
+    /// [`Gate::principal`] with the credentials in a raw query string.
+    async fn principal_query(
+        &self,
+        path: &HashMap<String, String>,
+        headers: &HeaderMap,
+        query: Option<&str>,
+    ) -> Result<Principal> {
         let inner = &self.inner;
         let user = self.user_of(path, headers)?;
-        let query = params.encoded();
         let credentials = Credentials::from_headers_and_query(
             headers,
-            Some(&query),
+            query,
             &user,
             inner.verifier.token_format(),
         )?;
@@ -437,8 +461,7 @@ impl<C: RedisConnection> Gate<C> {
 
     /// The verified caller of `req`, whose credentials are in its query string or headers.
     pub async fn caller(&self, req: &ApiRequest, api: Api) -> Result<Caller> {
-        let params = Params::new(req.query.as_deref(), &HeaderMap::new(), &[])?;
-        self.authenticate(&req.path, &req.headers, &params, api, req.peer)
+        self.authenticate_query(&req.path, &req.headers, req.query.as_deref(), api, req.peer)
             .await
     }
 }

@@ -173,8 +173,14 @@ impl<C: RedisConnection> TablesApi<C> {
 /// The source `name` among `tables`: `schema.table` or a `public` table's name (its first
 /// geometry column), else either followed by `.column` (then `true`).
 fn find<'a>(tables: &'a [TableSource], name: &str) -> Option<(&'a TableSource, bool)> {
+    // `schema.table`, or `table` alone in `public`; compared in place (this runs on every
+    // tile request, for every table the role reads).
     let is = |t: &TableSource, table: &str| {
-        t.name() == table || (t.schema == "public" && t.table == table)
+        table
+            .strip_prefix(t.schema.as_str())
+            .and_then(|rest| rest.strip_prefix('.'))
+            .is_some_and(|rest| rest == t.table)
+            || (t.schema == "public" && t.table == table)
     };
     match tables.iter().find(|t| is(t, name)) {
         Some(t) => Some((t, false)),
@@ -252,8 +258,6 @@ async fn tile<C: RedisConnection>(State(api): State<TablesApi<C>>, req: ApiReque
                 coord,
             );
             let tags = sources.iter().map(TableSource::name).collect();
-            let options = inner.tiles.options().clone();
-            let sandbox = inner.sandbox.options();
             let served = inner.gate.config().tile_zooms.contains(&coord.z());
             inner
                 .tiles
@@ -264,7 +268,8 @@ async fn tile<C: RedisConnection>(State(api): State<TablesApi<C>>, req: ApiReque
                     key,
                     tags,
                     || async move {
-                        let mut tile = TileBuilder::new(coord, &options);
+                        let sandbox = inner.sandbox.options();
+                        let mut tile = TileBuilder::new(coord, inner.tiles.options());
                         for source in sources.iter().filter(|_| served) {
                             let mut layer = tile.layer(&source.table);
                             source.fill(&pool, &sandbox, &mut layer).await?;
