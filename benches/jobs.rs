@@ -282,13 +282,13 @@ fn process(c: &mut Criterion) {
     group.finish();
 
     // Round trips per job in steady state: the top-level commands of one more run each at
-    // concurrency 8 and 32, counted after the jobs are enqueued, per job; with the commands
+    // concurrency 1, 8 and 32, counted after the jobs are enqueued, per job; with the commands
     // the scripts ran and where Redis spent its time. Only when benchmarking (`cargo bench`
     // passes --bench), not when a test runner lists or smoke-runs the benchmarks.
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
-    for concurrency in [8, 32] {
+    for concurrency in [1, 8, 32] {
         let queue = Queue::with_prefix(
             s.conn.clone(),
             QueueName::new(format!("trips{concurrency}")).expect("a name"),
