@@ -63,30 +63,59 @@ pub(crate) async fn execute(
     own: Own,
     args: &[&str],
 ) -> Result<PgRow, sqlx::Error> {
-    let args = if args.is_empty() {
-        String::new()
-    } else {
-        format!("('{}')", args.join("', '"))
-    };
-    let run = format!("{before}; EXECUTE {}{args}", own.name());
-    // A failed `EXECUTE` after `BEGIN` leaves the transaction aborted: it is rolled back first.
-    // The end check's message rolled back already.
-    let reset = if own == Own::End { "" } else { "ROLLBACK; " };
-    let prepare_and_run = format!("{reset}{};\n{run}", own.prepare());
+    let (run, prepare_and_run) = messages(before, own, args, "");
     let mut result = sqlx::raw_sql(AssertSqlSafe(run.clone()))
         .fetch_one(&mut *conn)
         .await;
     for _ in 0..2 {
         let sql = match &result {
-            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("26000") => {
-                &prepare_and_run
-            }
-            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P05") => &run,
-            _ => break,
+            Err(e) => match retry(e) {
+                Some(Retry::Prepare) => &prepare_and_run,
+                Some(Retry::Run) => &run,
+                None => break,
+            },
+            Ok(_) => break,
         };
         result = sqlx::raw_sql(AssertSqlSafe(sql.clone()))
             .fetch_one(&mut *conn)
             .await;
     }
     result
+}
+
+/// The message that runs `before`, `EXECUTE`s `own` with `args` and then runs `after` (our
+/// own statements, `""` for none), and the same message with `own` prepared first.
+pub(crate) fn messages(before: &str, own: Own, args: &[&str], after: &str) -> (String, String) {
+    let args = if args.is_empty() {
+        String::new()
+    } else {
+        format!("('{}')", args.join("', '"))
+    };
+    let after = if after.is_empty() {
+        String::new()
+    } else {
+        format!(";\n{after}")
+    };
+    let run = format!("{before}; EXECUTE {}{args}{after}", own.name());
+    // A failed `EXECUTE` after `BEGIN` leaves the transaction aborted: it is rolled back first.
+    // The end check's message rolled back already.
+    let reset = if own == Own::End { "" } else { "ROLLBACK; " };
+    let prepare_and_run = format!("{reset}{};\n{run}", own.prepare());
+    (run, prepare_and_run)
+}
+
+/// What to send after a message of [`messages`] failed with `e`.
+pub(crate) enum Retry {
+    /// The connection lacks the statement: the message that prepares it first.
+    Prepare,
+    /// Another client prepared it meanwhile (a pooler's server connection): the message again.
+    Run,
+}
+
+pub(crate) fn retry(e: &sqlx::Error) -> Option<Retry> {
+    match e {
+        sqlx::Error::Database(e) if e.code().as_deref() == Some("26000") => Some(Retry::Prepare),
+        sqlx::Error::Database(e) if e.code().as_deref() == Some("42P05") => Some(Retry::Run),
+        _ => None,
+    }
 }

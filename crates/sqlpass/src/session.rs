@@ -127,9 +127,146 @@ impl Session {
     /// [`Error::Busy`] when no connection of the pool came free in time,
     /// [`Error::Unavailable`] when the database could not be asked, [`Error::Deadline`].
     pub async fn begin(pool: &PgPool, options: &Options) -> Result<Self> {
+        let (mut conn, open, deadline) = Self::connect(pool, options).await?;
+        let started = tokio::time::timeout_at(deadline.into(), open.run(&mut conn, false)).await;
+        let row = match started {
+            Ok(Ok(row)) => row,
+            Ok(Err(e)) => return Err(Self::refused(conn, options, e)),
+            Err(_) => {
+                conn.close_on_drop();
+                return Err(Error::Deadline(options.deadline));
+            }
+        };
+        Self::opened(row, conn, pool, options, open, deadline)
+    }
+
+    /// Opens a sandboxed transaction as [`Session::begin`] does and runs `sql` in the same
+    /// round trip: the `BEGIN`, the sandbox's setup and `sql` go to PostgreSQL as one
+    /// simple-protocol message, and each of `sql`'s rows is handed to `f` as it arrives, until
+    /// `f` breaks or the rows end. For small reads this saves the two round trips of a
+    /// separate `BEGIN` and of an extended-protocol statement's parse.
+    ///
+    /// `sql` is trusted code's own statement with its values written as literals (a tile
+    /// source's query over identifiers read from the catalog), never a caller's text; it must
+    /// be exactly one statement (a second one is refused, as it would run too). Its values
+    /// come in text format (sqlx decodes numbers, text, booleans and `bytea` as `Vec<u8>`).
+    ///
+    /// Returns the session, to be ended, and the outcome of `sql`: how many rows `f` saw, or
+    /// the error (a break or an error cuts the statement, as [`Session::for_each_row`] does).
+    ///
+    /// ```
+    /// # async fn demo(pool: sqlx::PgPool) -> sqlpass::Result<()> {
+    /// use std::ops::ControlFlow;
+    /// use sqlx::Row;
+    ///
+    /// let mut sum = 0;
+    /// let (session, read) = sqlpass::Session::begin_reading(
+    ///     &pool,
+    ///     &sqlpass::Options::default(),
+    ///     "select n from generate_series(1, 4) n",
+    ///     |row| {
+    ///         sum += row.get::<i32, _>(0);
+    ///         ControlFlow::Continue(())
+    ///     },
+    /// )
+    /// .await?;
+    /// session.end().await?;
+    /// assert_eq!(read?, 4);
+    /// assert_eq!(sum, 10);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`Session::begin`] when the transaction could not be opened;
+    /// [`Error::InvalidStatement`] when `sql` is not one statement.
+    pub async fn begin_reading<F>(
+        pool: &PgPool,
+        options: &Options,
+        sql: &str,
+        mut f: F,
+    ) -> Result<(Self, Result<u64>)>
+    where
+        F: FnMut(PgRow) -> ControlFlow<()>,
+    {
+        let sql = crate::statement::one_statement(sql)?;
+        let (mut conn, open, deadline) = Self::connect(pool, options).await?;
+        let st = options.statement_timeout;
+        let args: Vec<&str> = open.settings.iter().map(String::as_str).collect();
+        let (run, prepare_and_run) = own::messages(open.begin, open.setup, &args, sql);
+        let mut setup: Option<PgRow> = None;
+        let mut seen = 0;
+        let mut message = &run;
+        let mut tries = 0;
+        // Ok(true): the rows ended; Ok(false): `f` broke; Err: the message failed.
+        let read = loop {
+            let outcome = tokio::time::timeout_at(deadline.into(), async {
+                let mut items =
+                    sqlx::raw_sql(sqlx::AssertSqlSafe(message.clone())).fetch_many(&mut *conn);
+                while let Some(item) = items.next().await {
+                    let sqlx::Either::Right(row) = item? else {
+                        continue;
+                    };
+                    if setup.is_none() {
+                        setup = Some(row);
+                    } else {
+                        seen += 1;
+                        if f(row).is_break() {
+                            return Ok(false);
+                        }
+                    }
+                }
+                Ok::<bool, sqlx::Error>(true)
+            })
+            .await;
+            match outcome {
+                Ok(Err(e)) if setup.is_none() && tries < 2 => {
+                    tries += 1;
+                    message = match own::retry(&e) {
+                        Some(own::Retry::Prepare) => &prepare_and_run,
+                        Some(own::Retry::Run) => &run,
+                        None => break Ok(Err(e)),
+                    };
+                }
+                Ok(outcome) => break Ok(outcome),
+                Err(_) => break Err(()),
+            }
+        };
+        let Some(row) = setup else {
+            return Err(match read {
+                Ok(Err(e)) => Self::refused(conn, options, e),
+                _ => {
+                    conn.close_on_drop();
+                    Error::Deadline(options.deadline)
+                }
+            });
+        };
+        let mut session = Self::opened(row, conn, pool, options, open, deadline)?;
+        let read = match read {
+            Ok(Ok(true)) => Ok(seen),
+            Ok(Ok(false)) => {
+                session.cut = true;
+                Ok(seen)
+            }
+            Ok(Err(e)) => {
+                // PostgreSQL ended the statement itself: the connection is in sync.
+                session.cut = !matches!(e, sqlx::Error::Database(_));
+                Err(Error::from_sqlx(e, st))
+            }
+            Err(()) => {
+                session.cut = true;
+                Err(Error::Deadline(options.deadline))
+            }
+        };
+        Ok((session, read))
+    }
+
+    /// A connection of `pool` within `options`' deadline, what begins its transaction, and
+    /// the deadline.
+    async fn connect(pool: &PgPool, options: &Options) -> Result<(Conn, Open, Instant)> {
         let deadline = Instant::now() + options.deadline;
         let st = options.statement_timeout;
-        let mut conn = match tokio::time::timeout_at(deadline.into(), pool.acquire()).await {
+        let conn = match tokio::time::timeout_at(deadline.into(), pool.acquire()).await {
             Ok(conn) => conn.map_err(|e| Error::from_sqlx(e, st))?,
             Err(_) => return Err(Error::Deadline(options.deadline)),
         };
@@ -153,24 +290,29 @@ impl Session {
                 (if options.jit { "on" } else { "off" }).to_owned(),
             ],
         };
-        let started = tokio::time::timeout_at(deadline.into(), open.run(&mut conn, false)).await;
-        let row = match started {
-            Ok(Ok(row)) => row,
-            Ok(Err(e)) => {
-                conn.close_on_drop();
-                let e = Error::from_sqlx(e, st);
-                if options.plans.is_some() && matches!(e.sqlstate(), Some("42P01" | "3F000")) {
-                    return Err(Error::Internal(
-                        "a plan cache needs sqlpass::install in the database".into(),
-                    ));
-                }
-                return Err(e);
-            }
-            Err(_) => {
-                conn.close_on_drop();
-                return Err(Error::Deadline(options.deadline));
-            }
-        };
+        Ok((conn, open, deadline))
+    }
+
+    /// The error of a transaction that could not be opened; its connection is closed.
+    fn refused(mut conn: Conn, options: &Options, e: sqlx::Error) -> Error {
+        conn.close_on_drop();
+        let e = Error::from_sqlx(e, options.statement_timeout);
+        if options.plans.is_some() && matches!(e.sqlstate(), Some("42P01" | "3F000")) {
+            return Error::Internal("a plan cache needs sqlpass::install in the database".into());
+        }
+        e
+    }
+
+    /// The session whose transaction the setup `row` opened on `conn`.
+    fn opened(
+        row: PgRow,
+        conn: Conn,
+        pool: &PgPool,
+        options: &Options,
+        open: Open,
+        deadline: Instant,
+    ) -> Result<Self> {
+        let st = options.statement_timeout;
         let read = |e| Error::from_sqlx(e, st);
         let geometry: Option<i64> = row.try_get(2).map_err(read)?;
         let geography: Option<i64> = row.try_get(3).map_err(read)?;

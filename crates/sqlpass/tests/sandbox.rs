@@ -375,3 +375,101 @@ async fn a_kept_description_runs_on_a_connection_that_has_not_met_its_types() {
 async fn json_with(pool: &sqlx::PgPool, sql: &str, options: Options) -> serde_json::Value {
     serde_json::from_str(&text(pool, sql, options).await).unwrap()
 }
+
+#[tokio::test]
+async fn a_read_sent_with_its_transaction_s_start_is_sandboxed_and_ends_clean() {
+    use sqlx::Row as _;
+    use std::ops::ControlFlow;
+
+    let env = env().await;
+    // The rows, in text format, decoded as a tile source decodes them; the transaction is
+    // read-only with the sandbox's timeout.
+    let sql = "select id::int8, name, score::float8, pop > 1000 as big, \
+               ST_AsBinary(geom) as wkb, current_setting('statement_timeout') as st, \
+               current_setting('transaction_read_only') as ro \
+               from places order by id";
+    let mut rows = Vec::new();
+    let options = Options::default().statement_timeout(Duration::from_secs(7));
+    let (session, read) = sqlpass::Session::begin_reading(&env.pool, &options, sql, |row| {
+        rows.push((
+            row.get::<i64, _>(0),
+            row.get::<Option<String>, _>(1),
+            row.get::<Option<f64>, _>(2),
+            row.get::<Option<bool>, _>(3),
+            row.get::<Option<Vec<u8>>, _>(4),
+            row.get::<String, _>(5),
+            row.get::<String, _>(6),
+        ));
+        ControlFlow::Continue(())
+    })
+    .await
+    .unwrap();
+    session.end().await.unwrap();
+    let n = read.unwrap();
+    assert_eq!(n as usize, rows.len());
+    assert!(n >= 2, "{n} rows");
+    let (id, _, _, _, wkb, st, ro) = &rows[0];
+    assert_eq!(*id, 1);
+    // A point's WKB: byte order, type 1, two doubles.
+    assert_eq!(wkb.as_ref().map(Vec::len), Some(21));
+    assert_eq!((st.as_str(), ro.as_str()), ("7s", "on"));
+
+    // A second statement is refused before anything is sent.
+    let e = sqlpass::Session::begin_reading(
+        &env.pool,
+        &Options::default(),
+        "select 1; select 2",
+        |_| ControlFlow::Continue(()),
+    )
+    .await
+    .err()
+    .unwrap();
+    assert!(matches!(e, Error::InvalidStatement(_)), "{e}");
+
+    // A statement the database ends (its timeout) comes back as the read's error, and the
+    // session still ends; the pool's next caller has the defaults back.
+    let options = Options::default().statement_timeout(Duration::from_millis(200));
+    let started = Instant::now();
+    let (session, read) = sqlpass::Session::begin_reading(
+        &env.pool,
+        &options,
+        "select count(*) from generate_series(1, 3000000000)",
+        |_| ControlFlow::Continue(()),
+    )
+    .await
+    .unwrap();
+    session.end().await.unwrap();
+    let e = read.err().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(e.to_string().contains("statement timeout"), "{e}");
+    let next = json(
+        &env.pool,
+        "select current_setting('statement_timeout') as t",
+    )
+    .await;
+    assert_eq!(next["rows"][0]["t"], "15s");
+
+    // A reader that stops early cuts the statement: the session ends it.
+    let mut seen = 0;
+    let (session, read) = sqlpass::Session::begin_reading(
+        &env.pool,
+        &Options::default(),
+        "select g from generate_series(1, 10000000) g",
+        |_| {
+            seen += 1;
+            if seen == 3 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(read.unwrap(), 3);
+    session.end().await.unwrap();
+    assert_eq!(
+        json(&env.pool, "select 1 as one").await["rows"][0]["one"],
+        1
+    );
+}

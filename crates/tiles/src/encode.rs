@@ -135,6 +135,11 @@ impl LayerBuilder<'_> {
         &self.tile.options
     }
 
+    /// Its tile.
+    pub fn coord(&self) -> TileCoord {
+        self.tile.coord
+    }
+
     /// Adds a feature whose geometry is (E)WKB in EPSG:3857. Invalid and EMPTY input is
     /// skipped and counted, never a panic.
     ///

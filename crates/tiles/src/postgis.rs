@@ -197,10 +197,11 @@ impl TableSource {
         format!("{}.{}", self.schema, self.table)
     }
 
-    /// The query for one tile: `$1..$4` the buffered tile box in EPSG:3857; at most one row
-    /// more than the source row limit, values over the source byte limit left out and flagged
-    /// in the last column.
-    fn query(&self, options: &crate::TileOptions) -> String {
+    /// The query for one tile over the buffered tile box in EPSG:3857: `$1..$4`, or `b`
+    /// written as literals (for a query sent in one simple-protocol message with its
+    /// transaction's start); at most one row more than the source row limit, values over the
+    /// source byte limit left out and flagged in the last column.
+    fn query(&self, options: &crate::TileOptions, b: Option<&crate::Bounds>) -> String {
         let max = options.source_bytes;
         let guarded = |column: &str, value: String| {
             format!("CASE WHEN pg_column_size({column}) > {max} THEN NULL ELSE {value} END")
@@ -211,9 +212,17 @@ impl TableSource {
             4326 | 3857 => format!("ST_AsBinary({g})"),
             _ => format!("ST_AsBinary(ST_Transform({g}, 3857))"),
         };
+        let tile_box = match b {
+            // Rust prints an f64 as the shortest decimal that reads back as the same number.
+            Some(b) => format!(
+                "ST_MakeEnvelope({}::float8, {}::float8, {}::float8, {}::float8, 3857)",
+                b.min_x, b.min_y, b.max_x, b.max_y
+            ),
+            None => "ST_MakeEnvelope($1, $2, $3, $4, 3857)".to_owned(),
+        };
         let envelope = match self.srid {
-            3857 => "ST_MakeEnvelope($1, $2, $3, $4, 3857)".to_owned(),
-            srid => format!("ST_Transform(ST_MakeEnvelope($1, $2, $3, $4, 3857), {srid})"),
+            3857 => tile_box,
+            srid => format!("ST_Transform({tile_box}, {srid})"),
         };
         let mut select = vec![guarded(&g, geom)];
         select.push(match &self.id_column {
@@ -289,7 +298,22 @@ impl TableSource {
             max_y: b.max_y.min(h),
         };
         let options = layer.tile_options().clone();
-        let sql = self.query(&options);
+        let sandbox = sandbox.clone().access(sqlpass::Access::ReadOnly);
+        let name = self.name();
+        let mut reader = SourceReader::new(&name, &options);
+        if layer.coord().z() >= options.one_trip_zoom {
+            // The transaction's start and the query in one round trip.
+            let sql = self.query(&options, Some(&b));
+            let (session, read) = Session::begin_reading(pool, &sandbox, &sql, |row| {
+                reader.take(&row, |row| self.add_row(row, layer))
+            })
+            .await?;
+            // The rows read, the tile goes on while the session's rollback and check run.
+            session.end_in_background();
+            read?;
+            return reader.finish();
+        }
+        let sql = self.query(&options, None);
         let query = || {
             sqlx::query(AssertSqlSafe(sql.clone()))
                 .bind(b.min_x)
@@ -297,10 +321,7 @@ impl TableSource {
                 .bind(b.max_x)
                 .bind(b.max_y)
         };
-        let sandbox = sandbox.clone().access(sqlpass::Access::ReadOnly);
         let mut session = Session::begin(pool, &sandbox).await?;
-        let name = self.name();
-        let mut reader = SourceReader::new(&name, &options);
         let mut read = session
             .for_each_row(query(), |row| {
                 reader.take(&row, |row| self.add_row(row, layer))
@@ -316,7 +337,6 @@ impl TableSource {
                 })
                 .await;
         }
-        // The rows read, the tile goes on while the session's rollback and check run.
         session.end_in_background();
         read?;
         reader.finish()

@@ -728,7 +728,13 @@ impl<'a> SourceReader<'a> {
         self.rows += 1;
         self.bytes += (0..row.len())
             .filter_map(|i| row.try_get_raw(i).ok())
-            .map(|v| v.as_bytes().map_or(0, |b| b.len() as u64))
+            .map(|v| {
+                let len = v.as_bytes().map_or(0, |b| b.len() as u64);
+                // `bytea` in text format is `\x` and two hex digits a byte: counted as bytes.
+                let hex = v.format() == sqlx::postgres::PgValueFormat::Text
+                    && sqlx::ValueRef::type_info(&v).oid() == Some(sqlx::postgres::types::Oid(17));
+                if hex { len.saturating_sub(2) / 2 } else { len }
+            })
             .sum::<u64>();
         let too_large = row
             .try_get::<Option<bool>, _>(row.len().saturating_sub(1))

@@ -346,3 +346,65 @@ async fn the_memory_source_makes_the_same_tiles_as_the_table_source() {
     assert_eq!(empty, Vec::<String>::new());
     assert_eq!(tiles_with_features, 7);
 }
+
+/// One tile of `table` read with `options`, as bytes.
+async fn fill_with(db: &TestDb, table: &str, coord: TileCoord, options: &TileOptions) -> Vec<u8> {
+    let source = discover(db.pool())
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|s| s.table == table)
+        .unwrap();
+    let mut builder = TileBuilder::new(coord, options);
+    let mut layer = builder.layer(table);
+    source
+        .fill(db.pool(), &sqlpass::Options::default(), &mut layer)
+        .await
+        .unwrap();
+    layer.finish().unwrap();
+    builder.into_bytes().unwrap()
+}
+
+#[tokio::test]
+async fn a_tile_read_in_one_round_trip_is_the_tile_read_in_three() {
+    let db = TestDb::new().await;
+    geostack_testkit::natural_earth::load_countries(db.pool(), "countries").await;
+    // Every attribute kind, NULLs, a negative id and a geometry in another system.
+    sqlx::raw_sql(
+        "create table kinds (id int8 primary key, n int8, x float8, b bool, t text,
+                             geom geometry(Point, 3857));
+         insert into kinds values
+           (1, 42, 0.1, true, 'é ''quoted'' \\ text', ST_SetSRID(ST_MakePoint(1000.5, -2000.25), 3857)),
+           (2, null, -1e-300, false, null, ST_SetSRID(ST_MakePoint(-5000, 7000), 3857)),
+           (-3, -9007199254740993, 1.7976931348623157e308, null, '', ST_SetSRID(ST_MakePoint(0, 0), 3857));",
+    )
+    .execute(db.pool())
+    .await
+    .unwrap();
+    let one = TileOptions::default().one_round_trip_from(0);
+    let three = TileOptions::default().one_round_trip_from(u8::MAX);
+    let mut compared = 0;
+    for coord in tiles().into_iter().step_by(7) {
+        let a = fill_with(&db, "countries", coord, &one).await;
+        let b = fill_with(&db, "countries", coord, &three).await;
+        assert_eq!(a, b, "tile {coord} of countries");
+        compared += usize::from(!a.is_empty());
+    }
+    assert!(compared > 20, "{compared} tiles with features");
+    let coord = TileCoord::new_checked(0, 0, 0).unwrap();
+    let a = fill_with(&db, "kinds", coord, &one).await;
+    assert_eq!(a, fill_with(&db, "kinds", coord, &three).await);
+    let tile = decode(&a).unwrap();
+    let features = &tile.layer("kinds").unwrap().features;
+    assert_eq!(features.len(), 3);
+    assert_eq!(
+        features.iter().filter(|f| f.id.is_none()).count(),
+        1,
+        "the negative id is left out"
+    );
+    let first = features.iter().find(|f| f.id == Some(1)).unwrap();
+    assert_eq!(
+        first.attributes.get("t"),
+        Some(&DecodedValue::String("é 'quoted' \\ text".into()))
+    );
+}
