@@ -286,9 +286,7 @@ where
     ///
     /// [`Error::Unavailable`] when Redis cannot be asked.
     pub async fn check(&self, subject: &RateSubject, quota: Quota) -> Result<RateDecision> {
-        let key = self
-            .prefix
-            .rate(&subject.user, &subject.group, &subject.subject);
+        let key = self.key(subject);
         let Some(local) = &self.local else {
             return Ok(self.run(key, quota, 0, 0).await?.decision);
         };
@@ -319,26 +317,25 @@ where
             done: false,
         };
         let before = local.now();
-        let answer = self.run(key, quota, 0, counted).await;
+        // On an error `out` gives the counts back, and the next check reconciles again.
+        let answer = self.run(key, quota, 0, counted).await?;
         let after = local.now();
         out.done = true;
         let mut c = lock(&cell);
         c.syncing = false;
-        match answer {
-            Ok(answer) => {
-                // Requests allowed here while the call was out come on top of Redis's state.
-                let late = i64::try_from(c.pending).unwrap_or(i64::MAX);
-                c.offset = answer.now - (before + after) / 2;
-                c.tat = answer.tat.max(answer.now) + late.saturating_mul(quota.interval());
-                c.synced = Some(Instant::now());
-                c.quota = Some(quota);
-                Ok(answer.decision)
-            }
-            Err(e) => {
-                c.pending += counted;
-                Err(e)
-            }
-        }
+        // Requests allowed here while the call was out come on top of Redis's state.
+        let late = i64::try_from(c.pending).unwrap_or(i64::MAX);
+        c.offset = answer.now - (before + after) / 2;
+        c.tat = answer.tat.max(answer.now) + late.saturating_mul(quota.interval());
+        c.synced = Some(Instant::now());
+        c.quota = Some(quota);
+        Ok(answer.decision)
+    }
+
+    /// The Redis key of `subject`'s cell.
+    fn key(&self, subject: &RateSubject) -> String {
+        self.prefix
+            .rate(&subject.user, &subject.group, &subject.subject)
     }
 
     /// Counts one request of `subject` at `now` (a clock of the caller's: tests, replays).
@@ -357,9 +354,7 @@ where
             .duration_since(UNIX_EPOCH)
             .map_err(|_| Error::invalid("time", "before 1970"))?
             .as_micros();
-        let key = self
-            .prefix
-            .rate(&subject.user, &subject.group, &subject.subject);
+        let key = self.key(subject);
         let now = u64::try_from(us).unwrap_or(u64::MAX).max(1);
         Ok(self.run(key, quota, now, 0).await?.decision)
     }
@@ -459,8 +454,8 @@ fn lock(cell: &Mutex<Cell>) -> MutexGuard<'_, Cell> {
     cell.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// A reconciliation out: if its future is dropped before Redis answers, the requests it carried
-/// go back to the cell's pending count and the next check reconciles again.
+/// A reconciliation out: if Redis does not answer (an error, or its future dropped), the
+/// requests it carried go back to the cell's pending count and the next check reconciles again.
 struct Out<'a> {
     cell: &'a Mutex<Cell>,
     counted: u64,

@@ -301,42 +301,41 @@ impl TableSource {
         let sandbox = sandbox.clone().access(sqlpass::Access::ReadOnly);
         let name = self.name();
         let mut reader = SourceReader::new(&name, &options);
-        if layer.coord().z() >= options.one_trip_zoom {
+        let (session, read) = if layer.coord().z() >= options.one_trip_zoom {
             // The transaction's start and the query in one round trip.
             let sql = self.query(&options, Some(&b));
-            let (session, read) = Session::begin_reading(pool, &sandbox, &sql, |row| {
+            Session::begin_reading(pool, &sandbox, &sql, |row| {
                 reader.take(&row, |row| self.add_row(row, layer))
             })
-            .await?;
-            // The rows read, the tile goes on while the session's rollback and check run.
-            session.end_in_background();
-            read?;
-            return reader.finish();
-        }
-        let sql = self.query(&options, None);
-        let query = || {
-            sqlx::query(AssertSqlSafe(sql.clone()))
-                .bind(b.min_x)
-                .bind(b.min_y)
-                .bind(b.max_x)
-                .bind(b.max_y)
-        };
-        let mut session = Session::begin(pool, &sandbox).await?;
-        let mut read = session
-            .for_each_row(query(), |row| {
-                reader.take(&row, |row| self.add_row(row, layer))
-            })
-            .await;
-        // The unnamed statement replaced before its first row (sqlx's type look-up, or a
-        // pooler's server connection that lacks it): begun again once, as the SQL API does.
-        if matches!(&read, Err(e) if e.sqlstate() == Some("26000")) {
-            session.restart().await?;
-            read = session
+            .await?
+        } else {
+            let sql = self.query(&options, None);
+            let query = || {
+                sqlx::query(AssertSqlSafe(sql.clone()))
+                    .bind(b.min_x)
+                    .bind(b.min_y)
+                    .bind(b.max_x)
+                    .bind(b.max_y)
+            };
+            let mut session = Session::begin(pool, &sandbox).await?;
+            let mut read = session
                 .for_each_row(query(), |row| {
                     reader.take(&row, |row| self.add_row(row, layer))
                 })
                 .await;
-        }
+            // The unnamed statement replaced before its first row (sqlx's type look-up, or a
+            // pooler's server connection that lacks it): begun again once, as the SQL API does.
+            if matches!(&read, Err(e) if e.sqlstate() == Some("26000")) {
+                session.restart().await?;
+                read = session
+                    .for_each_row(query(), |row| {
+                        reader.take(&row, |row| self.add_row(row, layer))
+                    })
+                    .await;
+            }
+            (session, read)
+        };
+        // The rows read, the tile goes on while the session's rollback and check run.
         session.end_in_background();
         read?;
         reader.finish()
