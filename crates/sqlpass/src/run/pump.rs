@@ -168,18 +168,39 @@ impl Producer {
             }
         };
         self.session.set_cut(cut);
-        let _ = self.session.finish(false).await;
         tracing::debug!(
             rows = state.rows,
             failed = error.is_some(),
             ms = self.started.elapsed().as_millis() as u64,
             "query streamed"
         );
-        if self
-            .finish(encoder.as_mut(), &columns, &mut state, error.as_deref())
-            .await
-        {
-            send_outcome(&mut self.end, self.started, state.rows, error);
+        // The document's end goes to a caller that keeps up before the session ends: the
+        // rollback and the connection's check are one round trip off the response's path. A
+        // caller that does not keep up is not waited for with the transaction open: the
+        // session ends first (as does one cut mid-statement, whose cancel comes first).
+        let last = self.last_chunk(encoder.as_mut(), &columns, &mut state, error.as_deref());
+        let last = if cut {
+            Err(last)
+        } else {
+            self.tx.try_send(last).map_err(|e| match e {
+                mpsc::error::TrySendError::Full(last) | mpsc::error::TrySendError::Closed(last) => {
+                    last
+                }
+            })
+        };
+        match last {
+            Ok(()) => {
+                send_outcome(&mut self.end, self.started, state.rows, error);
+                // The body ends when the chunks' channel closes.
+                self.tx = mpsc::channel(1).0;
+                let _ = self.session.finish(false).await;
+            }
+            Err(last) => {
+                let _ = self.session.finish(false).await;
+                if self.send_last(last).await {
+                    send_outcome(&mut self.end, self.started, state.rows, error);
+                }
+            }
         }
     }
 
@@ -266,23 +287,26 @@ impl Producer {
         Ok(())
     }
 
-    /// Writes the end of the document and sends the last chunk (briefly past the deadline, so
-    /// a deadline error itself can still reach a reader that keeps up). Returns whether it was
-    /// sent.
-    async fn finish(
-        &mut self,
+    /// Writes the end of the document: the last chunk.
+    fn last_chunk(
+        &self,
         encoder: &mut dyn format::Encoder,
         columns: &[Column],
         state: &mut State,
         error: Option<&str>,
-    ) -> bool {
+    ) -> Bytes {
         let summary = Summary {
             elapsed: self.started.elapsed(),
             rows: state.rows,
             geometry: &state.geometry,
         };
         encoder.finish(&mut state.out, columns, &summary, error);
-        let last = Bytes::from(std::mem::take(&mut state.out));
+        Bytes::from(std::mem::take(&mut state.out))
+    }
+
+    /// Sends the last chunk (briefly past the deadline, so a deadline error itself can still
+    /// reach a reader that keeps up). Returns whether it was sent.
+    async fn send_last(&mut self, last: Bytes) -> bool {
         let until = self.session.deadline.max(Instant::now()) + Duration::from_millis(100);
         if tokio::time::timeout_at(until.into(), self.tx.send(last))
             .await
