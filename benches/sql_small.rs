@@ -2,7 +2,9 @@
 //! most SQL API traffic, at 1 and 16 concurrent callers, beside a raw sqlx query of the same SQL
 //! on the same pool (prepared once and reused, as sqlx does), in the same run. sqlpass runs with
 //! every guarantee of its sandbox, with and without cache tags. Criterion reports queries/s;
-//! then rounds side by side give each variant's rate and p50 latency as ratios of the raw query's.
+//! then rounds side by side give each variant's rate and p50 latency as ratios of the raw query's,
+//! after pgbench has shown what the server alone can do: the query prepared, parsed each time, and
+//! the sandbox's whole run in one message (the floor under any client).
 #![expect(
     clippy::expect_used,
     clippy::panic,
@@ -153,6 +155,7 @@ fn small(c: &mut Criterion) {
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
+    server_floor(&pool);
     for callers in [1, 16] {
         let mut rates: Vec<Vec<f64>> = vec![Vec::new(); VARIANTS.len()];
         let mut p50s: Vec<Vec<f64>> = vec![Vec::new(); VARIANTS.len()];
@@ -187,6 +190,81 @@ fn small(c: &mut Criterion) {
 
 /// Rounds of side-by-side runs.
 const ROUNDS: usize = 5;
+
+/// The same point lookup as the server alone runs it, driven by pgbench (16 connections, one
+/// message per transaction, nothing of ours on the client side): planned once and bound
+/// (prepared, as the raw sqlx query runs), parsed and planned each time (simple protocol), and
+/// the sandbox's whole run sent as one message — `BEGIN READ ONLY`, the sandbox's setup
+/// (`begin.sql`), the statement in the wrapper sqlpass puts round it, `ROLLBACK` and the
+/// connection's check (`end.sql`). The last is the floor of any sandboxed run of a caller's
+/// text, whatever its round trips: it bounds the ratio a client could reach.
+fn server_floor(pool: &sqlx::PgPool) {
+    let setup = include_str!("../crates/sqlpass/src/sql/begin.sql")
+        .replace("$1", "'15000'")
+        .replace("$2", "'2000'")
+        .replace("$3", "'10000'")
+        .replace("$4", "'off'");
+    // What sqlpass's wrapper makes of this statement's columns (int8, int4, float8, text,
+    // timestamptz, geometry) with the default row and value-size limits.
+    let (rows, value) = (
+        geostack::sql::DEFAULT_ROW_LIMIT + 1,
+        geostack::sql::DEFAULT_VALUE_LIMIT,
+    );
+    let wrapped = format!(
+        "SELECT _q.c1, _q.c2, _q.c3, \
+         CASE WHEN octet_length(_q.c4::text) > {value} THEN NULL ELSE _q.c4 END, _q.c5, \
+         CASE WHEN pg_column_size(_q.c6) > {value} THEN NULL ELSE _q.c6 END, \
+         CASE WHEN octet_length(_q.c4::text) > {value} THEN 4 \
+         WHEN pg_column_size(_q.c6) > {value} THEN 6 END \
+         FROM (SELECT * FROM (\n{SQL}\n) AS _i LIMIT {rows} OFFSET 0) AS _q(c1, c2, c3, c4, c5, c6)"
+    );
+    let end = include_str!("../crates/sqlpass/src/sql/end.sql");
+    let sandboxed = format!(
+        "BEGIN READ ONLY ISOLATION LEVEL READ COMMITTED \\;\n{setup} \\;\n{wrapped} \\;\n\
+         ROLLBACK \\;\n{end};\n"
+    );
+    let connect = pool.connect_options();
+    let run = |mode: &str, script: &str| -> f64 {
+        let path = std::env::temp_dir().join(format!(
+            "geostack-sql-small-{}-{mode}.sql",
+            std::process::id()
+        ));
+        std::fs::write(&path, script).expect("the pgbench script");
+        let out = std::process::Command::new("pgbench")
+            .args(["-n", "-M", mode, "-j", "2", "-c", "16", "-T", "5"])
+            .args(["-h", connect.get_host()])
+            .args(["-p", &connect.get_port().to_string()])
+            .args(["-U", connect.get_username()])
+            .arg("-f")
+            .arg(&path)
+            .arg(support::DATABASE)
+            .output()
+            .unwrap_or_else(|e| panic!("pgbench could not run ({e}): run scripts/services"));
+        let _ = std::fs::remove_file(&path);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let errors = String::from_utf8_lossy(&out.stderr);
+        // A script PostgreSQL refused would measure nothing.
+        assert!(
+            out.status.success() && !errors.contains("ERROR"),
+            "pgbench failed ({mode}): {text}{errors}"
+        );
+        text.lines()
+            .find_map(|l| l.strip_prefix("tps = "))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|t| t.parse().ok())
+            .unwrap_or_else(|| panic!("no tps in pgbench's output: {text}{errors}"))
+    };
+    let prepared = run("prepared", &format!("{SQL};\n"));
+    let simple = run("simple", &format!("{SQL};\n"));
+    let sandboxed = run("simple", &sandboxed);
+    eprintln!(
+        "sql_small: the server alone (pgbench, 16 connections): prepared {prepared:.0} tps, \
+         parsed each time {simple:.0} tps ({:.3}x), the sandbox's whole run in one message \
+         {sandboxed:.0} tps ({:.3}x prepared)",
+        simple / prepared,
+        sandboxed / prepared
+    );
+}
 
 criterion_group!(benches, small);
 criterion_main!(benches);
