@@ -162,36 +162,14 @@ async fn batch(
 
 /// pgbench on the same query and database, `CALLERS` connections, prepared: its rate.
 fn pgbench(db: &TestDb, secs: u64) -> f64 {
-    let options = db.connect_options();
-    let script = std::env::temp_dir().join(format!("geostack-sql-http-{}.sql", std::process::id()));
-    std::fs::write(&script, format!("{SQL};\n")).expect("the pgbench script");
-    let out = std::process::Command::new("pgbench")
-        .args(["-n", "-M", "prepared", "-j", "2"])
-        .args(["-c", &CALLERS.to_string(), "-T", &secs.to_string()])
-        .args([
-            "-h",
-            options.get_host(),
-            "-p",
-            &options.get_port().to_string(),
-        ])
-        .args(["-U", options.get_username()])
-        .arg("-f")
-        .arg(&script)
-        .arg(db.name())
-        .output()
-        .unwrap_or_else(|e| panic!("pgbench could not run ({e}): run scripts/services"));
-    let _ = std::fs::remove_file(&script);
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .find_map(|l| l.strip_prefix("tps = "))
-        .and_then(|l| l.split_whitespace().next())
-        .and_then(|t| t.parse().ok())
-        .unwrap_or_else(|| {
-            panic!(
-                "no tps in pgbench's output: {text}{}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        })
+    small::pgbench(
+        &db.connect_options(),
+        db.name(),
+        "prepared",
+        &format!("{SQL};\n"),
+        CALLERS,
+        secs,
+    )
 }
 
 fn http(c: &mut Criterion) {

@@ -250,38 +250,10 @@ const ROUNDS: usize = 5;
 /// runs) and parsed and planned each time (simple protocol).
 fn server_floor(pool: &sqlx::PgPool) {
     let connect = pool.connect_options();
-    let run = |mode: &str, script: &str| -> f64 {
-        let path = std::env::temp_dir().join(format!(
-            "geostack-sql-small-{}-{mode}.sql",
-            std::process::id()
-        ));
-        std::fs::write(&path, script).expect("the pgbench script");
-        let out = std::process::Command::new("pgbench")
-            .args(["-n", "-M", mode, "-j", "2", "-c", "16", "-T", "5"])
-            .args(["-h", connect.get_host()])
-            .args(["-p", &connect.get_port().to_string()])
-            .args(["-U", connect.get_username()])
-            .arg("-f")
-            .arg(&path)
-            .arg(support::DATABASE)
-            .output()
-            .unwrap_or_else(|e| panic!("pgbench could not run ({e}): run scripts/services"));
-        let _ = std::fs::remove_file(&path);
-        let text = String::from_utf8_lossy(&out.stdout);
-        let errors = String::from_utf8_lossy(&out.stderr);
-        // A script PostgreSQL refused would measure nothing.
-        assert!(
-            out.status.success() && !errors.contains("ERROR"),
-            "pgbench failed ({mode}): {text}{errors}"
-        );
-        text.lines()
-            .find_map(|l| l.strip_prefix("tps = "))
-            .and_then(|l| l.split_whitespace().next())
-            .and_then(|t| t.parse().ok())
-            .unwrap_or_else(|| panic!("no tps in pgbench's output: {text}{errors}"))
-    };
-    let prepared = run("prepared", &format!("{SQL};\n"));
-    let simple = run("simple", &format!("{SQL};\n"));
+    let script = format!("{SQL};\n");
+    let run = |mode| small::pgbench(&connect, support::DATABASE, mode, &script, 16, 5);
+    let prepared = run("prepared");
+    let simple = run("simple");
     eprintln!(
         "sql_small: the server alone (pgbench, 16 connections): prepared {prepared:.0} tps, \
          parsed each time {simple:.0} tps ({:.3}x)",
