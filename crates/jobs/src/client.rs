@@ -1,7 +1,6 @@
 //! One connection object for everything: queues, their workers, event subscriptions and
 //! awaited completions.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -158,7 +157,7 @@ impl<K: Connector> Subscription<K> {
     /// [`Error::Unavailable`].
     pub async fn next(&mut self, wait: Duration) -> Result<Vec<QueueEvent>> {
         let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
-        type Reply = Option<Vec<(String, Vec<(String, HashMap<String, String>)>)>>;
+        type Reply = Option<Vec<(String, Vec<(String, Vec<(String, String)>)>)>>;
         let reply: Reply = redis::cmd("XREAD")
             .arg("COUNT")
             .arg(100)
@@ -170,7 +169,7 @@ impl<K: Connector> Subscription<K> {
             .query_async(&mut self.conn)
             .await
             .map_err(Error::from)?;
-        let entries: Vec<(String, HashMap<String, String>)> = reply
+        let entries: Vec<(String, Vec<(String, String)>)> = reply
             .into_iter()
             .flatten()
             .flat_map(|(_, entries)| entries)

@@ -91,7 +91,8 @@ impl WorkerConfig {
         self
     }
 
-    /// How many completed jobs are kept at most. Default 1000.
+    /// How many completed jobs are kept at most. The oldest go in batches: the count may run
+    /// over by a 64th of it before they do. Default 1000.
     pub fn keep_completed(mut self, n: u64) -> Self {
         self.keep_completed = n;
         self
@@ -103,7 +104,8 @@ impl WorkerConfig {
         self
     }
 
-    /// How many jobs the dead letter keeps at most, the oldest removed first. Default 10 000
+    /// How many jobs the dead letter keeps at most (over by a 64th at most, as
+    /// [`WorkerConfig::keep_completed`]), the oldest removed first. Default 10 000
     /// ([`DEFAULT_KEEP_DEAD`], as Sidekiq's dead set): a failing job is kept to be looked at
     /// and re-driven, never without bound.
     pub fn keep_dead(mut self, n: u64) -> Self {

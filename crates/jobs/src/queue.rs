@@ -118,7 +118,7 @@ pub struct JobStatus {
 #[non_exhaustive]
 pub struct QueueEvent {
     /// The stream entry's id (`<ms>-<seq>`), for [`Queue::events`]' `after`; shared by the
-    /// events of one batch.
+    /// events of one script call.
     pub id: String,
     /// `added`, `active`, `progress`, `completed`, `retrying`, `dead`, `stalled`, `released`,
     /// `cancelled`, `updated`, `redriven`, `retried`, `promoted`, `removed` (its detail: the
@@ -447,16 +447,16 @@ where
     }
 
     /// The queue's events from up to `count` stream entries (the stream keeps about the last
-    /// 10 000), oldest first, after the entry id `after` (all kept ones when `None`). The same
-    /// event of several jobs handled by one script call (a worker finishing or taking a batch)
-    /// shares one entry: those events come one per job with the entry's id.
+    /// 10 000), oldest first, after the entry id `after` (all kept ones when `None`). The events
+    /// of one script call (a worker finishing a batch and taking the next) share one entry:
+    /// they come one per job, in order, with the entry's id.
     ///
     /// # Errors
     ///
     /// [`Error::Unavailable`].
     pub async fn events(&self, after: Option<&str>, count: usize) -> Result<Vec<QueueEvent>> {
         let start = after.map_or_else(|| "-".to_owned(), |id| format!("({id}"));
-        let entries: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
+        let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
             .arg(format!("{}events", self.prefix))
             .arg(start)
             .arg("+")
@@ -474,7 +474,7 @@ where
     ///
     /// [`Error::Unavailable`].
     pub async fn newest_event(&self) -> Result<Option<String>> {
-        let newest: Vec<(String, HashMap<String, String>)> = redis::cmd("XREVRANGE")
+        let newest: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
             .arg(format!("{}events", self.prefix))
             .arg("+")
             .arg("-")
@@ -537,21 +537,42 @@ where
     }
 }
 
-/// The events of stream entries, one per job (one entry holds the same event of all the jobs a
-/// script call handled).
-pub(crate) fn queue_events(entries: Vec<(String, HashMap<String, String>)>) -> Vec<QueueEvent> {
+/// The events of stream entries, one per job. A script call writes one entry: its events as
+/// `event`, `id`, `detail` triples in order, where `id` is one job's or, for the same event of
+/// several jobs, their ids joined by commas (job ids have none).
+pub(crate) fn queue_events(entries: Vec<(String, Vec<(String, String)>)>) -> Vec<QueueEvent> {
     let mut events = Vec::with_capacity(entries.len());
-    for (id, mut f) in entries {
-        let kind = f.remove("event").unwrap_or_default();
-        let detail = f.remove("detail").unwrap_or_default();
-        let jobs = f.remove("id").unwrap_or_default();
-        for job in jobs.split(',') {
-            events.push(QueueEvent {
-                id: id.clone(),
-                kind: kind.clone(),
-                job: job.to_owned(),
-                detail: detail.clone(),
-            });
+    for (entry, fields) in entries {
+        let mut kind: Option<String> = None;
+        let mut jobs = String::new();
+        let mut detail = String::new();
+        let mut push = |kind: String, jobs: &str, detail: &str| {
+            for job in jobs.split(',') {
+                events.push(QueueEvent {
+                    id: entry.clone(),
+                    kind: kind.clone(),
+                    job: job.to_owned(),
+                    detail: detail.to_owned(),
+                });
+            }
+        };
+        for (field, value) in fields {
+            match field.as_str() {
+                "event" => {
+                    if let Some(kind) = kind.take() {
+                        push(kind, &jobs, &detail);
+                    }
+                    kind = Some(value);
+                    jobs.clear();
+                    detail.clear();
+                }
+                "id" => jobs = value,
+                "detail" => detail = value,
+                _ => {}
+            }
+        }
+        if let Some(kind) = kind {
+            push(kind, &jobs, &detail);
         }
     }
     events
@@ -673,6 +694,50 @@ pub(crate) fn millis(d: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_events_of_one_entry_come_in_order_one_per_job() {
+        let pairs = |fields: &[&str]| {
+            fields
+                .chunks(2)
+                .map(|p| (p[0].to_owned(), p[1].to_owned()))
+                .collect::<Vec<_>>()
+        };
+        let entries = vec![
+            (
+                "1-0".to_owned(),
+                pairs(&[
+                    "event",
+                    "completed",
+                    "id",
+                    "a,b",
+                    "detail",
+                    "",
+                    "event",
+                    "active",
+                    "id",
+                    "c",
+                    "detail",
+                    "w1",
+                ]),
+            ),
+            ("2-0".to_owned(), pairs(&["event", "paused", "id", ""])),
+        ];
+        let got: Vec<(String, String, String, String)> = queue_events(entries)
+            .into_iter()
+            .map(|e| (e.id, e.kind, e.job, e.detail))
+            .collect();
+        let want = [
+            ("1-0", "completed", "a", ""),
+            ("1-0", "completed", "b", ""),
+            ("1-0", "active", "c", "w1"),
+            ("2-0", "paused", "", ""),
+        ];
+        assert_eq!(
+            got,
+            want.map(|(a, b, c, d)| (a.into(), b.into(), c.into(), d.into()))
+        );
+    }
 
     #[test]
     fn a_status_serializes_for_an_endpoint_with_times_in_epoch_milliseconds() {

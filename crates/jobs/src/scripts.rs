@@ -1,4 +1,5 @@
-//! The Lua scripts, each with the shared helpers of `common.lua` in front.
+//! The Lua scripts, each with the shared helpers of `common.lua` in front and its body run as
+//! a function, after which the events it wrote go out as one stream entry.
 
 use std::sync::LazyLock;
 
@@ -9,8 +10,9 @@ macro_rules! script {
         pub(crate) static $name: LazyLock<Script> = LazyLock::new(|| {
             Script::new(concat!(
                 include_str!("lua/common.lua"),
-                "\n",
-                include_str!($file)
+                "\nlocal function body()\n",
+                include_str!($file),
+                "\nend\nlocal out = body()\nflush_events()\nreturn out\n"
             ))
         });
     };

@@ -95,6 +95,52 @@ async fn higher_priority_first_and_delayed_jobs_wait_for_their_time() {
 }
 
 #[tokio::test]
+async fn a_delayed_job_added_to_an_idle_queue_runs_at_its_time_before_later_ones() {
+    // The worker has looked at the empty delayed set (and noted that nothing is due) before
+    // the delayed jobs come; the one due sooner, added after one due in ten minutes, still runs
+    // at its time.
+    let redis = TestRedis::new().await;
+    let q = queue(&redis, "delays").await;
+    let recorder = Recorder::default();
+    let w = start(&redis, &q, &recorder, WorkerConfig::default());
+    q.enqueue(&task(1, "ok"), JobOptions::default())
+        .await
+        .unwrap();
+    until("the first job", Duration::from_secs(5), async || {
+        recorder.runs.lock().unwrap().len() == 1
+    })
+    .await;
+    q.enqueue(
+        &task(2, "ok"),
+        JobOptions::default().delay(Duration::from_secs(600)),
+    )
+    .await
+    .unwrap();
+    let started = Instant::now();
+    q.enqueue(
+        &task(3, "ok"),
+        JobOptions::default().delay(Duration::from_millis(400)),
+    )
+    .await
+    .unwrap();
+    until(
+        "the sooner delayed job",
+        Duration::from_secs(5),
+        async || recorder.runs.lock().unwrap().len() == 2,
+    )
+    .await;
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(400) && waited < Duration::from_millis(2500),
+        "ran after {waited:?}"
+    );
+    assert_eq!(recorder.runs.lock().unwrap()[1].0, 3);
+    let counts = q.counts().await.unwrap();
+    assert_eq!((counts.delayed, counts.completed), (1, 2));
+    w.stop().await;
+}
+
+#[tokio::test]
 async fn failures_retry_with_backoff_then_dead_letter_and_redrive() {
     let redis = TestRedis::new().await;
     let q = queue(&redis, "retry").await;

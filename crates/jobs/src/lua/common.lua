@@ -13,8 +13,21 @@ end
 local function wk(worker) return P .. 'worker:' .. worker end
 -- Higher priority first, then first in, first out: (255 - priority) * 2^40 + seq.
 local function wait_score(priority, seq) return (255 - tonumber(priority)) * 1099511627776 + tonumber(seq) end
+-- The events a script call writes go out together, as one stream entry of event, id, detail
+-- triples in order (one XADD a call, written by flush_events when the script's body returns;
+-- sooner when many gather).
+local pending = {}
+local function flush_events()
+  if #pending > 0 then
+    redis.call('XADD', P .. 'events', 'MAXLEN', '~', '10000', '*', unpack(pending))
+    pending = {}
+  end
+end
 local function event(kind, id, extra)
-  redis.call('XADD', P .. 'events', 'MAXLEN', '~', '10000', '*', 'event', kind, 'id', id, 'detail', extra or '')
+  local n = #pending
+  pending[n + 1], pending[n + 2], pending[n + 3] = 'event', kind, 'id'
+  pending[n + 4], pending[n + 5], pending[n + 6] = id, 'detail', extra or ''
+  if n >= 3000 then flush_events() end
 end
 -- One entry for the same event of several jobs (written by one script): their ids joined by
 -- commas (job ids have none).
@@ -45,17 +58,19 @@ local function drop_tenant(tenant)
 end
 -- Up to n waiting jobs, the tenants served in turn: one job per turn, or all n at once when a
 -- single tenant waits. A tenant whose queue ran empty leaves the ring when its turn finds it
--- empty. At most n + 32 turns: no unbounded loop.
+-- empty. At most n + 32 turns: no unbounded loop. The ring is counted only when more than one
+-- job is wanted (one job is one turn however many tenants wait).
 local function pop_fair(n)
   local ids = {}
-  local ring = redis.call('LLEN', P .. 'tenants')
+  local ring = n > 1 and redis.call('LLEN', P .. 'tenants') or -1
   for _ = 1, n + 32 do
     if #ids >= n or ring == 0 then break end
     local tenant = redis.call('LMOVE', P .. 'tenants', P .. 'tenants', 'RIGHT', 'LEFT')
+    if not tenant then break end
     local popped = redis.call('ZPOPMIN', tk(tenant), ring == 1 and n - #ids or 1)
     if #popped == 0 then
       drop_tenant(tenant)
-      ring = ring - 1
+      if ring > 0 then ring = ring - 1 end
     end
     for i = 1, #popped, 2 do ids[#ids + 1] = popped[i] end
   end
@@ -106,22 +121,48 @@ local function count_minute(kind, n, now)
   end
 end
 
--- Moves due delayed jobs to the wait queues (at most 100 per call).
-local function promote(now)
+-- Delays job `id` until `at` (ms). The queue's meta field 'delayed_at' is when the first
+-- delayed job comes due, or earlier, 'inf' when none waits, absent when unknown: promote
+-- looks at the delayed set only once it may hold a due job.
+local function delay(id, at)
+  redis.call('HSET', jk(id), 'state', 'delayed')
+  redis.call('ZADD', P .. 'delayed', at, id)
+  local first = redis.call('HGET', P .. 'meta', 'delayed_at')
+  if first == 'inf' or (first and tonumber(first) > at) then
+    redis.call('HSET', P .. 'meta', 'delayed_at', string.format('%.0f', at))
+  end
+end
+
+-- Moves due delayed jobs to the wait queues (at most 100 per call), when the first of them
+-- may be due: `first` is the meta field 'delayed_at' as queue_meta read it.
+local function promote(now, first)
+  if first and tonumber(now) < first then return end
   local due = redis.call('ZRANGEBYSCORE', P .. 'delayed', '-inf', now, 'LIMIT', 0, 100)
   for _, id in ipairs(due) do
     redis.call('ZREM', P .. 'delayed', id)
     if redis.call('EXISTS', jk(id)) == 1 then to_wait(id) end
   end
+  local upcoming = redis.call('ZRANGE', P .. 'delayed', 0, 0, 'WITHSCORES')
+  redis.call('HSET', P .. 'meta', 'delayed_at', upcoming[2] or 'inf')
 end
 
--- Whether the queue is paused (Queue::pause), and its rate limit (Queue::rate_limit):
--- {max, window ms}, or nil for none.
+-- The queue's settings, read in one call: whether it is paused (Queue::pause), its rate limit
+-- (Queue::rate_limit: {max, window ms}, or nil for none), for the finished sets 'completed'
+-- and 'dead' the time (ms) their oldest job finished, or earlier (see retain), and when the
+-- first delayed job comes due (see delay); nil for what is unknown, math.huge for never.
+local function meta_time(v)
+  if v == 'inf' then return math.huge end
+  return tonumber(v or '')
+end
 local function queue_meta()
-  local meta = redis.call('HMGET', P .. 'meta', 'rate_max', 'rate_ms', 'paused')
+  local meta = redis.call('HMGET', P .. 'meta', 'rate_max', 'rate_ms', 'paused', 'completed_since', 'dead_since', 'delayed_at')
   local max = tonumber(meta[1] or '0')
-  if max <= 0 then return meta[3] == '1', nil end
-  return meta[3] == '1', {max, tonumber(meta[2])}
+  return {
+    paused = meta[3] == '1',
+    limit = max > 0 and {max, tonumber(meta[2])} or nil,
+    since = {completed = meta_time(meta[4]), dead = meta_time(meta[5])},
+    delayed_at = meta_time(meta[6]),
+  }
 end
 
 -- A stall is charged in millionths. A worker that died holding k jobs charges each of them 1/k:
@@ -146,16 +187,16 @@ local function held_groups(worker)
 end
 
 -- Takes up to `want` jobs for a worker, each locked until `deadline` with its own token
--- (`token`:<id>). `now` and `deadline` are strings of ms: passed on as they are, they cost no
--- number formatting. Returns
+-- (`token`:<id>), under the queue's settings `meta` (queue_meta). `now` and `deadline` are
+-- strings of ms: passed on as they are, they cost no number formatting. Returns
 -- {wait ms, job, …}: the wait is what the rate limit asks before the next take (0: none); each
 -- job is {id, name, payload, attempts, max_attempts, timeout_ms, backoff, token}.
-local function take(now, deadline, token, worker, want)
+local function take(now, deadline, token, worker, want, meta)
   local out = {0}
   if want <= 0 then return out end
-  promote(now)
-  local paused, limit = queue_meta()
-  if paused then return out end
+  promote(now, meta.delayed_at)
+  local limit = meta.limit
+  if meta.paused then return out end
   if limit then
     local used = tonumber(redis.call('GET', P .. 'rate') or '0')
     if used >= limit[1] then
@@ -222,6 +263,7 @@ end
 local function die(id, now_s, why, unique)
   redis.call('HSET', jk(id), 'state', 'dead', 'error', why, 'finished', now_s)
   redis.call('ZADD', P .. 'dead', now_s, id)
+  if redis.call('HGET', P .. 'meta', 'dead_since') == 'inf' then redis.call('HSET', P .. 'meta', 'dead_since', now_s) end
   count_minute('dead', 1, tonumber(now_s))
   if unique and unique ~= '' then redis.call('DEL', P .. 'unique:' .. unique) end
   event('dead', id, why)
@@ -258,8 +300,7 @@ local function stall(id, now, now_s, max_stalls, why, charge, group)
     die(id, now_s, 'stalled too often', f[4])
   elseif blame >= WHOLE then
     local wait = math.min(1000 * 2 ^ (math.floor(blame / WHOLE) - 1), 60000)
-    redis.call('HSET', k, 'state', 'delayed')
-    redis.call('ZADD', P .. 'delayed', now + wait, id)
+    delay(id, now + wait)
     event('stalled', id, why)
   else
     to_wait(id)
@@ -295,16 +336,26 @@ local function forget(id)
   redis.call('DEL', k, lk(id))
   return f[1] or false
 end
--- Keeps at most max_count jobs in the finished set `set` (a negative count: no limit) and none
--- older than max_age_ms (0: no limit); removes at most 100 of each per call.
-local function retain(set, max_count, max_age_ms, now)
-  local extra = redis.call('ZCARD', set) - max_count
-  if max_count >= 0 and extra > 0 then
-    remove_finished(set, redis.call('ZRANGE', set, 0, math.min(extra, 100) - 1))
+-- Keeps at most max_count jobs in the finished set `name` ('completed' or 'dead', scored by
+-- when they finished; a negative count: no limit) and none older than max_age_ms (0: no
+-- limit); removes at most 100 of each per call. The count may run over by max_count / 64 so
+-- that the oldest go in batches, not one per call. The age is looked at only once the oldest
+-- job may be too old: `since` (queue_meta) is when the oldest finished, or earlier, nil when
+-- unknown (nothing else puts older jobs in these sets; removing jobs only makes it earlier than
+-- it need be, which costs one look), and is written again after each look ('inf': empty, until
+-- a job goes in: finish and die write its time then).
+local function retain(name, max_count, max_age_ms, now, since)
+  local set = P .. name
+  if max_count >= 0 then
+    local extra = redis.call('ZCARD', set) - max_count
+    if extra > math.floor(max_count / 64) then
+      remove_finished(set, redis.call('ZRANGE', set, 0, math.min(extra, 100) - 1))
+    end
   end
-  if max_age_ms > 0 then
-    remove_finished(set, redis.call('ZRANGEBYSCORE', set, '-inf', now - max_age_ms, 'LIMIT', 0, 100))
-  end
+  if max_age_ms <= 0 or (since and now - since <= max_age_ms) then return end
+  remove_finished(set, redis.call('ZRANGEBYSCORE', set, '-inf', now - max_age_ms, 'LIMIT', 0, 100))
+  local oldest = redis.call('ZRANGE', set, 0, 0, 'WITHSCORES')
+  redis.call('HSET', P .. 'meta', name .. '_since', oldest[2] or 'inf')
 end
 
 -- Adds a job: ARGV from `first`: id, delay ms (0: none), priority, unique key ('' none), then
@@ -326,8 +377,7 @@ local function add_job(first)
   redis.call('HSET', jk(id), unpack(fields))
   redis.call('HSET', jk(id), 'seq', seq, 'priority', priority, 'attempts', '0', 'created', now_s, 'unique', unique)
   if run_at > now then
-    redis.call('HSET', jk(id), 'state', 'delayed')
-    redis.call('ZADD', P .. 'delayed', run_at, id)
+    delay(id, run_at)
   else
     to_wait(id)
   end

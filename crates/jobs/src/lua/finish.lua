@@ -51,8 +51,8 @@ for b = 12, #ARGV - 4, 5 do
       end
     elseif outcome == 'retry' then
       redis.call('HDEL', k, 'token')
-      redis.call('HSET', k, 'state', 'delayed', 'error', text)
-      redis.call('ZADD', P .. 'delayed', now_n + tonumber(ARGV[b + 4]), id)
+      redis.call('HSET', k, 'error', text)
+      delay(id, now_n + tonumber(ARGV[b + 4]))
       event('retrying', id, text)
     else
       redis.call('HDEL', k, 'token')
@@ -65,20 +65,25 @@ if #ended > 0 then
   redis.call('ZREM', P .. 'active', unpack(ended))
   redis.call('SREM', wk(worker) .. ':jobs', unpack(ended))
 end
+local meta = queue_meta()
 if #done > 0 then
   redis.call('ZADD', P .. 'completed', unpack(completed))
+  if meta.since.completed == math.huge then
+    redis.call('HSET', P .. 'meta', 'completed_since', now)
+    meta.since.completed = now_n
+  end
   count_minute('completed', #done, now_n)
   events('completed', done)
 end
 -- On every call, so that a worker with free slots (which calls each second) keeps it.
-retain(P .. 'completed', tonumber(ARGV[8]), tonumber(ARGV[9]), now_n)
-if #dead > 0 then retain(P .. 'dead', tonumber(ARGV[10]), tonumber(ARGV[11]), now_n) end
+retain('completed', tonumber(ARGV[8]), tonumber(ARGV[9]), now_n, meta.since.completed)
+if #dead > 0 then retain('dead', tonumber(ARGV[10]), tonumber(ARGV[11]), now_n, meta.since.dead) end
 if #released > 0 then
   redis.call('LPUSH', P .. 'signal', '1')
   events('released', released)
 end
 events('cancelled', cancels)
-local out = take(now, deadline, token, worker, want)
+local out = take(now, deadline, token, worker, want, meta)
 if ARGV[2] ~= '' then
   local lost = {}
   for t in string.gmatch(ARGV[2], '[^,]+') do lost[t] = true end

@@ -83,8 +83,13 @@ pub(super) async fn drive<C>(
     // Per queue: the tokens of calls whose reply was lost (they may have taken jobs, which
     // the next call that gets through hands back).
     let mut lost: Vec<Vec<String>> = (0..queues).map(|_| Vec::new()).collect();
+    // Each call's token: 48 random bits drawn once for the lane and the call's number, unique
+    // among every worker's calls, and short enough (under Redis's 64 bytes with a job's id) to
+    // keep the job's hash in its compact encoding. No system call per job for randomness.
+    let mut calls: u64 = 0;
+    let mut lane_bits: Option<String> = None;
     loop {
-        gather(&mut running, &mut reports).await;
+        gather(&mut running, &mut reports, slots).await;
         let stopping = inner.stopping.load(Ordering::Acquire);
         if stopping && running.is_empty() && reports.iter().all(Vec::is_empty) {
             return;
@@ -108,20 +113,20 @@ pub(super) async fn drive<C>(
                 let n = reports[q].len().min(BATCH);
                 reports[q].drain(..n).collect()
             };
-            // 64 random bits per call, each job's token this and its id: short enough (under
-            // Redis's 64 bytes) to keep the job's hash in its compact encoding.
-            let token = match JobId::generate() {
-                Ok(random) => random
-                    .as_str()
-                    .get(..16)
-                    .unwrap_or(random.as_str())
-                    .to_owned(),
-                Err(_) => {
-                    reports[q].splice(0..0, batch);
-                    failed = true;
-                    continue;
+            if lane_bits.is_none() {
+                match JobId::generate() {
+                    Ok(random) => {
+                        lane_bits = Some(random.as_str().get(..12).unwrap_or("").to_owned());
+                    }
+                    Err(_) => {
+                        reports[q].splice(0..0, batch);
+                        failed = true;
+                        continue;
+                    }
                 }
-            };
+            }
+            calls += 1;
+            let token = format!("{}{calls:x}", lane_bits.as_deref().unwrap_or(""));
             match finish_and_take(&inner, q, &batch, want, &token, &lost[q]).await {
                 Ok((jobs, wait_ms)) => {
                     called = true;
@@ -213,14 +218,22 @@ pub(super) async fn drive<C>(
 
 /// Collects the jobs that ended. Jobs ending together go in one call: running jobs get turns
 /// to end as long as that brings more (no timer: a lone job's outcome waits for nothing).
-pub(super) async fn gather(running: &mut JoinSet<Ended>, reports: &mut [Vec<Report>]) {
+/// With nothing to send (no outcome, no free slot of the `slots`) it gives no turns: the lane
+/// then waits for a job to end, and a turn given here would only wake another runtime thread
+/// for nothing (at one job at a time, on every job).
+pub(super) async fn gather(
+    running: &mut JoinSet<Ended>,
+    reports: &mut [Vec<Report>],
+    slots: usize,
+) {
     let mut first = true;
     loop {
         let before = running.len();
         while let Some(ended) = running.try_join_next() {
             collect(ended, reports);
         }
-        if running.is_empty() || (running.len() == before && !first) {
+        let idle = reports.iter().all(Vec::is_empty) && running.len() >= slots;
+        if running.is_empty() || idle || (running.len() == before && !first) {
             return;
         }
         first = false;
