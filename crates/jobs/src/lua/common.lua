@@ -121,16 +121,36 @@ local function count_minute(kind, n, now)
   end
 end
 
--- Delays job `id` until `at` (ms). The queue's meta field 'delayed_at' is when the first
--- delayed job comes due, or earlier, 'inf' when none waits, absent when unknown: promote
--- looks at the delayed set only once it may hold a due job.
+-- Time marks in the queue's meta hash, one per time-scored set: 'delayed_at' (when the first
+-- delayed job comes due), 'completed_since' and 'dead_since' (when the oldest finished job
+-- finished). A mark is that set's lowest score or earlier, 'inf' when the set is empty, absent
+-- when unknown; the set is looked at only once its mark says something may be due there.
+-- A mark's value as a number: math.huge for 'inf', nil when absent.
+local function meta_time(v)
+  if v == 'inf' then return math.huge end
+  return tonumber(v or '')
+end
+-- Lowers mark `field` to `at` (ms) for a job put in its set with that score; an unknown mark
+-- stays unknown. `mark` is its value when already read (nil: read here). Returns the mark.
+local function lower_mark(field, at, mark)
+  if mark == nil then mark = meta_time(redis.call('HGET', P .. 'meta', field)) end
+  if mark and mark > at then
+    redis.call('HSET', P .. 'meta', field, string.format('%.0f', at))
+    return at
+  end
+  return mark
+end
+-- Writes mark `field` again after a look at `set`: its lowest score, or 'inf' when empty.
+local function reset_mark(field, set)
+  local first = redis.call('ZRANGE', set, 0, 0, 'WITHSCORES')
+  redis.call('HSET', P .. 'meta', field, first[2] or 'inf')
+end
+
+-- Delays job `id` until `at` (ms).
 local function delay(id, at)
   redis.call('HSET', jk(id), 'state', 'delayed')
   redis.call('ZADD', P .. 'delayed', at, id)
-  local first = redis.call('HGET', P .. 'meta', 'delayed_at')
-  if first == 'inf' or (first and tonumber(first) > at) then
-    redis.call('HSET', P .. 'meta', 'delayed_at', string.format('%.0f', at))
-  end
+  lower_mark('delayed_at', at)
 end
 
 -- Moves due delayed jobs to the wait queues (at most 100 per call), when the first of them
@@ -142,26 +162,20 @@ local function promote(now, first)
     redis.call('ZREM', P .. 'delayed', id)
     if redis.call('EXISTS', jk(id)) == 1 then to_wait(id) end
   end
-  local upcoming = redis.call('ZRANGE', P .. 'delayed', 0, 0, 'WITHSCORES')
-  redis.call('HSET', P .. 'meta', 'delayed_at', upcoming[2] or 'inf')
+  reset_mark('delayed_at', P .. 'delayed')
 end
 
 -- The queue's settings, read in one call: whether it is paused (Queue::pause), its rate limit
--- (Queue::rate_limit: {max, window ms}, or nil for none), for the finished sets 'completed'
--- and 'dead' the time (ms) their oldest job finished, or earlier (see retain), and when the
--- first delayed job comes due (see delay); nil for what is unknown, math.huge for never.
-local function meta_time(v)
-  if v == 'inf' then return math.huge end
-  return tonumber(v or '')
-end
+-- (Queue::rate_limit: {max, window ms}, or nil for none), and, by field name, when the oldest
+-- completed and dead jobs finished and when the
+-- first delayed job comes due: its time marks, as meta_time reads them.
 local function queue_meta()
   local meta = redis.call('HMGET', P .. 'meta', 'rate_max', 'rate_ms', 'paused', 'completed_since', 'dead_since', 'delayed_at')
   local max = tonumber(meta[1] or '0')
   return {
     paused = meta[3] == '1',
     limit = max > 0 and {max, tonumber(meta[2])} or nil,
-    since = {completed = meta_time(meta[4]), dead = meta_time(meta[5])},
-    delayed_at = meta_time(meta[6]),
+    marks = {completed_since = meta_time(meta[4]), dead_since = meta_time(meta[5]), delayed_at = meta_time(meta[6])},
   }
 end
 
@@ -194,7 +208,7 @@ end
 local function take(now, deadline, token, worker, want, meta)
   local out = {0}
   if want <= 0 then return out end
-  promote(now, meta.delayed_at)
+  promote(now, meta.marks.delayed_at)
   local limit = meta.limit
   if meta.paused then return out end
   if limit then
@@ -263,7 +277,7 @@ end
 local function die(id, now_s, why, unique)
   redis.call('HSET', jk(id), 'state', 'dead', 'error', why, 'finished', now_s)
   redis.call('ZADD', P .. 'dead', now_s, id)
-  if redis.call('HGET', P .. 'meta', 'dead_since') == 'inf' then redis.call('HSET', P .. 'meta', 'dead_since', now_s) end
+  lower_mark('dead_since', tonumber(now_s))
   count_minute('dead', 1, tonumber(now_s))
   if unique and unique ~= '' then redis.call('DEL', P .. 'unique:' .. unique) end
   event('dead', id, why)
@@ -340,10 +354,8 @@ end
 -- when they finished; a negative count: no limit) and none older than max_age_ms (0: no
 -- limit); removes at most 100 of each per call. The count may run over by max_count / 64 so
 -- that the oldest go in batches, not one per call. The age is looked at only once the oldest
--- job may be too old: `since` (queue_meta) is when the oldest finished, or earlier, nil when
--- unknown (nothing else puts older jobs in these sets; removing jobs only makes it earlier than
--- it need be, which costs one look), and is written again after each look ('inf': empty, until
--- a job goes in: finish and die write its time then).
+-- job may be too old: `since` is the set's time mark (`name`_since; nothing puts older jobs in
+-- these sets, and removing jobs only makes it earlier than it need be, which costs one look).
 local function retain(name, max_count, max_age_ms, now, since)
   local set = P .. name
   if max_count >= 0 then
@@ -354,8 +366,7 @@ local function retain(name, max_count, max_age_ms, now, since)
   end
   if max_age_ms <= 0 or (since and now - since <= max_age_ms) then return end
   remove_finished(set, redis.call('ZRANGEBYSCORE', set, '-inf', now - max_age_ms, 'LIMIT', 0, 100))
-  local oldest = redis.call('ZRANGE', set, 0, 0, 'WITHSCORES')
-  redis.call('HSET', P .. 'meta', name .. '_since', oldest[2] or 'inf')
+  reset_mark(name .. '_since', set)
 end
 
 -- Adds a job: ARGV from `first`: id, delay ms (0: none), priority, unique key ('' none), then

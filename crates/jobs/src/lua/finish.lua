@@ -68,16 +68,13 @@ end
 local meta = queue_meta()
 if #done > 0 then
   redis.call('ZADD', P .. 'completed', unpack(completed))
-  if meta.since.completed == math.huge then
-    redis.call('HSET', P .. 'meta', 'completed_since', now)
-    meta.since.completed = now_n
-  end
+  meta.marks.completed_since = lower_mark('completed_since', now_n, meta.marks.completed_since)
   count_minute('completed', #done, now_n)
   events('completed', done)
 end
 -- On every call, so that a worker with free slots (which calls each second) keeps it.
-retain('completed', tonumber(ARGV[8]), tonumber(ARGV[9]), now_n, meta.since.completed)
-if #dead > 0 then retain('dead', tonumber(ARGV[10]), tonumber(ARGV[11]), now_n, meta.since.dead) end
+retain('completed', tonumber(ARGV[8]), tonumber(ARGV[9]), now_n, meta.marks.completed_since)
+if #dead > 0 then retain('dead', tonumber(ARGV[10]), tonumber(ARGV[11]), now_n, meta.marks.dead_since) end
 if #released > 0 then
   redis.call('LPUSH', P .. 'signal', '1')
   events('released', released)
