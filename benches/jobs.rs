@@ -121,7 +121,7 @@ async fn command_stats(conn: &mut ConnectionManager) -> HashMap<String, Stat> {
 }
 
 /// The commands this client sends itself (commandstats also counts those a script runs).
-const TOP_LEVEL: [&str; 4] = ["evalsha", "evalsha_ro", "blpop", "ping"];
+const TOP_LEVEL: [&str; 4] = ["fcall", "fcall_ro", "blpop", "ping"];
 
 fn enqueue(c: &mut Criterion) {
     let s = setup();
@@ -326,8 +326,8 @@ fn process(c: &mut Criterion) {
                 "jobs: Redis µs per job by command at concurrency {concurrency}: {}",
                 spent.join(" ")
             );
-            let top: u64 =
-                TOP_LEVEL.iter().map(|c| delta(c).calls).sum::<u64>() + delta("script|load").calls;
+            let top: u64 = TOP_LEVEL.iter().map(|c| delta(c).calls).sum::<u64>()
+                + delta("function|load").calls;
             let all: u64 = after.keys().map(|c| delta(c).calls).sum();
             let lines: Vec<String> = TOP_LEVEL
                 .iter()

@@ -29,9 +29,8 @@ where
     }
 
     async fn progress(&self, id: &JobId, token: &str, progress: String) -> Result<bool> {
-        let kept: i64 = PROGRESS
-            .key(self.route_key())
-            .arg(self.key_prefix())
+        let kept: i64 = self
+            .call(&PROGRESS)
             .arg(id.as_str())
             .arg(token)
             .arg(progress)
@@ -41,9 +40,8 @@ where
     }
 
     async fn log(&self, id: &JobId, token: &str, line: &str) -> Result<bool> {
-        let kept: i64 = LOG
-            .key(self.route_key())
-            .arg(self.key_prefix())
+        let kept: i64 = self
+            .call(&LOG)
             .arg(id.as_str())
             .arg(token)
             .arg(line)

@@ -49,9 +49,8 @@ where
     }
 
     async fn set_paused(&self, paused: bool) -> Result<()> {
-        let _: i64 = PAUSE
-            .key(self.route_key())
-            .arg(self.key_prefix())
+        let _: i64 = self
+            .call(&PAUSE)
             .arg(if paused { "1" } else { "0" })
             .invoke_async(&mut self.conn())
             .await?;
@@ -108,10 +107,10 @@ where
             .arg(start.saturating_add(count) - 1)
             .query_async(&mut self.conn())
             .await?;
-        let hashes = self.hashes("job", &ids).await?;
+        let records = self.records("job", &ids).await?;
         let mut jobs = Vec::with_capacity(ids.len());
-        for (id, fields) in ids.into_iter().zip(hashes) {
-            // A cancelled job's hash expires before its entry leaves the set.
+        for (id, fields) in ids.into_iter().zip(records) {
+            // A job removed between the two reads.
             if !fields.is_empty() {
                 jobs.push(job_status(JobId::new(id)?, &fields));
             }
@@ -158,10 +157,13 @@ where
         self.one_job(&PROMOTE, id).await
     }
 
-    async fn one_job(&self, script: &redis::Script, id: &JobId) -> Result<Option<JobState>> {
-        let state: Option<String> = script
-            .key(self.route_key())
-            .arg(self.key_prefix())
+    async fn one_job(
+        &self,
+        script: &crate::scripts::Function,
+        id: &JobId,
+    ) -> Result<Option<JobState>> {
+        let state: Option<String> = self
+            .call(script)
             .arg(id.as_str())
             .invoke_async(&mut self.conn())
             .await?;
@@ -176,10 +178,8 @@ where
     /// [`Error::Unavailable`].
     pub async fn drain(&self, delayed: bool) -> Result<u64> {
         self.in_steps(|| {
-            let mut call = DRAIN.key(self.route_key());
-            call.arg(self.key_prefix())
-                .arg(if delayed { "1" } else { "0" })
-                .arg(STEP);
+            let mut call = self.call(&DRAIN);
+            call.arg(if delayed { "1" } else { "0" }).arg(STEP);
             call
         })
         .await
@@ -202,11 +202,8 @@ where
             ));
         }
         self.in_steps(|| {
-            let mut call = CLEAN.key(self.route_key());
-            call.arg(self.key_prefix())
-                .arg(state.set())
-                .arg(millis(older_than))
-                .arg(STEP);
+            let mut call = self.call(&CLEAN);
+            call.arg(state.set()).arg(millis(older_than)).arg(STEP);
             call
         })
         .await
@@ -223,9 +220,8 @@ where
     pub async fn obliterate(&self, force: bool) -> Result<u64> {
         let mut deleted = 0;
         loop {
-            let n: i64 = OBLITERATE
-                .key(self.route_key())
-                .arg(self.key_prefix())
+            let n: i64 = self
+                .call(&OBLITERATE)
                 .arg(if force { "1" } else { "0" })
                 .arg(STEP)
                 .invoke_async(&mut self.conn())
@@ -244,7 +240,7 @@ where
     }
 
     /// Calls a bulk script until it removes nothing more; the total it removed.
-    async fn in_steps(&self, call: impl Fn() -> redis::ScriptInvocation<'static>) -> Result<u64> {
+    async fn in_steps(&self, call: impl Fn() -> crate::scripts::Call) -> Result<u64> {
         let mut total = 0;
         loop {
             let n: u64 = call().invoke_async(&mut self.conn()).await?;
@@ -265,12 +261,21 @@ where
         if count == 0 {
             return Ok(Vec::new());
         }
-        Ok(redis::cmd("LRANGE")
-            .arg(format!("{}logs:{}", self.key_prefix(), id.as_str()))
+        // Members '<id>\n', the line's number in 10 digits, the line: in order (logs.lua).
+        let id = id.as_str();
+        let lines: Vec<String> = redis::cmd("ZRANGEBYLEX")
+            .arg(format!("{}logs", self.key_prefix()))
+            .arg(format!("[{id}\n"))
+            .arg(format!("({id}\u{b}"))
+            .arg("LIMIT")
             .arg(start)
-            .arg(start.saturating_add(count) - 1)
+            .arg(count)
             .query_async(&mut self.conn())
-            .await?)
+            .await?;
+        Ok(lines
+            .into_iter()
+            .map(|l| l.get(id.len() + 11..).unwrap_or_default().to_owned())
+            .collect())
     }
 
     /// How many jobs completed (or died) in each of the last `minutes` minutes (at most a day:

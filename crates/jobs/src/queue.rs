@@ -1,11 +1,14 @@
 //! Enqueuing and looking at jobs.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::aio::{ConnectionLike, ConnectionManager};
 
-use crate::scripts::{CANCEL, ENQUEUE, REDRIVE, SWEEP, UPDATE};
+use crate::scripts::{
+    CANCEL, Call, ENQUEUE, Function, RECORDS, REDRIVE, SWEEP, UPDATE, invocation, load, queue_keys,
+};
 use crate::{Error, Job, JobId, JobOptions, QueueName, Result};
 
 /// The state of a job; serialized as its lower-case name (`"waiting"`, `"dead"`…).
@@ -111,6 +114,8 @@ pub struct JobStatus {
     pub progress: Option<serde_json::Value>,
     /// Its tenant, if it was given one.
     pub tenant: Option<String>,
+    /// The worker that took it last (its id, as [`crate::WorkerInfo`] gives it), if one did.
+    pub worker: Option<String>,
 }
 
 /// One entry of a queue's event stream.
@@ -190,6 +195,7 @@ pub struct Queue<C = ConnectionManager> {
     conn: C,
     name: QueueName,
     prefix: String,
+    keys: Arc<[String]>,
 }
 
 impl<C> Queue<C>
@@ -204,7 +210,13 @@ where
     /// The queue `name` with keys under `<prefix>{<name>}:` (the prefix must not contain braces).
     pub fn with_prefix(conn: C, name: QueueName, prefix: &str) -> Self {
         let prefix = format!("{}{{{}}}:", prefix.replace(['{', '}'], ""), name.as_str());
-        Self { conn, name, prefix }
+        let keys = queue_keys(&prefix).into();
+        Self {
+            conn,
+            name,
+            prefix,
+            keys,
+        }
     }
 
     /// The queue's name.
@@ -217,9 +229,15 @@ where
         &self.prefix
     }
 
-    /// The key that routes the queue's scripts to its slot.
-    pub(crate) fn route_key(&self) -> String {
-        format!("{}wait", self.prefix)
+    /// A call of `function` with the queue's keys (every key it touches, declared) and its
+    /// prefix as its first argument.
+    pub(crate) fn call(&self, function: &Function) -> Call {
+        invocation(function, &self.keys, &self.prefix)
+    }
+
+    /// The queue's keys, in the order its scripts take them.
+    pub(crate) fn keys(&self) -> &Arc<[String]> {
+        &self.keys
     }
 
     /// Adds a job; returns its id (the existing job's, for a unique key already queued).
@@ -230,15 +248,15 @@ where
     pub async fn enqueue<J: Job>(&self, job: &J, options: JobOptions) -> Result<JobId> {
         let id = options.id.clone().map_or_else(JobId::generate, Ok)?;
         let args = self.enqueue_args(job, &id, options.unique.as_deref(), &options)?;
-        let mut inv = ENQUEUE.key(self.route_key());
-        for a in &args {
+        let mut inv = self.call(&ENQUEUE);
+        for a in &args[1..] {
             inv.arg(a);
         }
         let id: String = inv.invoke_async(&mut self.conn.clone()).await?;
         JobId::new(id)
     }
 
-    /// Adds several jobs with the same options in two round trips (the script loaded, then one
+    /// Adds several jobs with the same options in two round trips (the library loaded, then one
     /// pipelined call per job); returns their ids in order. A given id or unique key applies to
     /// the first job only.
     ///
@@ -253,7 +271,7 @@ where
         if jobs.is_empty() {
             return Ok(Vec::new());
         }
-        let hash = ENQUEUE.load_async(&mut self.conn.clone()).await?;
+        load(&mut self.conn.clone()).await?;
         let mut pipe = redis::pipe();
         for (i, job) in jobs.iter().enumerate() {
             let id = match (&options.id, i) {
@@ -266,11 +284,9 @@ where
                 None
             };
             let args = self.enqueue_args(job, &id, unique, &options)?;
-            pipe.cmd("EVALSHA")
-                .arg(&hash)
-                .arg(1)
-                .arg(self.route_key())
-                .arg(&args);
+            let mut call = self.call(&ENQUEUE);
+            call.arg(&args[1..]);
+            pipe.add_command(call.command().clone());
         }
         let returned: Vec<String> = pipe.query_async(&mut self.conn.clone()).await?;
         returned.into_iter().map(JobId::new).collect()
@@ -301,19 +317,18 @@ where
     ///
     /// [`Error::Unavailable`].
     pub async fn status(&self, id: &JobId) -> Result<Option<JobStatus>> {
-        let fields: HashMap<String, String> = redis::cmd("HGETALL")
-            .arg(format!("{}job:{}", self.prefix, id.as_str()))
-            .query_async(&mut self.conn.clone())
-            .await?;
-        if fields.is_empty() {
-            return Ok(None);
-        }
-        Ok(Some(job_status(id.clone(), &fields)))
+        let records = self.records("job", &[id.as_str().to_owned()]).await?;
+        Ok(records
+            .into_iter()
+            .next()
+            .filter(|fields| !fields.is_empty())
+            .map(|fields| job_status(id.clone(), &fields)))
     }
 
     /// Cancels the job `id`: a waiting or delayed job at once; a running one is stopped by its
     /// worker at the next renewal of its lock (within a second, or a third of a shorter lease), its
-    /// handler dropped where it waits. A cancelled job is kept for 24 hours, then removed.
+    /// handler dropped where it waits. A cancelled job is kept for 24 hours, then removed (by a
+    /// worker's sweep).
     /// Returns the job's state after the call ([`JobState::Cancelled`], [`JobState::Active`]
     /// while it is being stopped, or the state it finished in), or `None` when the queue
     /// holds no such job.
@@ -323,9 +338,8 @@ where
     /// [`Error::Unavailable`].
     pub async fn cancel(&self, id: &JobId) -> Result<Option<JobState>> {
         const KEEP_MS: u64 = 24 * 3600 * 1000;
-        let state: Option<String> = CANCEL
-            .key(self.route_key())
-            .arg(&self.prefix)
+        let state: Option<String> = self
+            .call(&CANCEL)
             .arg(id.as_str())
             .arg(KEEP_MS)
             .invoke_async(&mut self.conn.clone())
@@ -344,9 +358,8 @@ where
     /// that does not serialize, [`Error::Unavailable`].
     pub async fn update<J: Job>(&self, id: &JobId, job: &J) -> Result<Option<JobState>> {
         let payload = serde_json::to_string(job).map_err(Error::Payload)?;
-        let state: Option<String> = UPDATE
-            .key(self.route_key())
-            .arg(&self.prefix)
+        let state: Option<String> = self
+            .call(&UPDATE)
             .arg(id.as_str())
             .arg(J::NAME)
             .arg(payload)
@@ -397,9 +410,8 @@ where
     ///
     /// [`Error::Unavailable`].
     pub async fn sweep(&self, max_stalls: u32, worker_ttl: Duration) -> Result<u64> {
-        Ok(SWEEP
-            .key(self.route_key())
-            .arg(&self.prefix)
+        Ok(self
+            .call(&SWEEP)
             .arg(max_stalls)
             .arg(millis(worker_ttl))
             .invoke_async(&mut self.conn.clone())
@@ -491,17 +503,16 @@ where
     ///
     /// [`Error::Unavailable`].
     pub async fn redrive(&self, max: u32) -> Result<u64> {
-        Ok(REDRIVE
-            .key(self.route_key())
-            .arg(&self.prefix)
+        Ok(self
+            .call(&REDRIVE)
             .arg(max)
             .invoke_async(&mut self.conn.clone())
             .await?)
     }
 
-    /// The hashes `<prefix><kind>:<id>` of `ids` (a job's, a worker's), read in one round
-    /// trip; empty for one that is gone.
-    pub(crate) async fn hashes(
+    /// The records of `ids` (`kind` "job" or "worker"), field by field, read in one call;
+    /// empty for one that is gone.
+    pub(crate) async fn records(
         &self,
         kind: &str,
         ids: &[String],
@@ -509,11 +520,9 @@ where
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
-        for id in ids {
-            pipe.hgetall(format!("{}{kind}:{id}", self.prefix));
-        }
-        Ok(pipe.query_async(&mut self.conn.clone()).await?)
+        let mut call = self.call(&RECORDS);
+        call.arg(kind).arg(ids);
+        Ok(call.invoke_async(&mut self.conn.clone()).await?)
     }
 
     /// The Redis server's clock, in milliseconds since the Unix epoch: the one clock the queue
@@ -613,6 +622,7 @@ pub(crate) fn job_status(id: JobId, fields: &HashMap<String, String>) -> JobStat
             .get("progress")
             .and_then(|p| serde_json::from_str(p).ok()),
         tenant: fields.get("tenant").filter(|t| !t.is_empty()).cloned(),
+        worker: fields.get("worker").filter(|w| !w.is_empty()).cloned(),
     }
 }
 
@@ -755,6 +765,7 @@ mod tests {
             finished: Some(UNIX_EPOCH - Duration::from_secs(1)),
             progress: None,
             tenant: None,
+            worker: None,
         };
         let json = serde_json::to_value(&status).unwrap();
         assert_eq!(json["id"], "j1");

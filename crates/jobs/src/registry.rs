@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use redis::aio::ConnectionLike;
 
 use crate::queue::millis;
-use crate::scripts::{HEARTBEAT, UNREGISTER};
+use crate::scripts::{HEARTBEAT, UNREGISTER, invocation};
 use crate::{Queue, Result};
 
 /// A worker as it registered itself. Serializes for a status endpoint, times as milliseconds
@@ -47,7 +47,8 @@ where
             .arg(-1)
             .query_async(&mut self.conn())
             .await?;
-        let records = self.hashes("worker", &ids).await?;
+        let records = self.records("worker", &ids).await?;
+        let now = self.server_time().await?;
         let time = |f: &HashMap<String, String>, name: &str| {
             UNIX_EPOCH
                 + Duration::from_millis(f.get(name).and_then(|v| v.parse().ok()).unwrap_or(0))
@@ -55,7 +56,11 @@ where
         Ok(ids
             .into_iter()
             .zip(records)
-            .filter(|(_, f)| !f.is_empty())
+            .filter(|(_, f)| {
+                f.get("expires")
+                    .and_then(|e| e.parse::<u64>().ok())
+                    .is_some_and(|e| e >= now)
+            })
             .map(|(id, f)| WorkerInfo {
                 host: f.get("host").cloned().unwrap_or_default(),
                 pid: f.get("pid").and_then(|p| p.parse().ok()).unwrap_or(0),
@@ -78,7 +83,7 @@ where
         host: &str,
         queues: &str,
     ) -> Result<()> {
-        let _: i64 = heartbeat(&self.route_key(), self.key_prefix(), id, ttl, host, queues)
+        let _: i64 = heartbeat(self.keys(), self.key_prefix(), id, ttl, host, queues)
             .invoke_async(&mut self.conn())
             .await?;
         Ok(())
@@ -86,9 +91,8 @@ where
 
     /// Removes worker `id` from the registry (on a clean shutdown).
     pub(crate) async fn unregister(&self, id: &str) -> Result<()> {
-        let _: i64 = UNREGISTER
-            .key(self.route_key())
-            .arg(self.key_prefix())
+        let _: i64 = self
+            .call(&UNREGISTER)
             .arg(id)
             .invoke_async(&mut self.conn())
             .await?;
@@ -110,19 +114,18 @@ pub(crate) fn host_name() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-/// The heartbeat of worker `id` in the queue of `prefix` (its scripts routed by `route`): the
-/// record lives `ttl`; its times are the server's.
+/// The heartbeat of worker `id` in the queue of `keys` and `prefix`: the record lives `ttl`;
+/// its times are the server's.
 pub(crate) fn heartbeat(
-    route: &str,
+    keys: &[String],
     prefix: &str,
     id: &str,
     ttl: Duration,
     host: &str,
     queues: &str,
-) -> redis::ScriptInvocation<'static> {
-    let mut invocation = HEARTBEAT.key(route);
+) -> crate::scripts::Call {
+    let mut invocation = invocation(&HEARTBEAT, keys, prefix);
     invocation
-        .arg(prefix)
         .arg(id)
         .arg(millis(ttl))
         .arg("host")

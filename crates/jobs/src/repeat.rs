@@ -67,9 +67,8 @@ where
             .next_after(self.server_time().await?)
             .ok_or_else(|| Error::invalid("schedule", "it never runs"))?;
         let fields = serde_json::to_string(&job_fields(job, &options)?).map_err(Error::Payload)?;
-        let _: i64 = REPEAT_SET
-            .key(self.route_key())
-            .arg(self.key_prefix())
+        let _: i64 = self
+            .call(&REPEAT_SET)
             .arg(key)
             .arg(next)
             .arg("name")
@@ -91,9 +90,8 @@ where
     ///
     /// [`Error::Unavailable`].
     pub async fn unrepeat(&self, key: &str) -> Result<bool> {
-        let removed: i64 = REPEAT_REMOVE
-            .key(self.route_key())
-            .arg(self.key_prefix())
+        let removed: i64 = self
+            .call(&REPEAT_REMOVE)
             .arg(key)
             .invoke_async(&mut self.conn())
             .await?;
@@ -163,9 +161,8 @@ where
                     .await?;
                 continue;
             };
-            let mut inv = REPEAT_FIRE.key(self.route_key());
-            inv.arg(self.key_prefix())
-                .arg(&key)
+            let mut inv = self.call(&REPEAT_FIRE);
+            inv.arg(&key)
                 .arg(run)
                 .arg(next)
                 .arg(format!("{key}-{run}"))
@@ -184,9 +181,8 @@ where
     /// Takes repeatable job `key` (due at `run`) out of the schedule into
     /// `<prefix>repeats:parked`, with `why`, unless it changed meanwhile.
     async fn park(&self, key: &str, run: u64, why: &str) -> Result<()> {
-        let _: i64 = crate::scripts::REPEAT_PARK
-            .key(self.route_key())
-            .arg(self.key_prefix())
+        let _: i64 = self
+            .call(&crate::scripts::REPEAT_PARK)
             .arg(key)
             .arg(run)
             .arg(why)
@@ -207,11 +203,11 @@ where
         let mut pipe = redis::pipe();
         for (key, _) in &keys {
             pipe.cmd("HMGET")
-                .arg(format!("{}repeat:{key}", self.key_prefix()))
-                .arg("name")
-                .arg("fields")
-                .arg("priority")
-                .arg("schedule");
+                .arg(format!("{}repeat", self.key_prefix()))
+                .arg(format!("{key}:name"))
+                .arg(format!("{key}:fields"))
+                .arg(format!("{key}:priority"))
+                .arg(format!("{key}:schedule"));
         }
         let defs: Vec<StoredFields> = pipe.query_async(&mut self.conn()).await?;
         Ok(keys

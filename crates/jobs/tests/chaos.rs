@@ -282,13 +282,25 @@ async fn runs(redis: &TestRedis, n: u32) -> Vec<i64> {
     out
 }
 
-/// The job's hash, as stored.
+/// The job's state, start (ms since the epoch) and worker, as its status gives them.
 async fn job_fields(redis: &TestRedis, queue: &str, id: &str) -> HashMap<String, String> {
-    redis
-        .connection()
-        .hgetall(format!("{}{{{queue}}}:job:{id}", redis.prefix()))
-        .await
-        .unwrap()
+    let q = queue_of(redis, queue);
+    let Some(s) = q.status(&JobId::new(id).unwrap()).await.unwrap() else {
+        return HashMap::new();
+    };
+    let mut f = HashMap::new();
+    f.insert("state".to_owned(), format!("{:?}", s.state).to_lowercase());
+    if let Some(started) = s.started {
+        let ms = started
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis();
+        f.insert("started".to_owned(), ms.to_string());
+    }
+    if let Some(w) = s.worker {
+        f.insert("worker".to_owned(), w);
+    }
+    f
 }
 
 /// Kill -9 chaos: three workers (concurrency 4, the default lease and heartbeat), one of them
@@ -327,10 +339,7 @@ async fn chaos() {
             .unwrap();
         let mut held = Vec::new();
         for id in active {
-            let w: Option<String> = conn
-                .hget(format!("{prefix}{{chaos}}:job:{id}"), "worker")
-                .await
-                .unwrap();
+            let w = job_fields(&redis, "chaos", &id).await.remove("worker");
             if w.is_some_and(|w| w.starts_with(&format!("{pid}-"))) {
                 held.push(id);
             }

@@ -484,14 +484,14 @@ async fn unreadable_repeatables_are_parked_and_never_block_the_others() {
             _ => continue,
         };
         let _: () = redis::cmd("HSET")
-            .arg(format!("{prefix}repeat:{key}"))
-            .arg("name")
+            .arg(format!("{prefix}repeat"))
+            .arg(format!("{key}:name"))
             .arg("task")
-            .arg("fields")
+            .arg(format!("{key}:fields"))
             .arg(fields)
-            .arg("priority")
+            .arg(format!("{key}:priority"))
             .arg("0")
-            .arg("schedule")
+            .arg(format!("{key}:schedule"))
             .arg(schedule)
             .query_async(&mut conn)
             .await

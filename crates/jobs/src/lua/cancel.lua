@@ -3,14 +3,14 @@
 -- at its next lock renewal. Returns the job's state after the call, or false for no such job.
 local id = ARGV[2]
 local _, now = server_now()
-local state = redis.call('HGET', jk(id), 'state')
+local state = jget(id, 'state')
 if not state then return false end
 if state == 'waiting' or state == 'delayed' then
   from_wait(id)
-  redis.call('ZREM', P .. 'delayed', id)
+  redis.call('ZREM', K_delayed, id)
   cancelled(id, now, ARGV[3])
   event('cancelled', id)
   return 'cancelled'
 end
-if state == 'active' then redis.call('HSET', jk(id), 'cancel', 1, 'cancel_ttl', ARGV[3]) end
+if state == 'active' then jset(id, {'cancel', 1, 'cancel_ttl', ARGV[3]}) end
 return state

@@ -1,7 +1,105 @@
--- Shared by every script (prepended by the crate): key names, the wait queues, events.
--- ARGV[1] is always the queue's key prefix, ending in ':' and carrying the hash tag.
-local P = ARGV[1]
-local function jk(id) return P .. 'job:' .. id end
+-- Shared by every script (prepended by the crate after the locals K_meta, K_jobs, … that name
+-- the queue's keys, KEYS[1], KEYS[2], …: every key a script touches is one of them). ARGV[1]
+-- is the queue's key prefix, which names no key here.
+-- A job is one field of K_jobs, its id, whose value is its record packed with MessagePack: an
+-- array of its fields in FIELDS' order (false for one it lacks), strings all. One small value
+-- per job keeps the hash's lookups and memory low. A call reads each job it touches once
+-- (rec) and writes those it changed once, in one HSET, when its body returns (save_jobs).
+local FIELDS = {'name', 'payload', 'max_attempts', 'backoff', 'timeout_ms', 'tenant', 'once',
+  'repeat', 'seq', 'priority', 'attempts', 'created', 'unique', 'state', 'token', 'worker',
+  'started', 'finished', 'error', 'result', 'progress', 'cancel', 'cancel_ttl', 'group', 'blame',
+  'stalls', 'logs'}
+-- A field's place in the record, by name.
+local AT = {}
+for i = 1, #FIELDS do AT[FIELDS[i]] = i end
+local function at(name) return AT[name] or error('no job field ' .. tostring(name)) end
+local jobs, dirty, is_dirty = {}, {}, {}
+-- Job `id`'s record (cached), or false when the queue holds no such job.
+local function rec(id)
+  local r = jobs[id]
+  if r == nil then
+    local packed = redis.call('HGET', K_jobs, id)
+    r = packed and cmsgpack.unpack(packed) or false
+    jobs[id] = r
+  end
+  return r
+end
+local function changed(id)
+  if not is_dirty[id] then
+    is_dirty[id] = true
+    dirty[#dirty + 1] = id
+  end
+end
+local function save_jobs()
+  local args = {}
+  for _, id in ipairs(dirty) do
+    local r = jobs[id]
+    if r then
+      args[#args + 1] = id
+      args[#args + 1] = cmsgpack.pack(r)
+      if #args >= 2000 then
+        redis.call('HSET', K_jobs, unpack(args))
+        args = {}
+      end
+    end
+  end
+  if #args > 0 then redis.call('HSET', K_jobs, unpack(args)) end
+  dirty, is_dirty = {}, {}
+end
+-- Job `id`'s field `name`, or false (as HGET gives a missing field).
+local function jget(id, name)
+  local r = rec(id)
+  return r and r[at(name)] or false
+end
+-- Job `id`'s fields `names`, as HMGET gives them.
+local function jmget(id, names)
+  local r, out = rec(id), {}
+  for i = 1, #names do out[i] = r and r[at(names[i])] or false end
+  return out
+end
+-- Sets fields of job `id`: `fv` is field, value, field, value, … (values stored as strings).
+local function jset(id, fv)
+  local r = rec(id)
+  if not r then
+    r = {}
+    for i = 1, #FIELDS do r[i] = false end
+    jobs[id] = r
+  end
+  for i = 1, #fv, 2 do r[at(fv[i])] = tostring(fv[i + 1]) end
+  changed(id)
+end
+local function jdel(id, names)
+  local r = rec(id)
+  if not r then return end
+  for i = 1, #names do r[at(names[i])] = false end
+  changed(id)
+end
+-- Adds `by` to job `id`'s number field `name`; returns the sum (as HINCRBY does).
+local function jincr(id, name, by)
+  local r, i = rec(id), at(name)
+  local v = tonumber(r[i] or '0') + by
+  r[i] = tostring(v)
+  changed(id)
+  return v
+end
+-- Whether the queue holds job `id`.
+local function exists(id) return rec(id) ~= false end
+-- Fields of record `id` in hash `key` (K_workers_info, K_repeat: '<id>:<field>'), as HMGET
+-- gives them.
+local function rget(key, id, names)
+  local f = {}
+  for i = 1, #names do f[i] = id .. ':' .. names[i] end
+  return redis.call('HMGET', key, unpack(f))
+end
+-- Sets fields of record `id` in hash `key`: `fv` is field, value, field, value, …
+local function rset(key, id, fv)
+  for i = 1, #fv, 2 do fv[i] = id .. ':' .. fv[i] end
+  redis.call('HSET', key, unpack(fv))
+end
+-- A worker's record is the fields '<worker>:<field>' of K_workers_info.
+local WORKER_FIELDS = {'beat', 'expires', 'started', 'host', 'pid', 'queues'}
+-- A repeatable job's definition is the fields '<key>:<field>' of K_repeat.
+local REPEAT_FIELDS = {'next', 'name', 'fields', 'priority', 'schedule'}
 -- The Redis server's clock in ms since the epoch, as a number and as the string stored. Every
 -- time the queue compares (leases, heartbeats, delays, schedules) is read here, never sent by a
 -- client: a client whose clock is off cannot steal live jobs or keep dead ones.
@@ -10,7 +108,6 @@ local function server_now()
   local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   return ms, string.format('%.0f', ms)
 end
-local function wk(worker) return P .. 'worker:' .. worker end
 -- Higher priority first, then first in, first out: (255 - priority) * 2^40 + seq.
 local function wait_score(priority, seq) return (255 - tonumber(priority)) * 1099511627776 + tonumber(seq) end
 -- The events a script call writes go out together, as one stream entry of event, id, detail
@@ -19,7 +116,7 @@ local function wait_score(priority, seq) return (255 - tonumber(priority)) * 109
 local pending = {}
 local function flush_events()
   if #pending > 0 then
-    redis.call('XADD', P .. 'events', 'MAXLEN', '~', '10000', '*', unpack(pending))
+    redis.call('XADD', K_events, 'MAXLEN', '~', '10000', '*', unpack(pending))
     pending = {}
   end
 end
@@ -35,26 +132,31 @@ local function events(kind, ids, extra)
   if #ids > 0 then event(kind, table.concat(ids, ','), extra) end
 end
 
--- Waiting jobs are in P..'wait' (all of them, for counts and look-ups) and in their tenant's
--- own queue P..'wait:t:<tenant>' ('' for jobs without one). The tenants that have waiting jobs
--- take turns: P..'tenants' is their ring, P..'tenants:set' its members.
-local function tk(tenant) return P .. 'wait:t:' .. tenant end
+-- Waiting jobs are in K_wait (all of them, for counts and look-ups, scored by wait_score) and
+-- in their tenant's own queue ('' for jobs without one): the members of K_twait that begin with
+-- the tenant's tag, all scored 0 and so in lexical order, which the score written in 15 digits
+-- after the tag makes the tenant's order. The tenants that have waiting jobs take turns:
+-- K_tenants is their ring, K_tenants_set its members.
+local function tag(tenant) return #tenant .. ':' .. tenant .. ':' end
+local function twait_member(tenant, score, id)
+  return tag(tenant) .. string.format('%015.0f', score) .. id
+end
 local function to_wait(id)
-  local f = redis.call('HMGET', jk(id), 'priority', 'seq', 'tenant')
+  local f = jmget(id, {'priority', 'seq', 'tenant'})
   local score, tenant = wait_score(f[1], f[2]), f[3] or ''
-  redis.call('ZADD', P .. 'wait', score, id)
-  redis.call('ZADD', tk(tenant), score, id)
-  if redis.call('SADD', P .. 'tenants:set', tenant) == 1 then redis.call('LPUSH', P .. 'tenants', tenant) end
-  redis.call('HSET', jk(id), 'state', 'waiting')
+  redis.call('ZADD', K_wait, score, id)
+  redis.call('ZADD', K_twait, 0, twait_member(tenant, score, id))
+  if redis.call('SADD', K_tenants_set, tenant) == 1 then redis.call('LPUSH', K_tenants, tenant) end
+  jset(id, {'state', 'waiting'})
 end
 local function from_wait(id)
-  local tenant = redis.call('HGET', jk(id), 'tenant') or ''
-  redis.call('ZREM', P .. 'wait', id)
-  redis.call('ZREM', tk(tenant), id)
+  local f = jmget(id, {'priority', 'seq', 'tenant'})
+  redis.call('ZREM', K_wait, id)
+  if f[1] then redis.call('ZREM', K_twait, twait_member(f[3] or '', wait_score(f[1], f[2]), id)) end
 end
 local function drop_tenant(tenant)
-  redis.call('LREM', P .. 'tenants', 1, tenant)
-  redis.call('SREM', P .. 'tenants:set', tenant)
+  redis.call('LREM', K_tenants, 1, tenant)
+  redis.call('SREM', K_tenants_set, tenant)
 end
 -- Up to n waiting jobs, the tenants served in turn: one job per turn, or all n at once when a
 -- single tenant waits. A tenant whose queue ran empty leaves the ring when its turn finds it
@@ -62,56 +164,66 @@ end
 -- job is wanted (one job is one turn however many tenants wait).
 local function pop_fair(n)
   local ids = {}
-  local ring = n > 1 and redis.call('LLEN', P .. 'tenants') or -1
+  local ring = n > 1 and redis.call('LLEN', K_tenants) or -1
   for _ = 1, n + 32 do
     if #ids >= n or ring == 0 then break end
-    local tenant = redis.call('LMOVE', P .. 'tenants', P .. 'tenants', 'RIGHT', 'LEFT')
+    local tenant = redis.call('LMOVE', K_tenants, K_tenants, 'RIGHT', 'LEFT')
     if not tenant then break end
-    local popped = redis.call('ZPOPMIN', tk(tenant), ring == 1 and n - #ids or 1)
+    local t = tag(tenant)
+    local popped = redis.call('ZRANGEBYLEX', K_twait, '[' .. t, '(' .. t .. ':', 'LIMIT', 0, ring == 1 and n - #ids or 1)
     if #popped == 0 then
       drop_tenant(tenant)
       if ring > 0 then ring = ring - 1 end
+    else
+      redis.call('ZREM', K_twait, unpack(popped))
+      for i = 1, #popped do ids[#ids + 1] = string.sub(popped[i], #t + 16) end
     end
-    for i = 1, #popped, 2 do ids[#ids + 1] = popped[i] end
   end
-  if #ids > 0 then
-    redis.call('ZREM', P .. 'wait', unpack(ids))
-    return ids
-  end
-  -- Waiting jobs outside any tenant queue (none, unless written by an older version).
-  local popped = redis.call('ZPOPMIN', P .. 'wait')
-  if #popped > 0 then
-    local tenant = redis.call('HGET', jk(popped[1]), 'tenant') or ''
-    redis.call('ZREM', tk(tenant), popped[1])
-    ids[1] = popped[1]
-  end
+  if #ids > 0 then redis.call('ZREM', K_wait, unpack(ids)) end
   return ids
 end
 
--- A job's log lines (JobContext::log), kept and removed with it.
-local function lk(id) return P .. 'logs:' .. id end
+-- A job's log lines (JobContext::log) are members of K_logs, all scored 0: '<id>\n', the line's
+-- number in 10 digits, then the line; kept and removed with the job. The job's field 'logs'
+-- counts its lines.
+local function log_line(id, n, line) return id .. '\n' .. string.format('%010d', n) .. (line or '') end
+local function drop_logs(id) redis.call('ZREMRANGEBYLEX', K_logs, '[' .. id .. '\n', '(' .. id .. '\v') end
+-- Deletes jobs `ids`: their records and logs (out of the sets: the caller's part).
+local function drop_jobs(ids)
+  if #ids == 0 then return end
+  local logs = redis.call('EXISTS', K_logs) == 1
+  for _, id in ipairs(ids) do
+    if logs then drop_logs(id) end
+    jobs[id] = false
+  end
+  for s = 1, #ids, 1000 do
+    redis.call('HDEL', K_jobs, unpack(ids, s, math.min(s + 999, #ids)))
+  end
+end
+
+-- Frees unique key `unique` (when set), so that the same work may be queued again.
+local function free_unique(unique)
+  if unique and unique ~= '' then redis.call('HDEL', K_unique, unique) end
+end
 
 -- Ends a job as cancelled, kept for ttl_ms (0: kept until removed); the caller writes the event.
--- P..'cancelled' holds the cancelled jobs scored by when they go (+inf: never).
+-- K_cancelled holds the cancelled jobs scored by when they go (+inf: never); the sweep removes
+-- them then.
 local function cancelled(id, now, ttl_ms)
-  local k = jk(id)
-  redis.call('HSET', k, 'state', 'cancelled', 'error', 'cancelled', 'finished', now)
-  redis.call('HDEL', k, 'token', 'cancel', 'cancel_ttl')
-  local unique = redis.call('HGET', k, 'unique')
-  if unique and unique ~= '' then redis.call('DEL', P .. 'unique:' .. unique) end
+  jset(id, {'state', 'cancelled', 'error', 'cancelled', 'finished', now})
+  jdel(id, {'token', 'cancel', 'cancel_ttl'})
+  free_unique(jget(id, 'unique'))
   if tonumber(ttl_ms) > 0 then
-    redis.call('PEXPIRE', k, ttl_ms)
-    redis.call('PEXPIRE', lk(id), ttl_ms)
-    redis.call('ZADD', P .. 'cancelled', tonumber(now) + tonumber(ttl_ms), id)
+    redis.call('ZADD', K_cancelled, tonumber(now) + tonumber(ttl_ms), id)
   else
-    redis.call('ZADD', P .. 'cancelled', 'inf', id)
+    redis.call('ZADD', K_cancelled, 'inf', id)
   end
 end
 
 -- Per-minute counts of jobs that completed or died (kind 'completed' or 'dead'), in a hash of
 -- minute (since the epoch) to count; a day of minutes is kept.
 local function count_minute(kind, n, now)
-  local key = P .. 'metrics:' .. kind
+  local key = kind == 'completed' and K_metrics_completed or K_metrics_dead
   local minute = math.floor(now / 60000)
   if redis.call('HINCRBY', key, minute, n) == n then
     -- The first count of a minute: drop the minutes older than a day.
@@ -133,9 +245,9 @@ end
 -- Lowers mark `field` to `at` (ms) for a job put in its set with that score; an unknown mark
 -- stays unknown. `mark` is its value when already read (nil: read here). Returns the mark.
 local function lower_mark(field, at, mark)
-  if mark == nil then mark = meta_time(redis.call('HGET', P .. 'meta', field)) end
+  if mark == nil then mark = meta_time(redis.call('HGET', K_meta, field)) end
   if mark and mark > at then
-    redis.call('HSET', P .. 'meta', field, string.format('%.0f', at))
+    redis.call('HSET', K_meta, field, string.format('%.0f', at))
     return at
   end
   return mark
@@ -143,13 +255,13 @@ end
 -- Writes mark `field` again after a look at `set`: its lowest score, or 'inf' when empty.
 local function reset_mark(field, set)
   local first = redis.call('ZRANGE', set, 0, 0, 'WITHSCORES')
-  redis.call('HSET', P .. 'meta', field, first[2] or 'inf')
+  redis.call('HSET', K_meta, field, first[2] or 'inf')
 end
 
 -- Delays job `id` until `at` (ms).
 local function delay(id, at)
-  redis.call('HSET', jk(id), 'state', 'delayed')
-  redis.call('ZADD', P .. 'delayed', at, id)
+  jset(id, {'state', 'delayed'})
+  redis.call('ZADD', K_delayed, at, id)
   lower_mark('delayed_at', at)
 end
 
@@ -157,26 +269,39 @@ end
 -- may be due: `first` is the meta field 'delayed_at' as queue_meta read it.
 local function promote(now, first)
   if first and tonumber(now) < first then return end
-  local due = redis.call('ZRANGEBYSCORE', P .. 'delayed', '-inf', now, 'LIMIT', 0, 100)
+  local due = redis.call('ZRANGEBYSCORE', K_delayed, '-inf', now, 'LIMIT', 0, 100)
   for _, id in ipairs(due) do
-    redis.call('ZREM', P .. 'delayed', id)
-    if redis.call('EXISTS', jk(id)) == 1 then to_wait(id) end
+    redis.call('ZREM', K_delayed, id)
+    if exists(id) then to_wait(id) end
   end
-  reset_mark('delayed_at', P .. 'delayed')
+  reset_mark('delayed_at', K_delayed)
 end
 
 -- The queue's settings, read in one call: whether it is paused (Queue::pause), its rate limit
 -- (Queue::rate_limit: {max, window ms}, or nil for none), and, by field name, when the oldest
--- completed and dead jobs finished and when the
--- first delayed job comes due: its time marks, as meta_time reads them.
+-- completed and dead jobs finished and when the first delayed job comes due: its time marks,
+-- as meta_time reads them.
 local function queue_meta()
-  local meta = redis.call('HMGET', P .. 'meta', 'rate_max', 'rate_ms', 'paused', 'completed_since', 'dead_since', 'delayed_at')
+  local meta = redis.call('HMGET', K_meta, 'rate_max', 'rate_ms', 'paused', 'completed_since', 'dead_since', 'delayed_at')
   local max = tonumber(meta[1] or '0')
   return {
     paused = meta[3] == '1',
     limit = max > 0 and {max, tonumber(meta[2])} or nil,
     marks = {completed_since = meta_time(meta[4]), dead_since = meta_time(meta[5]), delayed_at = meta_time(meta[6])},
   }
+end
+
+-- Every active job with its fields `names`: a list of {id, value, …}.
+-- The jobs a worker holds are found here (their field 'worker'), when a worker died, a reply
+-- was lost or a death group matters: rare, so no set per worker is kept on every take.
+local function active_jobs(names)
+  local out = {}
+  for _, id in ipairs(redis.call('ZRANGE', K_active, 0, -1)) do
+    local f = jmget(id, names)
+    table.insert(f, 1, id)
+    out[#out + 1] = f
+  end
+  return out
 end
 
 -- A stall is charged in millionths. A worker that died holding k jobs charges each of them 1/k:
@@ -193,9 +318,8 @@ local WHOLE = 1000000
 -- side. The groups of the jobs `worker` runs, as a set.
 local function held_groups(worker)
   local groups = {}
-  for _, id in ipairs(redis.call('SMEMBERS', wk(worker) .. ':jobs')) do
-    local g = redis.call('HGET', jk(id), 'group')
-    if g and g ~= '' then groups[g] = true end
+  for _, j in ipairs(active_jobs({'worker', 'group'})) do
+    if j[2] == worker and j[3] and j[3] ~= '' then groups[j[3]] = true end
   end
   return groups
 end
@@ -205,6 +329,7 @@ end
 -- strings of ms: passed on as they are, they cost no number formatting. Returns
 -- {wait ms, job, …}: the wait is what the rate limit asks before the next take (0: none); each
 -- job is {id, name, payload, attempts, max_attempts, timeout_ms, backoff, token}.
+local TAKEN_FIELDS = {'name', 'payload', 'max_attempts', 'timeout_ms', 'backoff', 'attempts', 'cancel', 'cancel_ttl', 'group', 'blame'}
 local function take(now, deadline, token, worker, want, meta)
   local out = {0}
   if want <= 0 then return out end
@@ -212,9 +337,9 @@ local function take(now, deadline, token, worker, want, meta)
   local limit = meta.limit
   if meta.paused then return out end
   if limit then
-    local used = tonumber(redis.call('GET', P .. 'rate') or '0')
+    local used = tonumber(redis.call('GET', K_rate) or '0')
     if used >= limit[1] then
-      out[1] = math.max(redis.call('PTTL', P .. 'rate'), 1)
+      out[1] = math.max(redis.call('PTTL', K_rate), 1)
       return out
     end
     want = math.min(want, limit[1] - used)
@@ -228,8 +353,7 @@ local function take(now, deadline, token, worker, want, meta)
     local ids = pop_fair(want - #taken)
     popped = popped + #ids
     for _, id in ipairs(ids) do
-      local k = jk(id)
-      local f = redis.call('HMGET', k, 'name', 'payload', 'max_attempts', 'timeout_ms', 'backoff', 'attempts', 'cancel', 'cancel_ttl', 'group', 'blame')
+      local f = jmget(id, TAKEN_FIELDS)
       local group = f[9] or ''
       local together = false
       if group ~= '' and f[1] and f[7] ~= '1' and tonumber(f[10] or '0') >= WHOLE / 2 then
@@ -237,9 +361,9 @@ local function take(now, deadline, token, worker, want, meta)
         together = held[group]
         held[group] = true
       end
-      -- A job whose hash is gone (removed while it waited) is skipped; one cancelled while it
-      -- ran and put back (by an older version) ends cancelled; one of a group this worker
-      -- already runs goes back to waiting, below.
+      -- A job that is gone (removed while it waited) is skipped; one cancelled while it ran
+      -- and put back (by an older version) ends cancelled; one of a group this worker already
+      -- runs goes back to waiting, below.
       if together then
         apart[#apart + 1] = id
       elseif f[7] == '1' then
@@ -248,7 +372,7 @@ local function take(now, deadline, token, worker, want, meta)
       elseif f[1] then
         local attempts = tonumber(f[6] or '0') + 1
         local t = token .. ':' .. id
-        redis.call('HSET', k, 'state', 'active', 'token', t, 'worker', worker, 'started', now, 'attempts', attempts)
+        jset(id, {'state', 'active', 'token', t, 'worker', worker, 'started', now, 'attempts', attempts})
         taken[#taken + 1] = id
         active[#active + 1] = deadline
         active[#active + 1] = id
@@ -258,16 +382,15 @@ local function take(now, deadline, token, worker, want, meta)
     if #apart == 0 or #ids == 0 or #taken >= want then break end
   end
   if #taken > 0 then
-    redis.call('ZADD', P .. 'active', unpack(active))
-    redis.call('SADD', wk(worker) .. ':jobs', unpack(taken))
+    redis.call('ZADD', K_active, unpack(active))
     events('active', taken, worker)
   end
   for _, id in ipairs(apart) do to_wait(id) end
   local started = popped - #apart
   if limit and started > 0 then
-    local used = redis.call('INCRBY', P .. 'rate', started)
-    if used == started then redis.call('PEXPIRE', P .. 'rate', limit[2]) end
-    if used >= limit[1] then out[1] = math.max(redis.call('PTTL', P .. 'rate'), 1) end
+    local used = redis.call('INCRBY', K_rate, started)
+    if used == started then redis.call('PEXPIRE', K_rate, limit[2]) end
+    if used >= limit[1] then out[1] = math.max(redis.call('PTTL', K_rate), 1) end
   end
   return out
 end
@@ -275,11 +398,11 @@ end
 -- Ends a job in the dead letter with `why` (its event written here); frees its unique key, so
 -- that the same work may be queued again.
 local function die(id, now_s, why, unique)
-  redis.call('HSET', jk(id), 'state', 'dead', 'error', why, 'finished', now_s)
-  redis.call('ZADD', P .. 'dead', now_s, id)
+  jset(id, {'state', 'dead', 'error', why, 'finished', now_s})
+  redis.call('ZADD', K_dead, now_s, id)
   lower_mark('dead_since', tonumber(now_s))
   count_minute('dead', 1, tonumber(now_s))
-  if unique and unique ~= '' then redis.call('DEL', P .. 'unique:' .. unique) end
+  free_unique(unique)
   event('dead', id, why)
 end
 
@@ -292,62 +415,54 @@ end
 -- whole stall (1 s, 2 s, 4 s, … at most a minute), so that a job that kills its workers kills
 -- few of them, and slowly. `group` names the jobs that died together ('' for one alone).
 local function stall(id, now, now_s, max_stalls, why, charge, group)
-  local k = jk(id)
-  redis.call('ZREM', P .. 'active', id)
-  redis.call('HSET', k, 'group', group)
-  local f = redis.call('HMGET', k, 'worker', 'cancel', 'cancel_ttl', 'unique', 'once')
-  if f[1] then redis.call('SREM', wk(f[1]) .. ':jobs', id) end
-  redis.call('HDEL', k, 'token')
-  redis.call('HINCRBY', k, 'attempts', -1)
-  redis.call('HINCRBY', k, 'stalls', 1)
-  if f[2] == '1' then
-    cancelled(id, now_s, f[3] or '0')
+  redis.call('ZREM', K_active, id)
+  local f = jmget(id, {'cancel', 'cancel_ttl', 'unique', 'once'})
+  jset(id, {'group', group})
+  jdel(id, {'token'})
+  jincr(id, 'attempts', -1)
+  jincr(id, 'stalls', 1)
+  if f[1] == '1' then
+    cancelled(id, now_s, f[2] or '0')
     event('cancelled', id, why)
     return
   end
-  if f[5] == '1' then
-    die(id, now_s, 'interrupted: ' .. why, f[4])
+  if f[4] == '1' then
+    die(id, now_s, 'interrupted: ' .. why, f[3])
     return
   end
-  local blame = redis.call('HINCRBY', k, 'blame', charge)
+  local blame = jincr(id, 'blame', charge)
   if blame > max_stalls * WHOLE then
-    die(id, now_s, 'stalled too often', f[4])
+    die(id, now_s, 'stalled too often', f[3])
   elseif blame >= WHOLE then
     local wait = math.min(1000 * 2 ^ (math.floor(blame / WHOLE) - 1), 60000)
     delay(id, now + wait)
     event('stalled', id, why)
   else
     to_wait(id)
-    redis.call('LPUSH', P .. 'signal', '1')
+    redis.call('LPUSH', K_signal, '1')
     event('stalled', id, why)
   end
 end
 
--- Removes the jobs `ids` of the finished set `set`, hashes and all.
+-- Removes the jobs `ids` of the finished set `set`, fields, logs and all.
 local function remove_finished(set, ids)
   if #ids == 0 then return end
-  local keys = {}
-  for _, id in ipairs(ids) do
-    keys[#keys + 1] = jk(id)
-    keys[#keys + 1] = lk(id)
-  end
   redis.call('ZREM', set, unpack(ids))
-  redis.call('DEL', unpack(keys))
+  drop_jobs(ids)
 end
 
--- Removes job `id` whatever its state but active: out of every set, its hash, its logs, and
+-- Removes job `id` whatever its state but active: out of every set, its fields, its logs, and
 -- its unique key when that still names it. Returns the state it had, or false for no job.
 local function forget(id)
-  local k = jk(id)
-  local f = redis.call('HMGET', k, 'state', 'unique')
+  local f = jmget(id, {'state', 'unique'})
   if f[1] == 'waiting' then from_wait(id) end
-  for _, set in ipairs({'delayed', 'completed', 'dead', 'cancelled'}) do
-    redis.call('ZREM', P .. set, id)
+  for _, set in ipairs({K_delayed, K_completed, K_dead, K_cancelled}) do
+    redis.call('ZREM', set, id)
   end
-  if f[2] and f[2] ~= '' and redis.call('GET', P .. 'unique:' .. f[2]) == id then
-    redis.call('DEL', P .. 'unique:' .. f[2])
+  if f[2] and f[2] ~= '' and redis.call('HGET', K_unique, f[2]) == id then
+    redis.call('HDEL', K_unique, f[2])
   end
-  redis.call('DEL', k, lk(id))
+  drop_jobs({id})
   return f[1] or false
 end
 -- Keeps at most max_count jobs in the finished set `name` ('completed' or 'dead', scored by
@@ -357,7 +472,7 @@ end
 -- job may be too old: `since` is the set's time mark (`name`_since; nothing puts older jobs in
 -- these sets, and removing jobs only makes it earlier than it need be, which costs one look).
 local function retain(name, max_count, max_age_ms, now, since)
-  local set = P .. name
+  local set = name == 'completed' and K_completed or K_dead
   if max_count >= 0 then
     local extra = redis.call('ZCARD', set) - max_count
     if extra > math.floor(max_count / 64) then
@@ -370,30 +485,29 @@ local function retain(name, max_count, max_age_ms, now, since)
 end
 
 -- Adds a job: ARGV from `first`: id, delay ms (0: none), priority, unique key ('' none), then
--- field, value pairs of the job hash to the end. Returns its id (an existing one for a
--- duplicate unique key or id).
+-- field, value pairs of the job to the end. Returns its id (an existing one for a duplicate
+-- unique key or id).
 local function add_job(first)
   local now, now_s = server_now()
   local id, run_at, priority, unique =
     ARGV[first], now + tonumber(ARGV[first + 1]), ARGV[first + 2], ARGV[first + 3]
-  if redis.call('EXISTS', jk(id)) == 1 then return id end
+  if exists(id) then return id end
   if unique ~= '' then
-    local existing = redis.call('GET', P .. 'unique:' .. unique)
-    if existing and redis.call('EXISTS', jk(existing)) == 1 then return existing end
-    redis.call('SET', P .. 'unique:' .. unique, id)
+    local existing = redis.call('HGET', K_unique, unique)
+    if existing and exists(existing) then return existing end
+    redis.call('HSET', K_unique, unique, id)
   end
-  local seq = redis.call('INCR', P .. 'seq')
-  local fields = {}
+  local seq = redis.call('INCR', K_seq)
+  local fields = {'seq', seq, 'priority', priority, 'attempts', '0', 'created', now_s, 'unique', unique}
   for i = first + 4, #ARGV do fields[#fields + 1] = ARGV[i] end
-  redis.call('HSET', jk(id), unpack(fields))
-  redis.call('HSET', jk(id), 'seq', seq, 'priority', priority, 'attempts', '0', 'created', now_s, 'unique', unique)
+  jset(id, fields)
   if run_at > now then
     delay(id, run_at)
   else
     to_wait(id)
   end
-  redis.call('LPUSH', P .. 'signal', '1')
-  redis.call('LTRIM', P .. 'signal', '0', '63')
+  redis.call('LPUSH', K_signal, '1')
+  redis.call('LTRIM', K_signal, '0', '63')
   event('added', id)
   return id
 end

@@ -18,19 +18,19 @@ local worker, want, token = ARGV[3], tonumber(ARGV[5]), ARGV[6]
 local lease = tonumber(ARGV[4])
 local deadline = string.format('%.0f', now_n + lease)
 local ttl = ARGV[7]
+local FINISH_FIELDS = {'token', 'state', 'cancel', 'unique', 'once'}
 local ended, completed, done, released, cancels, dead = {}, {}, {}, {}, {}, {}
 for b = 12, #ARGV - 4, 5 do
   local id, outcome, text = ARGV[b], ARGV[b + 2], ARGV[b + 3]
-  local k = jk(id)
-  local f = redis.call('HMGET', k, 'token', 'state', 'cancel', 'unique')
+  local f = jmget(id, FINISH_FIELDS)
   if f[1] == ARGV[b + 1] and f[2] == 'active' then
     ended[#ended + 1] = id
     if outcome ~= 'done' and f[3] == '1' then outcome = 'cancel' end
     if outcome == 'done' then
       -- An emptied token, not a removed one: one call fewer, and no lock matches it. No
       -- expiry either: the completed set's retention below removes it by count and age.
-      redis.call('HSET', k, 'state', 'completed', 'result', text, 'finished', now, 'token', '')
-      if f[4] and f[4] ~= '' then redis.call('DEL', P .. 'unique:' .. f[4]) end
+      jset(id, {'state', 'completed', 'result', text, 'finished', now, 'token', ''})
+      free_unique(f[4])
       completed[#completed + 1] = now
       completed[#completed + 1] = id
       done[#done + 1] = id
@@ -40,9 +40,9 @@ for b = 12, #ARGV - 4, 5 do
     elseif outcome == 'release' then
       -- Given back unfinished (a worker shutting down): the attempt does not count; an
       -- at-most-once job that started is never started again.
-      redis.call('HDEL', k, 'token')
-      redis.call('HINCRBY', k, 'attempts', -1)
-      if redis.call('HGET', k, 'once') == '1' then
+      jdel(id, {'token'})
+      jincr(id, 'attempts', -1)
+      if f[5] == '1' then
         die(id, now, 'interrupted: its worker stopped', f[4])
         dead[#dead + 1] = id
       else
@@ -50,24 +50,21 @@ for b = 12, #ARGV - 4, 5 do
         released[#released + 1] = id
       end
     elseif outcome == 'retry' then
-      redis.call('HDEL', k, 'token')
-      redis.call('HSET', k, 'error', text)
+      jdel(id, {'token'})
+      jset(id, {'error', text})
       delay(id, now_n + tonumber(ARGV[b + 4]))
       event('retrying', id, text)
     else
-      redis.call('HDEL', k, 'token')
+      jdel(id, {'token'})
       die(id, now, text, f[4])
       dead[#dead + 1] = id
     end
   end
 end
-if #ended > 0 then
-  redis.call('ZREM', P .. 'active', unpack(ended))
-  redis.call('SREM', wk(worker) .. ':jobs', unpack(ended))
-end
+if #ended > 0 then redis.call('ZREM', K_active, unpack(ended)) end
 local meta = queue_meta()
 if #done > 0 then
-  redis.call('ZADD', P .. 'completed', unpack(completed))
+  redis.call('ZADD', K_completed, unpack(completed))
   meta.marks.completed_since = lower_mark('completed_since', now_n, meta.marks.completed_since)
   count_minute('completed', #done, now_n)
   events('completed', done)
@@ -76,7 +73,7 @@ end
 retain('completed', tonumber(ARGV[8]), tonumber(ARGV[9]), now_n, meta.marks.completed_since)
 if #dead > 0 then retain('dead', tonumber(ARGV[10]), tonumber(ARGV[11]), now_n, meta.marks.dead_since) end
 if #released > 0 then
-  redis.call('LPUSH', P .. 'signal', '1')
+  redis.call('LPUSH', K_signal, '1')
   events('released', released)
 end
 events('cancelled', cancels)
@@ -84,13 +81,13 @@ local out = take(now, deadline, token, worker, want, meta)
 if ARGV[2] ~= '' then
   local lost = {}
   for t in string.gmatch(ARGV[2], '[^,]+') do lost[t] = true end
-  for _, id in ipairs(redis.call('SMEMBERS', wk(worker) .. ':jobs')) do
-    local k = jk(id)
-    local f = redis.call('HMGET', k, 'state', 'worker', 'token', 'name', 'payload', 'attempts', 'max_attempts', 'timeout_ms', 'backoff')
-    local t = f[3] and string.match(f[3], '^([^:]+):')
-    if f[1] == 'active' and f[2] == worker and t and lost[t] then
-      redis.call('ZADD', P .. 'active', 'XX', deadline, id)
-      out[#out + 1] = {id, f[4], f[5], tonumber(f[6]), f[7], f[8], f[9], f[3]}
+  for _, j in ipairs(active_jobs({'worker', 'token'})) do
+    local t = j[3] and string.match(j[3], '^([^:]+):')
+    if j[2] == worker and t and lost[t] then
+      local id = j[1]
+      local f = jmget(id, {'name', 'payload', 'attempts', 'max_attempts', 'timeout_ms', 'backoff'})
+      redis.call('ZADD', K_active, 'XX', deadline, id)
+      out[#out + 1] = {id, f[1], f[2], tonumber(f[3]), f[4], f[5], f[6], j[3]}
     end
   end
 end

@@ -1,9 +1,11 @@
 -- Defines (or redefines) a repeatable job. ARGV: 1 prefix, 2 key, 3 first run ms, 4.. field,
--- value pairs of its definition (name, payload, options, schedule).
-local k = P .. 'repeat:' .. ARGV[2]
-local fields = {}
+-- value pairs of its definition (name, fields, priority, schedule).
+local key = ARGV[2]
+local old = {}
+for i, name in ipairs(REPEAT_FIELDS) do old[i] = key .. ':' .. name end
+redis.call('HDEL', K_repeat, unpack(old))
+local fields = {'next', ARGV[3]}
 for i = 4, #ARGV do fields[#fields + 1] = ARGV[i] end
-redis.call('DEL', k)
-redis.call('HSET', k, 'next', ARGV[3], unpack(fields))
-redis.call('ZADD', P .. 'repeats', ARGV[3], ARGV[2])
+rset(K_repeat, key, fields)
+redis.call('ZADD', K_repeats, ARGV[3], key)
 return 1

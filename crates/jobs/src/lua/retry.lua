@@ -2,14 +2,13 @@
 -- job's state after the call ('waiting' when it was dead, else the state it is in), or false
 -- for no such job.
 local id = ARGV[2]
-local k = jk(id)
-local state = redis.call('HGET', k, 'state')
+local state = jget(id, 'state')
 if not state then return false end
 if state ~= 'dead' then return state end
-redis.call('ZREM', P .. 'dead', id)
-redis.call('HSET', k, 'attempts', 0, 'stalls', 0, 'blame', 0, 'group', '')
-redis.call('HDEL', k, 'finished')
+redis.call('ZREM', K_dead, id)
+jset(id, {'attempts', 0, 'stalls', 0, 'blame', 0, 'group', ''})
+jdel(id, {'finished'})
 to_wait(id)
-redis.call('LPUSH', P .. 'signal', '1')
+redis.call('LPUSH', K_signal, '1')
 event('retried', id)
 return 'waiting'

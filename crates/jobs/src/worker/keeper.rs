@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use crate::Connector;
 use crate::queue::millis;
-use crate::scripts::EXTEND;
+use crate::scripts::{EXTEND, invocation};
 
 /// What the keeper knows of a running job's lease.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,11 +26,11 @@ pub(super) enum Lease {
     Cancelled,
 }
 
-/// A queue the worker beats in: its key prefix and the key that routes its scripts.
+/// A queue the worker beats in: its key prefix and its keys.
 #[derive(Clone, Debug)]
 pub(super) struct BeatIn {
     pub(super) prefix: String,
-    pub(super) route: String,
+    pub(super) keys: Arc<[String]>,
 }
 
 /// What the worker's heartbeat says of it.
@@ -165,7 +165,7 @@ async fn keep<K: Connector>(
             _ = beats.tick() => {
                 for q in &beat.queues {
                     let invocation = crate::registry::heartbeat(
-                        &q.route, &q.prefix, &beat.worker, beat.ttl, &beat.host, &beat.names,
+                        &q.keys, &q.prefix, &beat.worker, beat.ttl, &beat.host, &beat.names,
                     );
                     let Some(c) = connected(&*connector, &mut conn, patience).await else { break };
                     let call = invocation.invoke_async::<i64>(c);
@@ -197,9 +197,8 @@ async fn keep<K: Connector>(
                 for token in due {
                     let Some(w) = jobs.get_mut(&token) else { continue };
                     let Some(c) = connected(&*connector, &mut conn, patience).await else { break };
-                    let mut invocation = EXTEND.key(&w.queue.route);
+                    let mut invocation = invocation(&EXTEND, &w.queue.keys, &w.queue.prefix);
                     invocation
-                        .arg(&w.queue.prefix)
                         .arg(&w.id)
                         .arg(&w.token)
                         .arg(millis(lease));

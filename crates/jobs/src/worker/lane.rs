@@ -272,9 +272,8 @@ where
 {
     let config = &inner.config;
     let q = &inner.queues[queue];
-    let mut call = FINISH.key(q.route_key());
-    call.arg(q.key_prefix())
-        .arg(lost.join(","))
+    let mut call = q.call(&FINISH);
+    call.arg(lost.join(","))
         .arg(&inner.id)
         .arg(millis(config.lease))
         .arg(want)

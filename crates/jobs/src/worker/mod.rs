@@ -160,7 +160,7 @@ where
                 .map(|q| {
                     Arc::new(keeper::BeatIn {
                         prefix: q.key_prefix().to_owned(),
-                        route: q.route_key(),
+                        keys: Arc::clone(q.keys()),
                     })
                 })
                 .collect(),
