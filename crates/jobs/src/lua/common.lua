@@ -96,6 +96,12 @@ local function rset(key, id, fv)
   for i = 1, #fv, 2 do fv[i] = id .. ':' .. fv[i] end
   redis.call('HSET', key, unpack(fv))
 end
+-- Deletes the fields `names` of record `id` in hash `key`.
+local function rdel(key, id, names)
+  local f = {}
+  for i = 1, #names do f[i] = id .. ':' .. names[i] end
+  redis.call('HDEL', key, unpack(f))
+end
 -- A worker's record is the fields '<worker>:<field>' of K_workers_info.
 local WORKER_FIELDS = {'beat', 'expires', 'started', 'host', 'pid', 'queues'}
 -- A repeatable job's definition is the fields '<key>:<field>' of K_repeat.

@@ -22,9 +22,7 @@ if #lost > 0 then
       stall(id, now, now_s, max_stalls, 'worker ' .. w .. ' lost', share, #ids > 1 and w or '')
     end
     taken = taken + #ids
-    local f = {}
-    for i, name in ipairs(WORKER_FIELDS) do f[i] = w .. ':' .. name end
-    redis.call('HDEL', K_workers_info, unpack(f))
+    rdel(K_workers_info, w, WORKER_FIELDS)
     redis.call('ZREM', K_workers, w)
     event('worker-lost', w)
   end
