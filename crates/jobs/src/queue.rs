@@ -249,9 +249,7 @@ where
         let id = options.id.clone().map_or_else(JobId::generate, Ok)?;
         let args = self.enqueue_args(job, &id, options.unique.as_deref(), &options)?;
         let mut inv = self.call(&ENQUEUE);
-        for a in &args[1..] {
-            inv.arg(a);
-        }
+        inv.arg(&args);
         let id: String = inv.invoke_async(&mut self.conn.clone()).await?;
         JobId::new(id)
     }
@@ -285,14 +283,14 @@ where
             };
             let args = self.enqueue_args(job, &id, unique, &options)?;
             let mut call = self.call(&ENQUEUE);
-            call.arg(&args[1..]);
-            pipe.add_command(call.command().clone());
+            call.arg(&args);
+            pipe.add_command(call.into_command());
         }
         let returned: Vec<String> = pipe.query_async(&mut self.conn.clone()).await?;
         returned.into_iter().map(JobId::new).collect()
     }
 
-    /// The enqueue script's ARGV for one job.
+    /// The enqueue function's arguments for one job, after the prefix.
     fn enqueue_args<J: Job>(
         &self,
         job: &J,
@@ -301,7 +299,6 @@ where
         options: &JobOptions,
     ) -> Result<Vec<String>> {
         let mut args = vec![
-            self.prefix.clone(),
             id.as_str().to_owned(),
             millis(options.delay).to_string(),
             options.priority.to_string(),

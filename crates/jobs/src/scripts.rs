@@ -160,8 +160,8 @@ impl Call {
     }
 
     /// The `FCALL` command, for a pipeline (after [`load`]).
-    pub(crate) fn command(&self) -> &Cmd {
-        &self.0
+    pub(crate) fn into_command(self) -> Cmd {
+        self.0
     }
 
     /// Runs the call; loads the library first when the server does not have it.
