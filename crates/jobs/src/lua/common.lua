@@ -1,13 +1,15 @@
 -- Shared by every script (prepended by the crate after the locals K_meta, K_jobs, … that name
 -- the queue's keys, KEYS[1], KEYS[2], …: every key a script touches is one of them). ARGV[1]
 -- is the queue's key prefix, which names no key here.
--- A job is one field of K_jobs, its id, whose value is its record packed with MessagePack: an
--- array of its fields in FIELDS' order (false for one it lacks), strings all. One small value
--- per job keeps the hash's lookups and memory low. A call reads each job it touches once
--- (rec) and writes those it changed once, in one HSET, when its body returns (save_jobs).
+-- A job is one field of K_jobs, its id, whose value is its record packed with MessagePack: its
+-- fields by their place in FIELDS, strings all (nil for one it lacks; the fields most jobs have
+-- come first, so that the record is a short array, or a map of place to value where one in the
+-- middle is missing). One small value per job keeps the hash's lookups and memory low. A call
+-- reads each job it touches once (rec) and writes those it changed once, in one HSET, when its
+-- body returns (save_jobs).
 local FIELDS = {'name', 'payload', 'max_attempts', 'backoff', 'timeout_ms', 'tenant', 'once',
-  'repeat', 'seq', 'priority', 'attempts', 'created', 'unique', 'state', 'token', 'worker',
-  'started', 'finished', 'error', 'result', 'progress', 'cancel', 'cancel_ttl', 'group', 'blame',
+  'seq', 'priority', 'attempts', 'created', 'unique', 'state', 'token', 'worker', 'started',
+  'finished', 'result', 'error', 'repeat', 'progress', 'cancel', 'cancel_ttl', 'group', 'blame',
   'stalls', 'logs'}
 -- A field's place in the record, by name.
 local AT = {}
@@ -62,7 +64,6 @@ local function jset(id, fv)
   local r = rec(id)
   if not r then
     r = {}
-    for i = 1, #FIELDS do r[i] = false end
     jobs[id] = r
   end
   for i = 1, #fv, 2 do r[at(fv[i])] = tostring(fv[i + 1]) end
@@ -71,7 +72,7 @@ end
 local function jdel(id, names)
   local r = rec(id)
   if not r then return end
-  for i = 1, #names do r[at(names[i])] = false end
+  for i = 1, #names do r[at(names[i])] = nil end
   changed(id)
 end
 -- Adds `by` to job `id`'s number field `name`; returns the sum (as HINCRBY does).
