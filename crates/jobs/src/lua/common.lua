@@ -85,24 +85,21 @@ local function jincr(id, name, by)
 end
 -- Whether the queue holds job `id`.
 local function exists(id) return rec(id) ~= false end
--- Fields of record `id` in hash `key` (K_workers_info, K_repeat: '<id>:<field>'), as HMGET
--- gives them.
-local function rget(key, id, names)
+-- The hash fields of record `id`'s fields `names` (K_workers_info, K_repeat: '<id>:<field>').
+local function record_fields(id, names)
   local f = {}
   for i = 1, #names do f[i] = id .. ':' .. names[i] end
-  return redis.call('HMGET', key, unpack(f))
+  return f
 end
+-- Fields of record `id` in hash `key`, as HMGET gives them.
+local function rget(key, id, names) return redis.call('HMGET', key, unpack(record_fields(id, names))) end
 -- Sets fields of record `id` in hash `key`: `fv` is field, value, field, value, …
 local function rset(key, id, fv)
   for i = 1, #fv, 2 do fv[i] = id .. ':' .. fv[i] end
   redis.call('HSET', key, unpack(fv))
 end
 -- Deletes the fields `names` of record `id` in hash `key`.
-local function rdel(key, id, names)
-  local f = {}
-  for i = 1, #names do f[i] = id .. ':' .. names[i] end
-  redis.call('HDEL', key, unpack(f))
-end
+local function rdel(key, id, names) redis.call('HDEL', key, unpack(record_fields(id, names))) end
 -- A worker's record is the fields '<worker>:<field>' of K_workers_info.
 local WORKER_FIELDS = {'beat', 'expires', 'started', 'host', 'pid', 'queues'}
 -- A repeatable job's definition is the fields '<key>:<field>' of K_repeat.
