@@ -13,6 +13,7 @@ use tokio::time::Instant;
 
 use super::Inner;
 use super::job::{Ended, Report, report, run_job};
+use super::keeper::Watch;
 use crate::queue::{BackoffRecord, millis};
 use crate::scripts::FINISH;
 use crate::{Backoff, JobId, Result};
@@ -101,6 +102,7 @@ pub(super) async fn drive<C>(
         };
         let mut called = false;
         let mut failed = false;
+        let mut taken = Vec::new();
         for q in 0..queues {
             let may_take = free > 0 && limited_until[q].is_none_or(|t| t <= Instant::now());
             // A queue thought empty is asked again only when a call goes to it anyway, or
@@ -140,35 +142,12 @@ pub(super) async fn drive<C>(
                     for job in jobs {
                         // Its lease is kept from now, before it starts: on a busy runtime
                         // it may wait for a thread well past the lease.
-                        let mut watch = inner.keeper.watch(
+                        let watch = inner.keeper.watch(
                             &inner.leases[job.queue],
                             job.id.as_str(),
                             &job.token,
                         );
-                        let inner = Arc::clone(&inner);
-                        let mut hard_stop = hard_stop.clone();
-                        // A job run's span: which job, never its payload.
-                        let span = tracing::info_span!(
-                            "job",
-                            queue = inner.queues[job.queue].name().as_str(),
-                            id = %job.id,
-                            name = %job.name,
-                            attempt = job.attempt,
-                        );
-                        running.spawn(
-                            async move {
-                                let outcome =
-                                    run_job(&inner, &job, &mut hard_stop, &mut watch).await;
-                                Ended {
-                                    queue: job.queue,
-                                    report: report(&job, outcome).map(|r| Report {
-                                        _lease: Some(watch),
-                                        ..r
-                                    }),
-                                }
-                            }
-                            .instrument(span),
-                        );
+                        taken.push((job, watch));
                     }
                 }
                 Err(_) => {
@@ -185,6 +164,22 @@ pub(super) async fn drive<C>(
                     failed = true;
                 }
             }
+        }
+        // A lone job that fills the lane, with nothing else to send, runs in the lane's own
+        // task: the lane would only wait for it, and a task of its own costs a spawn and, on
+        // a multi-threaded runtime, often the wake-up of another thread, on every job.
+        let alone = taken.len() == 1
+            && running.is_empty()
+            && slots == 1
+            && !failed
+            && lost.iter().all(Vec::is_empty)
+            && reports.iter().all(Vec::is_empty);
+        if alone && let Some((job, watch)) = taken.pop() {
+            let ended = run_taken(Arc::clone(&inner), hard_stop.clone(), job, watch).await;
+            collect(Ok(ended), &mut reports);
+        }
+        for (job, watch) in taken {
+            running.spawn(run_taken(Arc::clone(&inner), hard_stop.clone(), job, watch));
         }
         if failed {
             if *hard_stop.borrow() {
@@ -214,6 +209,37 @@ pub(super) async fn drive<C>(
             () = tokio::time::sleep(soonest) => empty.fill(false),
         }
     }
+}
+
+/// Runs a taken job under its lease `watch` (its span names the job, never its payload);
+/// ends with what its queue's next call reports.
+fn run_taken<C>(
+    inner: Arc<Inner<C>>,
+    mut hard_stop: watch::Receiver<bool>,
+    job: Taken,
+    mut watch: Watch,
+) -> impl Future<Output = Ended> + Send + 'static
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    let span = tracing::info_span!(
+        "job",
+        queue = inner.queues[job.queue].name().as_str(),
+        id = %job.id,
+        name = %job.name,
+        attempt = job.attempt,
+    );
+    async move {
+        let outcome = run_job(&inner, &job, &mut hard_stop, &mut watch).await;
+        Ended {
+            queue: job.queue,
+            report: report(&job, outcome).map(|r| Report {
+                _lease: Some(watch),
+                ..r
+            }),
+        }
+    }
+    .instrument(span)
 }
 
 /// Collects the jobs that ended. Jobs ending together go in one call: running jobs get turns

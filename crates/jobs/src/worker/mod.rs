@@ -1,8 +1,9 @@
 //! Workers: take jobs from one or more queues for their free slots, run their handlers, and
 //! report the outcomes (batched with the next take); register a heartbeat; sweep for the jobs
 //! of dead workers. Each lane ([`lane`]) takes and reports in one script call; each job
-//! ([`job`]) runs in a task of its own; the keeper ([`keeper`]), on a thread of its own, beats
-//! the heartbeat and renews the leases, from a job's take until its outcome is reported.
+//! ([`job`]) runs in a task of its own, except a lane of one slot's lone job, which runs in
+//! the lane's task; the keeper ([`keeper`]), on a thread of its own, beats the heartbeat and
+//! renews the leases, from a job's take until its outcome is reported.
 
 mod job;
 mod keeper;
