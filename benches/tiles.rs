@@ -21,6 +21,11 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use geo_types::{Geometry, LineString, MultiPoint, Point};
 use geostack::tiles::{TileBuilder, TileCoord, TileGeometry, TileOptions, Value, tile_geometry};
 
+/// The allocator the `geostack` binary serves with: the in-process side allocates as the
+/// server's tile routes do.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Turns a country into the geometry kind under test.
 type Convert = fn(&Geometry<f64>) -> Geometry<f64>;
 
@@ -272,8 +277,14 @@ fn bench(c: &mut Criterion) {
         (
             "countries",
             source("bench_countries"),
-            over_land,
+            over_land.clone(),
             COUNTRIES_ST_ASMVT.replace("{table}", "bench_countries"),
+        ),
+        (
+            "countries_50m",
+            source("bench_countries_50m"),
+            over_land.clone(),
+            COUNTRIES_ST_ASMVT.replace("{table}", "bench_countries_50m"),
         ),
         (
             "points",

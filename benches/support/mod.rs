@@ -88,24 +88,30 @@ impl SetupLock {
     }
 }
 
-/// Makes sure `bench_countries` (the Natural Earth countries) is in the benchmark database,
-/// loading it under the set-up lock when another binary has not.
+/// Makes sure `bench_countries` (the Natural Earth countries at 1:110m) and
+/// `bench_countries_50m` (at 1:50m) are in the benchmark database, loading them under the set-up
+/// lock when another binary has not.
 #[allow(
     clippy::allow_attributes,
     dead_code,
     reason = "the tile benchmarks use it, the others include this module too"
 )]
 pub(crate) async fn countries(pool: &PgPool) {
-    // Another binary (or this one, listed twice by the test runner) may be loading it.
+    use geostack_testkit::natural_earth::{load_countries, load_countries_50m};
+    // Another binary (or this one, listed twice by the test runner) may be loading them.
     let lock = SetupLock::take(pool).await;
-    let exists: bool = sqlx::query_scalar(
-        "select exists(select 1 from pg_tables where tablename = 'bench_countries')",
-    )
-    .fetch_one(pool)
-    .await
-    .expect("pg_tables");
-    if !exists {
-        geostack_testkit::natural_earth::load_countries(pool, "bench_countries").await;
+    let exists = |table: &'static str| async move {
+        sqlx::query_scalar::<_, bool>("select exists(select 1 from pg_tables where tablename = $1)")
+            .bind(table)
+            .fetch_one(pool)
+            .await
+            .expect("pg_tables")
+    };
+    if !exists("bench_countries").await {
+        load_countries(pool, "bench_countries").await;
+    }
+    if !exists("bench_countries_50m").await {
+        load_countries_50m(pool, "bench_countries_50m").await;
     }
     lock.release().await;
 }

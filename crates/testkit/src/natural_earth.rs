@@ -1,10 +1,12 @@
-//! Natural Earth countries at 1:110m, vendored in `data/natural-earth`, decoded from TopoJSON.
+//! Natural Earth countries at 1:110m (and 1:50m, ten times the vertices), vendored in
+//! `data/natural-earth`, decoded from TopoJSON.
 
 use geo_types::{Coord, LineString, MultiPolygon, Polygon};
 use serde_json::Value;
 use sqlx::PgPool;
 
 const COUNTRIES_110M: &str = include_str!("../../../data/natural-earth/countries-110m.json");
+const COUNTRIES_50M: &str = include_str!("../../../data/natural-earth/countries-50m.json");
 const PLACES_110M: &str = include_str!("../../../data/natural-earth/populated-places-110m.csv");
 
 /// A populated place of the 1:110m set.
@@ -136,15 +138,29 @@ pub struct Country {
     pub geometry: MultiPolygon<f64>,
 }
 
-/// The 177 countries.
+/// The 177 countries at 1:110m.
 ///
 /// # Panics
 ///
 /// When the vendored file is damaged.
 pub fn countries() -> Vec<Country> {
-    let topo: Value = match serde_json::from_str(COUNTRIES_110M) {
+    decode_countries(COUNTRIES_110M, "countries-110m.json")
+}
+
+/// The 241 countries and territories at 1:50m: about ten times the vertices of [`countries`],
+/// a set whose tiles are mostly geometry work.
+///
+/// # Panics
+///
+/// When the vendored file is damaged.
+pub fn countries_50m() -> Vec<Country> {
+    decode_countries(COUNTRIES_50M, "countries-50m.json")
+}
+
+fn decode_countries(text: &str, file: &str) -> Vec<Country> {
+    let topo: Value = match serde_json::from_str(text) {
         Ok(v) => v,
-        Err(e) => panic!("data/natural-earth/countries-110m.json is not JSON: {e}"),
+        Err(e) => panic!("data/natural-earth/{file} is not JSON: {e}"),
     };
     let arcs = decode_arcs(&topo);
     let mut out = Vec::new();
@@ -267,7 +283,16 @@ fn unwrap_antimeridian(coords: &mut [Coord<f64>]) {
 ///
 /// When PostgreSQL refuses.
 pub async fn load_countries(pool: &PgPool, table: &str) {
-    load(pool, table, true).await;
+    load(pool, table, true, countries()).await;
+}
+
+/// As [`load_countries`], with the 1:50m countries of [`countries_50m`].
+///
+/// # Panics
+///
+/// When PostgreSQL refuses.
+pub async fn load_countries_50m(pool: &PgPool, table: &str) {
+    load(pool, table, true, countries_50m()).await;
 }
 
 /// As [`load_countries`], but the rings as the file draws them (only split at 180°): a few
@@ -278,10 +303,10 @@ pub async fn load_countries(pool: &PgPool, table: &str) {
 ///
 /// When PostgreSQL refuses.
 pub async fn load_countries_unrepaired(pool: &PgPool, table: &str) {
-    load(pool, table, false).await;
+    load(pool, table, false, countries()).await;
 }
 
-async fn load(pool: &PgPool, table: &str, repair: bool) {
+async fn load(pool: &PgPool, table: &str, repair: bool, countries: Vec<Country>) {
     let create = format!(
         "create table {table} (gid int primary key, iso text, name text, geom geometry(MultiPolygon, 4326));
          create index on {table} using gist (geom);"
@@ -304,7 +329,6 @@ async fn load(pool: &PgPool, table: &str, repair: bool) {
                           ST_WrapX(ST_WrapX(ST_GeomFromText(wkt, 4326), 180, -360), -180, 360), 3)) as g
                from unnest($1::int[], $2::text[], $3::text[], $4::text[]) as c(gid, iso, name, wkt)) s"
     );
-    let countries = countries();
     let gids: Vec<i32> = (1..=countries.len() as i32).collect();
     let isos: Vec<&str> = countries.iter().map(|c| c.iso.as_str()).collect();
     let names: Vec<&str> = countries.iter().map(|c| c.name.as_str()).collect();
@@ -442,7 +466,41 @@ mod tests {
         let fiji = all.iter().find(|c| c.name == "Fiji").unwrap();
         // The file gives Fiji two polygons: `"arcs":[[[0]],[[1]]]`.
         assert_eq!((fiji.iso.as_str(), fiji.geometry.0.len()), ("242", 2));
-        for c in &all {
+        assert_closed_and_continuous(&all);
+    }
+
+    #[test]
+    fn the_50m_countries_have_ten_times_the_vertices() {
+        let vertices = |all: &[Country]| -> usize {
+            all.iter()
+                .flat_map(|c| &c.geometry.0)
+                .map(|p| {
+                    p.exterior().0.len() + p.interiors().iter().map(|r| r.0.len()).sum::<usize>()
+                })
+                .sum()
+        };
+        let fine = countries_50m();
+        assert_eq!(fine.len(), 241);
+        let ratio = vertices(&fine) as f64 / vertices(&countries()) as f64;
+        assert!((8.0..12.0).contains(&ratio), "{ratio}");
+        assert_closed_and_continuous(&fine);
+    }
+
+    #[tokio::test]
+    async fn the_50m_countries_load_valid() {
+        let db = crate::TestDb::new().await;
+        load_countries_50m(db.pool(), "countries_50m").await;
+        let counts: (i64, i64) = sqlx::query_as(
+            "select count(*), count(*) filter (where not ST_IsValid(geom)) from countries_50m",
+        )
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+        assert_eq!(counts, (241, 0));
+    }
+
+    fn assert_closed_and_continuous(all: &[Country]) {
+        for c in all {
             for p in &c.geometry.0 {
                 let r = &p.exterior().0;
                 assert!(r.len() >= 4, "{}", c.name);
