@@ -1,12 +1,13 @@
-//! Features → a Mapbox Vector Tile, through the `mvt` encoder.
+//! Features → a Mapbox Vector Tile, written by [`crate::wire`].
 
 use std::collections::HashSet;
 
+use foldhash::fast::RandomState;
 use geo_traits::to_geo::ToGeoGeometry;
 use geo_types::Geometry;
-use mvt::{GeomEncoder, GeomType};
 
 use crate::pipeline::{Frame, Prepared, TileGeometry, prepare};
+use crate::wire::LayerWriter;
 use crate::{Error, Result, TileCoord, TileOptions};
 
 /// An attribute value. `Null` is omitted from the feature, as MVT has no null.
@@ -65,7 +66,9 @@ pub struct LayerStats {
 pub struct TileBuilder {
     coord: TileCoord,
     options: TileOptions,
-    tile: mvt::Tile,
+    /// The finished layers' messages.
+    bytes: Vec<u8>,
+    names: Vec<String>,
 }
 
 impl TileBuilder {
@@ -74,20 +77,21 @@ impl TileBuilder {
         Self {
             coord,
             options: options.clone(),
-            tile: mvt::Tile::new(options.extent),
+            bytes: Vec::new(),
+            names: Vec::new(),
         }
     }
 
     /// Starts a layer; it joins the tile when [`LayerBuilder::finish`] is called and has
     /// features.
     pub fn layer(&mut self, name: &str) -> LayerBuilder<'_> {
-        let layer = self.tile.create_layer(name);
+        let layer = LayerWriter::new(name, self.options.extent);
         LayerBuilder {
             max_features: self.options.max_features,
             frame: Frame::new(self.coord, &self.options),
             tile: self,
-            layer: Some(layer),
-            ids: HashSet::new(),
+            layer,
+            ids: HashSet::default(),
             stats: LayerStats::default(),
         }
     }
@@ -99,23 +103,21 @@ impl TileBuilder {
 
     /// The number of layers with features.
     pub fn layers(&self) -> usize {
-        self.tile.num_layers()
+        self.names.len()
     }
 
     /// The tile's encoded size so far, in bytes.
     pub fn size(&self) -> usize {
-        self.tile.compute_size()
+        self.bytes.len()
     }
 
     /// The encoded tile (empty when no layer has features).
     ///
     /// # Errors
     ///
-    /// [`Error::Encode`] when the encoder fails.
+    /// None today: the signature leaves room for an encoder that can fail.
     pub fn into_bytes(self) -> Result<Vec<u8>> {
-        self.tile
-            .to_bytes()
-            .map_err(|e| Error::Encode(e.to_string()))
+        Ok(self.bytes)
     }
 }
 
@@ -123,9 +125,9 @@ impl TileBuilder {
 pub struct LayerBuilder<'t> {
     max_features: Option<usize>,
     tile: &'t mut TileBuilder,
-    layer: Option<mvt::Layer>,
+    layer: LayerWriter,
     frame: Frame,
-    ids: HashSet<u64>,
+    ids: HashSet<u64, RandomState>,
     stats: LayerStats,
 }
 
@@ -145,7 +147,8 @@ impl LayerBuilder<'_> {
     ///
     /// # Errors
     ///
-    /// [`Error::Encode`] when the encoder refuses the geometry.
+    /// None today (a geometry with nothing left to draw is counted as degenerate); the
+    /// signature leaves room for an encoder that refuses.
     pub fn add_wkb(
         &mut self,
         wkb: &[u8],
@@ -171,7 +174,8 @@ impl LayerBuilder<'_> {
     ///
     /// # Errors
     ///
-    /// [`Error::Encode`] when the encoder refuses the geometry.
+    /// None today (a geometry with nothing left to draw is counted as degenerate); the
+    /// signature leaves room for an encoder that refuses.
     pub fn add_geometry(
         &mut self,
         geometry: &Geometry<f64>,
@@ -199,7 +203,8 @@ impl LayerBuilder<'_> {
     ///
     /// # Errors
     ///
-    /// [`Error::Encode`] when the encoder refuses the geometry.
+    /// None today (a geometry with nothing left to draw is counted as degenerate); the
+    /// signature leaves room for an encoder that refuses.
     pub fn add_tile_geometry(
         &mut self,
         geometry: &TileGeometry,
@@ -213,29 +218,18 @@ impl LayerBuilder<'_> {
             self.stats.capped += 1;
             return Ok(());
         }
-        let data = encode_geometry(geometry)?;
-        let Some(layer) = self.layer.take() else {
-            return Err(Error::Encode("layer already finished".into()));
-        };
-        let mut feature = layer.into_feature(data);
+        let fresh = id.filter(|id| !self.ids.contains(id));
+        if !self.layer.add(geometry, fresh, attributes) {
+            self.stats.degenerate += 1;
+            return Ok(());
+        }
         if let Some(id) = id {
-            if self.ids.insert(id) {
-                feature.set_id(id);
+            if fresh.is_some() {
+                self.ids.insert(id);
             } else {
                 self.stats.duplicate_ids += 1;
             }
         }
-        for (key, value) in attributes {
-            match *value {
-                Value::String(s) => feature.add_tag_string(key, s),
-                Value::Int(i) => feature.add_tag_sint(key, i),
-                Value::Uint(u) => feature.add_tag_uint(key, u),
-                Value::Double(d) => feature.add_tag_double(key, d),
-                Value::Bool(b) => feature.add_tag_bool(key, b),
-                Value::Null => {}
-            }
-        }
-        self.layer = Some(feature.into_layer());
         self.stats.added += 1;
         Ok(())
     }
@@ -256,56 +250,15 @@ impl LayerBuilder<'_> {
     /// # Errors
     ///
     /// [`Error::Encode`] when the tile refuses the layer (a duplicate name).
-    pub fn finish(mut self) -> Result<LayerStats> {
-        if let Some(layer) = self.layer.take()
-            && layer.num_features() > 0
-        {
-            self.tile
-                .tile
-                .add_layer(layer)
-                .map_err(|e| Error::Encode(e.to_string()))?;
+    pub fn finish(self) -> Result<LayerStats> {
+        if self.layer.count() > 0 {
+            let name = self.layer.name();
+            if self.tile.names.iter().any(|n| n == name) {
+                return Err(Error::Encode(format!("a second layer named {name:?}")));
+            }
+            self.tile.names.push(name.to_owned());
+            self.layer.write_to(&mut self.tile.bytes);
         }
         Ok(self.stats)
     }
-}
-
-fn encode_geometry(g: &TileGeometry) -> Result<mvt::GeomData> {
-    let err = |e: mvt::Error| Error::Encode(e.to_string());
-    let mut enc = match g {
-        TileGeometry::Points(_) => GeomEncoder::<i32>::new(GeomType::Point),
-        TileGeometry::Lines(_) => GeomEncoder::<i32>::new(GeomType::Linestring),
-        TileGeometry::Polygons(_) => GeomEncoder::<i32>::new(GeomType::Polygon),
-    };
-    match g {
-        TileGeometry::Points(ps) => {
-            for [x, y] in ps {
-                enc.add_point(*x, *y).map_err(err)?;
-            }
-        }
-        TileGeometry::Lines(ls) => {
-            for l in ls {
-                for [x, y] in l {
-                    enc.add_point(*x, *y).map_err(err)?;
-                }
-                enc.complete_geom().map_err(err)?;
-            }
-        }
-        TileGeometry::Polygons(ps) => {
-            let mut last: Option<[i32; 2]> = None;
-            for rings in ps {
-                for ring in rings {
-                    // The encoder would fold a ring that starts where the previous one ended
-                    // into it (no MoveTo): start such a ring at its next vertex instead.
-                    let start = usize::from(last == ring.first().copied());
-                    for i in 0..ring.len() {
-                        let [x, y] = ring[(start + i) % ring.len()];
-                        enc.add_point(x, y).map_err(err)?;
-                    }
-                    last = ring.get((start + ring.len() - 1) % ring.len()).copied();
-                    enc.complete_geom().map_err(err)?;
-                }
-            }
-        }
-    }
-    enc.encode().map_err(err)
 }

@@ -53,7 +53,8 @@ pub enum Error {
         #[source]
         source: Box<Error>,
     },
-    /// The `mvt` encoder refused a geometry or layer.
+    /// A tile could not be made: two layers of one name, a drawing stopped, attributes that
+    /// cannot be read.
     #[error("encoding failed: {0}")]
     Encode(String),
     /// A CartoCSS stylesheet that cannot be read: where (`line:column`) and why.

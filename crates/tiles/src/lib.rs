@@ -30,6 +30,7 @@ mod sql_layers;
 #[cfg(feature = "raster")]
 mod text;
 mod validity;
+mod wire;
 
 pub use aggregate::{Aggregate, AggregationOptions, PointAggregator};
 pub use cache::{CachedTile, MemoryTileCache, SingleFlight, TileCache, TileKey};

@@ -342,68 +342,62 @@ impl TableSource {
     }
 
     fn add_row(&self, row: &PgRow, layer: &mut LayerBuilder<'_>) -> Result<()> {
-        let wkb: Option<Vec<u8>> = row.try_get(0).map_err(Error::Database)?;
-        let id: Option<i64> = row.try_get(1).map_err(Error::Database)?;
-        let Some(wkb) = wkb else { return Ok(()) };
-        let owned = self
+        let db = Error::Database;
+        // Borrowed from the row where the wire format allows: binary rows (the extended
+        // protocol) hold the WKB as it is, text rows (a one-round-trip read) as hex.
+        let raw = row.try_get_raw(0).map_err(db)?;
+        if sqlx::ValueRef::is_null(&raw) {
+            return Ok(());
+        }
+        let unhexed: Vec<u8>;
+        let wkb: &[u8] = match raw.format() {
+            sqlx::postgres::PgValueFormat::Binary => raw
+                .as_bytes()
+                .map_err(|e| Error::Database(sqlx::Error::Decode(e)))?,
+            sqlx::postgres::PgValueFormat::Text => {
+                unhexed = row.try_get(0).map_err(db)?;
+                &unhexed
+            }
+        };
+        let id: Option<i64> = row.try_get(1).map_err(db)?;
+        let id = id.and_then(|i| u64::try_from(i).ok());
+        let attributes = self
             .attributes
             .iter()
             .enumerate()
-            .map(|(i, (_, kind))| read_attribute(row, i + 2, *kind))
+            .map(|(i, (name, kind))| Ok((name.as_str(), read_attribute(row, i + 2, *kind)?)))
             .collect::<Result<Vec<_>>>()?;
-        let attributes: Vec<(&str, Value<'_>)> = self
-            .attributes
-            .iter()
-            .zip(&owned)
-            .map(|((name, _), v)| (name.as_str(), v.as_value()))
-            .collect();
-        let id = id.and_then(|i| u64::try_from(i).ok());
-        match (self.srid, decode_wkb(&wkb)) {
+        match (self.srid, decode_wkb(wkb)) {
             (4326, Some(mut g)) => {
                 project_4326(&mut g);
                 layer.add_geometry(&g, id, &attributes)
             }
-            _ => layer.add_wkb(&wkb, id, &attributes),
+            _ => layer.add_wkb(wkb, id, &attributes),
         }
     }
 }
 
-/// An attribute value read from a row.
-enum Owned {
-    Text(Option<String>),
-    Other(Value<'static>),
-}
-
-impl Owned {
-    fn as_value(&self) -> Value<'_> {
-        match self {
-            Self::Text(Some(s)) => Value::String(s),
-            Self::Text(None) => Value::Null,
-            Self::Other(v) => *v,
-        }
-    }
-}
-
-fn read_attribute(row: &PgRow, col: usize, kind: AttributeKind) -> Result<Owned> {
+fn read_attribute(row: &PgRow, col: usize, kind: AttributeKind) -> Result<Value<'_>> {
     let db = Error::Database;
-    Ok(match kind {
-        AttributeKind::Text => Owned::Text(row.try_get(col).map_err(db)?),
-        AttributeKind::Int => Owned::Other(
-            row.try_get::<Option<i64>, _>(col)
-                .map_err(db)?
-                .map_or(Value::Null, Value::Int),
-        ),
-        AttributeKind::Float => Owned::Other(
-            row.try_get::<Option<f64>, _>(col)
-                .map_err(db)?
-                .map_or(Value::Null, Value::Double),
-        ),
-        AttributeKind::Bool => Owned::Other(
-            row.try_get::<Option<bool>, _>(col)
-                .map_err(db)?
-                .map_or(Value::Null, Value::Bool),
-        ),
-    })
+    let value = match kind {
+        AttributeKind::Text => row
+            .try_get::<Option<&str>, _>(col)
+            .map_err(db)?
+            .map(Value::String),
+        AttributeKind::Int => row
+            .try_get::<Option<i64>, _>(col)
+            .map_err(db)?
+            .map(Value::Int),
+        AttributeKind::Float => row
+            .try_get::<Option<f64>, _>(col)
+            .map_err(db)?
+            .map(Value::Double),
+        AttributeKind::Bool => row
+            .try_get::<Option<bool>, _>(col)
+            .map_err(db)?
+            .map(Value::Bool),
+    };
+    Ok(value.unwrap_or(Value::Null))
 }
 
 fn decode_wkb(wkb: &[u8]) -> Option<Geometry<f64>> {
