@@ -38,18 +38,13 @@ fn bytes_field(out: &mut Vec<u8>, field: u64, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
-/// A packed repeated `uint32` field; nothing when empty.
-fn packed_field(out: &mut Vec<u8>, field: u64, values: &[u32]) {
-    if values.is_empty() {
-        return;
-    }
+/// A length-delimited field whose bytes `write` appends: written after a one-byte length,
+/// moved along in the rare case that needs more.
+fn message(out: &mut Vec<u8>, field: u64, write: impl FnOnce(&mut Vec<u8>)) {
     varint(out, key(field, BYTES));
-    // Written after a one-byte length, moved along in the rare case that needs more.
     let at = out.len();
     out.push(0);
-    for v in values {
-        varint(out, u64::from(*v));
-    }
+    write(out);
     let len = out.len() - at - 1;
     if len < 0x80 {
         out[at] = len as u8;
@@ -58,6 +53,18 @@ fn packed_field(out: &mut Vec<u8>, field: u64, values: &[u32]) {
         varint(&mut prefix, len as u64);
         out.splice(at..=at, prefix);
     }
+}
+
+/// A packed repeated `uint32` field; nothing when empty.
+fn packed_field(out: &mut Vec<u8>, field: u64, values: &[u32]) {
+    if values.is_empty() {
+        return;
+    }
+    message(out, field, |out| {
+        for v in values {
+            varint(out, u64::from(*v));
+        }
+    });
 }
 
 /// A value that is not a string, as the map of values tells them apart.
@@ -84,7 +91,8 @@ pub(crate) struct LayerWriter {
     scalars: HashMap<Scalar, u32, RandomState>,
     tags: Vec<u32>,
     geometry: Vec<u32>,
-    feature: Vec<u8>,
+    /// A part's points without repeats.
+    run: Vec<TilePoint>,
 }
 
 impl LayerWriter {
@@ -102,7 +110,7 @@ impl LayerWriter {
             scalars: HashMap::default(),
             tags: Vec::new(),
             geometry: Vec::new(),
-            feature: Vec::new(),
+            run: Vec::new(),
         }
     }
 
@@ -124,7 +132,7 @@ impl LayerWriter {
         attributes: &[(&str, Value<'_>)],
     ) -> bool {
         self.geometry.clear();
-        let kind = commands(geometry, &mut self.geometry);
+        let kind = commands(geometry, &mut self.geometry, &mut self.run);
         if self.geometry.is_empty() {
             return false;
         }
@@ -137,17 +145,17 @@ impl LayerWriter {
             let v = self.value(value);
             self.tags.extend([k, v]);
         }
-        let f = &mut self.feature;
-        f.clear();
-        if let Some(id) = id {
-            varint(f, key(1, VARINT));
-            varint(f, id);
-        }
-        packed_field(f, 2, &self.tags);
-        varint(f, key(3, VARINT));
-        varint(f, kind);
-        packed_field(f, 4, &self.geometry);
-        bytes_field(&mut self.features, 2, f);
+        let (tags, geometry) = (&self.tags, &self.geometry);
+        message(&mut self.features, 2, |f| {
+            if let Some(id) = id {
+                varint(f, key(1, VARINT));
+                varint(f, id);
+            }
+            packed_field(f, 2, tags);
+            varint(f, key(3, VARINT));
+            varint(f, kind);
+            packed_field(f, 4, geometry);
+        });
         self.count += 1;
         true
     }
@@ -206,11 +214,7 @@ impl LayerWriter {
 
     /// Appends a value message that `write` fills, returning its index.
     fn next_value(&mut self, write: impl FnOnce(&mut Vec<u8>)) -> u32 {
-        let mut message = std::mem::take(&mut self.feature);
-        message.clear();
-        write(&mut message);
-        bytes_field(&mut self.values, 4, &message);
-        self.feature = message;
+        message(&mut self.values, 4, write);
         self.value_count += 1;
         self.value_count - 1
     }
@@ -243,9 +247,8 @@ fn command(id: u32, count: usize) -> u32 {
 /// The geometry's commands (MVT 2.1 §4.3) into `out`, and its `GeomType`: each part's
 /// consecutive repeated points dropped, lines of fewer than two points and rings of fewer than
 /// three left out; the cursor carries over from one part to the next.
-fn commands(g: &TileGeometry, out: &mut Vec<u32>) -> u64 {
+fn commands(g: &TileGeometry, out: &mut Vec<u32>, run: &mut Vec<TilePoint>) -> u64 {
     let mut cursor: TilePoint = [0, 0];
-    let mut run: Vec<TilePoint> = Vec::new();
     let moves = |out: &mut Vec<u32>, points: &[TilePoint], cursor: &mut TilePoint| {
         for p in points {
             out.push(zigzag(i64::from(p[0]) - i64::from(cursor[0])) as u32);
@@ -263,16 +266,16 @@ fn commands(g: &TileGeometry, out: &mut Vec<u32>) -> u64 {
     };
     match g {
         TileGeometry::Points(points) => {
-            distinct(&mut run, points);
+            distinct(run, points);
             if !run.is_empty() {
                 out.push(command(1, run.len()));
-                moves(out, &run, &mut cursor);
+                moves(out, run, &mut cursor);
             }
             1
         }
         TileGeometry::Lines(lines) => {
             for line in lines {
-                distinct(&mut run, line);
+                distinct(run, line);
                 if run.len() >= 2 {
                     out.push(command(1, 1));
                     moves(out, &run[..1], &mut cursor);
@@ -284,7 +287,7 @@ fn commands(g: &TileGeometry, out: &mut Vec<u32>) -> u64 {
         }
         TileGeometry::Polygons(polygons) => {
             for ring in polygons.iter().flatten() {
-                distinct(&mut run, ring);
+                distinct(run, ring);
                 // Open rings: a last point equal to the first closes it again.
                 if run.len() > 1 && run.first() == run.last() {
                     run.pop();
@@ -358,7 +361,7 @@ mod tests {
     fn a_square_is_move_line_close_with_deltas() {
         let square = TileGeometry::Polygons(vec![vec![vec![[3, 6], [8, 12], [20, 34]]]]);
         let mut out = Vec::new();
-        assert_eq!(commands(&square, &mut out), 3);
+        assert_eq!(commands(&square, &mut out, &mut Vec::new()), 3);
         // The example ring of the specification, §4.3.5.3.
         assert_eq!(out, [9, 6, 12, 18, 10, 12, 24, 44, 15]);
     }
@@ -367,12 +370,12 @@ mod tests {
     fn repeated_points_and_collapsed_parts_are_left_out() {
         let mut out = Vec::new();
         let line = TileGeometry::Lines(vec![vec![[1, 1], [1, 1]], vec![[2, 2], [2, 2], [5, 2]]]);
-        commands(&line, &mut out);
+        commands(&line, &mut out, &mut Vec::new());
         // Only the second line: MoveTo (2,2), LineTo (5,2).
         assert_eq!(out, [9, 4, 4, 10, 6, 0]);
         out.clear();
         let ring = TileGeometry::Polygons(vec![vec![vec![[0, 0], [4, 0], [0, 0]]]]);
-        commands(&ring, &mut out);
+        commands(&ring, &mut out, &mut Vec::new());
         assert!(out.is_empty());
     }
 
