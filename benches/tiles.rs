@@ -1,9 +1,10 @@
 //! Vector tiles of the Natural Earth countries, per tile, for the 85 tiles of zooms 0 to 3:
 //! encoding alone (points, lines and polygons already in tile space) and the whole in-process
 //! pipeline from WKB bytes; then, fetch included on both sides, in the same run, the
-//! in-process table source against PostGIS's `ST_AsMVT(ST_AsMVTGeom(…))`: the countries from
-//! z0 to z5 (every tile to z3, the tiles over land at z4, every other one at z5) and 150 000
-//! points (`bench_points`, a third of them over central Europe) from z0 to z3. Criterion reports
+//! in-process table source against PostGIS's `ST_AsMVT(ST_AsMVTGeom(…))`: the countries at
+//! 1:110m and at 1:50m (ten times the vertices) from z0 to z5 (every tile to z3, the tiles over
+//! land at z4, every other one at z5) and 150 000 points (`bench_points`, a third of them over
+//! central Europe) from z0 to z3. Criterion reports
 //! tiles/s (per-tile time is its inverse); `vertices` reports the pipeline's vertices/s.
 #![expect(
     clippy::expect_used,

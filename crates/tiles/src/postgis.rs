@@ -367,13 +367,15 @@ impl TableSource {
             .enumerate()
             .map(|(i, (name, kind))| Ok((name.as_str(), read_attribute(row, i + 2, *kind)?)))
             .collect::<Result<Vec<_>>>()?;
-        match (self.srid, decode_wkb(wkb)) {
-            (4326, Some(mut g)) => {
-                project_4326(&mut g);
-                layer.add_geometry(&g, id, &attributes)
-            }
-            _ => layer.add_wkb(wkb, id, &attributes),
+        // Lon/lat is projected here; EPSG:3857 (from the table or PostGIS) goes in as it is,
+        // and what does not decode is counted by add_wkb.
+        if self.srid == 4326
+            && let Some(mut g) = decode_wkb(wkb)
+        {
+            project_4326(&mut g);
+            return layer.add_geometry(&g, id, &attributes);
         }
+        layer.add_wkb(wkb, id, &attributes)
     }
 }
 
