@@ -1,7 +1,7 @@
 //! The Mapbox Vector Tile wire format (`vector_tile.proto`, MVT 2.1) written straight into
 //! bytes as features arrive: each feature's message appended to its layer's buffer, keys and
-//! values interned in maps with a fast hasher and written once. A layer of 150 000 points costs
-//! no allocation per feature and no hash of a key per tag beyond one look-up.
+//! values interned in maps with a fast hasher and written once: a tag costs one look-up, and
+//! only a string value the layer has not seen yet is allocated.
 
 use std::collections::HashMap;
 
@@ -86,7 +86,6 @@ pub(crate) struct LayerWriter {
     keys: Vec<u8>,
     key_index: HashMap<Box<str>, u32, RandomState>,
     values: Vec<u8>,
-    value_count: u32,
     strings: HashMap<Box<str>, u32, RandomState>,
     scalars: HashMap<Scalar, u32, RandomState>,
     tags: Vec<u32>,
@@ -105,7 +104,6 @@ impl LayerWriter {
             keys: Vec::new(),
             key_index: HashMap::default(),
             values: Vec::new(),
-            value_count: 0,
             strings: HashMap::default(),
             scalars: HashMap::default(),
             tags: Vec::new(),
@@ -212,11 +210,11 @@ impl LayerWriter {
         i
     }
 
-    /// Appends a value message that `write` fills, returning its index.
+    /// Appends a value message that `write` fills, returning its index (the values so far:
+    /// the caller interns it after).
     fn next_value(&mut self, write: impl FnOnce(&mut Vec<u8>)) -> u32 {
         message(&mut self.values, 4, write);
-        self.value_count += 1;
-        self.value_count - 1
+        (self.strings.len() + self.scalars.len()) as u32
     }
 
     /// The layer's message, as the tile's field 3.
@@ -393,7 +391,13 @@ mod tests {
         ];
         assert!(layer.add(&p, Some(7), &attributes));
         assert!(layer.add(&p, None, &attributes));
-        assert_eq!((layer.key_index.len(), layer.value_count), (5, 5));
+        assert_eq!(
+            (
+                layer.key_index.len(),
+                layer.strings.len() + layer.scalars.len()
+            ),
+            (5, 5)
+        );
         assert_eq!(layer.tags, [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]);
     }
 }
