@@ -251,7 +251,7 @@ impl LayerBuilder<'_> {
     ///
     /// [`Error::Encode`] when the tile refuses the layer (a duplicate name).
     pub fn finish(self) -> Result<LayerStats> {
-        if self.layer.count() > 0 {
+        if self.stats.added > 0 {
             let name = self.layer.name();
             if self.tile.names.iter().any(|n| n == name) {
                 return Err(Error::Encode(format!("a second layer named {name:?}")));

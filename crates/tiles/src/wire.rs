@@ -82,7 +82,6 @@ pub(crate) struct LayerWriter {
     name: String,
     extent: u32,
     features: Vec<u8>,
-    count: usize,
     keys: Vec<u8>,
     key_index: HashMap<Box<str>, u32, RandomState>,
     values: Vec<u8>,
@@ -100,7 +99,6 @@ impl LayerWriter {
             name: name.to_owned(),
             extent,
             features: Vec::new(),
-            count: 0,
             keys: Vec::new(),
             key_index: HashMap::default(),
             values: Vec::new(),
@@ -114,11 +112,6 @@ impl LayerWriter {
 
     pub(crate) fn name(&self) -> &str {
         &self.name
-    }
-
-    /// The features written.
-    pub(crate) fn count(&self) -> usize {
-        self.count
     }
 
     /// Writes a feature; `false` (and nothing written) when the geometry has nothing left to
@@ -136,11 +129,11 @@ impl LayerWriter {
         }
         self.tags.clear();
         for (name, value) in attributes {
-            if matches!(value, Value::Null) {
+            // MVT has no null: the attribute is left out.
+            let Some(v) = self.value(value) else {
                 continue;
-            }
+            };
             let k = self.key(name);
-            let v = self.value(value);
             self.tags.extend([k, v]);
         }
         let (tags, geometry) = (&self.tags, &self.geometry);
@@ -154,7 +147,6 @@ impl LayerWriter {
             varint(f, kind);
             packed_field(f, 4, geometry);
         });
-        self.count += 1;
         true
     }
 
@@ -168,25 +160,25 @@ impl LayerWriter {
         i
     }
 
-    fn value(&mut self, value: &Value<'_>) -> u32 {
+    /// The index of `value` in the layer's values, added when new; `None` for null.
+    fn value(&mut self, value: &Value<'_>) -> Option<u32> {
         let scalar = match *value {
             Value::String(s) => {
                 if let Some(i) = self.strings.get(s) {
-                    return *i;
+                    return Some(*i);
                 }
                 let i = self.next_value(|m| bytes_field(m, 1, s.as_bytes()));
                 self.strings.insert(s.into(), i);
-                return i;
+                return Some(i);
             }
             Value::Int(v) => Scalar::Int(v),
             Value::Uint(v) => Scalar::Uint(v),
             Value::Double(v) => Scalar::Double(v.to_bits()),
             Value::Bool(v) => Scalar::Bool(v),
-            // Left out by the caller.
-            Value::Null => Scalar::Bool(false),
+            Value::Null => return None,
         };
         if let Some(i) = self.scalars.get(&scalar) {
-            return *i;
+            return Some(*i);
         }
         let i = self.next_value(|m| match scalar {
             Scalar::Int(v) => {
@@ -207,7 +199,7 @@ impl LayerWriter {
             }
         });
         self.scalars.insert(scalar, i);
-        i
+        Some(i)
     }
 
     /// Appends a value message that `write` fills, returning its index (the values so far:
@@ -256,11 +248,15 @@ fn commands(g: &TileGeometry, out: &mut Vec<u32>, run: &mut Vec<TilePoint>) -> u
     };
     let distinct = |run: &mut Vec<TilePoint>, points: &[TilePoint]| {
         run.clear();
-        for p in points {
-            if run.last() != Some(p) {
-                run.push(*p);
-            }
-        }
+        run.extend_from_slice(points);
+        run.dedup();
+    };
+    // A MoveTo to the first point, a LineTo through the others.
+    let path = |out: &mut Vec<u32>, run: &[TilePoint], cursor: &mut TilePoint| {
+        out.push(command(1, 1));
+        moves(out, &run[..1], cursor);
+        out.push(command(2, run.len() - 1));
+        moves(out, &run[1..], cursor);
     };
     match g {
         TileGeometry::Points(points) => {
@@ -275,10 +271,7 @@ fn commands(g: &TileGeometry, out: &mut Vec<u32>, run: &mut Vec<TilePoint>) -> u
             for line in lines {
                 distinct(run, line);
                 if run.len() >= 2 {
-                    out.push(command(1, 1));
-                    moves(out, &run[..1], &mut cursor);
-                    out.push(command(2, run.len() - 1));
-                    moves(out, &run[1..], &mut cursor);
+                    path(out, run, &mut cursor);
                 }
             }
             2
@@ -291,10 +284,7 @@ fn commands(g: &TileGeometry, out: &mut Vec<u32>, run: &mut Vec<TilePoint>) -> u
                     run.pop();
                 }
                 if run.len() >= 3 {
-                    out.push(command(1, 1));
-                    moves(out, &run[..1], &mut cursor);
-                    out.push(command(2, run.len() - 1));
-                    moves(out, &run[1..], &mut cursor);
+                    path(out, run, &mut cursor);
                     out.push(command(7, 1));
                 }
             }
