@@ -16,8 +16,15 @@
 //! - `http_floor`: `GET /health`, the HTTP round trip alone.
 //!
 //! With `--bench`, wrk then loads the cached tile (16 kept-alive connections, a regular key
-//! in the URL, its rate limit enforced but high) and `/health` for the floor, and the medians
-//! come out side by side: the small tile's cost above `ST_AsMVT` and the cached rate.
+//! in the URL, its rate limit enforced but high), the same bytes from a route that only
+//! returns them behind the same edge (the HTTP floor for that answer) and `/health`, and the
+//! medians come out side by side: the small tile's cost above `ST_AsMVT` and the cached rate.
+//!
+//! With `GEOSTACK_MARTIN` naming a Martin binary, Martin serves the same table from the same
+//! database and wrk loads the same tile from it (its own tile cache on, as Martin ships) in
+//! the same rounds, so the cached rate is compared with Martin's on the same machine and at
+//! the same moment. Martin is not installed by the project's scripts; without it the rounds
+//! report ours and `/health` only.
 #![expect(
     clippy::expect_used,
     clippy::panic,
@@ -342,19 +349,128 @@ fn small_tile(c: &mut Criterion) {
         assert!(wrk(&format!("http://{}{path}", served.cached), 1) > 0.0);
         return;
     }
-    // The cached tile under load, its key checked and its rate limited on every request.
-    let mut rates = Vec::new();
+    // The cached tile under load, its key checked and its rate limited on every request;
+    // beside it, in the same rounds, the same bytes from a route that only returns them
+    // behind the same edge (the HTTP floor for this answer) and, when given, Martin's.
+    let bare = rt.block_on(serve_bytes(ours.clone()));
+    let martin = std::env::var_os("GEOSTACK_MARTIN").map(|bin| Martin::start(&bin, &served.db));
+    let mut rounds = Vec::new();
     for _ in 0..3 {
-        let tile = wrk(&format!("http://{}{path}", served.cached), WRK_SECS);
-        let health = wrk(&format!("http://{}/health", served.cached), WRK_SECS);
-        eprintln!("tiles_http: cached tile {tile:.0} requests/s, /health {health:.0} requests/s");
-        rates.push((tile, health));
+        let round = [
+            Some(wrk(&format!("http://{}{path}", served.cached), WRK_SECS)),
+            Some(wrk(&format!("http://{bare}/tile"), WRK_SECS)),
+            Some(wrk(&format!("http://{}/health", served.cached), WRK_SECS)),
+            martin.as_ref().map(|m| wrk(&m.tile_url(), WRK_SECS)),
+        ];
+        eprintln!(
+            "tiles_http: cached tile {:.0} requests/s; its bytes behind the edge alone {:.0}; /health {:.0}{}",
+            round[0].unwrap_or_default(),
+            round[1].unwrap_or_default(),
+            round[2].unwrap_or_default(),
+            round[3].map_or(String::new(), |m| format!("; Martin's cached tile {m:.0}"))
+        );
+        rounds.push(round);
     }
-    rates.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let median = |i: usize| {
+        let mut v: Vec<f64> = rounds.iter().filter_map(|r| r[i]).collect();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied()
+    };
+    let ours_rate = median(0).unwrap_or_default();
     eprintln!(
-        "tiles_http: median cached tile rate {:.0} requests/s (/health {:.0}), {features} features in the small tile",
-        rates[1].0, rates[1].1
+        "tiles_http: median cached tile rate {ours_rate:.0} requests/s ({} bytes, {features} features); \
+         the same bytes behind the edge alone {:.0}; /health {:.0}",
+        ours.len(),
+        median(1).unwrap_or_default(),
+        median(2).unwrap_or_default(),
     );
+    if let Some(theirs) = median(3) {
+        eprintln!(
+            "tiles_http: median Martin cached tile rate {theirs:.0} requests/s: ours {:.2}x Martin's",
+            ours_rate / theirs
+        );
+    }
+}
+
+/// A server answering `GET /tile` with `bytes` behind the composed server's edge (CORS,
+/// CARTO's errors, the span and metrics), and nothing else: the floor for that answer.
+async fn serve_bytes(bytes: Bytes) -> std::net::SocketAddr {
+    let route = axum::routing::get(move || {
+        let bytes = bytes.clone();
+        async move { bytes }
+    });
+    let app = geostack::server::edge(
+        axum::Router::new().route("/tile", route),
+        &ServerConfig::default(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a port");
+    let addr = listener.local_addr().expect("its address");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+/// A Martin server on the bench's database, stopped when dropped.
+struct Martin {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+}
+
+impl Martin {
+    /// Starts `bin` on a free port serving every table of `db`, and waits until it serves
+    /// `tiles_points`.
+    fn start(bin: &std::ffi::OsStr, db: &TestDb) -> Self {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port");
+        let child = std::process::Command::new(bin)
+            .arg("--listen-addresses")
+            .arg(addr.to_string())
+            .arg(db.url())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("Martin could not start ({e})"));
+        let martin = Self { child, addr };
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            if martin.serves_tile() {
+                return martin;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("Martin did not serve tiles_points within 30 s");
+    }
+
+    fn tile_url(&self) -> String {
+        let (z, x, y) = SMALL;
+        format!("http://{}/tiles_points/{z}/{x}/{y}", self.addr)
+    }
+
+    /// Whether Martin answers the small tile with 200 (one request, by hand).
+    fn serves_tile(&self) -> bool {
+        use std::io::{Read as _, Write as _};
+        let Ok(mut s) = std::net::TcpStream::connect(self.addr) else {
+            return false;
+        };
+        let (z, x, y) = SMALL;
+        let ask = format!(
+            "GET /tiles_points/{z}/{x}/{y} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.addr
+        );
+        let mut head = [0; 12];
+        s.write_all(ask.as_bytes()).is_ok()
+            && s.read_exact(&mut head).is_ok()
+            && head.ends_with(b"200")
+    }
+}
+
+impl Drop for Martin {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 criterion_group!(benches, small_tile);

@@ -16,18 +16,62 @@
 //! | `geostack_batch_jobs_last_minute` | gauge, at [`Server::record_gauges`]: batch jobs that ended in the last whole minute | `outcome`: `completed`, `dead` |
 
 use geostack_jobs::Metric;
+use metrics::SharedString;
 
 use super::{RedisConnection, Server};
 
-pub(crate) fn request(route: String, method: &str, status: u16, seconds: f64) {
+pub(crate) fn request(route: String, method: SharedString, status: u16, seconds: f64) {
     metrics::counter!(
         "geostack_http_requests_total",
         "route" => route.clone(),
-        "method" => method.to_owned(),
-        "status" => status.to_string()
+        "method" => method,
+        "status" => status_label(status)
     )
     .increment(1);
     metrics::histogram!("geostack_http_request_duration_seconds", "route" => route).record(seconds);
+}
+
+/// A method as a label, without allocating for the standard ones.
+pub(crate) fn method_label(method: &axum::http::Method) -> SharedString {
+    use axum::http::Method;
+    let known = [
+        Method::GET,
+        Method::POST,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::PUT,
+        Method::DELETE,
+        Method::PATCH,
+    ];
+    const NAMES: [&str; 7] = ["GET", "POST", "HEAD", "OPTIONS", "PUT", "DELETE", "PATCH"];
+    match known.iter().position(|m| m == method) {
+        Some(i) => SharedString::const_str(NAMES[i]),
+        None => SharedString::from(method.as_str().to_owned()),
+    }
+}
+
+/// A status as a label, without allocating for the usual ones.
+fn status_label(status: u16) -> SharedString {
+    const USUAL: [(u16, &str); 14] = [
+        (200, "200"),
+        (201, "201"),
+        (204, "204"),
+        (206, "206"),
+        (304, "304"),
+        (400, "400"),
+        (401, "401"),
+        (403, "403"),
+        (404, "404"),
+        (405, "405"),
+        (413, "413"),
+        (429, "429"),
+        (500, "500"),
+        (503, "503"),
+    ];
+    match USUAL.iter().find(|(code, _)| *code == status) {
+        Some((_, text)) => SharedString::const_str(text),
+        None => SharedString::from(status.to_string()),
+    }
 }
 
 pub(crate) fn streamed(rows: u64, bytes: u64) {

@@ -28,7 +28,40 @@ const TABLES_RECHECK: Duration = Duration::from_secs(1);
 const MAX_SOURCES: usize = 16;
 
 /// A role's readable tables and when they were looked up.
-type Discovered = (Instant, Arc<Vec<TableSource>>);
+type Discovered = (Instant, Arc<Vec<Arc<Known>>>);
+
+/// A table source the role may read, with the names each tile request would otherwise work
+/// out again.
+struct Known {
+    source: Arc<TableSource>,
+    /// `schema.table`.
+    name: String,
+    /// `schema.table.column`: which source a cached tile is of.
+    id: String,
+    /// The table as keys' grants name it (`None`: a name grants cannot name, never served).
+    table: Option<geoauth::TableName>,
+}
+
+impl Known {
+    fn new(source: TableSource) -> Self {
+        let name = source.name();
+        Self {
+            id: format!("{name}.{}", source.geometry_column),
+            table: name.parse().ok(),
+            name,
+            source: Arc::new(source),
+        }
+    }
+
+    /// Its name in a URL: `schema.table`, and `.column` when one was `chosen`.
+    fn canonical(&self, chosen: bool) -> String {
+        if chosen {
+            self.id.clone()
+        } else {
+            self.name.clone()
+        }
+    }
+}
 
 /// Tiles of the tables and views a caller may read, as Martin serves them:
 /// `GET /tiles/{source}/{z}/{x}/{y}.mvt` and `GET /tiles/{source}` (TileJSON), also under
@@ -86,55 +119,43 @@ impl<C: RedisConnection> TablesApi<C> {
     }
 
     /// The sources `names` (comma-separated) among the tables the caller's role may read, each
-    /// also allowed by the caller's key, with their canonical names (`schema.table`, and
-    /// `.column` when one was chosen).
-    async fn sources(
-        &self,
-        principal: &Principal,
-        names: &str,
-    ) -> Result<Vec<(TableSource, String)>> {
-        let names: Vec<&str> = names.split(',').collect();
-        if names.len() > MAX_SOURCES {
+    /// also allowed by the caller's key, and whether a geometry column was chosen.
+    async fn sources(&self, principal: &Principal, names: &str) -> Result<Vec<(Arc<Known>, bool)>> {
+        if names.split(',').nth(MAX_SOURCES).is_some() {
             return Err(Error::BadRequest(format!(
                 "at most {MAX_SOURCES} sources in one tile"
             )));
         }
-        let role = principal.db_role().name().to_owned();
-        let mut tables = self.discovered(principal, &role, false).await?;
-        let mut sources = Vec::with_capacity(names.len());
-        for name in names {
+        let role = principal.db_role().name();
+        let mut tables = self.discovered(principal, role, false).await?;
+        let mut sources: Vec<(Arc<Known>, bool)> = Vec::with_capacity(1);
+        for name in names.split(',') {
             let mut found = find(&tables.1, name);
             // Not there: granted since the list was made, perhaps.
             if found.is_none() && tables.0.elapsed() >= TABLES_RECHECK {
-                tables = self.discovered(principal, &role, true).await?;
+                tables = self.discovered(principal, role, true).await?;
                 found = find(&tables.1, name);
             }
-            let (source, chosen) = found.ok_or_else(|| {
+            let (known, chosen) = found.ok_or_else(|| {
                 Error::NotFound(format!("no table {name} with a geometry column"))
             })?;
-            let source = source.clone();
             // The key's grants as well as its role's: a key that lists its tables reads no
             // other, whatever its role could.
-            let table: geoauth::TableName = source
-                .name()
-                .parse()
-                .map_err(|_| Error::NotFound(format!("no table {}", source.name())))?;
-            principal.authorize_table(&table, geoauth::Privilege::Select)?;
+            let table = known
+                .table
+                .as_ref()
+                .ok_or_else(|| Error::NotFound(format!("no table {}", known.name)))?;
+            principal.authorize_table(table, geoauth::Privilege::Select)?;
             if sources
                 .iter()
-                .any(|(s, _): &(TableSource, String)| s.table == source.table)
+                .any(|(s, _)| s.source.table == known.source.table)
             {
                 return Err(Error::BadRequest(format!(
                     "two layers of one tile would be named {}",
-                    source.table
+                    known.source.table
                 )));
             }
-            let canonical = if chosen {
-                format!("{}.{}", source.name(), source.geometry_column)
-            } else {
-                source.name()
-            };
-            sources.push((source, canonical));
+            sources.push((Arc::clone(known), chosen));
         }
         Ok(sources)
     }
@@ -158,8 +179,8 @@ impl<C: RedisConnection> TablesApi<C> {
             }
         }
         let ids = &self.inner.gate.config().tile_id_columns;
-        let found =
-            Arc::new(discover_with_ids(&self.inner.sandbox.pool_of(principal)?, ids).await?);
+        let found = discover_with_ids(&self.inner.sandbox.pool_of(principal)?, ids).await?;
+        let found = Arc::new(found.into_iter().map(|s| Arc::new(Known::new(s))).collect());
         let at = Instant::now();
         self.inner
             .tables
@@ -172,10 +193,11 @@ impl<C: RedisConnection> TablesApi<C> {
 
 /// The source `name` among `tables`: `schema.table` or a `public` table's name (its first
 /// geometry column), else either followed by `.column` (then `true`).
-fn find<'a>(tables: &'a [TableSource], name: &str) -> Option<(&'a TableSource, bool)> {
+fn find<'a>(tables: &'a [Arc<Known>], name: &str) -> Option<(&'a Arc<Known>, bool)> {
     // `schema.table`, or `table` alone in `public`; compared in place (this runs on every
     // tile request, for every table the role reads).
-    let is = |t: &TableSource, table: &str| {
+    let is = |k: &Known, table: &str| {
+        let t = &*k.source;
         table
             .strip_prefix(t.schema.as_str())
             .and_then(|rest| rest.strip_prefix('.'))
@@ -188,7 +210,7 @@ fn find<'a>(tables: &'a [TableSource], name: &str) -> Option<(&'a TableSource, b
             let (table, column) = name.rsplit_once('.')?;
             tables
                 .iter()
-                .find(|t| is(t, table) && t.geometry_column == column)
+                .find(|t| is(t, table) && t.source.geometry_column == column)
                 .map(|t| (t, true))
         }
     }
@@ -196,8 +218,10 @@ fn find<'a>(tables: &'a [TableSource], name: &str) -> Option<(&'a TableSource, b
 
 /// The attributes the request chose (`fields=name,pop_max`; empty: none), sorted, or `None`
 /// when it chose none; `sources` keep only those. A name none of them carries is refused.
-fn choose_fields(sources: &mut [TableSource], query: Option<&str>) -> Result<Option<String>> {
-    let Some(asked) = query.and_then(|q| {
+fn choose_fields(sources: &mut [Arc<TableSource>], query: Option<&str>) -> Result<Option<String>> {
+    // Most requests choose nothing: their query is not parsed (a name spelled with `%` is).
+    let chooses = |q: &&str| q.contains("fields") || q.contains('%');
+    let Some(asked) = query.filter(chooses).and_then(|q| {
         form_urlencoded::parse(q.as_bytes())
             .find(|(k, _)| k == "fields")
             .map(|(_, v)| v.into_owned())
@@ -218,7 +242,7 @@ fn choose_fields(sources: &mut [TableSource], query: Option<&str>) -> Result<Opt
         }
     }
     for source in sources.iter_mut() {
-        source
+        Arc::make_mut(source)
             .attributes
             .retain(|(a, _)| names.contains(&a.as_str()));
     }
@@ -240,25 +264,28 @@ async fn tile<C: RedisConnection>(State(api): State<TablesApi<C>>, req: ApiReque
             let named = api
                 .sources(&caller.principal, table_name(&req.path))
                 .await?;
-            let pool = inner.sandbox.pool_of(&caller.principal)?;
-            // Each source with its geometry column: one table's columns are different tiles.
-            let ids: Vec<String> = named
-                .iter()
-                .map(|(s, _)| format!("{}.{}", s.name(), s.geometry_column))
-                .collect();
-            let mut sources: Vec<TableSource> = named.into_iter().map(|(s, _)| s).collect();
+            let mut sources: Vec<Arc<TableSource>> =
+                named.iter().map(|(k, _)| Arc::clone(&k.source)).collect();
             let fields = choose_fields(&mut sources, req.query.as_deref())?;
-            let key = TileKey::new(
-                format!(
-                    "table:{}:{}{}",
-                    ids.join(","),
-                    caller.principal.db_role().name(),
-                    fields.map_or_else(String::new, |f| format!(":fields={f}"))
-                ),
-                coord,
-            );
-            let tags = sources.iter().map(TableSource::name).collect();
+            // Each source with its geometry column: one table's columns are different tiles.
+            let mut id = String::with_capacity(64);
+            id.push_str("table:");
+            for (i, (known, _)) in named.iter().enumerate() {
+                if i > 0 {
+                    id.push(',');
+                }
+                id.push_str(&known.id);
+            }
+            id.push(':');
+            id.push_str(caller.principal.db_role().name());
+            if let Some(fields) = fields {
+                id.push_str(":fields=");
+                id.push_str(&fields);
+            }
+            let key = TileKey::new(id, coord);
+            let tags = named.iter().map(|(k, _)| k.name.clone()).collect();
             let served = inner.gate.config().tile_zooms.contains(&coord.z());
+            let role = caller.principal.db_role();
             inner
                 .tiles
                 .tile(
@@ -268,6 +295,11 @@ async fn tile<C: RedisConnection>(State(api): State<TablesApi<C>>, req: ApiReque
                     key,
                     tags,
                     || async move {
+                        // The role's pool, looked up only when the tile is made.
+                        let pool = inner
+                            .sandbox
+                            .registry()
+                            .pool(role.name(), role.password().expose())?;
                         let sandbox = inner.sandbox.options();
                         let mut tile = TileBuilder::new(coord, inner.tiles.options());
                         for source in sources.iter().filter(|_| served) {
@@ -294,9 +326,13 @@ async fn tilejson<C: RedisConnection>(
             let named = api
                 .sources(&caller.principal, table_name(&req.path))
                 .await?;
-            let names: Vec<&str> = named.iter().map(|(_, name)| name.as_str()).collect();
+            let names: Vec<String> = named
+                .iter()
+                .map(|(k, chosen)| k.canonical(*chosen))
+                .collect();
             let names = names.join(",");
-            let mut sources: Vec<TableSource> = named.into_iter().map(|(s, _)| s).collect();
+            let mut sources: Vec<Arc<TableSource>> =
+                named.iter().map(|(k, _)| Arc::clone(&k.source)).collect();
             let fields = choose_fields(&mut sources, req.query.as_deref())?;
             let mut url = with_key(
                 format!(

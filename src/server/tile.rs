@@ -53,6 +53,8 @@ struct Inner {
 struct Changes {
     since: std::time::SystemTime,
     tables: HashMap<String, std::time::SystemTime>,
+    /// The last `Last-Modified` written: its second and its text (most answers repeat it).
+    written: Option<(i64, HeaderValue)>,
 }
 
 impl Tiles {
@@ -68,6 +70,7 @@ impl Tiles {
                 changes: std::sync::Mutex::new(Changes {
                     since: std::time::SystemTime::now(),
                     tables: HashMap::new(),
+                    written: None,
                 }),
             }),
         }
@@ -101,12 +104,34 @@ impl Tiles {
     /// When the latest of `tables` was last heard to change (or, if none was, since when
     /// changes are heard): a tile made from them has not changed since.
     pub fn last_modified(&self, tables: &[String]) -> std::time::SystemTime {
-        let changes = self.changes();
+        Self::latest(&self.changes(), tables)
+    }
+
+    fn latest(changes: &Changes, tables: &[String]) -> std::time::SystemTime {
         tables
             .iter()
             .filter_map(|t| changes.tables.get(t))
             .copied()
             .fold(changes.since, std::cmp::max)
+    }
+
+    /// [`Tiles::last_modified`] in whole seconds since the Unix epoch, and as the
+    /// `Last-Modified` header's value (formatted once per second seen).
+    fn last_modified_header(&self, tables: &[String]) -> (i64, Option<HeaderValue>) {
+        let mut changes = self.changes();
+        let t = jiff::Timestamp::try_from(Self::latest(&changes, tables))
+            .unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+        let second = t.as_second();
+        if let Some((at, text)) = &changes.written
+            && *at == second
+        {
+            return (second, Some(text.clone()));
+        }
+        let text = HeaderValue::from_str(&http_date(t)).ok();
+        if let Some(text) = &text {
+            changes.written = Some((second, text.clone()));
+        }
+        (second, text)
     }
 
     /// Drops the cached tiles of `table` (`schema.table`) and purges the caches in front
@@ -152,7 +177,7 @@ impl Tiles {
             None => self.render(gate, caller, &key, &tables, render).await?,
         };
         let mut response = tile_response(caller, headers, &tile);
-        let modified = http_date(self.last_modified(&tables));
+        let modified = self.last_modified_header(&tables);
         // A client that validates by date alone is answered 304 when nothing changed since.
         if !headers.contains_key(header::IF_NONE_MATCH)
             && response.status().is_success()
@@ -167,12 +192,14 @@ impl Tiles {
             response.headers_mut().remove(header::CONTENT_LENGTH);
         }
         let h = response.headers_mut();
-        if let Ok(date) = HeaderValue::from_str(&modified.1) {
+        if let Some(date) = modified.1 {
             h.insert(header::LAST_MODIFIED, date);
         }
         // What a cache in front bans by when one of them changes (as CARTO's tiles say).
-        if let Ok(channel) = HeaderValue::from_str(&tables.join(",")) {
-            h.insert("x-cache-channel", channel);
+        if let Ok(channel) =
+            HeaderValue::from_maybe_shared(axum::body::Bytes::from(tables.join(",")))
+        {
+            h.insert(X_CACHE_CHANNEL, channel);
         }
         Ok(response)
     }
@@ -257,15 +284,13 @@ pub fn tile_response(caller: &Caller, headers: &HeaderMap, tile: &CachedTile) ->
     response
 }
 
-/// `t` in whole seconds since the Unix epoch, and as an HTTP date
-/// (`Thu, 03 Dec 2026 20:55:37 GMT`).
-fn http_date(t: std::time::SystemTime) -> (i64, String) {
-    let t = jiff::Timestamp::try_from(t).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
-    (
-        t.as_second(),
-        t.strftime("%a, %d %b %Y %H:%M:%S GMT").to_string(),
-    )
+/// `t` as an HTTP date (`Thu, 03 Dec 2026 20:55:37 GMT`).
+fn http_date(t: jiff::Timestamp) -> String {
+    t.strftime("%a, %d %b %Y %H:%M:%S GMT").to_string()
 }
+
+/// The header naming a tile's tables.
+const X_CACHE_CHANNEL: header::HeaderName = header::HeaderName::from_static("x-cache-channel");
 
 /// An HTTP date's seconds since the Unix epoch.
 fn parse_http_date(text: &str) -> Option<i64> {
@@ -369,10 +394,10 @@ mod tests {
 
     #[test]
     fn http_dates_print_and_read_back() {
-        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_796_331_337);
-        let (secs, text) = http_date(t);
+        let t = jiff::Timestamp::from_second(1_796_331_337).unwrap();
+        let text = http_date(t);
         assert_eq!(text, "Thu, 03 Dec 2026 20:55:37 GMT");
-        assert_eq!(parse_http_date(&text), Some(secs));
+        assert_eq!(parse_http_date(&text), Some(1_796_331_337));
         assert_eq!(parse_http_date("yesterday"), None);
     }
 

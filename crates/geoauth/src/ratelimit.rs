@@ -175,17 +175,28 @@ impl RateDecision {
     /// assert_eq!(headers["retry-after"], "1");
     /// ```
     pub fn write_headers(&self, headers: &mut HeaderMap) {
-        let reset = ceil_secs(self.reset);
-        let pairs = [
-            ("ratelimit-limit", self.limit.into()),
-            ("ratelimit-remaining", self.remaining.into()),
-            ("ratelimit-reset", reset),
-            ("carto-rate-limit-limit", self.limit.into()),
-            ("carto-rate-limit-remaining", self.remaining.into()),
-            ("carto-rate-limit-reset", reset),
+        const NAMES: [[HeaderName; 3]; 2] = [
+            [
+                HeaderName::from_static("ratelimit-limit"),
+                HeaderName::from_static("ratelimit-remaining"),
+                HeaderName::from_static("ratelimit-reset"),
+            ],
+            [
+                HeaderName::from_static("carto-rate-limit-limit"),
+                HeaderName::from_static("carto-rate-limit-remaining"),
+                HeaderName::from_static("carto-rate-limit-reset"),
+            ],
         ];
-        for (name, value) in pairs {
-            headers.insert(HeaderName::from_static(name), HeaderValue::from(value));
+        // Each value made once, shared by both spellings.
+        let values = [
+            HeaderValue::from(self.limit),
+            HeaderValue::from(self.remaining),
+            HeaderValue::from(ceil_secs(self.reset)),
+        ];
+        for names in NAMES {
+            for (name, value) in names.into_iter().zip(&values) {
+                headers.insert(name, value.clone());
+            }
         }
         if let Some(retry) = self.retry_after {
             headers.insert(

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
 
@@ -23,8 +24,10 @@ use crate::{Error, Result, TileCoord};
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CachedTile {
-    bytes: Arc<[u8]>,
-    etag: String,
+    /// Shared, so an answer sends them without copying.
+    bytes: Bytes,
+    /// The quoted ETag's text (ASCII), shared as `bytes` are.
+    etag: Bytes,
 }
 
 impl CachedTile {
@@ -34,7 +37,7 @@ impl CachedTile {
         let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
         Self {
             bytes: bytes.into(),
-            etag: format!("\"{hex}\""),
+            etag: format!("\"{hex}\"").into(),
         }
     }
 
@@ -42,7 +45,7 @@ impl CachedTile {
     pub(crate) fn with_etag(bytes: Vec<u8>, etag: String) -> Self {
         Self {
             bytes: bytes.into(),
-            etag,
+            etag: etag.into(),
         }
     }
 
@@ -51,9 +54,20 @@ impl CachedTile {
         &self.bytes
     }
 
+    /// The encoded tile, shared (a clone copies nothing).
+    pub fn shared_bytes(&self) -> Bytes {
+        self.bytes.clone()
+    }
+
     /// The ETag, quoted.
     pub fn etag(&self) -> &str {
-        &self.etag
+        // Made from a `String` (ours, or one read back as text from Redis).
+        std::str::from_utf8(&self.etag).unwrap_or_default()
+    }
+
+    /// The ETag, quoted, shared (a clone copies nothing).
+    pub fn shared_etag(&self) -> Bytes {
+        self.etag.clone()
     }
 
     /// Whether the tile has no features: answer 204 No Content.

@@ -74,7 +74,9 @@ impl IntoResponse for TileResponse {
     fn into_response(self) -> Response {
         let mut response = Response::new(Body::empty());
         let h = response.headers_mut();
-        if let Ok(etag) = HeaderValue::from_str(self.tile.etag()) {
+        // Room for what the servers add (rate limits, CORS, cache channels) without regrowing.
+        h.reserve(16);
+        if let Ok(etag) = HeaderValue::from_maybe_shared(self.tile.shared_etag()) {
             h.insert(header::ETAG, etag);
         }
         h.insert(header::CACHE_CONTROL, self.cache_control);
@@ -87,7 +89,7 @@ impl IntoResponse for TileResponse {
                 header::CONTENT_TYPE,
                 HeaderValue::from_static(MVT_CONTENT_TYPE),
             );
-            *response.body_mut() = Body::from(self.tile.bytes().to_vec());
+            *response.body_mut() = Body::from(self.tile.shared_bytes());
             StatusCode::OK
         };
         response
