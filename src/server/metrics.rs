@@ -33,19 +33,9 @@ pub(crate) fn request(route: String, method: SharedString, status: u16, seconds:
 
 /// A method as a label, without allocating for the standard ones.
 pub(crate) fn method_label(method: &axum::http::Method) -> SharedString {
-    use axum::http::Method;
-    let known = [
-        Method::GET,
-        Method::POST,
-        Method::HEAD,
-        Method::OPTIONS,
-        Method::PUT,
-        Method::DELETE,
-        Method::PATCH,
-    ];
-    const NAMES: [&str; 7] = ["GET", "POST", "HEAD", "OPTIONS", "PUT", "DELETE", "PATCH"];
-    match known.iter().position(|m| m == method) {
-        Some(i) => SharedString::const_str(NAMES[i]),
+    const STANDARD: [&str; 7] = ["GET", "POST", "HEAD", "OPTIONS", "PUT", "DELETE", "PATCH"];
+    match STANDARD.iter().find(|m| **m == method.as_str()) {
+        Some(name) => SharedString::const_str(name),
         None => SharedString::from(method.as_str().to_owned()),
     }
 }
