@@ -14,6 +14,9 @@
 //!   limit, fair share, discovery, sandbox, rows, encoding, HTTP);
 //! - `http_cached`: the tile through a server that has it cached;
 //! - `http_floor`: `GET /health`, the HTTP round trip alone.
+//! - `router_cached` and `router_bare`: the cached tile, and the same bytes from a route that
+//!   only returns them behind the same edge, through the routers in process (no socket): what
+//!   the handlers themselves cost, steadier than any figure over TCP.
 //!
 //! With `--bench`, wrk then loads the cached tile (16 kept-alive connections, a regular key
 //! in the URL, its rate limit enforced but high), the same bytes from a route that only
@@ -82,6 +85,8 @@ struct Served {
     _redis: TestRedis,
     cached: std::net::SocketAddr,
     uncached: std::net::SocketAddr,
+    /// The cached server's routes, to call in process.
+    router: axum::Router,
     key: String,
 }
 
@@ -103,6 +108,7 @@ async fn serve() -> Served {
         .max_renders_per_caller(CONNECTIONS as u32);
     let mut addrs = Vec::new();
     let mut key = String::new();
+    let mut routers = Vec::new();
     for cache in [true, false] {
         let config = if cache {
             config.clone()
@@ -134,9 +140,9 @@ async fn serve() -> Served {
         }
         let listener = GuardedListener::bind("127.0.0.1:0").await.expect("a port");
         addrs.push(axum::serve::Listener::local_addr(&listener).expect("its address"));
-        let app = server
-            .router()
-            .into_make_service_with_connect_info::<Peer>();
+        let router = server.router();
+        routers.push(router.clone());
+        let app = router.into_make_service_with_connect_info::<Peer>();
         tokio::spawn(async move { axum::serve(listener, app).await });
     }
     Served {
@@ -144,6 +150,7 @@ async fn serve() -> Served {
         _redis: redis,
         cached: addrs[0],
         uncached: addrs[1],
+        router: routers.swap_remove(0),
         key,
     }
 }
@@ -342,6 +349,29 @@ fn small_tile(c: &mut Criterion) {
             });
         });
     }
+    // The same answers in process, no socket: what the handlers themselves cost.
+    let bare = bytes_router(ours.clone());
+    for (name, router, url) in [
+        ("router_cached", served.router.clone(), path.clone()),
+        ("router_bare", bare, "/tile".to_owned()),
+    ] {
+        group.bench_function(name, |b| {
+            b.to_async(&rt).iter(|| {
+                let mut router = router.clone();
+                let request = axum::http::Request::get(&url)
+                    .header("host", "127.0.0.1")
+                    .body(axum::body::Body::empty())
+                    .expect("a request");
+                async move {
+                    let response = tower_service::Service::call(&mut router, request)
+                        .await
+                        .expect("infallible");
+                    assert_eq!(response.status(), 200);
+                    black_box(response)
+                }
+            });
+        });
+    }
     group.finish();
 
     if !std::env::args().any(|a| a == "--bench") {
@@ -395,20 +425,25 @@ fn small_tile(c: &mut Criterion) {
 /// A server answering `GET /tile` with `bytes` behind the composed server's edge (CORS,
 /// CARTO's errors, the span and metrics), and nothing else: the floor for that answer.
 async fn serve_bytes(bytes: Bytes) -> std::net::SocketAddr {
-    let route = axum::routing::get(move || {
-        let bytes = bytes.clone();
-        async move { bytes }
-    });
-    let app = geostack::server::edge(
-        axum::Router::new().route("/tile", route),
-        &ServerConfig::default(),
-    );
+    let app = bytes_router(bytes);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("a port");
     let addr = listener.local_addr().expect("its address");
     tokio::spawn(async move { axum::serve(listener, app).await });
     addr
+}
+
+/// The routes of [`serve_bytes`].
+fn bytes_router(bytes: Bytes) -> axum::Router {
+    let route = axum::routing::get(move || {
+        let bytes = bytes.clone();
+        async move { bytes }
+    });
+    geostack::server::edge(
+        axum::Router::new().route("/tile", route),
+        &ServerConfig::default(),
+    )
 }
 
 /// A Martin server on the bench's database, stopped when dropped.

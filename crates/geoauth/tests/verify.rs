@@ -318,3 +318,57 @@ async fn redis_killed_mid_verify_gives_503_and_verification_recovers() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn a_remembered_verification_holds_until_a_key_changes_or_it_grows_old() {
+    let server = RedisServer::start();
+    let admin = KeyStore::new(connection(&server.url()).await);
+    let (_, token) = admin
+        .create(&alice(), NewKey::master(role()))
+        .await
+        .unwrap();
+    let (other, _) = admin
+        .create(&alice(), NewKey::master(role()))
+        .await
+        .unwrap();
+    let creds = Credentials::token(token, CredentialSource::Bearer);
+    let url = server.url();
+    let verifier = async |ttl| {
+        let store = KeyStore::new(connection(&url).await);
+        let client = redis::Client::open(url.as_str()).unwrap();
+        let config = VerifierConfig::default().cache_ttl(ttl);
+        Verifier::with_cache(store, client, config).await
+    };
+
+    // Any key of any user changed (here another key revoked): nothing remembered holds.
+    let long = verifier(Duration::from_secs(600)).await;
+    let (_, remembered) = long.verify_remembered(&alice(), &creds).await.unwrap();
+    let remembered = remembered.unwrap();
+    assert!(long.still_holds(&remembered));
+    assert!(admin.revoke(&alice(), &other.id).await.unwrap());
+    let start = Instant::now();
+    while long.still_holds(&remembered) {
+        assert!(
+            start.elapsed() < Duration::from_millis(500),
+            "a verification still holds after an invalidation"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // Verified again (from Redis, the cache dropped): it holds again.
+    let (_, again) = long.verify_remembered(&alice(), &creds).await.unwrap();
+    assert!(long.still_holds(&again.unwrap()));
+
+    // Older than the cache's TTL: it no longer holds.
+    let short = verifier(Duration::from_millis(200)).await;
+    let (_, remembered) = short.verify_remembered(&alice(), &creds).await.unwrap();
+    let remembered = remembered.unwrap();
+    assert!(short.still_holds(&remembered));
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert!(!short.still_holds(&remembered));
+
+    // Without a cache, nothing is remembered.
+    let store = KeyStore::new(connection(&url).await);
+    let uncached = Verifier::new(store, VerifierConfig::default().cache_capacity(0));
+    let (_, none) = uncached.verify_remembered(&alice(), &creds).await.unwrap();
+    assert!(none.is_none());
+}
