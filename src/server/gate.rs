@@ -181,21 +181,6 @@ pub(crate) fn respond(result: Result<Response>) -> Response {
     result.unwrap_or_else(IntoResponse::into_response)
 }
 
-/// Whom a request counts against, each with its quota: its key (for anonymous callers, all of
-/// them together), then for an anonymous caller its client address.
-type Subjects<S> = ((S, geoauth::Quota), Option<(S, geoauth::Quota)>);
-
-/// What finds a caller again without verifying its key anew ([`Gate::recall`]): who it was,
-/// the verification that found it, and its rate subjects held. It holds no secret.
-#[derive(Clone, Debug)]
-pub(crate) struct Remembered {
-    principal: Principal,
-    id: String,
-    verification: geoauth::Verification,
-    subjects: Subjects<geoauth::HeldSubject>,
-    group: &'static str,
-}
-
 /// An authenticated request: who, and the rate decision for its response headers.
 ///
 /// ```no_run
@@ -324,107 +309,6 @@ impl<C: RedisConnection> Gate<C> {
             .await
     }
 
-    /// [`Gate::caller`], and what finds the same caller again without verifying its key anew
-    /// ([`Gate::recall`]): given when the verifier's cache is live and rates are decided in
-    /// process, else `None`.
-    pub(crate) async fn caller_remembered(
-        &self,
-        req: &ApiRequest,
-        api: Api,
-    ) -> Result<(Caller, Option<Remembered>)> {
-        let inner = &self.inner;
-        let user = self.user_of(&req.path, &req.headers)?;
-        let credentials = Credentials::from_headers_and_query(
-            &req.headers,
-            req.query.as_deref(),
-            &user,
-            inner.verifier.token_format(),
-        )?;
-        let (principal, verification) = inner
-            .verifier
-            .verify_remembered(&user, &credentials)
-            .await?;
-        principal.authorize(api)?;
-        let (group, quota, anonymous_quota) = self.quotas(api);
-        let ((first, second), id) = self.subjects(
-            &principal,
-            &req.headers,
-            req.peer,
-            group,
-            quota,
-            anonymous_quota,
-        )?;
-        let limiter = &inner.limiter;
-        let held = || {
-            let first = (limiter.hold(&first.0)?, first.1);
-            let second = match &second {
-                Some((subject, quota)) => Some((limiter.hold(subject)?, *quota)),
-                None => None,
-            };
-            Some((first, second))
-        };
-        let Some((verification, subjects)) = verification.zip(held()) else {
-            let caller = self
-                .rate(
-                    principal,
-                    &req.headers,
-                    req.peer,
-                    group,
-                    quota,
-                    anonymous_quota,
-                )
-                .await?;
-            return Ok((caller, None));
-        };
-        let remembered = Remembered {
-            principal,
-            id,
-            verification,
-            subjects,
-            group,
-        };
-        let caller = self.count(&remembered).await?;
-        Ok((caller, Some(remembered)))
-    }
-
-    /// The caller `remembered` names, its request counted against its rates as
-    /// [`Gate::caller`] counts it; `None` when its verification no longer holds (a key was
-    /// invalidated, the verifier's cache went down or its answer grew old): then verify it
-    /// anew.
-    pub(crate) async fn recall(&self, remembered: &Remembered) -> Option<Result<Caller>> {
-        if !self.inner.verifier.still_holds(&remembered.verification) {
-            return None;
-        }
-        Some(self.count(remembered).await)
-    }
-
-    /// One request of `remembered` counted against its held rate subjects.
-    async fn count(&self, remembered: &Remembered) -> Result<Caller> {
-        let limiter = &self.inner.limiter;
-        let (first, second) = &remembered.subjects;
-        let first = limiter.check_held(&first.0, first.1).await?;
-        let second = match second {
-            Some((subject, quota)) => Some(limiter.check_held(subject, *quota).await?),
-            None => None,
-        };
-        Self::decided(
-            remembered.principal.clone(),
-            first,
-            second,
-            remembered.id.clone(),
-            remembered.group,
-        )
-    }
-
-    /// The rate group of `api`, its quota and anonymous callers' quota all together.
-    fn quotas(&self, api: Api) -> (&'static str, geoauth::Quota, geoauth::Quota) {
-        let config = &self.inner.config;
-        match api {
-            Api::Sql => ("sql", config.sql_quota, config.anonymous_sql_quota),
-            _ => ("maps", config.maps_quota, config.anonymous_maps_quota),
-        }
-    }
-
     /// [`Gate::authenticate`] with the credentials in a raw query string.
     async fn authenticate_query(
         &self,
@@ -436,7 +320,11 @@ impl<C: RedisConnection> Gate<C> {
     ) -> Result<Caller> {
         let principal = self.principal_query(path, headers, query).await?;
         principal.authorize(api)?;
-        let (group, quota, anonymous_quota) = self.quotas(api);
+        let config = &self.inner.config;
+        let (group, quota, anonymous_quota) = match api {
+            Api::Sql => ("sql", config.sql_quota, config.anonymous_sql_quota),
+            _ => ("maps", config.maps_quota, config.anonymous_maps_quota),
+        };
         self.rate(principal, headers, peer, group, quota, anonymous_quota)
             .await
     }
@@ -483,57 +371,36 @@ impl<C: RedisConnection> Gate<C> {
         quota: geoauth::Quota,
         anonymous_quota: geoauth::Quota,
     ) -> Result<Caller> {
-        let ((first, second), id) =
-            self.subjects(&principal, headers, peer, group, quota, anonymous_quota)?;
-        let limiter = &self.inner.limiter;
-        let first = limiter.check(&first.0, first.1).await?;
-        let second = match second {
-            Some((subject, quota)) => Some(limiter.check(&subject, quota).await?),
-            None => None,
-        };
-        Self::decided(principal, first, second, id, group)
-    }
-
-    /// Whom `principal`'s request counts against, each with its quota, and who it is for
-    /// fair share. Anonymous callers share the user's public key: each client address has
-    /// the key's quota (the second subject), and all of them together a larger one.
-    fn subjects(
-        &self,
-        principal: &Principal,
-        headers: &HeaderMap,
-        peer: Option<std::net::SocketAddr>,
-        group: &'static str,
-        quota: geoauth::Quota,
-        anonymous_quota: geoauth::Quota,
-    ) -> Result<(Subjects<RateSubject>, String)> {
-        let client = super::fair::client_addr(peer, headers, &self.inner.config.trusted_proxies);
-        Ok(match client.filter(|_| principal.is_anonymous()) {
-            Some(addr) => (
+        let inner = &self.inner;
+        let client = super::fair::client_addr(peer, headers, &inner.config.trusted_proxies);
+        // Anonymous callers share the user's public key: each client address has the key's
+        // quota, and all of them together a larger one.
+        let (rate, id) = match client.filter(|_| principal.is_anonymous()) {
+            Some(addr) => {
+                let total = inner
+                    .limiter
+                    .check(&RateSubject::key(&principal, group)?, anonymous_quota)
+                    .await?;
+                let own = inner
+                    .limiter
+                    .check(&RateSubject::client(&principal, group, addr)?, quota)
+                    .await?;
+                let rate = if total.allowed { own } else { total };
                 (
-                    (RateSubject::key(principal, group)?, anonymous_quota),
-                    Some((RateSubject::client(principal, group, addr)?, quota)),
-                ),
-                format!("{}:anonymous:{addr}", principal.user().as_str()),
-            ),
-            None => (
-                ((RateSubject::key(principal, group)?, quota), None),
-                format!("{}:key:{}", principal.user().as_str(), principal.key_id()),
-            ),
-        })
-    }
-
-    /// The caller, or its refusal (429) when the decision on its first subject or on its
-    /// second (of [`Gate::subjects`]) refused it.
-    fn decided(
-        principal: Principal,
-        first: RateDecision,
-        second: Option<RateDecision>,
-        id: String,
-        group: &'static str,
-    ) -> Result<Caller> {
-        let rate = match second {
-            Some(own) if first.allowed => own,
-            _ => first,
+                    rate,
+                    format!("{}:anonymous:{addr}", principal.user().as_str()),
+                )
+            }
+            None => {
+                let rate = inner
+                    .limiter
+                    .check(&RateSubject::key(&principal, group)?, quota)
+                    .await?;
+                (
+                    rate,
+                    format!("{}:key:{}", principal.user().as_str(), principal.key_id()),
+                )
+            }
         };
         if !rate.allowed {
             super::metrics::refused("rate");

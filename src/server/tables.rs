@@ -4,18 +4,17 @@
 //! the first; several joined by commas make one tile with a layer each.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::{FromRequestParts as _, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use geoauth::{Api, Principal};
 use geostack_tiles::{AttributeKind, TableSource, TileBuilder, TileKey, discover_with_ids};
 
-use super::gate::{ApiRequest, Gate, Remembered, respond};
+use super::gate::{ApiRequest, Gate, respond};
 use super::maps::user_path;
 use super::tile::{coord, tilejson_with_fields, with_key};
 use super::{Error, RedisConnection, Result, Sandbox, Tiles};
@@ -72,9 +71,7 @@ impl Known {
 /// attributes the features carry (empty: none; by default every column of a type tiles carry). Feature ids come from the primary
 /// key, else from [`ServerConfig::tile_id_columns`](super::ServerConfig::tile_id_columns). The
 /// caller's role must be able to read each table, and a key that lists its tables must list it.
-/// A table the caller was granted a moment ago is found at once. A tile asked for again is
-/// answered from what the first request found (for at most a minute): its rate is counted each time,
-/// and a key changed meanwhile is seen at once.
+/// A table the caller was granted a moment ago is found at once.
 ///
 /// ```no_run
 /// # fn demo(gate: geostack::server::Gate, sandbox: geostack::server::Sandbox) {
@@ -95,98 +92,6 @@ struct Inner<C> {
     tiles: Tiles,
     /// Per database role: the tables it may read, found when first asked.
     tables: Mutex<HashMap<String, Discovered>>,
-    /// Bumped each time a role's list of tables is made anew.
-    lists: AtomicU64,
-    /// Tile requests answered lately, by [`recent_key`]: what answering them again needs.
-    recent: moka::sync::Cache<RecentKey, Arc<Recent>, DigestHasher>,
-}
-
-/// How many tile requests are remembered ([`Recent`]), and for how long at most.
-const RECENT_ENTRIES: u64 = 10_000;
-const RECENT_TTL: Duration = Duration::from_secs(60);
-
-/// A tile request answered lately: its caller, found again without verifying its key anew
-/// (only while that verification holds), and the tile it names. A request asking the same
-/// (same path and query, same credentials, user and client address) is answered from it
-/// while the tables' list it was checked against is the current one; anything else, and a
-/// tile no longer cached, takes the whole path again.
-struct Recent {
-    caller: Remembered,
-    key: TileKey,
-    tables: Vec<String>,
-    /// [`Inner::lists`] when it was checked, and when its role's list was made.
-    lists: u64,
-    listed: Instant,
-}
-
-/// A SHA-256 digest of what names a tile request's answer and caller ([`recent_key`]): no
-/// secret is kept.
-type RecentKey = [u8; 32];
-
-/// Hashes a [`RecentKey`] by its first eight bytes: a digest is already uniform, and cannot be
-/// steered into a chosen bucket.
-#[derive(Clone, Default)]
-struct DigestHasher;
-
-impl std::hash::BuildHasher for DigestHasher {
-    type Hasher = DigestHash;
-    fn build_hasher(&self) -> DigestHash {
-        DigestHash(0)
-    }
-}
-
-/// See [`DigestHasher`].
-struct DigestHash(u64);
-
-impl std::hash::Hasher for DigestHash {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Arrays hash their length first (8 bytes), then their bytes: the first eight of
-        // the digest are kept, a length's are not.
-        if let Some(first) = bytes.first_chunk::<8>()
-            && bytes.len() >= 32
-        {
-            self.0 = u64::from_le_bytes(*first);
-        }
-    }
-}
-
-/// The digest of what decides a tile request's answer and caller: the path and query (the
-/// user, the tile, the fields and a key given as `api_key`), the headers that carry keys, the
-/// user's host and the client's forwarded address, and the peer's address.
-fn recent_key(parts: &axum::http::request::Parts, peer: Option<std::net::SocketAddr>) -> RecentKey {
-    use sha2::Digest as _;
-    let mut digest = sha2::Sha256::new();
-    let mut field = |bytes: &[u8]| {
-        digest.update(u64::try_from(bytes.len()).unwrap_or(u64::MAX).to_le_bytes());
-        digest.update(bytes);
-    };
-    field(
-        parts
-            .uri
-            .path_and_query()
-            .map_or("", |p| p.as_str())
-            .as_bytes(),
-    );
-    const NAMES: [axum::http::HeaderName; 4] = [
-        axum::http::header::AUTHORIZATION,
-        axum::http::HeaderName::from_static("x-api-key"),
-        axum::http::header::HOST,
-        axum::http::HeaderName::from_static("x-forwarded-for"),
-    ];
-    for name in &NAMES {
-        for value in parts.headers.get_all(name) {
-            field(name.as_str().as_bytes());
-            field(value.as_bytes());
-        }
-    }
-    if let Some(peer) = peer {
-        field(peer.ip().to_string().as_bytes());
-    }
-    digest.finalize().into()
 }
 
 impl<C: RedisConnection> TablesApi<C> {
@@ -198,11 +103,6 @@ impl<C: RedisConnection> TablesApi<C> {
                 sandbox,
                 tiles,
                 tables: Mutex::new(HashMap::new()),
-                lists: AtomicU64::new(0),
-                recent: moka::sync::Cache::builder()
-                    .max_capacity(RECENT_ENTRIES)
-                    .time_to_live(RECENT_TTL)
-                    .build_with_hasher(DigestHasher),
             }),
         }
     }
@@ -220,12 +120,7 @@ impl<C: RedisConnection> TablesApi<C> {
 
     /// The sources `names` (comma-separated) among the tables the caller's role may read, each
     /// also allowed by the caller's key, and whether a geometry column was chosen.
-    /// Also when the list they were found in was made.
-    async fn sources(
-        &self,
-        principal: &Principal,
-        names: &str,
-    ) -> Result<(Instant, Vec<(Arc<Known>, bool)>)> {
+    async fn sources(&self, principal: &Principal, names: &str) -> Result<Vec<(Arc<Known>, bool)>> {
         if names.split(',').nth(MAX_SOURCES).is_some() {
             return Err(Error::BadRequest(format!(
                 "at most {MAX_SOURCES} sources in one tile"
@@ -262,7 +157,7 @@ impl<C: RedisConnection> TablesApi<C> {
             }
             sources.push((Arc::clone(known), chosen));
         }
-        Ok((tables.0, sources))
+        Ok(sources)
     }
 
     /// The tables `role` may read: as last looked up (within [`TABLES_TTL`]), or afresh.
@@ -294,8 +189,6 @@ impl<C: RedisConnection> TablesApi<C> {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(role.to_owned(), (at, Arc::clone(&found)));
-        // What was checked against an older list is checked again.
-        self.inner.lists.fetch_add(1, Ordering::AcqRel);
         Ok((at, found))
     }
 }
@@ -364,122 +257,65 @@ fn table_name(path: &HashMap<String, String>) -> &str {
     raw.strip_suffix(".json").unwrap_or(raw)
 }
 
-async fn tile<C: RedisConnection>(
-    State(api): State<TablesApi<C>>,
-    request: axum::extract::Request,
-) -> Response {
-    let (mut parts, _) = request.into_parts();
-    let peer = super::gate::peer_of(&parts.extensions);
-    let recent_key = recent_key(&parts, peer);
-    if let Some(recent) = api.inner.recent.get(&recent_key)
-        && let Some(answer) = api.again(&recent, &parts.headers).await
-    {
-        return answer;
-    }
-    let req = match ApiRequest::from_request_parts(&mut parts, &()).await {
-        Ok(req) => req,
-        Err(refused) => return refused,
-    };
-    respond(Box::pin(api.tile(req, recent_key)).await)
-}
-
-impl<C: RedisConnection> TablesApi<C> {
-    /// The answer to a request like `recent`'s, from what it kept, with `headers` (the
-    /// client's validators); `None` when something it kept no longer holds or the tile is no
-    /// longer cached: then the request takes the whole path.
-    async fn again(&self, recent: &Recent, headers: &axum::http::HeaderMap) -> Option<Response> {
-        let inner = &*self.inner;
-        // Answered from memory, a request awaits nothing: it yields once, so that a flood of
-        // such answers on a kept-alive connection cannot keep its worker from the tasks
-        // waiting on Redis or PostgreSQL (seen as a rate reconciliation timing out).
-        tokio::task::yield_now().await;
-        if inner.lists.load(Ordering::Acquire) != recent.lists
-            || recent.listed.elapsed() >= TABLES_TTL
-        {
-            return None;
-        }
-        // The tile first: a request that goes the whole way is counted there, not twice.
-        let tile = match inner.tiles.cached(&recent.key).await {
-            Ok(tile) => tile?,
-            Err(e) => return Some(e.into_response()),
-        };
-        let caller = match inner.gate.recall(&recent.caller).await? {
-            Ok(caller) => caller,
-            Err(refused) => return Some(refused.into_response()),
-        };
-        Some(inner.tiles.answer(&caller, headers, &tile, &recent.tables))
-    }
-
-    /// The tile `req` asks for, the whole way: its caller verified, its sources found among
-    /// the tables its role may read and its key allows, from the cache or rendered. A request
-    /// answered with a tile is remembered under `recent_key`.
-    async fn tile(&self, req: ApiRequest, recent_key: RecentKey) -> Result<Response> {
-        let inner = &*self.inner;
-        let (caller, remembered) = inner.gate.caller_remembered(&req, Api::Maps).await?;
-        let coord = coord(&req.path)?;
-        let lists = inner.lists.load(Ordering::Acquire);
-        let (listed, named) = self
-            .sources(&caller.principal, table_name(&req.path))
-            .await?;
-        let mut sources: Vec<Arc<TableSource>> =
-            named.iter().map(|(k, _)| Arc::clone(&k.source)).collect();
-        let fields = choose_fields(&mut sources, req.query.as_deref())?;
-        // Each source with its geometry column: one table's columns are different tiles.
-        let mut id = String::with_capacity(64);
-        id.push_str("table:");
-        for (i, (known, _)) in named.iter().enumerate() {
-            if i > 0 {
-                id.push(',');
+async fn tile<C: RedisConnection>(State(api): State<TablesApi<C>>, req: ApiRequest) -> Response {
+    let inner = &*api.inner;
+    respond(
+        async {
+            let caller = inner.gate.caller(&req, Api::Maps).await?;
+            let coord = coord(&req.path)?;
+            let named = api
+                .sources(&caller.principal, table_name(&req.path))
+                .await?;
+            let mut sources: Vec<Arc<TableSource>> =
+                named.iter().map(|(k, _)| Arc::clone(&k.source)).collect();
+            let fields = choose_fields(&mut sources, req.query.as_deref())?;
+            // Each source with its geometry column: one table's columns are different tiles.
+            let mut id = String::with_capacity(64);
+            id.push_str("table:");
+            for (i, (known, _)) in named.iter().enumerate() {
+                if i > 0 {
+                    id.push(',');
+                }
+                id.push_str(&known.id);
             }
-            id.push_str(&known.id);
+            id.push(':');
+            id.push_str(caller.principal.db_role().name());
+            if let Some(fields) = fields {
+                id.push_str(":fields=");
+                id.push_str(&fields);
+            }
+            let key = TileKey::new(id, coord);
+            let tags = named.iter().map(|(k, _)| k.name.clone()).collect();
+            let served = inner.gate.config().tile_zooms.contains(&coord.z());
+            let role = caller.principal.db_role();
+            inner
+                .tiles
+                .tile(
+                    &inner.gate,
+                    &caller,
+                    &req.headers,
+                    key,
+                    tags,
+                    || async move {
+                        // The role's pool, looked up only when the tile is made.
+                        let pool = inner
+                            .sandbox
+                            .registry()
+                            .pool(role.name(), role.password().expose())?;
+                        let sandbox = inner.sandbox.options();
+                        let mut tile = TileBuilder::new(coord, inner.tiles.options());
+                        for source in sources.iter().filter(|_| served) {
+                            let mut layer = tile.layer(&source.table);
+                            source.fill(&pool, &sandbox, &mut layer).await?;
+                            layer.finish()?;
+                        }
+                        tile.into_bytes()
+                    },
+                )
+                .await
         }
-        id.push(':');
-        id.push_str(caller.principal.db_role().name());
-        if let Some(fields) = fields {
-            id.push_str(":fields=");
-            id.push_str(&fields);
-        }
-        let key = TileKey::new(id, coord);
-        let tables: Vec<String> = named.iter().map(|(k, _)| k.name.clone()).collect();
-        let served = inner.gate.config().tile_zooms.contains(&coord.z());
-        let role = caller.principal.db_role();
-        let response = inner
-            .tiles
-            .tile(
-                &inner.gate,
-                &caller,
-                &req.headers,
-                key.clone(),
-                tables.clone(),
-                || async move {
-                    // The role's pool, looked up only when the tile is made.
-                    let pool = inner
-                        .sandbox
-                        .registry()
-                        .pool(role.name(), role.password().expose())?;
-                    let sandbox = inner.sandbox.options();
-                    let mut tile = TileBuilder::new(coord, inner.tiles.options());
-                    for source in sources.iter().filter(|_| served) {
-                        let mut layer = tile.layer(&source.table);
-                        source.fill(&pool, &sandbox, &mut layer).await?;
-                        layer.finish()?;
-                    }
-                    tile.into_bytes()
-                },
-            )
-            .await?;
-        if let Some(caller) = remembered {
-            let recent = Recent {
-                caller,
-                key,
-                tables,
-                lists,
-                listed,
-            };
-            inner.recent.insert(recent_key, Arc::new(recent));
-        }
-        Ok(response)
-    }
+        .await,
+    )
 }
 
 async fn tilejson<C: RedisConnection>(
@@ -489,7 +325,7 @@ async fn tilejson<C: RedisConnection>(
     respond(
         async {
             let caller = api.inner.gate.caller(&req, Api::Maps).await?;
-            let (_, named) = api
+            let named = api
                 .sources(&caller.principal, table_name(&req.path))
                 .await?;
             let names: Vec<String> = named

@@ -178,21 +178,8 @@ impl Tiles {
             // future stays small (each request's is moved whole).
             None => Box::pin(self.render(gate, caller, &key, &tables, render)).await?,
         };
-        Ok(self.answer(caller, headers, &tile, &tables))
-    }
-
-    /// The answer to `caller` for `tile`, made from `tables`: [`tile_response`], with the
-    /// tables' `Last-Modified` (304 to a client whose date is not older) and their names in
-    /// `X-Cache-Channel`.
-    pub(crate) fn answer(
-        &self,
-        caller: &Caller,
-        headers: &HeaderMap,
-        tile: &CachedTile,
-        tables: &[String],
-    ) -> Response {
-        let mut response = tile_response(caller, headers, tile);
-        let modified = self.last_modified_header(tables);
+        let mut response = tile_response(caller, headers, &tile);
+        let modified = self.last_modified_header(&tables);
         // A client that validates by date alone is answered 304 when nothing changed since.
         if !headers.contains_key(header::IF_NONE_MATCH)
             && response.status().is_success()
@@ -216,7 +203,7 @@ impl Tiles {
         {
             h.insert(X_CACHE_CHANNEL, channel);
         }
-        response
+        Ok(response)
     }
 
     /// The tile under `key` if the cache holds it (never with the cache switched off).

@@ -10,8 +10,7 @@ use crate::{ApiKey, TokenDigest, UserName};
 #[derive(Clone)]
 pub(crate) struct Cached {
     pub(crate) key: Option<Arc<ApiKey>>,
-    /// When it was read from the source.
-    pub(crate) at: Instant,
+    at: Instant,
 }
 
 /// Answers by user and token digest in a moka cache (bounded in entries, seldom used ones

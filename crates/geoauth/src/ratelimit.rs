@@ -305,46 +305,10 @@ where
         let cell = local
             .cells
             .get_with_by_ref(&key, || Arc::new(Mutex::new(Cell::default())));
-        self.check_cell(local, &key, &cell, quota).await
-    }
-
-    /// `subject`'s place in a limiter deciding in process ([`RateLimiter::deciding_locally`]),
-    /// held to count its next requests with [`RateLimiter::check_held`] without finding it
-    /// again; `None` when every check goes to Redis.
-    pub fn hold(&self, subject: &RateSubject) -> Option<HeldSubject> {
-        let local = self.local.as_ref()?;
-        let key = self.key(subject);
-        let cell = local
-            .cells
-            .get_with_by_ref(&key, || Arc::new(Mutex::new(Cell::default())));
-        Some(HeldSubject { key, cell })
-    }
-
-    /// [`RateLimiter::check`] of a held subject.
-    ///
-    /// # Errors
-    ///
-    /// As [`RateLimiter::check`].
-    pub async fn check_held(&self, held: &HeldSubject, quota: Quota) -> Result<RateDecision> {
-        match &self.local {
-            Some(local) => self.check_cell(local, &held.key, &held.cell, quota).await,
-            None => Ok(self.run(held.key.clone(), quota, 0, 0).await?.decision),
-        }
-    }
-
-    /// Counts one request in `cell`, the subject under `key`: decided here, or with Redis when
-    /// the cell is due to be reconciled.
-    async fn check_cell(
-        &self,
-        local: &Local,
-        key: &str,
-        cell: &Arc<Mutex<Cell>>,
-        quota: Quota,
-    ) -> Result<RateDecision> {
         // Decided here, or the requests to carry to Redis (none when this check goes to Redis
         // without reconciling: its quota changed while a reconciliation is out).
         let counted = {
-            let mut c = lock(cell);
+            let mut c = lock(&cell);
             if c.quota == Some(quota)
                 && (c.syncing || c.synced.is_some_and(|at| at.elapsed() < local.sync))
             {
@@ -356,20 +320,20 @@ where
             })
         };
         let Some(counted) = counted else {
-            return Ok(self.run(key.to_owned(), quota, 0, 0).await?.decision);
+            return Ok(self.run(key, quota, 0, 0).await?.decision);
         };
         // Gives the counts back if this future is dropped before Redis answers.
         let mut out = Out {
-            cell,
+            cell: &cell,
             counted,
             done: false,
         };
         let before = local.now();
         // On an error `out` gives the counts back, and the next check reconciles again.
-        let answer = self.run(key.to_owned(), quota, 0, counted).await?;
+        let answer = self.run(key, quota, 0, counted).await?;
         let after = local.now();
         out.done = true;
-        let mut c = lock(cell);
+        let mut c = lock(&cell);
         c.syncing = false;
         // Requests allowed here while the call was out come on top of Redis's state.
         let late = i64::try_from(c.pending).unwrap_or(i64::MAX);
@@ -432,22 +396,6 @@ where
                 now,
             })
         })
-    }
-}
-
-/// A subject's place in a limiter deciding in process ([`RateLimiter::hold`]): its requests
-/// are counted in the same place as [`RateLimiter::check`] counts them.
-#[derive(Clone)]
-pub struct HeldSubject {
-    key: String,
-    cell: Arc<Mutex<Cell>>,
-}
-
-impl std::fmt::Debug for HeldSubject {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HeldSubject")
-            .field("key", &self.key)
-            .finish()
     }
 }
 

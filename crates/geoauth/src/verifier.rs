@@ -205,21 +205,6 @@ impl<S: KeySource> Verifier<S> {
     /// [`Error::UnknownKey`], [`Error::ExpiredKey`], [`Error::NoPublicKey`] (401);
     /// [`Error::Unavailable`] (503) when Redis cannot be asked.
     pub async fn verify(&self, user: &UserName, credentials: &Credentials) -> Result<Principal> {
-        Ok(self.verify_remembered(user, credentials).await?.0)
-    }
-
-    /// [`Verifier::verify`], and when the answer came through the live cache, a
-    /// [`Verification`] that tells later, without verifying again, whether the same
-    /// credentials would still get the same principal ([`Verifier::still_holds`]).
-    ///
-    /// # Errors
-    ///
-    /// As [`Verifier::verify`].
-    pub async fn verify_remembered(
-        &self,
-        user: &UserName,
-        credentials: &Credentials,
-    ) -> Result<(Principal, Option<Verification>)> {
         let default_public;
         let (token, anonymous) = match credentials.token_ref() {
             Some(token) => (token, false),
@@ -235,18 +220,10 @@ impl<S: KeySource> Verifier<S> {
             .cache
             .as_ref()
             .filter(|_| inner.live.load(Ordering::Acquire));
-        // Read before the lookup: an invalidation after it changes the epoch, so a
-        // verification stamped with it stops holding.
-        let epoch = cache.map(Cache::epoch);
-        // When the answer was read from the source: a verification holds for the cache's
-        // TTL from then.
-        let mut read_at = now;
         let key = match cache.and_then(|c| c.get(user, &digest, now)) {
-            Some(hit) => {
-                read_at = hit.at;
-                hit.key
-            }
+            Some(hit) => hit.key,
             None => {
+                let epoch = cache.map(Cache::epoch);
                 let key = inner.source.lookup(user, token).await?.map(Arc::new);
                 if let (Some(cache), Some(epoch)) = (cache, epoch) {
                     cache.put(user, &digest, key.clone(), epoch, now);
@@ -265,26 +242,7 @@ impl<S: KeySource> Verifier<S> {
             return Err(Error::ExpiredKey);
         }
         self.touch(user, &key, token, digest, now);
-        let verification = epoch.map(|epoch| Verification {
-            epoch,
-            at: read_at,
-            expires: key.expires,
-        });
-        Ok((Principal::new(key, anonymous), verification))
-    }
-
-    /// Whether a verification made through the live cache still holds: no key was invalidated
-    /// since, the cache is still live, the answer is younger than the cache's TTL and the key
-    /// has not expired. Then the same credentials would be answered with the same principal.
-    pub fn still_holds(&self, verification: &Verification) -> bool {
-        let inner = &*self.inner;
-        let Some(cache) = inner.cache.as_ref() else {
-            return false;
-        };
-        inner.live.load(Ordering::Acquire)
-            && cache.epoch() == verification.epoch
-            && verification.at.elapsed() < inner.config.cache_ttl
-            && verification.expires.is_none_or(|at| SystemTime::now() < at)
+        Ok(Principal::new(key, anonymous))
     }
 
     /// Drops every cached key of `user` in this process (for sources that announce nothing).
@@ -336,17 +294,6 @@ impl<S: KeySource> Verifier<S> {
             let _ = source.touch(&user, &key, &token).await;
         });
     }
-}
-
-/// A verification answered by the live cache, to be told later whether it still holds
-/// ([`Verifier::still_holds`]) instead of verifying again. It holds no secret.
-#[derive(Clone, Copy, Debug)]
-pub struct Verification {
-    /// The cache's epoch when it was made.
-    epoch: u64,
-    at: Instant,
-    /// When the key expires.
-    expires: Option<SystemTime>,
 }
 
 /// Keeps the invalidation subscription up while the verifier lives.

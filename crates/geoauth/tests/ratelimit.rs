@@ -241,28 +241,3 @@ async fn two_limiters_deciding_locally_overshoot_no_more_than_the_stated_bound()
         "{allowed} allowed, quota {quota_allows:.0}"
     );
 }
-
-#[tokio::test]
-async fn a_held_subject_is_counted_where_check_counts_it() {
-    let redis = TestRedis::new().await;
-    let subject = RateSubject::user(&UserName::new("alice").unwrap(), "maps").unwrap();
-    let quota = Quota::new(5, 1, Duration::from_secs(3600)).unwrap();
-    // A limiter asking Redis each time holds nothing.
-    assert!(limiter(&redis).hold(&subject).is_none());
-    let fast = local(&redis, Duration::from_secs(60));
-    let held = fast.hold(&subject).unwrap();
-    let mut remaining = Vec::new();
-    for i in 0..7 {
-        // Held and found again, alternately: one count between them.
-        let d = if i % 2 == 0 {
-            fast.check_held(&held, quota).await.unwrap()
-        } else {
-            fast.check(&subject, quota).await.unwrap()
-        };
-        remaining.push(d.allowed.then_some(d.remaining));
-    }
-    assert_eq!(
-        remaining,
-        [Some(4), Some(3), Some(2), Some(1), Some(0), None, None]
-    );
-}
